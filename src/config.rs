@@ -1,0 +1,480 @@
+//! The configuration file (`/etc/mailgate/mailgate.toml`): schema, built-in defaults and
+//! validation. Every error names the file and line.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/mailgate/mailgate.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mailgate";
+/// Windows per account (plus as many for the server cap). Bounds the state file size.
+pub const MAX_WINDOWS: usize = 6;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Domain for addresses without one; default /etc/mailname, else the host's FQDN.
+    pub origin: Option<String>,
+    /// Name in the Received header and the relay's EHLO; default the host's FQDN.
+    pub hostname: Option<String>,
+    pub state_dir: PathBuf,
+    /// Largest message accepted, in bytes.
+    pub max_message_size: u64,
+    pub relay: Relay,
+    pub identity: Identity,
+    pub log: Log,
+    pub state: State,
+    pub defaults: Limits,
+    pub server: Limits,
+    pub accounts: BTreeMap<String, Account>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    pub host: String,
+    pub port: u16,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Identity {
+    /// Environment variable that names the account (an FPM pool's `env[...]`); empty disables.
+    pub account_env: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// Append log lines to this file instead of syslog (tests, hosts without syslog).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct State {
+    /// How long a sender waits for another sender's lock on the same counter.
+    pub lock_timeout: Duration,
+    /// What to do when a counter file is corrupt or unreadable.
+    pub on_error: OnStateError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnStateError {
+    /// Refuse the message with exit 71 (default).
+    FailClosed,
+    /// Send without limiting, and log a warning.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub limits: Vec<Limit>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Account {
+    /// Users (login names or numeric uids) allowed to send as this account.
+    pub users: Vec<UserRef>,
+    /// Counted and logged, never limited.
+    pub exempt: bool,
+    /// Replaces the defaults when present.
+    pub limits: Option<Vec<Limit>>,
+    /// Envelope senders this account may use (`*@example.com`); empty means any.
+    pub allowed_senders: Vec<String>,
+    /// What happens to a sender outside `allowed_senders`.
+    pub sender_policy: SenderPolicy,
+    /// Sender used by `rewrite` and when the caller gives none.
+    pub default_sender: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum UserRef {
+    Uid(u32),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SenderPolicy {
+    /// Replace the envelope sender with the account's default sender (default).
+    #[default]
+    Rewrite,
+    /// Refuse the message with exit 77.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub window: Duration,
+    pub messages: Option<u32>,
+    pub recipients: Option<u32>,
+    #[serde(default)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    #[default]
+    Reject,
+    Hold,
+    Defer,
+}
+
+/// A length of time written as `"90s"`, `"15m"`, `"1h"`, `"1d"` or `"1h30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub u64);
+
+impl Duration {
+    pub fn secs(self) -> u64 {
+        self.0
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let mut total: u64 = 0;
+        let mut digits = String::new();
+        if text.is_empty() {
+            return Err("empty duration".into());
+        }
+        for c in text.chars() {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            let unit = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86400,
+                'w' => 7 * 86400,
+                _ => {
+                    return Err(format!(
+                        "invalid duration {text:?}: unknown unit {c:?} (use s, m, h, d, w)"
+                    ));
+                }
+            };
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("invalid duration {text:?}: a number must precede {c:?}"))?;
+            total = n
+                .checked_mul(unit)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(|| format!("duration {text:?} is too long"))?;
+            digits.clear();
+        }
+        if !digits.is_empty() {
+            return Err(format!(
+                "invalid duration {text:?}: missing unit after {digits} (e.g. \"{digits}s\")"
+            ));
+        }
+        if total == 0 {
+            return Err(format!("duration {text:?} must be longer than zero"));
+        }
+        Ok(Duration(total))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        for (unit, len) in [("d", 86400), ("h", 3600), ("m", 60)] {
+            if s % len == 0 {
+                return write!(f, "{}{unit}", s / len);
+            }
+        }
+        write!(f, "{s}s")
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Duration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let mut accounts = BTreeMap::new();
+        accounts.insert(
+            "root".to_string(),
+            Account {
+                exempt: true,
+                ..Account::default()
+            },
+        );
+        Config {
+            origin: None,
+            hostname: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            max_message_size: 50 * 1024 * 1024,
+            relay: Relay::default(),
+            identity: Identity::default(),
+            log: Log::default(),
+            state: State::default(),
+            defaults: Limits {
+                limits: vec![
+                    Limit {
+                        window: Duration(3600),
+                        messages: Some(100),
+                        recipients: None,
+                        action: Action::Reject,
+                    },
+                    Limit {
+                        window: Duration(86400),
+                        messages: Some(500),
+                        recipients: Some(2000),
+                        action: Action::Reject,
+                    },
+                ],
+            },
+            server: Limits::default(),
+            accounts,
+        }
+    }
+}
+
+impl Default for Relay {
+    fn default() -> Relay {
+        Relay {
+            host: "127.0.0.1".into(),
+            port: 10025,
+            timeout: Duration(30),
+        }
+    }
+}
+
+impl Default for Identity {
+    fn default() -> Identity {
+        Identity {
+            account_env: "MAILGATE_ACCOUNT".into(),
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            lock_timeout: Duration(10),
+            on_error: OnStateError::FailClosed,
+        }
+    }
+}
+
+/// A configuration error, already formatted as `file:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// Load `path`; a missing file at the default path means the built-in defaults.
+    pub fn load(path: &Path, missing_is_default: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing_is_default => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().trim().to_string();
+            match line {
+                Some(l) => ConfigError(format!("{file}:{l}: {msg}")),
+                None => ConfigError(format!("{file}: {msg}")),
+            }
+        })?;
+        config.validate().map_err(|(key, msg)| {
+            ConfigError(format!("{file}:{}: {msg}", line_of_key(text, &key)))
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express. Returns the offending key (to find its line) and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        check_limits("defaults", &self.defaults.limits)?;
+        check_limits("server", &self.server.limits)?;
+        for (name, account) in &self.accounts {
+            if let Err(why) = crate::identity::validate_account_name(name) {
+                return Err((name.clone(), format!("account {name:?}: {why}")));
+            }
+            if let Some(limits) = &account.limits {
+                check_limits(name, limits)?;
+            }
+            if account.sender_policy == SenderPolicy::Rewrite
+                && !account.allowed_senders.is_empty()
+                && account.default_sender.is_none()
+            {
+                return Err((
+                    name.clone(),
+                    format!(
+                        "account {name:?}: sender_policy \"rewrite\" needs default_sender (or use sender_policy = \"reject\")"
+                    ),
+                ));
+            }
+        }
+        if self.relay.host.is_empty() {
+            return Err(("host".into(), "relay host must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The account's own limits, else the defaults.
+    pub fn limits_for<'a>(&'a self, account: &str) -> &'a [Limit] {
+        match self.accounts.get(account).and_then(|a| a.limits.as_ref()) {
+            Some(own) => own,
+            None => &self.defaults.limits,
+        }
+    }
+
+    pub fn is_exempt(&self, account: &str) -> bool {
+        self.accounts.get(account).is_some_and(|a| a.exempt)
+    }
+}
+
+fn check_limits(owner: &str, limits: &[Limit]) -> Result<(), (String, String)> {
+    if limits.len() > MAX_WINDOWS {
+        return Err((
+            "limits".into(),
+            format!(
+                "{owner}: at most {MAX_WINDOWS} limits are supported, found {}",
+                limits.len()
+            ),
+        ));
+    }
+    for (i, l) in limits.iter().enumerate() {
+        if l.messages.is_none() && l.recipients.is_none() {
+            return Err((
+                "window".into(),
+                format!(
+                    "{owner}: limit \"{}\" needs messages and/or recipients",
+                    l.window
+                ),
+            ));
+        }
+        if l.action != Action::Reject {
+            return Err((
+                "action".into(),
+                format!(
+                    "{owner}: limit \"{}\": action {:?} is not available yet; use \"reject\"",
+                    l.window,
+                    format!("{:?}", l.action).to_lowercase()
+                ),
+            ));
+        }
+        if limits[..i].iter().any(|other| other.window == l.window) {
+            return Err((
+                "window".into(),
+                format!("{owner}: two limits with the same window \"{}\"", l.window),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Best-effort line of the first line mentioning `key` (semantic errors have no span).
+fn line_of_key(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(key))
+        .map_or(1, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(Duration::parse("90s"), Ok(Duration(90)));
+        assert_eq!(Duration::parse("1h30m"), Ok(Duration(5400)));
+        assert_eq!(Duration::parse("1d"), Ok(Duration(86400)));
+        assert!(Duration::parse("10").is_err());
+        assert!(Duration::parse("0s").is_err());
+        assert!(Duration::parse("1y").is_err());
+        assert!(Duration::parse("99999999999999999999d").is_err());
+        assert_eq!(Duration(5400).to_string(), "90m");
+        assert_eq!(Duration(3600).to_string(), "1h");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+origin = "example.org"
+[relay]
+host = "127.0.0.1"
+port = 10025
+timeout = "30s"
+[identity]
+account_env = "MAILGATE_ACCOUNT"
+[defaults]
+limits = [
+  { window = "1h", messages = 50, action = "reject" },
+  { window = "1d", messages = 100, recipients = 500 },
+]
+[server]
+limits = [ { window = "1h", messages = 2000 } ]
+[accounts.root]
+exempt = true
+[accounts."example.com"]
+users = ["web1", 1001]
+limits = [ { window = "1h", messages = 200 } ]
+allowed_senders = ["*@example.com"]
+default_sender = "noreply@example.com"
+"#,
+            "t.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.limits_for("example.com").len(), 1);
+        assert_eq!(c.limits_for("other").len(), 2);
+        assert_eq!(
+            c.accounts["example.com"].users,
+            [UserRef::Name("web1".into()), UserRef::Uid(1001)]
+        );
+        assert!(c.is_exempt("root"));
+    }
+
+    #[test]
+    fn errors_carry_file_and_line() {
+        let e = Config::parse("[relay]\nport = \"x\"\n", "m.toml").unwrap_err();
+        assert!(e.0.starts_with("m.toml:2:"), "{e}");
+        let e = Config::parse("[relay]\nbogus = 1\n", "m.toml").unwrap_err();
+        assert!(e.0.starts_with("m.toml:2:"), "{e}");
+        let e = Config::parse(
+            "[defaults]\nlimits = [ { window = \"1x\", messages = 1 } ]\n",
+            "m.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.0.starts_with("m.toml:2:") && e.0.contains("unknown unit"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "\n[defaults]\nlimits = [ { window = \"1h\", messages = 1, action = \"hold\" } ]\n",
+            "m.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.0.starts_with("m.toml:3:") && e.0.contains("not available yet"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Who is sending: the real uid (the only truth), its login name, and the account the message
+//! counts against. `USER`, `LOGNAME` and `X-PHP-Originating-Script` are never trusted.
+
+use crate::config::{Config, UserRef};
+use crate::exit::{Exit, Failure};
+use std::ffi::CStr;
+
+/// The caller as the kernel knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    /// Login name from the password database; `uid<N>` when the uid has no entry.
+    pub login: String,
+}
+
+/// Where the account name came from, for the log and for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountSource {
+    Option,
+    Env,
+    Login,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub source: AccountSource,
+}
+
+impl Caller {
+    pub fn current() -> Caller {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        Caller {
+            uid,
+            login: login_of(uid).unwrap_or_else(|| format!("uid{uid}")),
+        }
+    }
+}
+
+/// True when the kernel gave us privileges the caller does not have (setgid `mailgate`).
+/// Every caller-controlled override is ignored then.
+pub fn is_privileged() -> bool {
+    // SAFETY: these getters cannot fail.
+    unsafe { libc::getegid() != libc::getgid() || libc::geteuid() != libc::getuid() }
+}
+
+/// The login name of `uid` from the password database (`getpwuid_r`).
+pub fn login_of(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: passwd is plain data; getpwuid_r writes into pwd and buf, within buf.len().
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+}
+
+/// Account names become file names: no `/`, no `..`, no control bytes, bounded length.
+pub fn validate_account_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("account name is empty".into());
+    }
+    if name.len() > 128 {
+        return Err("account name is longer than 128 bytes".into());
+    }
+    if name.starts_with('.') || name.contains("..") {
+        return Err("account name must not start with '.' or contain '..'".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._@+-".contains(*c)))
+    {
+        return Err(format!(
+            "account name contains {bad:?} (allowed: letters, digits, . _ @ + -)"
+        ));
+    }
+    Ok(())
+}
+
+/// The account: `--account`, else the configured environment variable, else the login name;
+/// a named account must be declared with the caller among its users (root may use any).
+pub fn resolve_account(
+    caller: &Caller,
+    option: Option<&str>,
+    env_value: Option<&str>,
+    config: &Config,
+) -> Result<Account, Failure> {
+    let (name, source) = match (option, env_value.filter(|v| !v.is_empty())) {
+        (Some(n), _) => (n.to_string(), AccountSource::Option),
+        (None, Some(n)) => (n.to_string(), AccountSource::Env),
+        (None, None) => (caller.login.clone(), AccountSource::Login),
+    };
+    let how = match source {
+        AccountSource::Option => "--account".to_string(),
+        AccountSource::Env => format!("${}", config.identity.account_env),
+        AccountSource::Login => "login name".to_string(),
+    };
+    validate_account_name(&name)
+        .map_err(|why| Failure::new(Exit::NoPerm, format!("invalid account from {how}: {why}")))?;
+    if source == AccountSource::Login || caller.uid == 0 || name == caller.login {
+        return Ok(Account { name, source });
+    }
+    let Some(declared) = config.accounts.get(&name) else {
+        return Err(Failure::new(
+            Exit::NoPerm,
+            format!(
+                "account {name:?} (from {how}) is not declared; add [accounts.\"{name}\"] with users = [\"{}\"] to the config",
+                caller.login
+            ),
+        ));
+    };
+    let allowed = declared.users.iter().any(|u| match u {
+        UserRef::Uid(uid) => *uid == caller.uid,
+        UserRef::Name(n) => *n == caller.login,
+    });
+    if !allowed {
+        return Err(Failure::new(
+            Exit::NoPerm,
+            format!(
+                "user {} (uid {}) may not send as account {name:?}; add \"{}\" to users of [accounts.\"{name}\"]",
+                caller.login, caller.uid, caller.login
+            ),
+        ));
+    }
+    Ok(Account { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Account as AccountConfig;
+
+    fn caller(uid: u32, login: &str) -> Caller {
+        Caller {
+            uid,
+            login: login.into(),
+        }
+    }
+
+    fn config_with(name: &str, users: Vec<UserRef>) -> Config {
+        let mut c = Config::default();
+        c.accounts.insert(
+            name.into(),
+            AccountConfig {
+                users,
+                ..AccountConfig::default()
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn names_are_validated() {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "a\nb",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_account_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["example.com", "web1", "user@example.com", "a-b_c+d"] {
+            assert!(validate_account_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn precedence_option_env_login() {
+        let c = config_with("example.com", vec![UserRef::Name("web1".into())]);
+        let me = caller(1001, "web1");
+        let a = resolve_account(&me, Some("example.com"), Some("other"), &c).unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.source),
+            ("example.com", AccountSource::Option)
+        );
+        let b = resolve_account(&me, None, Some("example.com"), &c).unwrap();
+        assert_eq!(b.source, AccountSource::Env);
+        let d = resolve_account(&me, None, Some(""), &c).unwrap();
+        assert_eq!((d.name.as_str(), d.source), ("web1", AccountSource::Login));
+    }
+
+    #[test]
+    fn binding_is_enforced() {
+        let c = config_with("example.com", vec![UserRef::Uid(1001)]);
+        assert!(resolve_account(&caller(1001, "web1"), Some("example.com"), None, &c).is_ok());
+        let e = resolve_account(&caller(1002, "web2"), Some("example.com"), None, &c).unwrap_err();
+        assert_eq!(e.exit, Exit::NoPerm);
+        assert!(e.message.contains("web2"), "{e}");
+        let e =
+            resolve_account(&caller(1002, "web2"), Some("undeclared.org"), None, &c).unwrap_err();
+        assert!(e.message.contains("not declared"), "{e}");
+        assert!(resolve_account(&caller(0, "root"), Some("undeclared.org"), None, &c).is_ok());
+        let e = resolve_account(&caller(1001, "web1"), Some("../etc"), None, &c).unwrap_err();
+        assert_eq!(e.exit, Exit::NoPerm);
+    }
+}

@@ -1,0 +1,345 @@
+//! The decision: may this account send this message now? Every window of the account and of
+//! the server cap is checked and updated as one step, under the locks of both counter files
+//! (always account first, then server, so concurrent senders cannot deadlock).
+
+pub mod store;
+pub mod window;
+
+use crate::config::{Action, Config, Limit, OnStateError};
+use crate::exit::Failure;
+use store::{Counter, CounterFile, Record, StateDir};
+use window::Window;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Account,
+    Server,
+}
+
+/// Why a message may not go now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub scope: Scope,
+    pub limit: Limit,
+    /// "messages" or "recipients".
+    pub what: &'static str,
+    pub max: u32,
+    /// When the message would fit; `None` when it never can (too many recipients for the limit).
+    pub next: Option<i64>,
+}
+
+impl Refusal {
+    pub fn action(&self) -> Action {
+        self.limit.action
+    }
+
+    /// The line the caller and the log see.
+    pub fn describe(&self, account: &str, recipients: u32) -> String {
+        let who = match self.scope {
+            Scope::Account => account.to_string(),
+            Scope::Server => "the server-wide cap".to_string(),
+        };
+        let window = self.limit.window;
+        match self.next {
+            Some(t) => format!(
+                "{who} exceeded {} {} per {window} (limit \"{window}\"); next message possible at {}",
+                self.max,
+                self.what,
+                format_time(t)
+            ),
+            None => format!(
+                "a message to {recipients} recipients exceeds {who}'s limit of {} {} per {window} (limit \"{window}\")",
+                self.max, self.what
+            ),
+        }
+    }
+}
+
+/// "14:32 UTC" today, with the date when further away.
+pub fn format_time(t: i64) -> String {
+    let Some(at) = chrono::DateTime::from_timestamp(t, 0) else {
+        return format!("@{t}");
+    };
+    let now = chrono::Utc::now();
+    if (at - now).num_hours().abs() < 20 {
+        at.format("%H:%M UTC").to_string()
+    } else {
+        at.format("%Y-%m-%d %H:%M UTC").to_string()
+    }
+}
+
+/// Align stored windows with the configured limits: keep the counts of a window whose length is
+/// unchanged, start new ones empty.
+pub fn reconcile(record: &Record, limits: &[Limit], now: i64) -> Vec<Window> {
+    limits
+        .iter()
+        .map(|l| {
+            record
+                .windows
+                .iter()
+                .find(|w| w.secs == l.window.secs())
+                .cloned()
+                .unwrap_or_else(|| Window::new(l.window.secs(), now))
+        })
+        .collect()
+}
+
+/// Check every window, then count the message (accepted) or the refusal. Pure.
+pub fn decide(
+    account: (&mut [Window], &[Limit]),
+    exempt: bool,
+    server: (&mut [Window], &[Limit]),
+    now: i64,
+    recipients: u32,
+) -> Result<(), Refusal> {
+    let mut worst: Option<Refusal> = None;
+    if !exempt {
+        for (scope, (windows, limits)) in [
+            (Scope::Account, (&*account.0, account.1)),
+            (Scope::Server, (&*server.0, server.1)),
+        ] {
+            for (w, l) in windows.iter().zip(limits) {
+                if let Some(r) = check(w, l, scope, now, recipients) {
+                    if worst.as_ref().is_none_or(|cur| worse(&r, cur)) {
+                        worst = Some(r);
+                    }
+                }
+            }
+        }
+    }
+    let all = account.0.iter_mut().chain(server.0.iter_mut());
+    match worst {
+        None => {
+            all.for_each(|w| w.record(now, recipients));
+            Ok(())
+        }
+        Some(r) => {
+            all.for_each(|w| w.record_refused(now));
+            Err(r)
+        }
+    }
+}
+
+fn check(w: &Window, l: &Limit, scope: Scope, now: i64, recipients: u32) -> Option<Refusal> {
+    let used = w.usage(now);
+    let (what, max) = if l.messages.is_some_and(|m| used.messages + 1 > u64::from(m)) {
+        ("messages", l.messages?)
+    } else if l
+        .recipients
+        .is_some_and(|m| used.recipients + u64::from(recipients) > u64::from(m))
+    {
+        ("recipients", l.recipients?)
+    } else {
+        return None;
+    };
+    Some(Refusal {
+        scope,
+        limit: l.clone(),
+        what,
+        max,
+        next: w.next_room(now, (1, u64::from(recipients)), (l.messages, l.recipients)),
+    })
+}
+
+/// reject beats hold beats defer; among equals, the one that frees up later.
+fn worse(a: &Refusal, b: &Refusal) -> bool {
+    let rank = |r: &Refusal| match r.action() {
+        Action::Reject => 2,
+        Action::Hold => 1,
+        Action::Defer => 0,
+    };
+    let later = |r: &Refusal| r.next.unwrap_or(i64::MAX);
+    (rank(a), later(a)) > (rank(b), later(b))
+}
+
+/// A counted message, so that it can be given back if it is not sent after all.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    account: String,
+    at: i64,
+    recipients: u32,
+}
+
+#[derive(Debug)]
+pub enum Verdict {
+    Accepted(Option<Ticket>),
+    Refused(Refusal),
+}
+
+/// The locked counter files of one decision: account first, then server.
+struct Locked {
+    account: CounterFile,
+    server: Option<CounterFile>,
+}
+
+fn lock_both(state: &StateDir, config: &Config, account: &str) -> Result<Locked, Failure> {
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    let account = state.lock(Counter::Account(account), timeout)?;
+    let server = if config.server.limits.is_empty() {
+        None
+    } else {
+        Some(state.lock(Counter::Server, timeout)?)
+    };
+    Ok(Locked { account, server })
+}
+
+/// Check and count one message for `account` at `now`. A corrupt counter follows
+/// `state.on_error`: fail closed (exit 71) or accept uncounted with a warning in the log.
+pub fn check_and_record(
+    state: &StateDir,
+    config: &Config,
+    account: &str,
+    recipients: u32,
+    now: i64,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Verdict, Failure> {
+    let locked = lock_both(state, config, account)?;
+    let loaded = (|| {
+        let a = locked.account.load()?;
+        let s = match &locked.server {
+            Some(f) => f.load()?,
+            None => Record::default(),
+        };
+        Ok::<_, store::Corrupt>((a, s))
+    })();
+    let (mut arec, mut srec) = match loaded {
+        Ok(pair) => pair,
+        Err(store::Corrupt(why)) => match config.state.on_error {
+            OnStateError::FailClosed => return Err(Failure::new(crate::exit::Exit::OsErr, why)),
+            OnStateError::FailOpen => {
+                warn(&format!(
+                    "{why}; sending uncounted (state.on_error = \"fail-open\")"
+                ));
+                return Ok(Verdict::Accepted(None));
+            }
+        },
+    };
+    let limits = config.limits_for(account);
+    let mut awin = reconcile(&arec, limits, now);
+    let mut swin = reconcile(&srec, &config.server.limits, now);
+    let mut t = now;
+    for w in awin.iter_mut().chain(swin.iter_mut()) {
+        t = t.max(w.advance(now));
+    }
+    let outcome = decide(
+        (&mut awin, limits),
+        config.is_exempt(account),
+        (&mut swin, &config.server.limits),
+        t,
+        recipients,
+    );
+    arec.windows = awin;
+    locked.account.save(&mut arec)?;
+    if let Some(f) = &locked.server {
+        srec.windows = swin;
+        f.save(&mut srec)?;
+    }
+    Ok(match outcome {
+        Ok(()) => Verdict::Accepted(Some(Ticket {
+            account: account.to_string(),
+            at: t,
+            recipients,
+        })),
+        Err(r) => Verdict::Refused(r),
+    })
+}
+
+/// Give back a counted message that was not sent after all (the relay refused it).
+pub fn refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+    let locked = lock_both(state, config, &ticket.account)?;
+    let files = std::iter::once(&locked.account).chain(locked.server.as_ref());
+    for f in files {
+        let Ok(mut rec) = f.load() else { continue };
+        for w in &mut rec.windows {
+            w.refund(ticket.at, ticket.recipients);
+        }
+        f.save(&mut rec)?;
+    }
+    Ok(())
+}
+
+/// Read an account's counters without changing them (status).
+pub fn read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<Record, Failure> {
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    let f = state.lock(counter, timeout)?;
+    f.load()
+        .map_err(|store::Corrupt(why)| Failure::new(crate::exit::Exit::OsErr, why))
+}
+
+/// Empty an account's (or the server's) counters.
+pub fn reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    let f = state.lock(counter, timeout)?;
+    let seq = f.load().map(|r| r.seq).unwrap_or(0);
+    let mut fresh = Record {
+        seq,
+        windows: Vec::new(),
+    };
+    // Write both slots so that no older record survives.
+    f.save(&mut fresh)?;
+    f.save(&mut fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Duration;
+
+    fn limit(secs: u64, messages: Option<u32>, recipients: Option<u32>) -> Limit {
+        Limit {
+            window: Duration(secs),
+            messages,
+            recipients,
+            action: Action::Reject,
+        }
+    }
+
+    #[test]
+    fn several_windows_and_server_cap() {
+        let acc = [limit(60, Some(2), None), limit(3600, Some(3), Some(10))];
+        let srv = [limit(3600, Some(4), None)];
+        let mut aw: Vec<Window> = acc
+            .iter()
+            .map(|l| Window::new(l.window.secs(), 0))
+            .collect();
+        let mut sw: Vec<Window> = srv
+            .iter()
+            .map(|l| Window::new(l.window.secs(), 0))
+            .collect();
+        let send = |t: i64, rcpts: u32, aw: &mut Vec<Window>, sw: &mut Vec<Window>| {
+            aw.iter_mut().chain(sw.iter_mut()).for_each(|w| {
+                w.advance(t);
+            });
+            decide((aw, &acc), false, (sw, &srv), t, rcpts)
+        };
+        assert!(send(0, 1, &mut aw, &mut sw).is_ok());
+        assert!(send(1, 1, &mut aw, &mut sw).is_ok());
+        let r = send(2, 1, &mut aw, &mut sw).unwrap_err();
+        assert_eq!((r.limit.window.secs(), r.what), (60, "messages"));
+        assert!(
+            r.describe("acc", 1)
+                .contains("acc exceeded 2 messages per 1m"),
+            "{}",
+            r.describe("acc", 1)
+        );
+        // refused attempts consumed nothing:
+        assert!(send(70, 1, &mut aw, &mut sw).is_ok());
+        let r = send(200, 1, &mut aw, &mut sw).unwrap_err();
+        assert_eq!(r.limit.window.secs(), 3600);
+        assert_eq!(aw[1].usage(200).refused, 2);
+        // recipients: 11 > 10 never fits.
+        let r = send(4000, 11, &mut aw, &mut sw).unwrap_err();
+        assert_eq!((r.what, r.next), ("recipients", None));
+    }
+
+    #[test]
+    fn exempt_is_counted_not_limited() {
+        let acc = [limit(60, Some(1), None)];
+        let mut aw = vec![Window::new(60, 0)];
+        let mut sw: Vec<Window> = Vec::new();
+        for _ in 0..5 {
+            assert!(decide((&mut aw, &acc), true, (&mut sw, &[]), 0, 1).is_ok());
+        }
+        assert_eq!(aw[0].usage(0).messages, 5);
+    }
+}

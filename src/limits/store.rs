@@ -1,0 +1,366 @@
+//! Counter files: one per account plus one for the server cap, each guarded by an exclusive
+//! lock and made of two checksummed fixed-size slots. An update writes the slot that does not
+//! hold the newest state, so a process killed at any instant leaves the other slot valid.
+
+use super::window::{BUCKETS, Bucket, Window};
+use crate::config::MAX_WINDOWS;
+use crate::exit::{Exit, Failure};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MAGIC: &[u8; 4] = b"MGS1";
+pub const SLOT_SIZE: usize = 2048;
+pub const FILE_SIZE: usize = 2 * SLOT_SIZE;
+const WINDOW_SIZE: usize = 16 + BUCKETS * 12;
+const HEADER_SIZE: usize = 4 + 8 + 4;
+const _: () = assert!(HEADER_SIZE + MAX_WINDOWS * WINDOW_SIZE + 8 <= SLOT_SIZE);
+
+/// What a counter file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub windows: Vec<Window>,
+}
+
+/// Whose counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter<'a> {
+    Account(&'a str),
+    Server,
+}
+
+pub fn encode(record: &Record) -> [u8; SLOT_SIZE] {
+    let mut out = [0u8; SLOT_SIZE];
+    let mut pos = 0;
+    let mut put = |bytes: &[u8]| {
+        out[pos..pos + bytes.len()].copy_from_slice(bytes);
+        pos += bytes.len();
+    };
+    put(MAGIC);
+    put(&record.seq.to_le_bytes());
+    let n = record.windows.len().min(MAX_WINDOWS);
+    put(&(n as u32).to_le_bytes());
+    for w in &record.windows[..n] {
+        put(&w.secs.to_le_bytes());
+        put(&w.head.to_le_bytes());
+        for b in &w.buckets {
+            put(&b.messages.to_le_bytes());
+            put(&b.recipients.to_le_bytes());
+            put(&b.refused.to_le_bytes());
+        }
+    }
+    let sum = fnv1a(&out[..SLOT_SIZE - 8]);
+    out[SLOT_SIZE - 8..].copy_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// `None` when the slot is empty, torn or foreign.
+pub fn decode(slot: &[u8]) -> Option<Record> {
+    if slot.len() != SLOT_SIZE || &slot[..4] != MAGIC {
+        return None;
+    }
+    let sum = u64::from_le_bytes(slot[SLOT_SIZE - 8..].try_into().ok()?);
+    if sum != fnv1a(&slot[..SLOT_SIZE - 8]) {
+        return None;
+    }
+    let mut pos = 4;
+    let mut take = |n: usize| {
+        let s = &slot[pos..pos + n];
+        pos += n;
+        s
+    };
+    let u32_at = |s: &[u8]| u32::from_le_bytes(s.try_into().unwrap_or_default());
+    let u64_at = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+    let seq = u64_at(take(8));
+    let n = u32_at(take(4)) as usize;
+    if n > MAX_WINDOWS {
+        return None;
+    }
+    let mut windows = Vec::with_capacity(n);
+    for _ in 0..n {
+        let secs = u64_at(take(8));
+        let head = u64_at(take(8)) as i64;
+        let mut buckets = [Bucket::default(); BUCKETS];
+        for b in &mut buckets {
+            b.messages = u32_at(take(4));
+            b.recipients = u32_at(take(4));
+            b.refused = u32_at(take(4));
+        }
+        windows.push(Window {
+            secs,
+            head,
+            buckets,
+        });
+    }
+    Some(Record { seq, windows })
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The state directory, opened once; counter files are opened relative to it.
+pub struct StateDir {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(path: &Path) -> Result<StateDir, Failure> {
+        let dir = open_dir_at(libc::AT_FDCWD, path).map_err(|e| {
+            Failure::io(
+                Exit::OsErr,
+                format!("cannot open state directory {}", path.display()),
+                &e,
+            )
+        })?;
+        Ok(StateDir {
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn counter_path(&self, counter: Counter<'_>) -> PathBuf {
+        match counter {
+            Counter::Account(name) => self.path.join("accounts").join(name),
+            Counter::Server => self.path.join("server"),
+        }
+    }
+
+    /// Open (creating if needed) and lock a counter file, waiting at most `timeout`.
+    pub fn lock(&self, counter: Counter<'_>, timeout: Duration) -> Result<CounterFile, Failure> {
+        let path = self.counter_path(counter);
+        let file = match counter {
+            Counter::Account(name) => {
+                let accounts = self.subdir("accounts")?;
+                open_file_at(accounts.as_raw_fd(), name)
+            }
+            Counter::Server => open_file_at(self.dir.as_raw_fd(), "server"),
+        }
+        .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
+        lock_with_deadline(&file, timeout)
+            .map_err(|e| Failure::io(Exit::OsErr, format!("cannot lock {}", path.display()), &e))?;
+        Ok(CounterFile { file, path })
+    }
+
+    /// Open a subdirectory of the state directory, creating it (mode 0770) when missing.
+    pub fn subdir(&self, name: &str) -> Result<OwnedFd, Failure> {
+        let c = CString::new(name)
+            .map_err(|_| Failure::new(Exit::Software, "NUL in directory name"))?;
+        // SAFETY: dir is a valid directory fd, c a valid C string.
+        let rc = unsafe { libc::mkdirat(self.dir.as_raw_fd(), c.as_ptr(), 0o770) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(Failure::io(
+                    Exit::OsErr,
+                    format!("cannot create {}", self.path.join(name).display()),
+                    &e,
+                ));
+            }
+        }
+        open_dir_at(self.dir.as_raw_fd(), Path::new(name)).map_err(|e| {
+            Failure::io(
+                Exit::OsErr,
+                format!("cannot open {}", self.path.join(name).display()),
+                &e,
+            )
+        })
+    }
+}
+
+fn open_dir_at(dir: libc::c_int, path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: c is a valid C string; the returned fd is owned by the OwnedFd below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open a counter file relative to its directory, never following a symlink.
+fn open_file_at(dir: libc::c_int, name: &str) -> io::Result<File> {
+    let c = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: as in open_dir_at.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o660 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `File::lock` has no timeout: poll `try_lock` with a short, growing pause.
+fn lock_with_deadline(file: &File, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "another sender held the lock for more than {} s",
+                    timeout.as_secs_f32()
+                ),
+            ));
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+/// A locked counter file. The lock is released when this is dropped.
+pub struct CounterFile {
+    file: File,
+    path: PathBuf,
+}
+
+/// A counter file whose content is neither empty nor a valid record.
+#[derive(Debug)]
+pub struct Corrupt(pub String);
+
+impl CounterFile {
+    pub fn load(&self) -> Result<Record, Corrupt> {
+        let mut buf = vec![0u8; FILE_SIZE];
+        let n = read_full(&self.file, &mut buf)
+            .map_err(|e| Corrupt(format!("cannot read {}: {e}", self.path.display())))?;
+        if buf[..n].iter().all(|&b| b == 0) {
+            return Ok(Record::default());
+        }
+        let a = decode(&buf[..SLOT_SIZE]);
+        let b = decode(&buf[SLOT_SIZE..]);
+        match (a, b) {
+            (Some(a), Some(b)) => Ok(if a.seq >= b.seq { a } else { b }),
+            (Some(r), None) | (None, Some(r)) => Ok(r),
+            (None, None) => Err(Corrupt(format!(
+                "{} is corrupt (no valid record; `mailgate reset` rewrites it)",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Write `record` with the next sequence number into the slot the newest state is not in.
+    pub fn save(&self, record: &mut Record) -> Result<(), Failure> {
+        record.seq += 1;
+        let slot = (record.seq % 2) as u64;
+        self.file
+            .write_all_at(&encode(record), slot * SLOT_SIZE as u64)
+            .map_err(|e| {
+                Failure::io(
+                    Exit::OsErr,
+                    format!("cannot write {}", self.path.display()),
+                    &e,
+                )
+            })
+    }
+}
+
+fn read_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        let mut w = Window::new(3600, 1_000_000);
+        w.record(1_000_000, 7);
+        w.record_refused(1_000_000);
+        Record {
+            seq: 41,
+            windows: vec![w, Window::new(60, 5)],
+        }
+    }
+
+    #[test]
+    fn codec_round_trips_and_detects_damage() {
+        let r = sample();
+        let slot = encode(&r);
+        assert_eq!(decode(&slot), Some(r));
+        for pos in [0, 5, 20, 300, SLOT_SIZE - 1] {
+            let mut bad = slot;
+            bad[pos] ^= 0x40;
+            assert_eq!(decode(&bad), None, "flip at {pos}");
+        }
+    }
+
+    #[test]
+    fn torn_write_falls_back_to_other_slot() {
+        let dir = std::env::temp_dir().join(format!("mailgate-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = StateDir::open(&dir).unwrap();
+        let f = state
+            .lock(Counter::Account("a"), Duration::from_secs(1))
+            .unwrap();
+        let mut r = sample();
+        f.save(&mut r).unwrap();
+        let good = r.clone();
+        r.windows[0].record(1_000_000, 1);
+        f.save(&mut r).unwrap();
+        // Tear the newest slot: the previous state must come back.
+        let slot = (r.seq % 2) as u64;
+        f.file
+            .write_all_at(&[0xff; 100], slot * SLOT_SIZE as u64 + 10)
+            .unwrap();
+        assert_eq!(f.load().unwrap(), good);
+        // Tear both: corrupt, reported with the path.
+        f.file
+            .write_all_at(&[0xff; 100], (1 - slot) * SLOT_SIZE as u64 + 10)
+            .unwrap();
+        let e = f.load().unwrap_err();
+        assert!(e.0.contains("accounts/a"), "{}", e.0);
+        drop(f);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, SLOT_SIZE)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

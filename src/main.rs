@@ -1,0 +1,43 @@
+//! mailgate: a sendmail-compatible drop-in that identifies the sending account, counts its
+//! mail under file locks and relays it, keeps it, or refuses it with a clear exit code.
+//!
+//! Under a name containing "sendmail" the binary is purely sendmail(1). As `mailgate`, a first
+//! argument naming an admin subcommand selects it; anything else is sendmail mode.
+
+mod address;
+mod admin;
+mod config;
+mod exit;
+mod identity;
+mod limits;
+mod log;
+mod message;
+mod pipeline;
+mod relay;
+mod sendmail;
+
+use std::ffi::OsString;
+
+fn main() {
+    // State files must come out 0660 whatever umask the (untrusted) caller left us.
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o007) };
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let program = argv
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rest: Vec<String> = argv
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let exit =
+        if !program.contains("sendmail") && rest.first().is_some_and(|a| admin::is_subcommand(a)) {
+            admin::run(&argv)
+        } else {
+            sendmail::run(&rest)
+        };
+    std::process::exit(exit.code());
+}

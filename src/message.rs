@@ -1,0 +1,463 @@
+//! The message as mailgate relays it: read from stdin (sendmail mode) or from an SMTP `DATA`
+//! section (`-bs`), with any mix of LF and CRLF, kept as header fields plus a CRLF body, and
+//! written back to the wire dot-stuffed. Pure code over `BufRead`/`Write`.
+//!
+//! Bytes are never re-encoded: 8-bit text, binary MIME parts and lines longer than 998 octets
+//! pass through unchanged. Only line endings become CRLF, as SMTP requires.
+
+use crate::address;
+use std::io::{self, BufRead, Write};
+
+/// How the input ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminator {
+    /// `-i` / `-oi`: only end-of-file ends the message.
+    Eof,
+    /// sendmail without `-i`: a line consisting of a single "." ends the message.
+    DotLine,
+    /// SMTP DATA: "." ends the message and a leading dot of any other line is removed.
+    SmtpData,
+}
+
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    /// The message exceeds the configured size; the input was consumed up to its end.
+    TooBig {
+        limit: u64,
+    },
+}
+
+/// One header field, continuation lines included, as raw bytes without the final CRLF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub raw: Vec<u8>,
+}
+
+impl Header {
+    pub fn new(name: &str, value: &str) -> Header {
+        Header {
+            raw: format!("{name}: {value}").into_bytes(),
+        }
+    }
+
+    pub fn name(&self) -> &[u8] {
+        let colon = self
+            .raw
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(self.raw.len());
+        trim_ascii_end(&self.raw[..colon])
+    }
+
+    pub fn is(&self, name: &str) -> bool {
+        self.name().eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// The value with folding removed, decoded lossily (addresses and logging only).
+    pub fn value(&self) -> String {
+        let colon = self
+            .raw
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(0, |c| c + 1);
+        let unfolded: Vec<u8> = self.raw[colon..]
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
+        String::from_utf8_lossy(&unfolded).trim().to_string()
+    }
+}
+
+/// A message: header fields, then a body whose lines all end in CRLF.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    pub headers: Vec<Header>,
+    pub body: Vec<u8>,
+}
+
+/// The headers mailgate adds to a message that lacks them, and its trace header.
+pub struct Trace<'a> {
+    pub host: &'a str,
+    pub uid: u32,
+    /// RFC 5322 date of now.
+    pub date: &'a str,
+    pub message_id: &'a str,
+    /// Address for a missing From: header.
+    pub from_addr: &'a str,
+    /// `-F`: display name for a missing From: header.
+    pub full_name: Option<&'a str>,
+}
+
+/// Headers that never leave the machine: blind copies and a caller's forged bounce address.
+const STRIPPED: &[&str] = &["Bcc", "Resent-Bcc", "Return-Path"];
+
+pub fn read_message<R: BufRead>(
+    input: &mut R,
+    terminator: Terminator,
+    max_size: u64,
+) -> Result<Message, ReadError> {
+    let mut msg = Message::default();
+    let mut line = Vec::with_capacity(1024);
+    let mut in_headers = true;
+    let mut first = true;
+    let mut size: u64 = 0;
+    let mut too_big = false;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line).map_err(ReadError::Io)? == 0 {
+            break;
+        }
+        strip_line_ending(&mut line);
+        if terminator != Terminator::Eof && line == b"." {
+            break;
+        }
+        let mut content: &[u8] = &line;
+        if terminator == Terminator::SmtpData && content.first() == Some(&b'.') {
+            content = &content[1..];
+        }
+        if std::mem::take(&mut first)
+            && terminator != Terminator::SmtpData
+            && content.starts_with(b"From ")
+        {
+            // An mbox separator line: not part of the message.
+            continue;
+        }
+        size += content.len() as u64 + 2;
+        if size > max_size {
+            too_big = true;
+        }
+        if too_big {
+            continue;
+        }
+        if in_headers {
+            if content.is_empty() {
+                in_headers = false;
+                continue;
+            }
+            if matches!(content[0], b' ' | b'\t') {
+                if let Some(last) = msg.headers.last_mut() {
+                    last.raw.extend_from_slice(b"\r\n");
+                    last.raw.extend_from_slice(content);
+                    continue;
+                }
+            } else if is_header_field(content) {
+                msg.headers.push(Header {
+                    raw: content.to_vec(),
+                });
+                continue;
+            }
+            // Not a header: the body begins without the empty separator line, which
+            // `write_data` supplies.
+            in_headers = false;
+        }
+        msg.body.extend_from_slice(content);
+        msg.body.extend_from_slice(b"\r\n");
+    }
+    if too_big {
+        return Err(ReadError::TooBig { limit: max_size });
+    }
+    Ok(msg)
+}
+
+/// Consume the rest of the input so that the writer never sees EPIPE/SIGPIPE.
+pub fn drain<R: io::Read>(input: &mut R) {
+    let _ = io::copy(input, &mut io::sink());
+}
+
+fn strip_line_ending(line: &mut Vec<u8>) {
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+}
+
+/// `Name: value` with a name of printable ASCII (obsolete whitespace before the colon allowed).
+fn is_header_field(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = trim_ascii_end(&line[..colon]);
+    !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))
+}
+
+fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    &bytes[..end]
+}
+
+impl Message {
+    pub fn header(&self, name: &str) -> Option<&Header> {
+        self.headers.iter().find(|h| h.is(name))
+    }
+
+    /// Recipients for `-t`: the Resent-To/Cc/Bcc headers if any exists, else To/Cc/Bcc.
+    pub fn header_recipients(&self) -> Vec<String> {
+        const RESENT: [&str; 3] = ["Resent-To", "Resent-Cc", "Resent-Bcc"];
+        const ORIGINAL: [&str; 3] = ["To", "Cc", "Bcc"];
+        let names = if self.headers.iter().any(|h| RESENT.iter().any(|n| h.is(n))) {
+            RESENT
+        } else {
+            ORIGINAL
+        };
+        self.headers
+            .iter()
+            .filter(|h| names.iter().any(|n| h.is(n)))
+            .flat_map(|h| address::parse_list(&h.value()))
+            .collect()
+    }
+
+    /// Remove blind-copy and Return-Path headers, add Date, Message-ID and From where missing,
+    /// and prepend mailgate's Received trace header.
+    pub fn complete_headers(&mut self, trace: &Trace<'_>) {
+        self.headers.retain(|h| !STRIPPED.iter().any(|n| h.is(n)));
+        if self.header("From").is_none() {
+            let from = match trace.full_name {
+                Some(name) if !name.is_empty() => {
+                    format!("{} <{}>", quote_phrase(name), trace.from_addr)
+                }
+                _ => trace.from_addr.to_string(),
+            };
+            self.headers.push(Header::new("From", &from));
+        }
+        if self.header("Date").is_none() {
+            self.headers.push(Header::new("Date", trace.date));
+        }
+        if self.header("Message-ID").is_none() {
+            self.headers
+                .push(Header::new("Message-ID", trace.message_id));
+        }
+        let received = format!(
+            "by {} (mailgate, from userid {});\r\n\t{}",
+            trace.host, trace.uid, trace.date
+        );
+        self.headers.insert(0, Header::new("Received", &received));
+    }
+
+    /// Bytes of the message as it goes on the wire before dot-stuffing.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|h| h.raw.len() + 2).sum();
+        (headers + 2 + self.body.len()) as u64
+    }
+
+    pub fn has_8bit(&self) -> bool {
+        self.headers.iter().any(|h| !h.raw.is_ascii()) || !self.body.is_ascii()
+    }
+
+    /// The message as canonical CRLF text: headers, empty line, body.
+    pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        for h in &self.headers {
+            out.write_all(&h.raw)?;
+            out.write_all(b"\r\n")?;
+        }
+        out.write_all(b"\r\n")?;
+        out.write_all(&self.body)
+    }
+
+    /// The SMTP DATA section: dot-stuffed, ending in ".\r\n".
+    pub fn write_data<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        let mut stuffer = DotStuffer {
+            inner: out,
+            at_line_start: true,
+        };
+        self.write_to(&mut stuffer)?;
+        out.write_all(b".\r\n")
+    }
+}
+
+/// `-F "Cron Daemon"` needs no quotes; `-F "Doe, John"` does.
+fn quote_phrase(name: &str) -> String {
+    let plain = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == ' ' || "!#$%&'*+-/=?^_`{|}~".contains(c));
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// Doubles a dot at the start of every line (RFC 5321 4.5.2).
+struct DotStuffer<'a, W: Write> {
+    inner: &'a mut W,
+    at_line_start: bool,
+}
+
+impl<W: Write> Write for DotStuffer<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            if self.at_line_start && buf[0] == b'.' {
+                self.inner.write_all(b".")?;
+            }
+            let end = buf
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(buf.len(), |p| p + 1);
+            self.inner.write_all(&buf[..end])?;
+            self.at_line_start = buf[end - 1] == b'\n';
+            buf = &buf[end..];
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(input: &[u8], t: Terminator) -> Message {
+        read_message(&mut &input[..], t, u64::MAX).expect("readable")
+    }
+
+    fn wire(msg: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        msg.write_data(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn mixed_line_endings_become_crlf() {
+        let m = read(
+            b"Subject: a\r\nTo: b@x\n\nline1\nline2\r\nlast",
+            Terminator::Eof,
+        );
+        assert_eq!(m.headers.len(), 2);
+        assert_eq!(m.body, b"line1\r\nline2\r\nlast\r\n");
+    }
+
+    #[test]
+    fn dot_handling() {
+        let input = b"Subject: a\n\n.hidden\n.\nafter\n";
+        let with_i = read(input, Terminator::Eof);
+        assert_eq!(with_i.body, b".hidden\r\n.\r\nafter\r\n");
+        assert_eq!(
+            wire(&with_i),
+            b"Subject: a\r\n\r\n..hidden\r\n..\r\nafter\r\n.\r\n"
+        );
+        let without_i = read(input, Terminator::DotLine);
+        assert_eq!(without_i.body, b".hidden\r\n");
+        let smtp = read(b"Subject: a\r\n\r\n..x\r\n.\r\nnext", Terminator::SmtpData);
+        assert_eq!(smtp.body, b".x\r\n");
+    }
+
+    #[test]
+    fn from_line_folding_and_missing_separator() {
+        let m = read(
+            b"From someone Sat Jan  1 00:00:00 2000\nTo: a@x,\n  b@y\nbody without blank\n",
+            Terminator::Eof,
+        );
+        assert_eq!(m.headers.len(), 1);
+        assert_eq!(m.headers[0].raw, b"To: a@x,\r\n  b@y");
+        assert_eq!(m.header_recipients(), ["a@x", "b@y"]);
+        assert_eq!(m.body, b"body without blank\r\n");
+        assert_eq!(
+            wire(&m),
+            b"To: a@x,\r\n  b@y\r\n\r\nbody without blank\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn resent_headers_take_precedence() {
+        let m = read(
+            b"To: a@x\nCc: b@x\nResent-To: r@x\nResent-Bcc: s@x\n\n",
+            Terminator::Eof,
+        );
+        assert_eq!(m.header_recipients(), ["r@x", "s@x"]);
+        let n = read(b"To: a@x\nCc: b@x\nBcc: c@x\n\n", Terminator::Eof);
+        assert_eq!(n.header_recipients(), ["a@x", "b@x", "c@x"]);
+    }
+
+    #[test]
+    fn eight_bit_and_long_lines_unchanged() {
+        let mut input = b"Subject: \xe4\xf6\n\n".to_vec();
+        let long = vec![b'x'; 5000];
+        input.extend_from_slice(&long);
+        input.extend_from_slice(b"\n\x00\xff\n");
+        let m = read(&input, Terminator::Eof);
+        assert!(m.has_8bit());
+        let mut expected = long.clone();
+        expected.extend_from_slice(b"\r\n\x00\xff\r\n");
+        assert_eq!(m.body, expected);
+    }
+
+    #[test]
+    fn complete_headers_strips_and_adds() {
+        let mut m = read(
+            b"To: a@x\nBcc: hidden@x\nReturn-Path: <forged@x>\nresent-bcc: h2@x\n\nhi\n",
+            Terminator::Eof,
+        );
+        m.complete_headers(&Trace {
+            host: "web1.example",
+            uid: 1000,
+            date: "Sat, 28 Nov 2026 01:00:00 +0000",
+            message_id: "<id@web1.example>",
+            from_addr: "web1@example.org",
+            full_name: Some("Doe, John"),
+        });
+        let names: Vec<String> = m
+            .headers
+            .iter()
+            .map(|h| String::from_utf8_lossy(h.name()).into_owned())
+            .collect();
+        assert_eq!(names, ["Received", "To", "From", "Date", "Message-ID"]);
+        assert_eq!(
+            m.header("From").unwrap().value(),
+            "\"Doe, John\" <web1@example.org>"
+        );
+        assert!(
+            m.header("Received")
+                .unwrap()
+                .value()
+                .contains("from userid 1000")
+        );
+    }
+
+    #[test]
+    fn too_big_consumes_input() {
+        let input = b"Subject: a\n\n0123456789\n0123456789\n.\nrest\n";
+        let mut cursor = &input[..];
+        let err = read_message(&mut cursor, Terminator::SmtpData, 20).unwrap_err();
+        assert!(matches!(err, ReadError::TooBig { limit: 20 }));
+        assert_eq!(cursor, b"rest\n");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(input in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            for t in [Terminator::Eof, Terminator::DotLine, Terminator::SmtpData] {
+                if let Ok(m) = read_message(&mut &input[..], t, 1 << 20) {
+                    let _ = m.header_recipients();
+                    let _ = wire(&m);
+                }
+            }
+        }
+
+        #[test]
+        fn dot_stuffing_round_trips(body_lines in proptest::collection::vec("[.a-z ]{0,6}", 0..10)) {
+            let mut input = b"Subject: s\n\n".to_vec();
+            for l in &body_lines {
+                input.extend_from_slice(l.as_bytes());
+                input.push(b'\n');
+            }
+            let m = read(&input, Terminator::Eof);
+            let data = wire(&m);
+            let back = read(&data, Terminator::SmtpData);
+            proptest::prop_assert_eq!(back, m);
+        }
+    }
+}

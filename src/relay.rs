@@ -1,0 +1,330 @@
+//! The SMTP client that hands a message to the relay (the seed's second Postfix instance).
+//!
+//! Hand-written instead of lettre because mailgate needs (1) each RCPT's own outcome, so that a
+//! partially rejected message still goes to the accepted recipients (lettre aborts the
+//! transaction at the first rejected RCPT), (2) TCP_NODELAY, without which the DATA dot waits
+//! ~40 ms on Nagle + delayed ACK, and (3) one deadline for the whole transaction, not per read.
+//! With PIPELINING, MAIL, every RCPT and DATA go out in one write.
+
+use crate::message::Message;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// One SMTP reply (multi-line replies joined with a space).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text.replace('\n', " "))
+    }
+}
+
+pub struct Envelope<'a> {
+    /// `None` is the null sender `<>`.
+    pub sender: Option<&'a str>,
+    pub recipients: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The relay took the message for at least one recipient.
+    Delivered {
+        reply: Reply,
+        rejected: Vec<(String, Reply)>,
+    },
+    /// 5xx: the relay will never take it as it is.
+    Permanent(String),
+    /// 4xx, no connection, or timeout: may work later.
+    Temporary(String),
+}
+
+pub struct Relay<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub timeout: Duration,
+    pub helo: &'a str,
+}
+
+impl Relay<'_> {
+    pub fn send(&self, env: &Envelope<'_>, msg: &Message) -> Outcome {
+        let deadline = Instant::now() + self.timeout;
+        match self.transaction(env, msg, deadline) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let what = match e.kind() {
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                        format!(
+                            "relay {}:{} did not answer within {} s",
+                            self.host,
+                            self.port,
+                            self.timeout.as_secs()
+                        )
+                    }
+                    _ => format!("relay {}:{}: {e}", self.host, self.port),
+                };
+                Outcome::Temporary(what)
+            }
+        }
+    }
+
+    fn connect(&self, deadline: Instant) -> io::Result<TcpStream> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in (self.host, self.port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn transaction(
+        &self,
+        env: &Envelope<'_>,
+        msg: &Message,
+        deadline: Instant,
+    ) -> io::Result<Outcome> {
+        let stream = self.connect(deadline)?;
+        stream.set_nodelay(true)?;
+        let mut conn = Conn {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: BufWriter::with_capacity(64 * 1024, stream),
+            deadline,
+        };
+        let greeting = conn.reply()?;
+        if !greeting.is_positive() {
+            return Ok(conn.fail("greeting", greeting));
+        }
+        conn.command(&format!("EHLO {}", self.helo))?;
+        let mut ehlo = conn.reply()?;
+        let mut extensions = Vec::new();
+        if ehlo.is_positive() {
+            extensions = ehlo
+                .text
+                .split('\n')
+                .skip(1)
+                .map(|l| l.to_ascii_uppercase())
+                .collect();
+        } else {
+            conn.command(&format!("HELO {}", self.helo))?;
+            ehlo = conn.reply()?;
+            if !ehlo.is_positive() {
+                return Ok(conn.fail("HELO", ehlo));
+            }
+        }
+        let has = |ext: &str| {
+            extensions
+                .iter()
+                .any(|e| e == ext || e.starts_with(&format!("{ext} ")))
+        };
+        let pipelining = has("PIPELINING");
+
+        let mut mail = format!("MAIL FROM:<{}>", env.sender.unwrap_or(""));
+        if has("SIZE") {
+            mail.push_str(&format!(" SIZE={}", msg.size()));
+        }
+        if has("8BITMIME") && msg.has_8bit() {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        // With PIPELINING the whole envelope and DATA go in one write; otherwise each command
+        // waits for its reply.
+        conn.command(&mail)?;
+        let mail_reply = if pipelining {
+            None
+        } else {
+            Some(conn.reply()?)
+        };
+        if let Some(r) = &mail_reply {
+            if !r.is_positive() {
+                return Ok(conn.fail("MAIL FROM", r.clone()));
+            }
+        }
+        let mut rcpt_replies = Vec::with_capacity(env.recipients.len());
+        for rcpt in env.recipients {
+            conn.command(&format!("RCPT TO:<{rcpt}>"))?;
+            if !pipelining {
+                rcpt_replies.push(conn.reply()?);
+            }
+        }
+        if pipelining {
+            conn.command("DATA")?;
+            let mail_reply = conn.reply()?;
+            for _ in env.recipients {
+                rcpt_replies.push(conn.reply()?);
+            }
+            let data_reply = conn.reply()?;
+            if !mail_reply.is_positive() {
+                if data_reply.code == 354 {
+                    conn.end_empty_data()?;
+                }
+                return Ok(conn.fail("MAIL FROM", mail_reply));
+            }
+            return self.finish(conn, env, msg, rcpt_replies, data_reply);
+        }
+        if !rcpt_replies.iter().any(Reply::is_positive) {
+            return Ok(all_rejected(conn, env, rcpt_replies));
+        }
+        conn.command("DATA")?;
+        let data_reply = conn.reply()?;
+        self.finish(conn, env, msg, rcpt_replies, data_reply)
+    }
+
+    fn finish(
+        &self,
+        mut conn: Conn,
+        env: &Envelope<'_>,
+        msg: &Message,
+        rcpt_replies: Vec<Reply>,
+        data_reply: Reply,
+    ) -> io::Result<Outcome> {
+        let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
+        if data_reply.code != 354 {
+            if !any_accepted {
+                return Ok(all_rejected(conn, env, rcpt_replies));
+            }
+            return Ok(conn.fail("DATA", data_reply));
+        }
+        if !any_accepted {
+            conn.end_empty_data()?;
+            return Ok(all_rejected(conn, env, rcpt_replies));
+        }
+        msg.write_data(&mut conn.writer)?;
+        conn.writer.write_all(b"QUIT\r\n")?;
+        conn.flush()?;
+        let reply = conn.reply()?;
+        // The 221 is a courtesy; the outcome is already known.
+        let _ = conn.reply();
+        let rejected: Vec<(String, Reply)> = env
+            .recipients
+            .iter()
+            .cloned()
+            .zip(rcpt_replies)
+            .filter(|(_, r)| !r.is_positive())
+            .collect();
+        Ok(if reply.is_positive() {
+            Outcome::Delivered { reply, rejected }
+        } else {
+            classify("end of data", reply)
+        })
+    }
+}
+
+fn all_rejected(mut conn: Conn, env: &Envelope<'_>, replies: Vec<Reply>) -> Outcome {
+    conn.quit();
+    // Temporary if any recipient might work later, permanent only if all were refused for good.
+    let detail = env
+        .recipients
+        .iter()
+        .zip(&replies)
+        .map(|(r, reply)| format!("<{r}>: {reply}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if replies.iter().all(Reply::is_permanent) {
+        Outcome::Permanent(format!("relay rejected all recipients: {detail}"))
+    } else {
+        Outcome::Temporary(format!("relay deferred recipients: {detail}"))
+    }
+}
+
+fn classify(stage: &str, reply: Reply) -> Outcome {
+    let text = format!("relay refused {stage}: {reply}");
+    if reply.is_permanent() {
+        Outcome::Permanent(text)
+    } else {
+        Outcome::Temporary(text)
+    }
+}
+
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
+    } else {
+        Ok(left)
+    }
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    deadline: Instant,
+}
+
+impl Conn {
+    /// Queue a command; it is sent when a reply is read (or on flush).
+    fn command(&mut self, line: &str) -> io::Result<()> {
+        self.writer.write_all(line.as_bytes())?;
+        self.writer.write_all(b"\r\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer
+            .get_ref()
+            .set_write_timeout(Some(remaining(self.deadline)?))?;
+        self.writer.flush()
+    }
+
+    fn reply(&mut self) -> io::Result<Reply> {
+        self.flush()?;
+        let mut text = String::new();
+        let mut line = Vec::new();
+        loop {
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(remaining(self.deadline)?))?;
+            line.clear();
+            if self.reader.read_until(b'\n', &mut line)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "relay closed the connection",
+                ));
+            }
+            let l = String::from_utf8_lossy(&line);
+            let l = l.trim_end();
+            let code = l
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("malformed reply {l:?}"))
+                })?;
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(l.get(4..).unwrap_or(""));
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return Ok(Reply { code, text });
+            }
+        }
+    }
+
+    fn end_empty_data(&mut self) -> io::Result<()> {
+        self.writer.write_all(b".\r\n")?;
+        self.reply().map(|_| ())
+    }
+
+    fn fail(mut self, stage: &str, reply: Reply) -> Outcome {
+        self.quit();
+        classify(stage, reply)
+    }
+
+    fn quit(&mut self) {
+        if self.command("QUIT").is_ok() {
+            let _ = self.reply();
+        }
+    }
+}

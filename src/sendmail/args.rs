@@ -1,0 +1,293 @@
+//! The sendmail(1) command line, parsed exactly like Postfix's `sendmail` does with getopt and
+//! the option string `+A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:r:q:tvx`: attached or separate
+//! values, combined flags, `--`, and the POSIX stop at the first operand. Pure code: no I/O.
+//!
+//! mailgate adds two long options that only an admin's `sendmail_path` uses: `--account NAME`
+//! (space separated, because `=` breaks inside FPM's `PHP_ADMIN_VALUE`) and `--config PATH`.
+//! Neither `-C` nor `-X` is ever opened: they are the classic injection vector through
+//! `mail()`'s fifth parameter (CVE-2016-10033).
+
+/// What the caller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Read a message from stdin and deliver it (`-bm`, the default).
+    Deliver,
+    /// Speak SMTP on stdin/stdout (`-bs`).
+    Smtp,
+    /// A queue or alias operation that mailgate has nothing to do for (`-bp`, `-q`, `-bi`, `-I`,
+    /// `-bv`): exit 0, print nothing.
+    NoOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub mode: Mode,
+    /// `-t`: add the header recipients to the operands.
+    pub extract_recipients: bool,
+    /// `-i` / `-oi`: a line with a single dot does not end the message.
+    pub ignore_dots: bool,
+    /// `-f` / `-r`, the last one given, unparsed.
+    pub sender: Option<String>,
+    /// `-F`: full name for a From: header that mailgate adds.
+    pub full_name: Option<String>,
+    /// `--account NAME` from the admin's `sendmail_path`.
+    pub account: Option<String>,
+    /// `--config PATH`; honoured only when not running setgid.
+    pub config: Option<String>,
+    /// Recipient operands, each an address list.
+    pub recipients: Vec<String>,
+}
+
+/// A command line that sendmail would refuse (exit 64).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+/// Options that take a value, per Postfix's getopt string.
+const WITH_VALUE: &[u8] = b"ABCFLNORVXbefhopqr";
+/// Options without a value, per Postfix's getopt string.
+const FLAGS: &[u8] = b"GIUcimntvx";
+
+pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
+    let mut inv = Invocation {
+        mode: Mode::Deliver,
+        extract_recipients: false,
+        ignore_dots: false,
+        sender: None,
+        full_name: None,
+        account: None,
+        config: None,
+        recipients: Vec::new(),
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_ref();
+        i += 1;
+        if arg == "--" {
+            break;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            let (name, attached) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            let value = match attached {
+                Some(v) => v,
+                None => {
+                    let v = args.get(i).map(|s| s.as_ref().to_string());
+                    i += 1;
+                    v.ok_or_else(|| UsageError(format!("option --{name} requires a value")))?
+                }
+            };
+            match name {
+                "account" => inv.account = Some(value),
+                "config" => inv.config = Some(value),
+                _ => return Err(UsageError(format!("unknown option --{name}"))),
+            }
+            continue;
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            // POSIX: the first operand ends option processing.
+            i -= 1;
+            break;
+        }
+        let bytes = arg.as_bytes();
+        let mut pos = 1;
+        while pos < bytes.len() {
+            let opt = bytes[pos];
+            pos += 1;
+            if FLAGS.contains(&opt) {
+                apply_flag(&mut inv, opt);
+                continue;
+            }
+            if !WITH_VALUE.contains(&opt) {
+                return Err(UsageError(format!(
+                    "unknown option -{}",
+                    char_of(arg, pos - 1)
+                )));
+            }
+            let value = if pos < bytes.len() {
+                // `-fuser`: the rest of this argument. Options are ASCII, so `pos` is a char
+                // boundary.
+                arg[pos..].to_string()
+            } else if let Some(next) = args.get(i) {
+                i += 1;
+                next.as_ref().to_string()
+            } else if opt == b'q' {
+                // `sendmail -q` (flush the queue) is commonly given without a value.
+                String::new()
+            } else {
+                return Err(UsageError(format!(
+                    "option -{} requires a value",
+                    opt as char
+                )));
+            };
+            apply_value(&mut inv, opt, value)?;
+            break;
+        }
+    }
+    inv.recipients.extend(
+        args[i.min(args.len())..]
+            .iter()
+            .map(|s| s.as_ref().to_string()),
+    );
+    Ok(inv)
+}
+
+fn char_of(arg: &str, byte_pos: usize) -> char {
+    arg[byte_pos..].chars().next().unwrap_or('?')
+}
+
+fn apply_flag(inv: &mut Invocation, opt: u8) {
+    match opt {
+        b't' => inv.extract_recipients = true,
+        b'i' => inv.ignore_dots = true,
+        b'I' => inv.mode = Mode::NoOp,
+        // -G -U -c -m -n -v -x: accepted and ignored, as Postfix does.
+        _ => {}
+    }
+}
+
+fn apply_value(inv: &mut Invocation, opt: u8, value: String) -> Result<(), UsageError> {
+    match opt {
+        b'f' | b'r' => inv.sender = Some(value),
+        b'F' => inv.full_name = Some(value),
+        b'b' => match value.as_str() {
+            "m" => inv.mode = Mode::Deliver,
+            "s" => inv.mode = Mode::Smtp,
+            "p" | "i" | "v" | "a" => inv.mode = Mode::NoOp,
+            other => {
+                return Err(UsageError(format!("unsupported mode -b{other}")));
+            }
+        },
+        b'q' => inv.mode = Mode::NoOp,
+        b'o' => {
+            if value == "i" {
+                inv.ignore_dots = true;
+            }
+        }
+        // -C and -X name files; they are never opened (CVE-2016-10033). -A -B -L -N -O -R -V -e
+        // -h -p are accepted and ignored.
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Invocation {
+        parse(args).expect("valid command line")
+    }
+
+    #[test]
+    fn attached_separate_and_combined() {
+        let a = p(&["-fuser@x", "-ti", "a@x"]);
+        assert_eq!(a.sender.as_deref(), Some("user@x"));
+        assert!(a.extract_recipients && a.ignore_dots);
+        assert_eq!(a.recipients, ["a@x"]);
+        let b = p(&["-f", "user@x", "-t", "-i"]);
+        assert_eq!(b.sender.as_deref(), Some("user@x"));
+        let c = p(&["-tif", "s@x", "r@x"]);
+        assert_eq!(c.sender.as_deref(), Some("s@x"));
+        assert_eq!(c.recipients, ["r@x"]);
+    }
+
+    #[test]
+    fn last_sender_wins_and_r_is_f() {
+        assert_eq!(p(&["-fa@x", "-r", "b@x"]).sender.as_deref(), Some("b@x"));
+        assert_eq!(p(&["-f", ""]).sender.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn posix_stop_and_double_dash() {
+        let a = p(&["a@x", "-t"]);
+        assert!(!a.extract_recipients);
+        assert_eq!(a.recipients, ["a@x", "-t"]);
+        let b = p(&["-oem", "-oi", "--", "-a@x", "b@x"]);
+        assert!(b.ignore_dots);
+        assert_eq!(b.recipients, ["-a@x", "b@x"]);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(p(&["-bs"]).mode, Mode::Smtp);
+        assert_eq!(p(&["-bm", "a@x"]).mode, Mode::Deliver);
+        for noop in [
+            &["-bp"][..],
+            &["-q"],
+            &["-q1h"],
+            &["-bi"],
+            &["-I"],
+            &["-bv", "a@x"],
+        ] {
+            assert_eq!(p(noop).mode, Mode::NoOp, "{noop:?}");
+        }
+        assert!(parse(&["-bd"]).is_err());
+    }
+
+    #[test]
+    fn ignored_options_and_cve_paths() {
+        let a = p(&[
+            "-FCronDaemon",
+            "-i",
+            "-B8BITMIME",
+            "-oem",
+            "-X",
+            "/tmp/log.php",
+            "-C/etc/x",
+            "-Ox=y",
+            "-N",
+            "never",
+            "-R",
+            "hdrs",
+            "-V",
+            "id",
+            "-L",
+            "tag",
+            "-h",
+            "5",
+            "-U",
+            "-Ax",
+            "-G",
+            "-m",
+            "-c",
+            "-x",
+            "-e",
+            "m",
+            "-p",
+            "proto",
+            "-n",
+            "-v",
+            "root",
+        ]);
+        assert_eq!(a.full_name.as_deref(), Some("CronDaemon"));
+        assert!(a.ignore_dots);
+        assert_eq!(a.recipients, ["root"]);
+    }
+
+    #[test]
+    fn account_option_and_errors() {
+        let a = p(&["--account", "example.com", "-t", "-i"]);
+        assert_eq!(a.account.as_deref(), Some("example.com"));
+        assert!(a.extract_recipients);
+        assert!(parse(&["-k"]).is_err());
+        assert!(parse(&["-f"]).is_err());
+        assert!(parse(&["--account"]).is_err());
+        assert!(parse(&["--bogus", "x"]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(args in proptest::collection::vec(".{0,12}", 0..8)) {
+            let _ = parse(&args);
+        }
+
+        #[test]
+        fn flag_clusters_equal_separate_flags(flags in proptest::collection::vec(proptest::sample::select(vec!['t', 'i', 'G', 'U', 'n', 'v', 'x', 'm', 'c']), 1..6)) {
+            let cluster = format!("-{}", flags.iter().collect::<String>());
+            let separate: Vec<String> = flags.iter().map(|f| format!("-{f}")).collect();
+            proptest::prop_assert_eq!(parse(&[cluster]), parse(&separate));
+        }
+    }
+}

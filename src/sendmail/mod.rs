@@ -1,0 +1,212 @@
+//! Sendmail mode: what `/usr/sbin/sendmail` callers get. Turns argv and stdin into a
+//! submission, runs the pipeline, and maps the outcome to an exit code and at most one stderr
+//! line, written only after stdin was read to its end. stdout stays empty.
+
+pub mod args;
+pub mod bs;
+
+use crate::address;
+use crate::config::{self, Config};
+use crate::exit::{Exit, Failure};
+use crate::identity::{self, Caller};
+use crate::message::{self, ReadError, Terminator};
+use crate::pipeline::{self, Context, Submission};
+use args::{Invocation, Mode};
+use std::io::{self, BufReader, Read};
+use std::path::PathBuf;
+
+pub fn run(argv: &[String]) -> Exit {
+    let stdin = io::stdin();
+    let mut input = BufReader::with_capacity(64 * 1024, stdin.lock());
+    let inv = match args::parse(argv) {
+        Ok(inv) => inv,
+        Err(args::UsageError(why)) => {
+            drain_unless_tty(&mut input);
+            return fail(&Failure::new(Exit::Usage, why));
+        }
+    };
+    match inv.mode {
+        Mode::NoOp => Exit::Ok,
+        Mode::Smtp => smtp_session(&inv, &mut input),
+        Mode::Deliver => deliver(&inv, &mut input),
+    }
+}
+
+fn fail(f: &Failure) -> Exit {
+    eprintln!("mailgate: {}", f.message);
+    f.exit
+}
+
+fn drain_unless_tty<R: Read>(input: &mut R) {
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(0) } == 0 {
+        message::drain(input);
+    }
+}
+
+/// Config, caller and account: everything needed before a message can be decided on.
+fn setup(inv: &Invocation) -> Result<Context, Failure> {
+    let privileged = identity::is_privileged();
+    let config = load_config(inv, privileged)?;
+    let caller = Caller::current();
+    let env_account = std::env::var(&config.identity.account_env).ok();
+    let account = identity::resolve_account(
+        &caller,
+        inv.account.as_deref(),
+        env_account
+            .as_deref()
+            .filter(|_| !config.identity.account_env.is_empty()),
+        &config,
+    )?;
+    let fixed_now = if privileged {
+        None
+    } else {
+        std::env::var("MAILGATE_NOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    };
+    Ok(Context::new(config, caller, account, fixed_now))
+}
+
+/// `--config` and `MAILGATE_CONFIG` are the caller's: honoured only without setgid.
+pub fn config_path(option: Option<&str>, privileged: bool) -> (PathBuf, bool) {
+    if !privileged {
+        if let Some(p) = option {
+            return (PathBuf::from(p), false);
+        }
+        if let Some(p) = std::env::var_os("MAILGATE_CONFIG").filter(|p| !p.is_empty()) {
+            return (PathBuf::from(p), false);
+        }
+    }
+    (PathBuf::from(config::DEFAULT_PATH), true)
+}
+
+fn load_config(inv: &Invocation, privileged: bool) -> Result<Config, Failure> {
+    let (path, is_default) = config_path(inv.config.as_deref(), privileged);
+    Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))
+}
+
+fn deliver<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
+    let context = setup(inv);
+    let max_size = context
+        .as_ref()
+        .map_or(Config::default().max_message_size, |c| {
+            c.config.max_message_size
+        });
+    let terminator = if inv.ignore_dots {
+        Terminator::Eof
+    } else {
+        Terminator::DotLine
+    };
+    let read = message::read_message(input, terminator, max_size);
+    // Whatever happens next, the caller's pipe is read to its end first.
+    message::drain(input);
+    let mut context = match context {
+        Ok(c) => c,
+        Err(f) => return fail(&f),
+    };
+    let message = match read {
+        Ok(m) => m,
+        Err(ReadError::TooBig { limit }) => {
+            return fail(&Failure::new(
+                Exit::DataErr,
+                format!("message larger than max_message_size ({limit} bytes)"),
+            ));
+        }
+        Err(ReadError::Io(e)) => {
+            return fail(&Failure::io(
+                Exit::IoErr,
+                "cannot read the message from stdin",
+                &e,
+            ));
+        }
+    };
+    let submission = match envelope(inv, &context, message) {
+        Ok(s) => s,
+        Err(f) => return fail(&f),
+    };
+    let report = context.submit(submission);
+    if let Some(line) = &report.line {
+        eprintln!("mailgate: {line}");
+    }
+    report.exit
+}
+
+/// Sender and recipients from argv (and the headers with `-t`).
+fn envelope(
+    inv: &Invocation,
+    context: &Context,
+    message: message::Message,
+) -> Result<Submission, Failure> {
+    let sender = inv
+        .sender
+        .as_deref()
+        .map(pipeline::parse_sender)
+        .transpose()?;
+    let mut recipients: Vec<String> = inv
+        .recipients
+        .iter()
+        .flat_map(|op| address::parse_list(op))
+        .collect();
+    if inv.extract_recipients {
+        recipients.extend(message.header_recipients());
+    }
+    let mut unique = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        pipeline::check_address(&r)
+            .map_err(|why| Failure::new(Exit::NoUser, format!("invalid recipient {r:?}: {why}")))?;
+        let r = context.qualify(&r);
+        if !unique.contains(&r) {
+            unique.push(r);
+        }
+    }
+    if unique.is_empty() {
+        return Err(Failure::new(
+            Exit::Usage,
+            "no recipients: name them as arguments or use -t to read them from To:/Cc:/Bcc:",
+        ));
+    }
+    Ok(Submission {
+        sender,
+        recipients: unique,
+        full_name: inv.full_name.clone(),
+        message,
+    })
+}
+
+fn smtp_session<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
+    let stdout = io::stdout();
+    let mut output = io::BufWriter::new(stdout.lock());
+    let (mut context, unavailable) = match setup(inv) {
+        Ok(c) => (Some(c), None),
+        Err(f) => (None, Some(f)),
+    };
+    let hostname = context
+        .as_ref()
+        .map_or_else(|| "localhost".to_string(), |c| c.hostname.clone());
+    let max_size = context
+        .as_ref()
+        .map_or(Config::default().max_message_size, |c| {
+            c.config.max_message_size
+        });
+    let server = bs::Server {
+        hostname: &hostname,
+        max_size,
+        unavailable: unavailable.as_ref().map(|f| f.message.clone()),
+    };
+    let result = server.run(input, &mut output, &mut |mut sub: Submission| {
+        let Some(ctx) = context.as_mut() else {
+            return "554 5.3.5 mailgate is not available".into();
+        };
+        if let Some(Some(s)) = &sub.sender {
+            sub.sender = Some(Some(ctx.qualify(s)));
+        }
+        sub.recipients = sub.recipients.iter().map(|r| ctx.qualify(r)).collect();
+        ctx.submit(sub).smtp
+    });
+    match (result, unavailable) {
+        (_, Some(f)) => f.exit,
+        (Err(_), None) => Exit::IoErr,
+        (Ok(()), None) => Exit::Ok,
+    }
+}
