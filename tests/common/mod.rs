@@ -1,0 +1,471 @@
+//! Test harness: real Postfix `smtp-sink`, an in-test recording SMTP server for byte-exact
+//! checks, and a throw-away mailgate configuration per test. Every process a test starts is
+//! killed by PID when its guard drops; every wait has a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailgate");
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A port that was free a moment ago (bind port 0, then release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `cond` until it holds or the deadline passes.
+pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "mailgate-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills and reaps a child by PID when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a sink received for one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// MAIL FROM argument as given, e.g. `<a@x> BODY=8BITMIME`.
+    pub mail: String,
+    /// RCPT TO addresses without brackets.
+    pub rcpts: Vec<String>,
+    /// Message content (smtp-sink: LF lines, unstuffed; recorder: raw wire bytes).
+    pub data: Vec<u8>,
+}
+
+impl Received {
+    pub fn sender(&self) -> String {
+        let m = &self.mail;
+        m[m.find('<').map_or(0, |i| i + 1)..m.find('>').unwrap_or(m.len())].to_string()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+
+    /// Value of the first header `name` (unfolded).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let text = self.text();
+        let mut found: Option<String> = None;
+        for line in text.split('\n').map(|l| l.trim_end_matches('\r')) {
+            if line.is_empty() {
+                break;
+            }
+            if let Some(v) = &mut found {
+                if line.starts_with([' ', '\t']) {
+                    v.push_str(line);
+                    continue;
+                }
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                if n.eq_ignore_ascii_case(name) {
+                    found = Some(v.trim().to_string());
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Postfix's smtp-sink on a free loopback port.
+pub struct Sink {
+    pub port: u16,
+    pub dir: TempDir,
+    _child: Guard,
+}
+
+impl Sink {
+    pub fn start(extra: &[&str]) -> Sink {
+        let dir = TempDir::new("sink");
+        // smtp-sink drops to `-u nobody` when root; its dumps must be writable then.
+        let dumps = dir.path().join("dumps");
+        std::fs::create_dir(&dumps).unwrap();
+        std::fs::set_permissions(&dumps, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("smtp-sink");
+        if is_root() {
+            cmd.args(["-u", "nobody"]);
+        }
+        cmd.args(extra)
+            .arg("-d")
+            .arg(format!("{}/%Y%m%d%H%M%S.", dumps.display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("64")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = Guard(
+            cmd.spawn()
+                .expect("smtp-sink (Debian package postfix) must be installed"),
+        );
+        wait_for("smtp-sink to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Sink {
+            port,
+            dir,
+            _child: child,
+        }
+    }
+
+    /// Every complete transaction dumped so far.
+    pub fn received(&self) -> Vec<Received> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("dumps"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|f| parse_dump(&std::fs::read(f).ok()?))
+            .collect()
+    }
+
+    pub fn wait_count(&self, n: usize) -> Vec<Received> {
+        wait_for(&format!("{n} messages at the sink"), || {
+            let r = self.received();
+            (r.len() >= n).then_some(r)
+        })
+    }
+}
+
+/// smtp-sink dumps: `X-Mail-Args:`/`X-Rcpt-Args:` lines, its own Received header, the message,
+/// and a trailing empty line.
+fn parse_dump(bytes: &[u8]) -> Option<Received> {
+    let mut mail = None;
+    let mut rcpts = Vec::new();
+    let mut rest = bytes;
+    loop {
+        let end = rest.iter().position(|&b| b == b'\n')?;
+        let line = String::from_utf8_lossy(&rest[..end]).into_owned();
+        if let Some(v) = line.strip_prefix("X-Mail-Args: ") {
+            mail = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("X-Rcpt-Args: ") {
+            let v = v.split_whitespace().next().unwrap_or("");
+            rcpts.push(v.trim_start_matches('<').trim_end_matches('>').to_string());
+        } else if !line.starts_with("X-") {
+            break;
+        }
+        rest = &rest[end + 1..];
+    }
+    // Skip smtp-sink's own Received header (first line plus continuation lines).
+    let mut end = rest.iter().position(|&b| b == b'\n')? + 1;
+    while rest.get(end).is_some_and(|&b| b == b' ' || b == b'\t') {
+        end += rest[end..].iter().position(|&b| b == b'\n')? + 1;
+    }
+    let mut data = rest[end..].to_vec();
+    // smtp-sink appends an empty line after the message; a dump is complete when it has it.
+    if !data.ends_with(b"\n\n") && !data.ends_with(b"\n") {
+        return None;
+    }
+    if data.ends_with(b"\n\n") || data == b"\n" {
+        data.pop();
+    }
+    Some(Received {
+        mail: mail?,
+        rcpts,
+        data,
+    })
+}
+
+/// How the recording server answers.
+#[derive(Clone, Default)]
+pub struct Script {
+    /// RCPT addresses answered with this reply instead of 250.
+    pub reject_rcpt: Vec<(String, String)>,
+    /// Reply to the final "." (default 250).
+    pub data_reply: Option<String>,
+}
+
+/// An in-test SMTP server that records the raw wire bytes of every DATA section.
+pub struct Recorder {
+    pub port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Recorder {
+    pub fn start(script: Script) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let store = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let store = store.clone();
+                let script = script.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &script, &store);
+                });
+            }
+        });
+        Recorder { port, received }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn wait_count(&self, n: usize) -> Vec<Received> {
+        wait_for(&format!("{n} messages at the recorder"), || {
+            let r = self.received();
+            (r.len() >= n).then_some(r)
+        })
+    }
+}
+
+fn serve(conn: TcpStream, script: &Script, store: &Mutex<Vec<Received>>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(DEADLINE))?;
+    let mut out = conn.try_clone()?;
+    let mut input = BufReader::new(conn);
+    out.write_all(b"220 recorder ESMTP\r\n")?;
+    let mut tx = Received {
+        mail: String::new(),
+        rcpts: Vec::new(),
+        data: Vec::new(),
+    };
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        let upper = text.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            "250-recorder\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250 8BITMIME".to_string()
+        } else if upper.starts_with("MAIL FROM:") {
+            tx = Received {
+                mail: text[10..].to_string(),
+                rcpts: Vec::new(),
+                data: Vec::new(),
+            };
+            "250 2.1.0 Ok".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let addr = text[8..]
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string();
+            match script.reject_rcpt.iter().find(|(a, _)| *a == addr) {
+                Some((_, r)) => r.clone(),
+                None => {
+                    tx.rcpts.push(addr);
+                    "250 2.1.5 Ok".into()
+                }
+            }
+        } else if upper == "DATA" {
+            if tx.rcpts.is_empty() {
+                "554 5.5.1 Error: no valid recipients".into()
+            } else {
+                out.write_all(b"354 go ahead\r\n")?;
+                let mut data = Vec::new();
+                loop {
+                    line.clear();
+                    if input.read_until(b'\n', &mut line)? == 0 {
+                        return Ok(());
+                    }
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    data.extend_from_slice(&line);
+                }
+                tx.data = data;
+                let reply = script
+                    .data_reply
+                    .clone()
+                    .unwrap_or_else(|| "250 2.0.0 Ok: queued as REC1".into());
+                if reply.starts_with('2') {
+                    store.lock().unwrap().push(tx.clone());
+                }
+                reply
+            }
+        } else if upper == "QUIT" {
+            out.write_all(b"221 Bye\r\n")?;
+            return Ok(());
+        } else {
+            "250 Ok".into()
+        };
+        out.write_all(reply.as_bytes())?;
+        out.write_all(b"\r\n")?;
+    }
+}
+
+/// A mailgate configuration, state directory and log file of its own.
+pub struct Env {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Env {
+    pub fn new(relay_port: u16, extra: &str) -> Env {
+        let dir = TempDir::new("env");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let log = dir.path().join("mailgate.log");
+        let config = dir.path().join("mailgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "origin = \"example.org\"\nhostname = \"web1.example.org\"\nstate_dir = \"{}\"\n\
+                 [relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntimeout = \"5s\"\n\
+                 [log]\nfile = \"{}\"\n{extra}\n",
+                state.display(),
+                log.display()
+            ),
+        )
+        .unwrap();
+        Env {
+            dir,
+            config,
+            state,
+            log,
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        self.cmd_as(BIN)
+    }
+
+    /// Run the binary through `program` (e.g. a link named `sendmail`).
+    pub fn cmd_as(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("MAILGATE_CONFIG", &self.config)
+            .env_remove("MAILGATE_ACCOUNT");
+        c
+    }
+
+    pub fn send(&self, args: &[&str], stdin: &[u8]) -> Output {
+        run_with_input(self.cmd().args(args), stdin)
+    }
+
+    /// A link to the binary whose name contains "sendmail".
+    pub fn sendmail_link(&self) -> PathBuf {
+        let link = self.dir.path().join("sendmail");
+        if !link.exists() {
+            std::os::unix::fs::symlink(BIN, &link).unwrap();
+        }
+        link
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Run to completion with `stdin`, within the deadline.
+pub fn run_with_input(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || pipe.write_all(&input));
+    let pid = child.id();
+    let output = wait_output(child, pid);
+    writer
+        .join()
+        .unwrap()
+        .expect("the whole stdin was accepted (no EPIPE)");
+    output
+}
+
+fn wait_output(mut child: Child, pid: u32) -> Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {pid} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
