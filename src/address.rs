@@ -89,10 +89,10 @@ pub fn parse_single(input: &str) -> Option<String> {
 
 /// `<@relay1,@relay2:user@x>` names `user@x`.
 fn strip_source_route(angle: &str) -> &str {
-    if angle.starts_with('@') {
-        if let Some(colon) = angle.find(':') {
-            return &angle[colon + 1..];
-        }
+    if angle.starts_with('@')
+        && let Some(colon) = angle.find(':')
+    {
+        return &angle[colon + 1..];
     }
     angle
 }

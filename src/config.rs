@@ -186,7 +186,7 @@ impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;
         for (unit, len) in [("d", 86400), ("h", 3600), ("m", 60)] {
-            if s % len == 0 {
+            if s.is_multiple_of(len) {
                 return write!(f, "{}{unit}", s / len);
             }
         }

@@ -149,10 +149,10 @@ impl Relay<'_> {
         } else {
             Some(conn.reply()?)
         };
-        if let Some(r) = &mail_reply {
-            if !r.is_positive() {
-                return Ok(conn.fail("MAIL FROM", r.clone()));
-            }
+        if let Some(r) = &mail_reply
+            && !r.is_positive()
+        {
+            return Ok(conn.fail("MAIL FROM", r.clone()));
         }
         let mut rcpt_replies = Vec::with_capacity(env.recipients.len());
         for rcpt in env.recipients {

@@ -99,10 +99,10 @@ pub fn decide(
             (Scope::Server, (&*server.0, server.1)),
         ] {
             for (w, l) in windows.iter().zip(limits) {
-                if let Some(r) = check(w, l, scope, now, recipients) {
-                    if worst.as_ref().is_none_or(|cur| worse(&r, cur)) {
-                        worst = Some(r);
-                    }
+                if let Some(r) = check(w, l, scope, now, recipients)
+                    && worst.as_ref().is_none_or(|cur| worse(&r, cur))
+                {
+                    worst = Some(r);
                 }
             }
         }

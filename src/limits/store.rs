@@ -275,7 +275,7 @@ impl CounterFile {
     /// Write `record` with the next sequence number into the slot the newest state is not in.
     pub fn save(&self, record: &mut Record) -> Result<(), Failure> {
         record.seq += 1;
-        let slot = (record.seq % 2) as u64;
+        let slot = record.seq % 2;
         self.file
             .write_all_at(&encode(record), slot * SLOT_SIZE as u64)
             .map_err(|e| {
@@ -342,7 +342,7 @@ mod tests {
         r.windows[0].record(1_000_000, 1);
         f.save(&mut r).unwrap();
         // Tear the newest slot: the previous state must come back.
-        let slot = (r.seq % 2) as u64;
+        let slot = r.seq % 2;
         f.file
             .write_all_at(&[0xff; 100], slot * SLOT_SIZE as u64 + 10)
             .unwrap();

@@ -160,10 +160,8 @@ fn apply_value(inv: &mut Invocation, opt: u8, value: String) -> Result<(), Usage
             }
         },
         b'q' => inv.mode = Mode::NoOp,
-        b'o' => {
-            if value == "i" {
-                inv.ignore_dots = true;
-            }
+        b'o' if value == "i" => {
+            inv.ignore_dots = true;
         }
         // -C and -X name files; they are never opened (CVE-2016-10033). -A -B -L -N -O -R -V -e
         // -h -p are accepted and ignored.

@@ -137,10 +137,9 @@ impl Server<'_> {
             p.to_ascii_uppercase()
                 .strip_prefix("SIZE=")
                 .map(str::to_string)
-        }) {
-            if size.parse::<u64>().is_ok_and(|s| s > self.max_size) {
-                return "552 5.3.4 Message size exceeds fixed limit".into();
-            }
+        }) && size.parse::<u64>().is_ok_and(|s| s > self.max_size)
+        {
+            return "552 5.3.4 Message size exceeds fixed limit".into();
         }
         match pipeline::parse_sender(addr) {
             Ok(sender) => {
@@ -195,10 +194,10 @@ fn strip_keyword<'a>(arg: &'a str, keyword: &str) -> Option<&'a str> {
 
 /// `<a@x> SIZE=10` → (`<a@x>`, `SIZE=10`).
 fn split_path(path: &str) -> (&str, &str) {
-    if path.starts_with('<') {
-        if let Some(end) = path.find('>') {
-            return (&path[..=end], path[end + 1..].trim());
-        }
+    if path.starts_with('<')
+        && let Some(end) = path.find('>')
+    {
+        return (&path[..=end], path[end + 1..].trim());
     }
     match path.split_once(' ') {
         Some((a, p)) => (a, p.trim()),

@@ -113,10 +113,10 @@ impl Received {
                 }
                 break;
             }
-            if let Some((n, v)) = line.split_once(':') {
-                if n.eq_ignore_ascii_case(name) {
-                    found = Some(v.trim().to_string());
-                }
+            if let Some((n, v)) = line.split_once(':')
+                && n.eq_ignore_ascii_case(name)
+            {
+                found = Some(v.trim().to_string());
             }
         }
         found
