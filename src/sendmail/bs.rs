@@ -116,9 +116,7 @@ impl Server<'_> {
                 _ => "502 5.5.2 Error: command not recognized".into(),
             };
             reply(output, &answer)?;
-            if input.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
-                output.flush()?;
-            }
+            output.flush()?;
         }
     }
 
