@@ -1,0 +1,377 @@
+//! Hostile local users against a setgid install: real unprivileged users (useradd), the binary
+//! installed root:mailgate 2755 in a temporary prefix, and the system config path that a setgid
+//! mailgate alone honours. Needs root; fails loudly without it.
+
+mod common;
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SYSTEM_CONFIG: &str = "/etc/mailgate/mailgate.toml";
+const USERS: [&str; 2] = ["mgtest1", "mgtest2"];
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().unwrap()
+}
+
+fn must(cmd: &str) {
+    let o = sh(cmd);
+    assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+}
+
+/// Tests of this file share the system config path and the users: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Puts the test's config at the system path and restores what was there before.
+struct SystemConfig {
+    backup: Option<Vec<u8>>,
+}
+
+impl SystemConfig {
+    fn install(text: &str) -> SystemConfig {
+        let backup = std::fs::read(SYSTEM_CONFIG).ok();
+        std::fs::create_dir_all("/etc/mailgate").unwrap();
+        std::fs::write(SYSTEM_CONFIG, text).unwrap();
+        SystemConfig { backup }
+    }
+}
+
+impl Drop for SystemConfig {
+    fn drop(&mut self) {
+        match &self.backup {
+            Some(b) => std::fs::write(SYSTEM_CONFIG, b).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(SYSTEM_CONFIG);
+            }
+        }
+    }
+}
+
+struct Install {
+    prefix: PathBuf,
+    bin: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.prefix);
+    }
+}
+
+fn install() -> Install {
+    must("getent group mailgate >/dev/null || groupadd --system mailgate");
+    for u in USERS {
+        must(&format!(
+            "id {u} >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin {u}"
+        ));
+    }
+    let prefix =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&prefix);
+    std::fs::create_dir_all(&prefix).unwrap();
+    // Every directory up to the prefix must be searchable by the test users.
+    let mut p = prefix.clone();
+    while p.pop() && p != Path::new("/") {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o005)).unwrap();
+    }
+    std::fs::set_permissions(&prefix, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = prefix.join("mailgate");
+    std::fs::copy(BIN, &bin).unwrap();
+    let state = prefix.join("state");
+    let logdir = prefix.join("log");
+    must(&format!(
+        "chown root:mailgate {b} && chmod 2755 {b} && mkdir -m 0770 {s} {l} && chown root:mailgate {s} {l}",
+        b = bin.display(),
+        s = state.display(),
+        l = logdir.display()
+    ));
+    Install {
+        prefix,
+        bin,
+        state,
+        log: logdir.join("mailgate.log"),
+    }
+}
+
+/// Run `program args` as `user` with extra environment, feeding `stdin`.
+fn as_user(
+    user: &str,
+    envs: &[(&str, &str)],
+    program: &Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={user}"),
+        &format!("--regid={user}"),
+        "--init-groups",
+        "env",
+    ]);
+    for (k, v) in envs {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.arg(program).args(args);
+    run_with_input(&mut cmd, stdin)
+}
+
+fn send(inst: &Install, user: &str, envs: &[(&str, &str)], args: &[&str], msg: &[u8]) -> Output {
+    as_user(user, envs, &inst.bin, args, msg)
+}
+
+const MSG: &[u8] =
+    b"Subject: hostile\nX-PHP-Originating-Script: 1002:/home/mgtest2/forged.php\n\nbody\n";
+
+#[test]
+fn hostile_local_users_against_a_setgid_install() {
+    assert!(
+        is_root(),
+        "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
+    );
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sink = Sink::start(&[]);
+    let inst = install();
+    let _config = SystemConfig::install(&format!(
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n[log]\nfile = \"{}\"\n\
+         [defaults]\nlimits = [ {{ window = \"1h\", messages = 2 }} ]\n\
+         [accounts.root]\nexempt = true\n[accounts.\"site2.example\"]\nusers = [\"mgtest2\"]\n",
+        inst.state.display(),
+        sink.port,
+        inst.log.display()
+    ));
+    // A config the attacker controls: no limits, another relay.
+    let evil = inst.prefix.join("evil.toml");
+    std::fs::write(
+        &evil,
+        format!(
+            "state_dir = \"/tmp\"\n[accounts.mgtest1]\nexempt = true\n[relay]\nport = {}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let evil_s = evil.to_str().unwrap();
+
+    // Up to the limit and not beyond, whatever the caller sets.
+    for _ in 0..2 {
+        let o = send(&inst, "mgtest1", &[], &["-i", "to@x.org"], MSG);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    for envs in [
+        &[("MAILGATE_CONFIG", evil_s)][..],
+        &[("USER", "mgtest2"), ("LOGNAME", "mgtest2")],
+        &[("MAILGATE_NOW", "0")],
+    ] {
+        let o = send(&inst, "mgtest1", envs, &["-i", "to@x.org"], MSG);
+        assert_eq!(code(&o), 69, "{envs:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("mgtest1 exceeded 2 messages per 1h"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[],
+        &["--config", evil_s, "-i", "to@x.org"],
+        MSG,
+    );
+    assert_eq!(
+        code(&o),
+        69,
+        "--config must be ignored under setgid: {}",
+        stderr(&o)
+    );
+
+    // The other user's quota is their own.
+    for _ in 0..2 {
+        assert_eq!(
+            code(&send(&inst, "mgtest2", &[], &["-i", "to@x.org"], MSG)),
+            0
+        );
+    }
+    assert_eq!(
+        code(&send(&inst, "mgtest2", &[], &["-i", "to@x.org"], MSG)),
+        69
+    );
+
+    // Account binding.
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[],
+        &["--account", "site2.example", "-i", "to@x.org"],
+        MSG,
+    );
+    assert_eq!(code(&o), 77);
+    assert!(
+        stderr(&o).contains("may not send as account \"site2.example\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[("MAILGATE_ACCOUNT", "site2.example")],
+        &["-i", "to@x.org"],
+        MSG,
+    );
+    assert_eq!(code(&o), 77);
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[],
+        &["--account", "undeclared.example", "-i", "to@x.org"],
+        MSG,
+    );
+    assert_eq!(code(&o), 77);
+    assert!(stderr(&o).contains("not declared"), "{}", stderr(&o));
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[],
+        &["--account", "../../etc/passwd", "-i", "to@x.org"],
+        MSG,
+    );
+    assert_eq!(code(&o), 77);
+    let o = send(
+        &inst,
+        "mgtest2",
+        &[],
+        &["--account", "site2.example", "-i", "to@x.org"],
+        MSG,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(sink.wait_count(5).len(), 5);
+
+    // The state files: group mailgate, 0660, in a 0770 directory.
+    let own = inst.state.join("accounts/mgtest1");
+    let other = inst.state.join("accounts/mgtest2");
+    let meta = std::fs::metadata(&own).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    assert_eq!(
+        std::fs::metadata(inst.state.join("accounts"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o770
+    );
+    let before = std::fs::read(&own).unwrap();
+    for target in [&own, &other] {
+        let t = target.display();
+        let dir = inst.state.join("accounts");
+        let d = dir.display();
+        for attack in [
+            format!("cat {t}"),
+            format!("echo x > {t}"),
+            format!("truncate -s 0 {t}"),
+            format!("rm -f {t}"),
+            format!("mv {t} {t}.x"),
+            format!("ln -sf /etc/passwd {d}/evil"),
+            format!("ls {d}"),
+            format!("chmod 666 {t}"),
+        ] {
+            let o = as_user("mgtest1", &[], Path::new("/bin/sh"), &["-c", &attack], b"");
+            assert_ne!(code(&o), 0, "as mgtest1, `{attack}` succeeded");
+        }
+    }
+    assert_eq!(
+        std::fs::read(&own).unwrap(),
+        before,
+        "state changed by an attack"
+    );
+
+    // A symlink in the state directory is never followed.
+    let victim = inst.prefix.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let site = inst.state.join("accounts/site2.example");
+    std::fs::remove_file(&site).unwrap();
+    std::os::unix::fs::symlink(&victim, &site).unwrap();
+    let o = send(
+        &inst,
+        "mgtest2",
+        &[],
+        &["--account", "site2.example", "-i", "to@x.org"],
+        MSG,
+    );
+    assert_eq!(code(&o), 71, "{}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+    // Admin commands: a customer sees only their own account and cannot reset.
+    let o = as_user("mgtest1", &[], &inst.bin, &["status", "--json"], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = st["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mgtest1"]);
+    let o = as_user("mgtest1", &[], &inst.bin, &["reset", "mgtest1"], b"");
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+
+    // The log knows the truth: uid-derived user and account, the forged script only as script.
+    let log = std::fs::read_to_string(&inst.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("status=refused") && l.contains("user=mgtest1"))
+        .unwrap();
+    assert!(
+        line.contains("account=mgtest1") && line.contains("script=1002:/home/mgtest2/forged.php"),
+        "{line}"
+    );
+}
+
+#[test]
+fn php_mail_as_two_users_is_limited_per_account() {
+    assert!(
+        is_root(),
+        "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
+    );
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sink = Sink::start(&[]);
+    let inst = install();
+    let _config = SystemConfig::install(&format!(
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n[log]\nfile = \"{}\"\n\
+         [defaults]\nlimits = [ {{ window = \"1h\", messages = 3 }} ]\n",
+        inst.state.display(),
+        sink.port,
+        inst.log.display()
+    ));
+    let script =
+        r#"for ($i = 0; $i < 5; $i++) { echo mail("c@x.org", "php $i", "body") ? "T" : "F"; }"#;
+    for user in USERS {
+        let o = as_user(
+            user,
+            &[],
+            Path::new("php"),
+            &[
+                "-d",
+                &format!("sendmail_path={} -t -i", inst.bin.display()),
+                "-r",
+                script,
+            ],
+            b"",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "TTTFF",
+            "{user}: {}",
+            stderr(&o)
+        );
+    }
+    let got = sink.wait_count(6);
+    for user in USERS {
+        assert_eq!(
+            got.iter()
+                .filter(|r| r.sender() == format!("{user}@example.org"))
+                .count(),
+            3
+        );
+    }
+}
