@@ -1,14 +1,19 @@
-//! The admin's command line: `mailgate status`, `reset`, `check-config`.
+//! The admin's command line: `status`, `hold`, `queue`, `reset`, `lock`, `unlock`,
+//! `check-config`.
 
 use crate::config::{Config, Limit};
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
 use crate::limits::{
     self, reconcile,
-    store::{Counter, Record, StateDir},
+    store::{self, Counter, Record},
     window::Window,
 };
-use clap::{Parser, Subcommand};
+use crate::log::{Fields, Severity};
+use crate::pipeline::Context;
+use crate::queue;
+use crate::spool::{Kind, Meta, Spool};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 use std::ffi::OsString;
 
@@ -31,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show each account's windows: limit, used, remaining, refused, next possible message.
+    /// Show each account's windows (limit, used, remaining, refused, next possible message)
+    /// and its held, deferred and queued messages.
     Status {
         /// Only this account.
         account: Option<String>,
@@ -39,24 +45,88 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Messages kept over a limit (action hold) or from a locked account.
+    Hold {
+        #[command(subcommand)]
+        action: HoldAction,
+    },
+    /// Messages waiting for the relay, and deferred ones waiting for room in their account.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Empty an account's counters ("server" for the server-wide cap).
     Reset { account: String },
+    /// Hold everything an account sends until `mailgate unlock`.
+    Lock {
+        account: String,
+        #[arg(long, default_value = "locked by the admin")]
+        reason: String,
+    },
+    /// Let a locked account send again.
+    Unlock { account: String },
     /// Validate a configuration file; errors name file and line (exit 78).
     CheckConfig { path: Option<String> },
 }
 
-const SUBCOMMANDS: &[&str] = &[
-    "status",
-    "reset",
-    "check-config",
-    "help",
-    "--help",
-    "--version",
-    "-V",
-];
+#[derive(Subcommand)]
+enum HoldAction {
+    /// List held messages.
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Envelope and headers of a held message (the body with --body).
+    Show {
+        id: String,
+        #[arg(long)]
+        body: bool,
+    },
+    /// Deliver held messages now, bypassing limits.
+    Release {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        account: Option<String>,
+        #[arg(long, conflicts_with_all = ["ids", "account"])]
+        all: bool,
+    },
+    /// Delete held messages.
+    Delete {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        account: Option<String>,
+    },
+}
 
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued and deferred messages.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver due queued messages and release deferred ones that fit (run it from a timer).
+    Run,
+    /// Envelope and headers of a queued or deferred message (the body with --body).
+    Show {
+        id: String,
+        #[arg(long)]
+        body: bool,
+    },
+    /// Delete queued or deferred messages.
+    Delete { ids: Vec<String> },
+}
+
+/// Whether `mailgate ARG ...` is an admin command rather than sendmail mode. The subcommand
+/// names come from the clap definition itself, so the two cannot drift apart.
 pub fn is_subcommand(arg: &str) -> bool {
-    SUBCOMMANDS.contains(&arg)
+    match arg {
+        "--help" | "--version" | "-V" | "help" => true,
+        _ if arg.starts_with('-') => false,
+        _ => Cli::command().find_subcommand(arg).is_some(),
+    }
 }
 
 pub fn run(argv: &[OsString]) -> Exit {
@@ -101,27 +171,273 @@ fn execute(cli: Cli) -> Result<(), Failure> {
     }
     let (path, is_default) = crate::sendmail::config_path(cli.config.as_deref(), privileged);
     let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
-    let state = StateDir::open(&config.state_dir)?;
     let caller = Caller::current();
+    if !matches!(cli.command, Command::Status { .. }) {
+        require_admin(&caller, privileged)?;
+    }
+    let account = identity::Account {
+        name: caller.login.clone(),
+        source: identity::AccountSource::Login,
+    };
+    let fixed_now = if privileged {
+        None
+    } else {
+        std::env::var("MAILGATE_NOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    };
+    let ctx = Context::new(config, caller.clone(), account, fixed_now);
+    let state = ctx.state()?;
+    let spool = Spool::new(state);
     match cli.command {
-        Command::Status { account, json } => {
-            status(&config, &state, &caller, account.as_deref(), json)
-        }
+        Command::Status { account, json } => status(&ctx, &caller, account.as_deref(), json),
         Command::Reset { account } => {
-            require_admin(&caller, privileged)?;
             let counter = if account == "server" {
                 Counter::Server
             } else {
-                identity::validate_account_name(&account)
-                    .map_err(|why| Failure::new(Exit::Usage, why))?;
-                Counter::Account(&account)
+                Counter::Account(checked(&account)?)
             };
-            limits::reset(&state, &config, counter)?;
+            limits::reset(state, &ctx.config, counter)?;
             println!("{}: counters reset", state.counter_path(counter).display());
+            log_admin(&ctx, "reset", &account, "");
             Ok(())
         }
+        Command::Lock { account, reason } => {
+            let lock = store::AccountLock {
+                since: ctx.now(),
+                reason: reason.clone(),
+            };
+            let changed = limits::set_lock(state, &ctx.config, checked(&account)?, Some(lock))?;
+            println!(
+                "{account}: {}",
+                if changed {
+                    "locked; everything it sends is held"
+                } else {
+                    "lock reason updated"
+                }
+            );
+            log_admin(&ctx, "lock", &account, &reason);
+            Ok(())
+        }
+        Command::Unlock { account } => {
+            let changed = limits::set_lock(state, &ctx.config, checked(&account)?, None)?;
+            println!(
+                "{account}: {}",
+                if changed {
+                    "unlocked"
+                } else {
+                    "was not locked"
+                }
+            );
+            log_admin(&ctx, "unlock", &account, "");
+            Ok(())
+        }
+        Command::Hold { action } => hold(&ctx, &spool, action),
+        Command::Queue { action } => queue(&ctx, &spool, action),
         Command::CheckConfig { .. } => unreachable!("handled above"),
     }
+}
+
+fn checked(account: &str) -> Result<&str, Failure> {
+    identity::validate_account_name(account).map_err(|why| Failure::new(Exit::Usage, why))?;
+    Ok(account)
+}
+
+fn log_admin(ctx: &Context, what: &str, target: &str, detail: &str) {
+    let mut f = Fields::default();
+    f.add("admin", what)
+        .add("target", target)
+        .add("by", &ctx.caller.login)
+        .add("uid", ctx.caller.uid);
+    if !detail.is_empty() {
+        f.add("detail", detail);
+    }
+    ctx.logger.log(Severity::Info, f.as_str());
+}
+
+fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Result<(), Failure> {
+    match action {
+        HoldAction::List { account, json } => {
+            let entries: Vec<Meta> = spool
+                .list(Kind::Hold)?
+                .into_iter()
+                .filter(|m| account.as_ref().is_none_or(|a| &m.account == a))
+                .collect();
+            print_list(&[(Kind::Hold, entries)], json)
+        }
+        HoldAction::Show { id, body } => show(spool, Kind::Hold, &id, body),
+        HoldAction::Release { ids, account, all } => {
+            let ids = select(spool, Kind::Hold, ids, account.as_deref(), all)?;
+            let mut failed = None;
+            for id in ids {
+                match queue::release(ctx, &id) {
+                    Ok(line) => println!("{line}"),
+                    Err(f) => {
+                        eprintln!("mailgate: {}", f.message);
+                        failed = Some(f);
+                    }
+                }
+                log_admin(ctx, "release", &id, "");
+            }
+            failed.map_or(Ok(()), Err)
+        }
+        HoldAction::Delete { ids, account } => {
+            for id in select(spool, Kind::Hold, ids, account.as_deref(), false)? {
+                spool.remove(Kind::Hold, &id)?;
+                println!("{id}: deleted");
+                log_admin(ctx, "delete", &id, "hold");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The ids an admin named, or all of an account's, or all.
+fn select(
+    spool: &Spool<'_>,
+    kind: Kind,
+    ids: Vec<String>,
+    account: Option<&str>,
+    all: bool,
+) -> Result<Vec<String>, Failure> {
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    if account.is_none() && !all {
+        return Err(Failure::new(
+            Exit::Usage,
+            "name message ids, --account ACCOUNT or --all",
+        ));
+    }
+    Ok(spool
+        .list(kind)?
+        .into_iter()
+        .filter(|m| account.is_none_or(|a| m.account == a))
+        .map(|m| m.id)
+        .collect())
+}
+
+fn queue(ctx: &Context, spool: &Spool<'_>, action: QueueAction) -> Result<(), Failure> {
+    match action {
+        QueueAction::List { json } => print_list(
+            &[
+                (Kind::Queue, spool.list(Kind::Queue)?),
+                (Kind::Defer, spool.list(Kind::Defer)?),
+            ],
+            json,
+        ),
+        QueueAction::Run => match queue::run(ctx)? {
+            Some(summary) => {
+                println!("queue run: {summary}");
+                Ok(())
+            }
+            None => {
+                println!("queue run: another queue run is active; nothing done");
+                Ok(())
+            }
+        },
+        QueueAction::Show { id, body } => show(spool, queued_kind(spool, &id)?, &id, body),
+        QueueAction::Delete { ids } => {
+            for id in ids {
+                let kind = queued_kind(spool, &id)?;
+                spool.remove(kind, &id)?;
+                println!("{id}: deleted");
+                log_admin(ctx, "delete", &id, kind.dir());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The spool (queue or defer) that holds `id`.
+fn queued_kind(spool: &Spool<'_>, id: &str) -> Result<Kind, Failure> {
+    spool
+        .find(id)
+        .filter(|k| matches!(k, Kind::Queue | Kind::Defer))
+        .ok_or_else(|| Failure::new(Exit::Usage, format!("{id}: not in the queue")))
+}
+
+fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
+    if json {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            spool: &'static str,
+            #[serde(flatten)]
+            meta: &'a Meta,
+        }
+        let all: Vec<Entry<'_>> = lists
+            .iter()
+            .flat_map(|(k, l)| {
+                l.iter().map(move |m| Entry {
+                    spool: k.dir(),
+                    meta: m,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all)
+                .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
+        );
+        return Ok(());
+    }
+    for (kind, list) in lists {
+        for m in list {
+            println!(
+                "{:<26} {:<6} {:<20} {:<16} {:>7}  {} -> {}  \"{}\"\n    {}",
+                m.id,
+                kind.dir(),
+                limits::format_time(m.time),
+                m.account,
+                m.size,
+                m.sender.as_deref().unwrap_or("<>"),
+                m.recipients.join(","),
+                m.subject,
+                m.reason
+            );
+        }
+    }
+    Ok(())
+}
+
+fn show(spool: &Spool<'_>, kind: Kind, id: &str, body: bool) -> Result<(), Failure> {
+    let meta = spool.read_meta(kind, id)?;
+    println!(
+        "id:         {}\nspool:      {}\naccount:    {}\nuser:       {} (uid {})",
+        meta.id,
+        kind.dir(),
+        meta.account,
+        meta.user,
+        meta.uid
+    );
+    if !meta.script.is_empty() {
+        println!("script:     {}", meta.script);
+    }
+    println!(
+        "sender:     <{}>\nrecipients: {}\ntime:       {}\nreason:     {}\nattempts:   {}",
+        meta.sender.as_deref().unwrap_or(""),
+        meta.recipients.join(", "),
+        limits::format_time(meta.time),
+        meta.reason,
+        meta.attempts
+    );
+    if !meta.last_error.is_empty() {
+        println!("last error: {}", meta.last_error);
+    }
+    println!();
+    let raw = spool.raw(kind, id)?;
+    let end = if body {
+        raw.len()
+    } else {
+        raw.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(raw.len(), |p| p + 2)
+    };
+    use std::io::Write;
+    let text: Vec<u8> = raw[..end].iter().copied().filter(|&b| b != b'\r').collect();
+    std::io::stdout()
+        .write_all(&text)
+        .map_err(|e| Failure::io(Exit::IoErr, "cannot write to stdout", &e))
 }
 
 /// Changing state needs root or membership in the group the binary runs setgid to.
@@ -152,6 +468,11 @@ struct Status {
 struct CounterStatus {
     name: String,
     exempt: bool,
+    /// Why the account is locked, if it is.
+    locked: Option<String>,
+    held: usize,
+    deferred: usize,
+    queued: usize,
     windows: Vec<WindowStatus>,
 }
 
@@ -168,18 +489,20 @@ struct WindowStatus {
     next_possible: Option<i64>,
 }
 
-fn status(
-    config: &Config,
-    state: &StateDir,
-    caller: &Caller,
-    only: Option<&str>,
-    json: bool,
-) -> Result<(), Failure> {
-    let now = std::env::var("MAILGATE_NOW")
-        .ok()
-        .filter(|_| !identity::is_privileged())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Result<(), Failure> {
+    let (config, state, now) = (&ctx.config, ctx.state()?, ctx.now());
+    let spool = Spool::new(state);
+    let kept: Vec<(Kind, Vec<Meta>)> = [Kind::Hold, Kind::Defer, Kind::Queue]
+        .into_iter()
+        .map(|k| Ok((k, spool.list(k)?)))
+        .collect::<Result<_, Failure>>()?;
+    let count = |kind: Kind, account: &str| {
+        kept.iter()
+            .filter(|(k, _)| *k == kind)
+            .flat_map(|(_, l)| l)
+            .filter(|m| m.account == account)
+            .count()
+    };
     let mut names: Vec<String> = match only {
         Some(a) => vec![a.to_string()],
         None => std::fs::read_dir(state.path().join("accounts"))
@@ -204,13 +527,17 @@ fn status(
     for name in &names {
         identity::validate_account_name(name).map_err(|why| Failure::new(Exit::Usage, why))?;
         let rec = limits::read(state, config, Counter::Account(name))?;
-        out.accounts.push(counter_status(
+        let mut c = counter_status(
             name,
             config.is_exempt(name),
             &rec,
             config.limits_for(name),
             now,
-        ));
+        );
+        c.held = count(Kind::Hold, name);
+        c.deferred = count(Kind::Defer, name);
+        c.queued = count(Kind::Queue, name);
+        out.accounts.push(c);
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
         let rec = limits::read(state, config, Counter::Server)?;
@@ -231,7 +558,28 @@ fn status(
         return Ok(());
     }
     for c in out.accounts.iter().chain(out.server.as_ref()) {
-        println!("{}{}", c.name, if c.exempt { " (exempt)" } else { "" });
+        let mut flags = Vec::new();
+        if c.exempt {
+            flags.push("exempt".to_string());
+        }
+        if let Some(why) = &c.locked {
+            flags.push(format!("LOCKED: {why}"));
+        }
+        for (n, what) in [
+            (c.held, "held"),
+            (c.deferred, "deferred"),
+            (c.queued, "queued"),
+        ] {
+            if n > 0 {
+                flags.push(format!("{n} {what}"));
+            }
+        }
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", flags.join(", "))
+        };
+        println!("{}{flags}", c.name);
         for w in &c.windows {
             let limit = match (w.max_messages, w.max_recipients) {
                 (Some(m), Some(r)) => format!("{m} msgs / {r} rcpts"),
@@ -284,6 +632,10 @@ fn counter_status(
     CounterStatus {
         name: name.to_string(),
         exempt,
+        locked: rec.lock.as_ref().map(|l| l.reason.clone()),
+        held: 0,
+        deferred: 0,
+        queued: 0,
         windows,
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PATH: &str = "/etc/mailgate/mailgate.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mailgate";
 /// Windows per account (plus as many for the server cap). Bounds the state file size.
-pub const MAX_WINDOWS: usize = 6;
+pub const MAX_WINDOWS: usize = 5;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +25,8 @@ pub struct Config {
     pub identity: Identity,
     pub log: Log,
     pub state: State,
+    pub spool: Spool,
+    pub alerts: Alerts,
     pub defaults: Limits,
     pub server: Limits,
     pub accounts: BTreeMap<String, Account>,
@@ -61,6 +63,27 @@ pub struct State {
     pub on_error: OnStateError,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spool {
+    /// First retry of a queued message after this long; doubles per attempt up to `max_retry`.
+    pub retry: Duration,
+    pub max_retry: Duration,
+    /// A queued message older than this moves to failed/ and the admin is told.
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerts {
+    /// Address that gets alert mails (limit exceeded, account locked, message failed);
+    /// empty disables them.
+    pub admin: String,
+    /// Lock an account once its refused + held attempts within one of its windows reach
+    /// this many; 0 never locks. An account's own `lock_after` overrides it.
+    pub lock_after: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnStateError {
@@ -91,6 +114,11 @@ pub struct Account {
     pub sender_policy: SenderPolicy,
     /// Sender used by `rewrite` and when the caller gives none.
     pub default_sender: Option<String>,
+    /// Overrides `[alerts] lock_after` for this account.
+    pub lock_after: Option<u32>,
+    /// Deferred messages kept at most; past it they are held. Default: the largest
+    /// message limit of the account's windows.
+    pub max_deferred: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -220,19 +248,21 @@ impl Default for Config {
             identity: Identity::default(),
             log: Log::default(),
             state: State::default(),
+            spool: Spool::default(),
+            alerts: Alerts::default(),
             defaults: Limits {
                 limits: vec![
                     Limit {
                         window: Duration(3600),
-                        messages: Some(100),
+                        messages: Some(50),
                         recipients: None,
                         action: Action::Reject,
                     },
                     Limit {
                         window: Duration(86400),
-                        messages: Some(500),
-                        recipients: Some(2000),
-                        action: Action::Reject,
+                        messages: Some(100),
+                        recipients: Some(500),
+                        action: Action::Hold,
                     },
                 ],
             },
@@ -256,6 +286,25 @@ impl Default for Identity {
     fn default() -> Identity {
         Identity {
             account_env: "MAILGATE_ACCOUNT".into(),
+        }
+    }
+}
+
+impl Default for Spool {
+    fn default() -> Spool {
+        Spool {
+            retry: Duration(300),
+            max_retry: Duration(3600),
+            max_age: Duration(5 * 86400),
+        }
+    }
+}
+
+impl Default for Alerts {
+    fn default() -> Alerts {
+        Alerts {
+            admin: "root".into(),
+            lock_after: 0,
         }
     }
 }
@@ -345,6 +394,27 @@ impl Config {
         }
     }
 
+    pub fn lock_after(&self, account: &str) -> Option<u32> {
+        self.accounts
+            .get(account)
+            .and_then(|a| a.lock_after)
+            .or(Some(self.alerts.lock_after))
+    }
+
+    /// How many deferred messages an account may have before new ones are held.
+    pub fn max_deferred(&self, account: &str) -> u32 {
+        self.accounts
+            .get(account)
+            .and_then(|a| a.max_deferred)
+            .unwrap_or_else(|| {
+                self.limits_for(account)
+                    .iter()
+                    .filter_map(|l| l.messages)
+                    .max()
+                    .unwrap_or(100)
+            })
+    }
+
     pub fn is_exempt(&self, account: &str) -> bool {
         self.accounts.get(account).is_some_and(|a| a.exempt)
     }
@@ -367,16 +437,6 @@ fn check_limits(owner: &str, limits: &[Limit]) -> Result<(), (String, String)> {
                 format!(
                     "{owner}: limit \"{}\" needs messages and/or recipients",
                     l.window
-                ),
-            ));
-        }
-        if l.action != Action::Reject {
-            return Err((
-                "action".into(),
-                format!(
-                    "{owner}: limit \"{}\": action {:?} is not available yet; use \"reject\"",
-                    l.window,
-                    format!("{:?}", l.action).to_lowercase()
                 ),
             ));
         }
@@ -468,12 +528,12 @@ default_sender = "noreply@example.com"
             "{e}"
         );
         let e = Config::parse(
-            "\n[defaults]\nlimits = [ { window = \"1h\", messages = 1, action = \"hold\" } ]\n",
+            "\n[defaults]\nlimits = [ { window = \"1h\", messages = 1, action = \"drop\" } ]\n",
             "m.toml",
         )
         .unwrap_err();
         assert!(
-            e.0.starts_with("m.toml:3:") && e.0.contains("not available yet"),
+            e.0.starts_with("m.toml:3:") && e.0.contains("unknown variant"),
             "{e}"
         );
     }

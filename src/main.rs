@@ -12,9 +12,12 @@ mod identity;
 mod limits;
 mod log;
 mod message;
+mod notify;
 mod pipeline;
+mod queue;
 mod relay;
 mod sendmail;
+mod spool;
 
 use std::ffi::OsString;
 

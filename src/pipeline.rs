@@ -2,13 +2,15 @@
 //! message read → envelope → identity and sender policy → decide (limits) → relay → outcome.
 
 use crate::address;
-use crate::config::{Config, SenderPolicy};
+use crate::config::{Action, Config, SenderPolicy};
 use crate::exit::{Exit, Failure};
 use crate::identity::{Account, Caller};
 use crate::limits::{self, Verdict, store::StateDir};
 use crate::log::{Fields, Logger, Severity};
 use crate::message::{Message, Trace};
+use crate::notify;
 use crate::relay::{Envelope, Outcome, Relay};
+use crate::spool::{Kind, Meta, Spool};
 use std::time::Duration;
 
 /// Everything about this run that does not change from message to message.
@@ -33,10 +35,35 @@ pub struct Submission {
     pub message: Message,
 }
 
+/// What became of a message, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Sent,
+    SentPartly,
+    Queued,
+    Held,
+    Deferred,
+    Refused,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::SentPartly => "sent-partly",
+            Status::Queued => "queued",
+            Status::Held => "held",
+            Status::Deferred => "deferred",
+            Status::Refused => "refused",
+        }
+    }
+}
+
 /// What happened, in the words of both interfaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub exit: Exit,
+    pub status: Status,
     /// The one stderr line in sendmail mode (without the "mailgate: " prefix).
     pub line: Option<String>,
     /// The reply to the final "." in `-bs` mode.
@@ -47,6 +74,7 @@ impl Report {
     fn failure(f: &Failure, smtp_code: &str) -> Report {
         Report {
             exit: f.exit,
+            status: Status::Refused,
             line: Some(f.message.clone()),
             smtp: format!("{smtp_code} {}", f.message),
         }
@@ -93,8 +121,17 @@ impl Context {
         }
     }
 
-    fn state(&self) -> Result<&StateDir, Failure> {
+    pub fn state(&self) -> Result<&StateDir, Failure> {
         self.state.as_ref().map_err(Clone::clone)
+    }
+
+    pub fn relay(&self) -> Relay<'_> {
+        Relay {
+            host: &self.config.relay.host,
+            port: self.config.relay.port,
+            timeout: Duration::from_secs(self.config.relay.timeout.secs()),
+            helo: &self.hostname,
+        }
     }
 
     pub fn submit(&mut self, sub: Submission) -> Report {
@@ -113,19 +150,12 @@ impl Context {
         if !script.is_empty() {
             fields.add("script", &script);
         }
-        let report = self.process(sub, &id, &mut fields);
-        fields.add(
-            "status",
-            match (&report.exit, &report.line) {
-                (Exit::Ok, None) => "sent",
-                (Exit::Ok, Some(_)) => "sent-partly",
-                _ => "refused",
-            },
-        );
+        let report = self.process(sub, &id, &script, &mut fields);
+        fields.add("status", report.status.as_str());
         if let Some(line) = &report.line {
             fields.add("reason", line);
         }
-        let severity = if report.exit == Exit::Ok {
+        let severity = if report.status == Status::Sent {
             Severity::Info
         } else {
             Severity::Warning
@@ -134,7 +164,13 @@ impl Context {
         report
     }
 
-    fn process(&mut self, mut sub: Submission, id: &str, fields: &mut Fields) -> Report {
+    fn process(
+        &mut self,
+        mut sub: Submission,
+        id: &str,
+        script: &str,
+        fields: &mut Fields,
+    ) -> Report {
         let sender = match self.envelope_sender(sub.sender.take(), fields) {
             Ok(s) => s,
             Err(f) => return Report::failure(&f, "553 5.7.1"),
@@ -156,32 +192,88 @@ impl Context {
             from_addr: &from_addr,
             full_name: sub.full_name.as_deref(),
         });
-        fields.add("size", sub.message.size());
+        let size = sub.message.size();
+        fields.add("size", size);
+        let subject = sub
+            .message
+            .header("Subject")
+            .map(|h| h.value())
+            .unwrap_or_default();
+        let meta = Meta {
+            id: id.to_string(),
+            account: self.account.name.clone(),
+            uid: self.caller.uid,
+            user: self.caller.login.clone(),
+            script: script.to_string(),
+            sender: sender.clone(),
+            recipients,
+            subject,
+            size,
+            time: self.now(),
+            reason: String::new(),
+            attempts: 0,
+            next_attempt: 0,
+            last_error: String::new(),
+            internal: false,
+        };
 
-        let ticket = match self.decide(recipients.len() as u32) {
-            Ok(Verdict::Accepted(ticket)) => ticket,
-            Ok(Verdict::Refused(refusal)) => {
-                let text = refusal.describe(&self.account.name, recipients.len() as u32);
-                fields.add("limit", refusal.limit.window);
-                return Report {
-                    exit: Exit::Unavailable,
-                    smtp: format!("550 5.7.1 {text}"),
-                    line: Some(text),
-                };
-            }
+        let attempt = limits::Attempt {
+            account: &self.account.name,
+            recipients: meta.recipients.len() as u32,
+            now: self.now(),
+            sender: sender.as_deref().unwrap_or("<>"),
+            subject: &meta.subject,
+            count_refusal: true,
+        };
+        let decision = match self.decide(&attempt) {
+            Ok(d) => d,
             Err(f) => return Report::failure(&f, "451 4.3.0"),
         };
-
-        let relay = Relay {
-            host: &self.config.relay.host,
-            port: self.config.relay.port,
-            timeout: Duration::from_secs(self.config.relay.timeout.secs()),
-            helo: &self.hostname,
+        if let Some(alert) = &decision.alert {
+            self.send_alert(alert, &meta);
+        }
+        let ticket = match decision.verdict {
+            Verdict::Accepted(ticket) => ticket,
+            Verdict::Locked(reason) => {
+                return self.keep(
+                    Kind::Hold,
+                    meta,
+                    &sub.message,
+                    format!("account {} is locked: {reason}", self.account.name),
+                    None,
+                );
+            }
+            Verdict::Refused(refusal) => {
+                let text = refusal.describe(&self.account.name, meta.recipients.len() as u32);
+                fields.add("limit", refusal.limit.window);
+                return match refusal.action() {
+                    Action::Reject => Report {
+                        exit: Exit::Unavailable,
+                        status: Status::Refused,
+                        smtp: format!("550 5.7.1 {text}"),
+                        line: Some(text),
+                    },
+                    Action::Hold => self.keep(Kind::Hold, meta, &sub.message, text, None),
+                    Action::Defer => {
+                        let cap = self.config.max_deferred(&self.account.name) as usize;
+                        let deferred = self
+                            .state()
+                            .map(|s| Spool::new(s).count(Kind::Defer, &self.account.name));
+                        if deferred.is_ok_and(|n| n < cap) {
+                            self.keep(Kind::Defer, meta, &sub.message, text, None)
+                        } else {
+                            let text = format!("{text}; {cap} messages are already deferred");
+                            self.keep(Kind::Hold, meta, &sub.message, text, None)
+                        }
+                    }
+                };
+            }
         };
-        let outcome = relay.send(
+
+        let outcome = self.relay().send(
             &Envelope {
                 sender: sender.as_deref(),
-                recipients: &recipients,
+                recipients: &meta.recipients,
             },
             &sub.message,
         );
@@ -195,6 +287,7 @@ impl Context {
                 if rejected.is_empty() {
                     return Report {
                         exit: Exit::Ok,
+                        status: Status::Sent,
                         line: None,
                         smtp: queued,
                     };
@@ -206,49 +299,146 @@ impl Context {
                     .join(", ");
                 Report {
                     exit: Exit::Ok,
+                    status: Status::SentPartly,
                     line: Some(format!("sent, but the relay refused {list}")),
                     smtp: queued,
                 }
             }
-            Outcome::Permanent(why) => self.not_sent(ticket, why, "554 5.0.0", fields),
-            Outcome::Temporary(why) => self.not_sent(ticket, why, "451 4.4.1", fields),
-        }
-    }
-
-    /// The relay did not take the message: give its count back and say why.
-    fn not_sent(
-        &mut self,
-        ticket: Option<limits::Ticket>,
-        why: String,
-        smtp_code: &str,
-        fields: &mut Fields,
-    ) -> Report {
-        if let Some(t) = &ticket {
-            let refunded = self
-                .state()
-                .and_then(|state| limits::refund(state, &self.config, t));
-            if let Err(f) = refunded {
-                fields.add("refund", &f.message);
+            Outcome::Permanent(why) => {
+                self.give_back(ticket.as_ref(), fields);
+                Report {
+                    exit: Exit::Unavailable,
+                    status: Status::Refused,
+                    smtp: format!("554 5.0.0 {why}"),
+                    line: Some(format!("message not sent: {why}")),
+                }
+            }
+            Outcome::Temporary(why) => {
+                fields.add("relay", &why);
+                let retry = self.now() + self.config.spool.retry.secs() as i64;
+                let report = self.keep(Kind::Queue, meta, &sub.message, why, Some(retry));
+                if report.exit != Exit::Ok {
+                    self.give_back(ticket.as_ref(), fields);
+                }
+                report
             }
         }
-        Report {
-            exit: Exit::Unavailable,
-            smtp: format!("{smtp_code} {why}"),
-            line: Some(format!("message not sent: {why}")),
+    }
+
+    /// The message was counted but will not go: give its count back.
+    fn give_back(&self, ticket: Option<&limits::Ticket>, fields: &mut Fields) {
+        if let Some(t) = ticket
+            && let Err(f) = self
+                .state()
+                .and_then(|state| limits::refund(state, &self.config, t))
+        {
+            fields.add("refund", &f.message);
         }
     }
 
-    fn decide(&self, recipients: u32) -> Result<Verdict, Failure> {
-        let now = self.now();
+    /// Keep the message in a spool; exit 0 only once it is on disk.
+    fn keep(
+        &self,
+        kind: Kind,
+        mut meta: Meta,
+        msg: &Message,
+        reason: String,
+        next_attempt: Option<i64>,
+    ) -> Report {
+        meta.reason = reason.clone();
+        meta.next_attempt = next_attempt.unwrap_or(0);
+        let kept = self
+            .state()
+            .and_then(|state| Spool::new(state).keep(kind, &meta, msg));
+        if let Err(f) = kept {
+            let text = format!("{reason}; and the message could not be kept: {f}");
+            return Report {
+                exit: Exit::IoErr,
+                status: Status::Refused,
+                smtp: format!("451 4.3.0 {text}"),
+                line: Some(text),
+            };
+        }
+        let (status, what) = match kind {
+            Kind::Queue => (Status::Queued, "queued for `mailgate queue run` to retry"),
+            Kind::Defer => (
+                Status::Deferred,
+                "deferred until the account has room again",
+            ),
+            _ => (Status::Held, "held for the admin (`mailgate hold list`)"),
+        };
+        Report {
+            exit: Exit::Ok,
+            status,
+            line: Some(format!("{reason}; message {what} as {}", meta.id)),
+            smtp: format!("250 2.0.0 Ok: kept as {} ({})", meta.id, status.as_str()),
+        }
+    }
+
+    fn decide(&self, attempt: &limits::Attempt<'_>) -> Result<limits::Decision, Failure> {
         let logger = &self.logger;
-        limits::check_and_record(
-            self.state()?,
-            &self.config,
-            &self.account.name,
-            recipients,
-            now,
-            &mut |w| logger.log(Severity::Warning, w),
-        )
+        limits::check_and_record(self.state()?, &self.config, attempt, &mut |w| {
+            logger.log(Severity::Warning, w)
+        })
+    }
+
+    /// One mail to the admin; kept in the queue when the relay is down.
+    pub fn send_alert(&self, alert: &limits::Alert, meta: &Meta) {
+        if self.config.alerts.admin.is_empty() {
+            return;
+        }
+        let admin = self.qualify(&self.config.alerts.admin);
+        let msg = notify::alert_message(alert, meta, &self.hostname, &admin, &self.origin);
+        self.send_internal(msg, &admin, "alert");
+    }
+
+    /// mailgate's own mail (alerts, failure notices): relayed with the null sender, never
+    /// counted, queued when the relay is down.
+    pub fn send_internal(&self, msg: Message, to: &str, what: &str) {
+        let rcpts = vec![to.to_string()];
+        let outcome = self.relay().send(
+            &Envelope {
+                sender: None,
+                recipients: &rcpts,
+            },
+            &msg,
+        );
+        let mut fields = Fields::default();
+        fields.add("internal", what).add("to", to);
+        match outcome {
+            Outcome::Delivered { reply, .. } => {
+                fields.add("status", "sent").add("relay", reply);
+            }
+            Outcome::Permanent(why) => {
+                fields.add("status", "refused").add("reason", why);
+            }
+            Outcome::Temporary(why) => {
+                let meta = Meta {
+                    id: queue_id(),
+                    account: "mailgate".into(),
+                    uid: self.caller.uid,
+                    user: self.caller.login.clone(),
+                    script: String::new(),
+                    sender: None,
+                    recipients: rcpts.clone(),
+                    subject: msg.header("Subject").map(|h| h.value()).unwrap_or_default(),
+                    size: msg.size(),
+                    time: self.now(),
+                    reason: why,
+                    attempts: 0,
+                    next_attempt: self.now(),
+                    last_error: String::new(),
+                    internal: true,
+                };
+                let kept = self
+                    .state()
+                    .and_then(|s| Spool::new(s).keep(Kind::Queue, &meta, &msg));
+                fields
+                    .add("status", if kept.is_ok() { "queued" } else { "lost" })
+                    .add("id", &meta.id);
+            }
+        }
+        self.logger.log(Severity::Warning, fields.as_str());
     }
 
     /// The caller's sender (or the default), qualified, then the account's sender policy.
@@ -342,13 +532,16 @@ pub fn check_address(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Unique per host: seconds, microseconds and pid, like Postfix's long queue ids.
+/// Unique per host: seconds, microseconds, pid and a per-process counter, in hex (like
+/// Postfix's long queue ids, and safe as a file name).
 pub fn queue_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
-        "{:X}{:05X}{:X}",
+        "{:08X}{:05X}{:08X}{seq:X}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id()

@@ -343,43 +343,29 @@ fn partial_rcpt_rejection_delivers_to_the_rest() {
 }
 
 #[test]
-fn relay_failures_exit_69_never_75() {
-    // 5xx at RCPT, 4xx at MAIL, 421 at DATA, a relay that is down, and one that is too slow.
-    let cases: [(&[&str], &str); 3] = [
-        (&["-f", "RCPT"], "5"),
-        (&["-r", "MAIL"], "4"),
-        (&["-Q", "DATA"], "421"),
-    ];
-    for (flags, needle) in cases {
+fn relay_5xx_exits_69_and_trouble_is_queued_never_75() {
+    for flags in [&["-f", "RCPT"][..], &["-f", "MAIL"], &["-f", "DATA"]] {
         let sink = Sink::start(flags);
         let env = Env::new(sink.port, "");
         let o = env.send(&["-i", "a@x.org"], b"Subject: x\n\nb\n");
         assert_eq!(code(&o), 69, "{flags:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(needle), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(" 5"), "{flags:?}: {}", stderr(&o));
         assert!(sink.received().is_empty());
+    }
+    // 4xx at MAIL, 421 at DATA, nobody listening: kept in the queue, exit 0 (tests/spool.rs
+    // delivers them later).
+    for flags in [&["-r", "MAIL"][..], &["-Q", "DATA"]] {
+        let sink = Sink::start(flags);
+        let env = Env::new(sink.port, "");
+        let o = env.send(&["-i", "a@x.org"], b"Subject: x\n\nb\n");
+        assert_eq!(code(&o), 0, "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("queued"), "{flags:?}: {}", stderr(&o));
     }
     let env = Env::new(free_port(), "");
     let o = env.send(&["-i", "a@x.org"], b"Subject: x\n\nb\n");
-    assert_eq!(code(&o), 69);
+    assert_eq!(code(&o), 0);
     assert!(
-        stderr(&o).contains("refused") || stderr(&o).contains("Connection"),
-        "{}",
-        stderr(&o)
-    );
-
-    let slow = Sink::start(&["-w", "30"]);
-    let env = Env::new(slow.port, "");
-    std::fs::write(
-        &env.config,
-        std::fs::read_to_string(&env.config)
-            .unwrap()
-            .replace("timeout = \"5s\"", "timeout = \"1s\""),
-    )
-    .unwrap();
-    let o = env.send(&["-i", "a@x.org"], b"Subject: x\n\nb\n");
-    assert_eq!(code(&o), 69);
-    assert!(
-        stderr(&o).contains("did not answer within 1 s"),
+        stderr(&o).contains("Connection refused") && stderr(&o).contains("queued"),
         "{}",
         stderr(&o)
     );
@@ -427,7 +413,9 @@ fn bs_session_with_two_transactions() {
     );
     assert_eq!(out.matches("250 2.0.0 Ok: queued as ").count(), 2, "{out}");
     assert!(out.ends_with("221 2.0.0 Bye\r\n"), "{out}");
-    let got = sink.wait_count(2);
+    let mut got = sink.wait_count(2);
+    // Dumps of the same second come in no particular order.
+    got.sort_by_key(|r| r.header("Subject"));
     assert_eq!(got[0].rcpts, ["one@x.org"]);
     assert!(
         got[0].text().ends_with("\n.dotted\n"),

@@ -40,7 +40,7 @@ fn eight_parallel_senders_get_exactly_the_limit() {
     let env = Env::new(
         sink.port,
         &format!(
-            "[accounts.shop]\nusers = [\"{}\", 0]\nlimits = [ {{ window = \"1h\", messages = {limit} }}, {{ window = \"1d\", messages = 1000 }} ]\n",
+            "[alerts]\nadmin = \"\"\n[accounts.shop]\nusers = [\"{}\", 0]\nlimits = [ {{ window = \"1h\", messages = {limit} }}, {{ window = \"1d\", messages = 1000 }} ]\n",
             whoami()
         ),
     );
@@ -81,7 +81,7 @@ fn server_cap_is_exact_across_accounts() {
     let env = Env::new(
         sink.port,
         &format!(
-            "[defaults]\nlimits = [ {{ window = \"1h\", messages = 100 }} ]\n[server]\nlimits = [ {{ window = \"1h\", messages = 25 }} ]\n\
+            "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ {{ window = \"1h\", messages = 100 }} ]\n[server]\nlimits = [ {{ window = \"1h\", messages = 25 }} ]\n\
              [accounts.a]\nusers = [\"{me}\", 0]\n[accounts.b]\nusers = [\"{me}\", 0]\n"
         ),
     );
@@ -115,7 +115,7 @@ fn sliding_window_over_test_time() {
     let rec = Recorder::start(Script::default());
     let env = Env::new(
         rec.port,
-        "[defaults]\nlimits = [ { window = \"1m\", messages = 3 }, { window = \"1h\", recipients = 5 } ]\n[accounts.root]\nexempt = false\n",
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1m\", messages = 3 }, { window = \"1h\", recipients = 5 } ]\n[accounts.root]\nexempt = false\n",
     );
     let t0: i64 = 1_900_000_000;
     let send = |t: i64, rcpts: &[&str]| {
@@ -162,7 +162,7 @@ fn bs_refusal_is_550_and_the_session_goes_on() {
     let rec = Recorder::start(Script::default());
     let env = Env::new(
         rec.port,
-        "[defaults]\nlimits = [ { window = \"1h\", messages = 1 } ]\n[accounts.root]\nexempt = false\n",
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 1 } ]\n[accounts.root]\nexempt = false\n",
     );
     let tx =
         "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\nSubject: s\r\n\r\nx\r\n.\r\n";
@@ -184,7 +184,7 @@ fn relay_refusal_gives_the_quota_back() {
     let sink = Sink::start(&["-f", "RCPT"]);
     let env = Env::new(
         sink.port,
-        "[defaults]\nlimits = [ { window = \"1h\", messages = 2 } ]\n[accounts.root]\nexempt = false\n",
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 2 } ]\n[accounts.root]\nexempt = false\n",
     );
     for _ in 0..4 {
         assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 69);
@@ -203,7 +203,7 @@ fn sigkill_at_any_instant_leaves_valid_state_and_never_relays_uncounted() {
     let sink = Sink::start(&[]);
     let env = Env::new(
         sink.port,
-        "[defaults]\nlimits = [ { window = \"1h\", messages = 100000 }, { window = \"1m\", messages = 100000 } ]\n[accounts.root]\nexempt = false\n",
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 100000 }, { window = \"1m\", messages = 100000 } ]\n[accounts.root]\nexempt = false\n",
     );
     let rounds = 150;
     let mut killed = 0;
@@ -259,7 +259,10 @@ fn sigkill_at_any_instant_leaves_valid_state_and_never_relays_uncounted() {
 #[test]
 fn corrupt_state_fails_closed_by_default_and_open_on_request() {
     let rec = Recorder::start(Script::default());
-    let env = Env::new(rec.port, "[accounts.root]\nexempt = false\n");
+    let env = Env::new(
+        rec.port,
+        "[alerts]\nadmin = \"\"\n[accounts.root]\nexempt = false\n",
+    );
     assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
     let file = env.state.join("accounts").join(whoami());
     std::fs::write(&file, vec![0x5a; 4096]).unwrap();
@@ -272,7 +275,7 @@ fn corrupt_state_fails_closed_by_default_and_open_on_request() {
     );
     let open = Env::new(
         rec.port,
-        "[accounts.root]\nexempt = false\n[state]\non_error = \"fail-open\"\n",
+        "[alerts]\nadmin = \"\"\n[accounts.root]\nexempt = false\n[state]\non_error = \"fail-open\"\n",
     );
     let file = open.state.join("accounts").join(whoami());
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();

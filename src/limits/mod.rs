@@ -162,8 +162,40 @@ pub struct Ticket {
 
 #[derive(Debug)]
 pub enum Verdict {
+    /// Counted (the ticket gives it back if the relay refuses); `None` when uncounted
+    /// (fail-open on a corrupt counter).
     Accepted(Option<Ticket>),
     Refused(Refusal),
+    /// The account is locked: everything is held. Carries the lock's reason.
+    Locked(String),
+}
+
+/// What the admin's alert mail needs to know; produced once per account per window.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub refusal: Option<Refusal>,
+    /// Set when this decision locked the account (`lock_after`).
+    pub locked: Option<String>,
+    pub usage: Vec<(String, window::Usage)>,
+    pub recent: Vec<store::Recent>,
+}
+
+/// One message asking to be counted.
+pub struct Attempt<'a> {
+    pub account: &'a str,
+    pub recipients: u32,
+    pub now: i64,
+    /// For the admin's alert mail.
+    pub sender: &'a str,
+    pub subject: &'a str,
+    /// False when `queue run` only asks whether a deferred message fits now: a "no" then
+    /// changes nothing (no refusal counted, no alert, no lock).
+    pub count_refusal: bool,
+}
+
+pub struct Decision {
+    pub verdict: Verdict,
+    pub alert: Option<Alert>,
 }
 
 /// The locked counter files of one decision: account first, then server.
@@ -183,16 +215,15 @@ fn lock_both(state: &StateDir, config: &Config, account: &str) -> Result<Locked,
     Ok(Locked { account, server })
 }
 
-/// Check and count one message for `account` at `now`. A corrupt counter follows
-/// `state.on_error`: fail closed (exit 71) or accept uncounted with a warning in the log.
+/// Check and count one message. A corrupt counter follows `state.on_error`: fail closed
+/// (exit 71) or accept uncounted with a warning in the log.
 pub fn check_and_record(
     state: &StateDir,
     config: &Config,
-    account: &str,
-    recipients: u32,
-    now: i64,
+    attempt: &Attempt<'_>,
     warn: &mut dyn FnMut(&str),
-) -> Result<Verdict, Failure> {
+) -> Result<Decision, Failure> {
+    let account = attempt.account;
     let locked = lock_both(state, config, account)?;
     let loaded = (|| {
         let a = locked.account.load()?;
@@ -210,38 +241,117 @@ pub fn check_and_record(
                 warn(&format!(
                     "{why}; sending uncounted (state.on_error = \"fail-open\")"
                 ));
-                return Ok(Verdict::Accepted(None));
+                return Ok(Decision {
+                    verdict: Verdict::Accepted(None),
+                    alert: None,
+                });
             }
         },
     };
     let limits = config.limits_for(account);
-    let mut awin = reconcile(&arec, limits, now);
-    let mut swin = reconcile(&srec, &config.server.limits, now);
-    let mut t = now;
+    let mut awin = reconcile(&arec, limits, attempt.now);
+    let mut swin = reconcile(&srec, &config.server.limits, attempt.now);
+    let mut t = attempt.now;
     for w in awin.iter_mut().chain(swin.iter_mut()) {
-        t = t.max(w.advance(now));
+        t = t.max(w.advance(attempt.now));
     }
-    let outcome = decide(
-        (&mut awin, limits),
-        config.is_exempt(account),
-        (&mut swin, &config.server.limits),
-        t,
-        recipients,
-    );
+    let mut alert = None;
+    let verdict = if let Some(lock) = &arec.lock {
+        awin.iter_mut().for_each(|w| w.record_refused(t));
+        Verdict::Locked(lock.reason.clone())
+    } else {
+        match decide(
+            (&mut awin, limits),
+            config.is_exempt(account),
+            (&mut swin, &config.server.limits),
+            t,
+            attempt.recipients,
+        ) {
+            Ok(()) => Verdict::Accepted(Some(Ticket {
+                account: account.to_string(),
+                at: t,
+                recipients: attempt.recipients,
+            })),
+            Err(r) => {
+                // One alert per account per window: the window that refused remembers it.
+                let windows = match r.scope {
+                    Scope::Account => &mut awin,
+                    Scope::Server => &mut swin,
+                };
+                if let Some(w) = windows.iter_mut().find(|w| w.secs == r.limit.window.secs())
+                    && w.alerted_until <= t
+                {
+                    w.alerted_until = t + r.limit.window.secs() as i64;
+                    alert = Some(Alert {
+                        refusal: Some(r.clone()),
+                        locked: None,
+                        usage: Vec::new(),
+                        recent: Vec::new(),
+                    });
+                }
+                Verdict::Refused(r)
+            }
+        }
+    };
+    if !attempt.count_refusal && !matches!(verdict, Verdict::Accepted(_)) {
+        // Nothing was decided for good: leave both files as they were.
+        return Ok(Decision {
+            verdict,
+            alert: None,
+        });
+    }
+    arec.remember(t, attempt.sender, attempt.subject);
+    if let Some(threshold) = config.lock_after(account).filter(|&n| n > 0) {
+        let tried = awin.iter().map(|w| w.usage(t).refused).max().unwrap_or(0);
+        if arec.lock.is_none() && tried >= u64::from(threshold) {
+            let reason = format!(
+                "{tried} refused or held attempts within a window (lock_after = {threshold})"
+            );
+            arec.lock = Some(store::AccountLock {
+                since: t,
+                reason: reason.clone(),
+            });
+            let a = alert.get_or_insert_with(|| Alert {
+                refusal: None,
+                locked: None,
+                usage: Vec::new(),
+                recent: Vec::new(),
+            });
+            a.locked = Some(reason);
+        }
+    }
+    if let Some(a) = &mut alert {
+        a.usage = awin
+            .iter()
+            .map(|w| (crate::config::Duration(w.secs).to_string(), w.usage(t)))
+            .collect();
+        a.recent = arec.recent.clone();
+    }
     arec.windows = awin;
     locked.account.save(&mut arec)?;
     if let Some(f) = &locked.server {
         srec.windows = swin;
         f.save(&mut srec)?;
     }
-    Ok(match outcome {
-        Ok(()) => Verdict::Accepted(Some(Ticket {
-            account: account.to_string(),
-            at: t,
-            recipients,
-        })),
-        Err(r) => Verdict::Refused(r),
-    })
+    Ok(Decision { verdict, alert })
+}
+
+/// Lock or unlock an account (admin command). Returns whether anything changed.
+pub fn set_lock(
+    state: &StateDir,
+    config: &Config,
+    account: &str,
+    lock: Option<store::AccountLock>,
+) -> Result<bool, Failure> {
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    let f = state.lock(Counter::Account(account), timeout)?;
+    let mut rec = f
+        .load()
+        .map_err(|store::Corrupt(why)| Failure::new(crate::exit::Exit::OsErr, why))?;
+    let changed = rec.lock.is_some() != lock.is_some();
+    rec.lock = lock;
+    f.save(&mut rec)?;
+    Ok(changed)
 }
 
 /// Give back a counted message that was not sent after all (the relay refused it).
@@ -270,10 +380,12 @@ pub fn read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<R
 pub fn reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
     let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
     let f = state.lock(counter, timeout)?;
-    let seq = f.load().map(|r| r.seq).unwrap_or(0);
+    // Counters go; a lock stays until `mailgate unlock`.
+    let old = f.load().unwrap_or_default();
     let mut fresh = Record {
-        seq,
-        windows: Vec::new(),
+        seq: old.seq,
+        lock: old.lock,
+        ..Record::default()
     };
     // Write both slots so that no older record survives.
     f.save(&mut fresh)?;

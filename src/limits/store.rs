@@ -13,18 +13,65 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const MAGIC: &[u8; 4] = b"MGS1";
+const MAGIC: &[u8; 4] = b"MGS2";
 pub const SLOT_SIZE: usize = 2048;
 pub const FILE_SIZE: usize = 2 * SLOT_SIZE;
-const WINDOW_SIZE: usize = 16 + BUCKETS * 12;
-const HEADER_SIZE: usize = 4 + 8 + 4;
-const _: () = assert!(HEADER_SIZE + MAX_WINDOWS * WINDOW_SIZE + 8 <= SLOT_SIZE);
+/// Messages remembered per account for the admin's alert mail.
+pub const RECENT: usize = 4;
+const SENDER_BYTES: usize = 56;
+const SUBJECT_BYTES: usize = 72;
+const REASON_BYTES: usize = 80;
+const WINDOW_SIZE: usize = 24 + BUCKETS * 12;
+const RECENT_SIZE: usize = 8 + 1 + SENDER_BYTES + 1 + SUBJECT_BYTES;
+const LAYOUT_SIZE: usize =
+    16 + MAX_WINDOWS * WINDOW_SIZE + 1 + RECENT * RECENT_SIZE + 1 + 8 + 1 + REASON_BYTES + 8;
+const _: () = assert!(LAYOUT_SIZE <= SLOT_SIZE);
 
 /// What a counter file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     pub seq: u64,
     pub windows: Vec<Window>,
+    /// The last few messages (accepted or not), oldest first.
+    pub recent: Vec<Recent>,
+    /// Set by `mailgate lock` or by `lock_after`: everything is held.
+    pub lock: Option<AccountLock>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recent {
+    pub time: i64,
+    pub sender: String,
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountLock {
+    pub since: i64,
+    pub reason: String,
+}
+
+impl Record {
+    /// Remember a message for the alert mail, keeping the last `RECENT`.
+    pub fn remember(&mut self, time: i64, sender: &str, subject: &str) {
+        if self.recent.len() == RECENT {
+            self.recent.remove(0);
+        }
+        self.recent.push(Recent {
+            time,
+            sender: truncate(sender, SENDER_BYTES),
+            subject: truncate(subject, SUBJECT_BYTES),
+        });
+    }
+}
+
+/// The longest prefix of `s` that fits `max` bytes, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// Whose counter.
@@ -34,25 +81,105 @@ pub enum Counter<'a> {
     Server,
 }
 
+/// Fixed-layout little-endian writer over one slot.
+struct Put<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl Put<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.out[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+    fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    /// A length byte, then `width` bytes of which the first `len` are the string.
+    fn str(&mut self, s: &str, width: usize) {
+        let s = truncate(s, width);
+        self.u8(s.len() as u8);
+        self.bytes(s.as_bytes());
+        self.pos += width - s.len();
+    }
+}
+
+/// Fixed-layout reader; `None` on any inconsistency.
+struct Take<'a> {
+    slot: &'a [u8],
+    pos: usize,
+}
+
+impl Take<'_> {
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.slot.get(self.pos..self.pos + n)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.bytes(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    fn str(&mut self, width: usize) -> Option<String> {
+        let len = self.u8()? as usize;
+        let field = self.bytes(width)?;
+        String::from_utf8(field.get(..len)?.to_vec()).ok()
+    }
+}
+
 pub fn encode(record: &Record) -> [u8; SLOT_SIZE] {
     let mut out = [0u8; SLOT_SIZE];
-    let mut pos = 0;
-    let mut put = |bytes: &[u8]| {
-        out[pos..pos + bytes.len()].copy_from_slice(bytes);
-        pos += bytes.len();
+    let mut p = Put {
+        out: &mut out,
+        pos: 0,
     };
-    put(MAGIC);
-    put(&record.seq.to_le_bytes());
+    p.bytes(MAGIC);
+    p.u64(record.seq);
     let n = record.windows.len().min(MAX_WINDOWS);
-    put(&(n as u32).to_le_bytes());
+    p.u32(n as u32);
     for w in &record.windows[..n] {
-        put(&w.secs.to_le_bytes());
-        put(&w.head.to_le_bytes());
+        p.u64(w.secs);
+        p.i64(w.head);
+        p.i64(w.alerted_until);
         for b in &w.buckets {
-            put(&b.messages.to_le_bytes());
-            put(&b.recipients.to_le_bytes());
-            put(&b.refused.to_le_bytes());
+            p.u32(b.messages);
+            p.u32(b.recipients);
+            p.u32(b.refused);
         }
+    }
+    p.pos = 16 + MAX_WINDOWS * WINDOW_SIZE;
+    let recent = &record.recent[record.recent.len().saturating_sub(RECENT)..];
+    p.u8(recent.len() as u8);
+    for r in recent {
+        p.i64(r.time);
+        p.str(&r.sender, SENDER_BYTES);
+        p.str(&r.subject, SUBJECT_BYTES);
+    }
+    p.pos = 16 + MAX_WINDOWS * WINDOW_SIZE + 1 + RECENT * RECENT_SIZE;
+    match &record.lock {
+        Some(lock) => {
+            p.u8(1);
+            p.i64(lock.since);
+            p.str(&lock.reason, REASON_BYTES);
+        }
+        None => p.u8(0),
     }
     let sum = fnv1a(&out[..SLOT_SIZE - 8]);
     out[SLOT_SIZE - 8..].copy_from_slice(&sum.to_le_bytes());
@@ -68,36 +195,57 @@ pub fn decode(slot: &[u8]) -> Option<Record> {
     if sum != fnv1a(&slot[..SLOT_SIZE - 8]) {
         return None;
     }
-    let mut pos = 4;
-    let mut take = |n: usize| {
-        let s = &slot[pos..pos + n];
-        pos += n;
-        s
-    };
-    let u32_at = |s: &[u8]| u32::from_le_bytes(s.try_into().unwrap_or_default());
-    let u64_at = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
-    let seq = u64_at(take(8));
-    let n = u32_at(take(4)) as usize;
+    let mut t = Take { slot, pos: 4 };
+    let seq = t.u64()?;
+    let n = t.u32()? as usize;
     if n > MAX_WINDOWS {
         return None;
     }
     let mut windows = Vec::with_capacity(n);
     for _ in 0..n {
-        let secs = u64_at(take(8));
-        let head = u64_at(take(8)) as i64;
+        let secs = t.u64()?;
+        let head = t.i64()?;
+        let alerted_until = t.i64()?;
         let mut buckets = [Bucket::default(); BUCKETS];
         for b in &mut buckets {
-            b.messages = u32_at(take(4));
-            b.recipients = u32_at(take(4));
-            b.refused = u32_at(take(4));
+            b.messages = t.u32()?;
+            b.recipients = t.u32()?;
+            b.refused = t.u32()?;
         }
         windows.push(Window {
             secs,
             head,
+            alerted_until,
             buckets,
         });
     }
-    Some(Record { seq, windows })
+    t.pos = 16 + MAX_WINDOWS * WINDOW_SIZE;
+    let nrecent = t.u8()? as usize;
+    if nrecent > RECENT {
+        return None;
+    }
+    let mut recent = Vec::with_capacity(nrecent);
+    for _ in 0..nrecent {
+        recent.push(Recent {
+            time: t.i64()?,
+            sender: t.str(SENDER_BYTES)?,
+            subject: t.str(SUBJECT_BYTES)?,
+        });
+    }
+    t.pos = 16 + MAX_WINDOWS * WINDOW_SIZE + 1 + RECENT * RECENT_SIZE;
+    let lock = match t.u8()? {
+        0 => None,
+        _ => Some(AccountLock {
+            since: t.i64()?,
+            reason: t.str(REASON_BYTES)?,
+        }),
+    };
+    Some(Record {
+        seq,
+        windows,
+        recent,
+        lock,
+    })
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -135,6 +283,23 @@ impl StateDir {
         match counter {
             Counter::Account(name) => self.path.join("accounts").join(name),
             Counter::Server => self.path.join("server"),
+        }
+    }
+
+    /// A lock file in the state directory held by at most one process (e.g. `queue run`);
+    /// `None` when another process holds it.
+    pub fn try_lock_named(&self, name: &str) -> Result<Option<File>, Failure> {
+        let path = self.path.join(name);
+        let file = open_file_at(self.dir.as_raw_fd(), name)
+            .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Failure::io(
+                Exit::OsErr,
+                format!("cannot lock {}", path.display()),
+                &e,
+            )),
         }
     }
 
@@ -309,17 +474,32 @@ mod tests {
         let mut w = Window::new(3600, 1_000_000);
         w.record(1_000_000, 7);
         w.record_refused(1_000_000);
-        Record {
+        let mut r = Record {
             seq: 41,
             windows: vec![w, Window::new(60, 5)],
-        }
+            ..Record::default()
+        };
+        r.remember(1_000_000, "a@example.org", "Invoice \u{e4}\u{f6}\u{fc}");
+        r.remember(1_000_001, &"x".repeat(300), &"\u{e4}".repeat(100));
+        r.lock = Some(AccountLock {
+            since: 1_000_002,
+            reason: "spam run".into(),
+        });
+        r
     }
 
     #[test]
     fn codec_round_trips_and_detects_damage() {
         let r = sample();
         let slot = encode(&r);
-        assert_eq!(decode(&slot), Some(r));
+        let back = decode(&slot).unwrap();
+        assert_eq!(back.recent[1].sender.len(), SENDER_BYTES);
+        assert!(back.recent[1].subject.len() <= SUBJECT_BYTES);
+        assert_eq!(back.recent[0], r.recent[0]);
+        assert_eq!(
+            (back.seq, &back.windows, &back.lock),
+            (r.seq, &r.windows, &r.lock)
+        );
         for pos in [0, 5, 20, 300, SLOT_SIZE - 1] {
             let mut bad = slot;
             bad[pos] ^= 0x40;

@@ -30,6 +30,8 @@ pub struct Window {
     pub secs: u64,
     /// Index of the newest bucket (bucket j covers [j*L, (j+1)*L)).
     pub head: i64,
+    /// No alert mail for this window before this time (one per account per window).
+    pub alerted_until: i64,
     pub buckets: [Bucket; BUCKETS],
 }
 
@@ -38,6 +40,7 @@ impl Window {
         let mut w = Window {
             secs: secs.max(1),
             head: 0,
+            alerted_until: 0,
             buckets: [Bucket::default(); BUCKETS],
         };
         w.head = w.index(now);

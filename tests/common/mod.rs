@@ -132,13 +132,17 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(extra: &[&str]) -> Sink {
+        Sink::start_on(free_port(), extra)
+    }
+
+    /// On a given port (a relay that comes back where mailgate expects it).
+    pub fn start_on(port: u16, extra: &[&str]) -> Sink {
         let dir = TempDir::new("sink");
         // smtp-sink drops to `-u nobody` when root; its dumps must be writable then.
         let dumps = dir.path().join("dumps");
         std::fs::create_dir(&dumps).unwrap();
         std::fs::set_permissions(&dumps, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        let port = free_port();
         let mut cmd = Command::new("smtp-sink");
         if is_root() {
             cmd.args(["-u", "nobody"]);
@@ -460,6 +464,30 @@ fn wait_output(mut child: Child, pid: u32) -> Output {
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
     }
+}
+
+/// `mailgate ARGS --json` (status, hold list, queue list) as JSON.
+pub fn json(env: &Env, args: &[&str], now: Option<i64>) -> serde_json::Value {
+    let mut cmd = env.cmd();
+    cmd.args(args).arg("--json");
+    if let Some(t) = now {
+        cmd.env("MAILGATE_NOW", t.to_string());
+    }
+    let o = run_with_input(&mut cmd, b"");
+    assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?} --json: {e}"))
+}
+
+/// `mailgate ARGS` as admin (same config), checked for success; returns stdout.
+pub fn admin(env: &Env, args: &[&str], now: Option<i64>) -> String {
+    let mut cmd = env.cmd();
+    cmd.args(args);
+    if let Some(t) = now {
+        cmd.env("MAILGATE_NOW", t.to_string());
+    }
+    let o = run_with_input(&mut cmd, b"");
+    assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn code(o: &Output) -> i32 {

@@ -1,0 +1,405 @@
+//! The spools, maildir-style under the state directory: `queue/` (the relay was unavailable),
+//! `defer/` (over a limit with action defer; released by `queue run` when there is room),
+//! `hold/` (over a limit with action hold, or a locked account; released by an admin) and
+//! `failed/` (gave up). An entry is written in `tmp/`, fsynced, renamed into place and the
+//! directory fsynced before anyone is told it is kept.
+//!
+//! Each entry is one file: a JSON line with the envelope and bookkeeping, then the message
+//! exactly as it goes to the relay (CRLF lines, not dot-stuffed).
+
+use crate::exit::{Exit, Failure};
+use crate::limits::store::StateDir;
+use crate::message::{self, Message, Terminator};
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Queue,
+    Defer,
+    Hold,
+    Failed,
+}
+
+impl Kind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Kind::Queue => "queue",
+            Kind::Defer => "defer",
+            Kind::Hold => "hold",
+            Kind::Failed => "failed",
+        }
+    }
+
+    pub const ALL: [Kind; 4] = [Kind::Queue, Kind::Defer, Kind::Hold, Kind::Failed];
+}
+
+/// An entry's envelope and bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: String,
+    pub account: String,
+    pub uid: u32,
+    pub user: String,
+    #[serde(default)]
+    pub script: String,
+    /// `None` is the null sender.
+    pub sender: Option<String>,
+    pub recipients: Vec<String>,
+    #[serde(default)]
+    pub subject: String,
+    pub size: u64,
+    /// When the caller handed the message over (Unix time).
+    pub time: i64,
+    /// Why it is kept.
+    pub reason: String,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub next_attempt: i64,
+    #[serde(default)]
+    pub last_error: String,
+    /// True for mailgate's own mail (alerts): never counted against an account.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// IDs come from argv in admin commands: only what `pipeline::queue_id` makes is accepted.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+pub struct Spool<'a> {
+    state: &'a StateDir,
+}
+
+impl<'a> Spool<'a> {
+    pub fn new(state: &'a StateDir) -> Spool<'a> {
+        Spool { state }
+    }
+
+    fn dir(&self, name: &str) -> Result<OwnedFd, Failure> {
+        self.state.subdir(name)
+    }
+
+    fn path(&self, kind: Kind, id: &str) -> String {
+        self.state
+            .path()
+            .join(kind.dir())
+            .join(id)
+            .display()
+            .to_string()
+    }
+
+    /// Keep a message durably: write in tmp/, fsync, rename into `kind`, fsync the directory.
+    /// Replaces an entry with the same id (used to update its bookkeeping).
+    pub fn keep(&self, kind: Kind, meta: &Meta, msg: &Message) -> Result<(), Failure> {
+        if !valid_id(&meta.id) {
+            return Err(Failure::new(
+                Exit::Software,
+                format!("invalid spool id {:?}", meta.id),
+            ));
+        }
+        let target = self.path(kind, &meta.id);
+        let fail = |e: io::Error| {
+            Failure::io(
+                Exit::IoErr,
+                format!("cannot keep the message in {target}"),
+                &e,
+            )
+        };
+        let tmp = self.dir("tmp")?;
+        let dest = self.dir(kind.dir())?;
+        let name = cstr(&meta.id)?;
+        // SAFETY: tmp is a directory fd, name a valid C string; the fd is owned below.
+        let fd = unsafe {
+            libc::openat(
+                tmp.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o660 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(fail(io::Error::last_os_error()));
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let written = (|| {
+            let mut w = io::BufWriter::with_capacity(64 * 1024, &file);
+            serde_json::to_writer(&mut w, meta).map_err(io::Error::other)?;
+            w.write_all(b"\n")?;
+            msg.write_to(&mut w)?;
+            w.flush()?;
+            drop(w);
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            unlink_at(&tmp, &name);
+            return Err(fail(e));
+        }
+        // SAFETY: both fds are directories, name a valid C string.
+        if unsafe {
+            libc::renameat(
+                tmp.as_raw_fd(),
+                name.as_ptr(),
+                dest.as_raw_fd(),
+                name.as_ptr(),
+            )
+        } != 0
+        {
+            let e = io::Error::last_os_error();
+            unlink_at(&tmp, &name);
+            return Err(fail(e));
+        }
+        fsync_dir(&dest).map_err(fail)
+    }
+
+    /// All entries of `kind`, oldest first.
+    pub fn list(&self, kind: Kind) -> Result<Vec<Meta>, Failure> {
+        let dir = self.state.path().join(kind.dir());
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Failure::io(
+                    Exit::IoErr,
+                    format!("cannot list {}", dir.display()),
+                    &e,
+                ));
+            }
+        };
+        let mut metas = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !valid_id(&name) {
+                continue;
+            }
+            // An entry removed meanwhile (another queue run) is simply gone.
+            if let Ok(meta) = self.read_meta(kind, &name) {
+                metas.push(meta);
+            }
+        }
+        metas.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        Ok(metas)
+    }
+
+    fn open(&self, kind: Kind, id: &str) -> Result<File, Failure> {
+        if !valid_id(id) {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("invalid message id {id:?}"),
+            ));
+        }
+        let dir = self.dir(kind.dir())?;
+        let name = cstr(id)?;
+        // SAFETY: as in keep.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            let exit = if e.kind() == io::ErrorKind::NotFound {
+                Exit::Usage
+            } else {
+                Exit::IoErr
+            };
+            return Err(Failure::io(
+                exit,
+                format!("cannot open {}", self.path(kind, id)),
+                &e,
+            ));
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    pub fn read_meta(&self, kind: Kind, id: &str) -> Result<Meta, Failure> {
+        let mut reader = BufReader::new(self.open(kind, id)?);
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).map_err(|e| {
+            Failure::io(
+                Exit::IoErr,
+                format!("cannot read {}", self.path(kind, id)),
+                &e,
+            )
+        })?;
+        serde_json::from_slice(&line).map_err(|e| {
+            Failure::new(
+                Exit::DataErr,
+                format!("{} is damaged: {e}", self.path(kind, id)),
+            )
+        })
+    }
+
+    pub fn load(&self, kind: Kind, id: &str) -> Result<(Meta, Message), Failure> {
+        let mut reader = BufReader::with_capacity(64 * 1024, self.open(kind, id)?);
+        let meta = {
+            let mut line = Vec::new();
+            reader.read_until(b'\n', &mut line).map_err(|e| {
+                Failure::io(
+                    Exit::IoErr,
+                    format!("cannot read {}", self.path(kind, id)),
+                    &e,
+                )
+            })?;
+            serde_json::from_slice::<Meta>(&line).map_err(|e| {
+                Failure::new(
+                    Exit::DataErr,
+                    format!("{} is damaged: {e}", self.path(kind, id)),
+                )
+            })?
+        };
+        let msg =
+            message::read_message(&mut reader, Terminator::Eof, u64::MAX).map_err(|e| match e {
+                message::ReadError::Io(e) => Failure::io(
+                    Exit::IoErr,
+                    format!("cannot read {}", self.path(kind, id)),
+                    &e,
+                ),
+                message::ReadError::TooBig { .. } => {
+                    Failure::new(Exit::Software, "spooled message too big")
+                }
+            })?;
+        Ok((meta, msg))
+    }
+
+    /// The raw stored message (for `hold show --body`).
+    pub fn raw(&self, kind: Kind, id: &str) -> Result<Vec<u8>, Failure> {
+        let mut bytes = Vec::new();
+        self.open(kind, id)?.read_to_end(&mut bytes).map_err(|e| {
+            Failure::io(
+                Exit::IoErr,
+                format!("cannot read {}", self.path(kind, id)),
+                &e,
+            )
+        })?;
+        let start = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |p| p + 1);
+        Ok(bytes.split_off(start))
+    }
+
+    pub fn remove(&self, kind: Kind, id: &str) -> Result<(), Failure> {
+        if !valid_id(id) {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("invalid message id {id:?}"),
+            ));
+        }
+        let dir = self.dir(kind.dir())?;
+        let name = cstr(id)?;
+        // SAFETY: dir is a directory fd, name a valid C string.
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(Failure::io(
+                Exit::IoErr,
+                format!("cannot remove {}", self.path(kind, id)),
+                &e,
+            ));
+        }
+        fsync_dir(&dir).map_err(|e| Failure::io(Exit::IoErr, "cannot sync the spool directory", &e))
+    }
+
+    /// Move an entry (with updated bookkeeping) to another spool: the new copy is durable
+    /// before the old one goes, so a crash in between leaves two copies, never none.
+    pub fn move_entry(
+        &self,
+        from: Kind,
+        to: Kind,
+        meta: &Meta,
+        msg: &Message,
+    ) -> Result<(), Failure> {
+        self.keep(to, meta, msg)?;
+        self.remove(from, &meta.id)
+    }
+
+    /// Which spool holds `id`.
+    pub fn find(&self, id: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| self.read_meta(*k, id).is_ok())
+    }
+
+    pub fn count(&self, kind: Kind, account: &str) -> usize {
+        self.list(kind)
+            .map_or(0, |l| l.iter().filter(|m| m.account == account).count())
+    }
+}
+
+fn cstr(name: &str) -> Result<CString, Failure> {
+    CString::new(name).map_err(|_| Failure::new(Exit::Software, "NUL in a file name"))
+}
+
+fn unlink_at(dir: &OwnedFd, name: &CString) {
+    // SAFETY: dir is a directory fd, name a valid C string.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+}
+
+fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fsync on an owned, open fd.
+    if unsafe { libc::fsync(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_list_load_move_remove() {
+        let dir = std::env::temp_dir().join(format!("mailgate-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = StateDir::open(&dir).unwrap();
+        let spool = Spool::new(&state);
+        let msg = message::read_message(
+            &mut &b"Subject: s\n\n.x\r\n\xff\n"[..],
+            Terminator::Eof,
+            1 << 20,
+        )
+        .unwrap();
+        let mut meta = Meta {
+            id: "ABC123".into(),
+            account: "a".into(),
+            uid: 1,
+            user: "u".into(),
+            script: String::new(),
+            sender: None,
+            recipients: vec!["r@x".into()],
+            subject: "s".into(),
+            size: msg.size(),
+            time: 5,
+            reason: "test".into(),
+            attempts: 0,
+            next_attempt: 0,
+            last_error: String::new(),
+            internal: false,
+        };
+        spool.keep(Kind::Hold, &meta, &msg).unwrap();
+        assert_eq!(spool.list(Kind::Hold).unwrap(), vec![meta.clone()]);
+        let (m, back) = spool.load(Kind::Hold, "ABC123").unwrap();
+        assert_eq!((m, back), (meta.clone(), msg.clone()));
+        meta.attempts = 2;
+        spool
+            .move_entry(Kind::Hold, Kind::Queue, &meta, &msg)
+            .unwrap();
+        assert_eq!(spool.find("ABC123"), Some(Kind::Queue));
+        assert!(spool.list(Kind::Hold).unwrap().is_empty());
+        assert_eq!(spool.count(Kind::Queue, "a"), 1);
+        assert!(spool.load(Kind::Queue, "../x").is_err());
+        spool.remove(Kind::Queue, "ABC123").unwrap();
+        assert_eq!(spool.find("ABC123"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
