@@ -229,6 +229,7 @@ impl Context {
             Ok(d) => d,
             Err(f) => return Report::failure(&f, "451 4.3.0"),
         };
+        fields.add("lock_wait_us", decision.lock_wait.as_micros());
         if let Some(alert) = &decision.alert {
             self.send_alert(alert, &meta);
         }

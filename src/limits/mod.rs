@@ -196,6 +196,8 @@ pub struct Attempt<'a> {
 pub struct Decision {
     pub verdict: Verdict,
     pub alert: Option<Alert>,
+    /// How long this sender waited for the counter locks (logged; the benchmark reads it).
+    pub lock_wait: std::time::Duration,
 }
 
 /// The locked counter files of one decision: account first, then server.
@@ -224,7 +226,9 @@ pub fn check_and_record(
     warn: &mut dyn FnMut(&str),
 ) -> Result<Decision, Failure> {
     let account = attempt.account;
+    let started = std::time::Instant::now();
     let locked = lock_both(state, config, account)?;
+    let lock_wait = started.elapsed();
     let loaded = (|| {
         let a = locked.account.load()?;
         let s = match &locked.server {
@@ -244,6 +248,7 @@ pub fn check_and_record(
                 return Ok(Decision {
                     verdict: Verdict::Accepted(None),
                     alert: None,
+                    lock_wait,
                 });
             }
         },
@@ -298,6 +303,7 @@ pub fn check_and_record(
         return Ok(Decision {
             verdict,
             alert: None,
+            lock_wait,
         });
     }
     arec.remember(t, attempt.sender, attempt.subject);
@@ -333,7 +339,11 @@ pub fn check_and_record(
         srec.windows = swin;
         f.save(&mut srec)?;
     }
-    Ok(Decision { verdict, alert })
+    Ok(Decision {
+        verdict,
+        alert,
+        lock_wait,
+    })
 }
 
 /// Lock or unlock an account (admin command). Returns whether anything changed.
