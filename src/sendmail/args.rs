@@ -79,6 +79,13 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
                 }
             };
             match name {
+                // The admin's sendmail_path comes first; mail()'s fifth parameter is appended
+                // after it. A second --account can only be a script trying to switch accounts.
+                "account" if inv.account.is_some() => {
+                    return Err(UsageError(
+                        "--account given twice (a script may not choose its account)".into(),
+                    ));
+                }
                 "account" => inv.account = Some(value),
                 "config" => inv.config = Some(value),
                 _ => return Err(UsageError(format!("unknown option --{name}"))),
@@ -273,6 +280,7 @@ mod tests {
         assert!(parse(&["-f"]).is_err());
         assert!(parse(&["--account"]).is_err());
         assert!(parse(&["--bogus", "x"]).is_err());
+        assert!(parse(&["--account", "a", "-t", "--account", "b"]).is_err());
     }
 
     proptest::proptest! {
