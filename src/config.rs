@@ -513,6 +513,19 @@ default_sender = "noreply@example.com"
     }
 
     #[test]
+    fn shipped_example_is_valid_and_matches_the_defaults() {
+        let example = Config::parse(include_str!("../mailgate.toml.example"), "example").unwrap();
+        let builtin = Config::default();
+        assert_eq!(example.defaults.limits, builtin.defaults.limits);
+        assert_eq!(
+            (&example.relay.host, example.relay.port),
+            (&builtin.relay.host, builtin.relay.port)
+        );
+        assert_eq!(example.accounts.keys().collect::<Vec<_>>(), ["root"]);
+        assert!(example.is_exempt("root") && !example.is_exempt("www-data"));
+    }
+
+    #[test]
     fn errors_carry_file_and_line() {
         let e = Config::parse("[relay]\nport = \"x\"\n", "m.toml").unwrap_err();
         assert!(e.0.starts_with("m.toml:2:"), "{e}");

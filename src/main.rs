@@ -36,6 +36,11 @@ fn main() {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // With mailgate installed as /usr/sbin/sendmail, Debian's mailq and newaliases links point
+    // at it too; like -bp and -bi they have nothing to do.
+    if program == "mailq" || program == "newaliases" {
+        std::process::exit(exit::Exit::Ok.code());
+    }
     let exit =
         if !program.contains("sendmail") && rest.first().is_some_and(|a| admin::is_subcommand(a)) {
             admin::run(&argv)

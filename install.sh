@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# install.sh: install mailgate, and optionally the seed's Postfix + postfwd chain and the PHP
+# wiring. Idempotent: a second run changes nothing. Every file it changes is backed up first and
+# restored by --uninstall.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: sudo ./install.sh [OPTIONS]
+
+Installs /usr/sbin/mailgate (root:mailgate 2755, setgid, never setuid), group mailgate,
+/etc/mailgate/mailgate.toml (only if absent), /var/lib/mailgate (root:mailgate 0770), and a
+systemd timer (or a cron entry where systemd is not running) for `mailgate queue run`.
+
+Options:
+  --with-postfix         install postfix + postfwd and configure the seed's chain with postmulti:
+                         primary instance as null client relaying to 127.0.0.1:10025, a second
+                         instance "postfix-postfwd" there that checks postfwd on 127.0.0.1:10040
+  --php                  point sendmail_path of every installed PHP SAPI at mailgate (conf.d
+                         snippet) through /usr/lib/mailgate/sendmail
+  --as-sendmail          make mailgate /usr/sbin/sendmail and /usr/lib/sendmail (dpkg-divert
+                         --rename of Postfix's binary), so Symfony Mailer, Laravel, Drupal,
+                         PHPMailer isSendmail() and cron go through it too
+  --binary PATH          install this binary instead of building one with cargo
+  --prefix DIR           install under DIR (tests, packaging); also taken from DESTDIR
+  --postfwd-hourly N     postfwd's per-sender limit per hour (default 200)
+  --postfwd-daily N      postfwd's per-sender limit per day (default 1000)
+  --postfwd-server N     postfwd's server-wide limit per hour (default 5000)
+  --postfwd-action A     reject | defer | hold: what postfwd does over its limits (default defer)
+  --relayhost HOST:PORT  where the postfix-postfwd instance sends outbound mail (default: direct
+                         delivery by MX); tests point it at a local smtp-sink
+  --dry-run              print every change, change nothing
+  --uninstall            remove what install.sh installed and restore the backed-up files
+                         (config and state under /etc/mailgate and /var/lib/mailgate stay)
+  -h, --help             this text
+EOF
+}
+
+with_postfix=0 php=0 as_sendmail=0 dry_run=0 uninstall=0 binary="" prefix="${DESTDIR:-}"
+pf_hourly=200 pf_daily=1000 pf_server=5000 pf_action=defer relayhost=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --with-postfix) with_postfix=1 ;;
+        --php) php=1 ;;
+        --as-sendmail) as_sendmail=1 ;;
+        --binary) binary=${2:?--binary needs a path}; shift ;;
+        --prefix) prefix=${2:?--prefix needs a directory}; shift ;;
+        --postfwd-hourly) pf_hourly=${2:?}; shift ;;
+        --postfwd-daily) pf_daily=${2:?}; shift ;;
+        --postfwd-server) pf_server=${2:?}; shift ;;
+        --postfwd-action) pf_action=${2:?}; shift ;;
+        --relayhost) relayhost=${2:?}; shift ;;
+        --dry-run) dry_run=1 ;;
+        --uninstall) uninstall=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
+    esac
+    shift
+done
+for n in "$pf_hourly" "$pf_daily" "$pf_server"; do
+    [[ $n =~ ^[0-9]+$ ]] || { echo "install.sh: postfwd limits must be numbers" >&2; exit 64; }
+done
+case "$pf_action" in
+    reject) pf_verb="REJECT" ;;
+    defer) pf_verb="450 4.7.1" ;;
+    hold) pf_verb="HOLD" ;;
+    *) echo "install.sh: --postfwd-action must be reject, defer or hold" >&2; exit 64 ;;
+esac
+if [ "$(id -u)" != 0 ] && [ $dry_run = 0 ]; then
+    echo "install.sh: must run as root (it creates group mailgate, a setgid binary and system config); nothing was changed" >&2
+    exit 77
+fi
+
+here=$(cd "$(dirname "$0")" && pwd)
+P=${prefix%/}
+SBIN=$P/usr/sbin/mailgate
+LINKDIR=$P/usr/lib/mailgate
+ETC=$P/etc/mailgate
+STATE=$P/var/lib/mailgate
+BACKUP=$STATE/install-backup
+changes=0
+
+say() { printf 'install.sh: %s\n' "$*"; }
+# Run a command that changes the system, or print it in a dry run.
+act() {
+    changes=$((changes + 1))
+    if [ $dry_run = 1 ]; then printf 'would run: %s\n' "$*"; return 0; fi
+    printf '+ %s\n' "$*"
+    "$@"
+}
+# Remember a file's state before the first change, for --uninstall.
+declare -A backed_up=()
+backup() {
+    local f=$1 key
+    key=$BACKUP/$(printf '%s' "${f#"$P"}" | sed 's|/|%|g')
+    [ -n "${backed_up[$key]:-}" ] && return 0
+    backed_up[$key]=1
+    [ -e "$key" ] || [ -e "$key.absent" ] && return 0
+    [ $dry_run = 1 ] && { printf 'would back up: %s\n' "$f"; return 0; }
+    mkdir -p "$BACKUP"
+    if [ -e "$f" ] || [ -L "$f" ]; then cp -a "$f" "$key"; else : >"$key.absent"; fi
+}
+# Write CONTENT to FILE with MODE and OWNER unless it already has exactly that.
+put_file() { # file mode owner content
+    local f=$1 mode=$2 owner=$3 content=$4
+    if [ -f "$f" ] && [ "$(cat "$f")" = "$content" ] &&
+       [ "$(stat -c '%a %U:%G' "$f")" = "$mode $owner" ]; then return 0; fi
+    backup "$f"
+    changes=$((changes + 1))
+    if [ $dry_run = 1 ]; then printf 'would write: %s (%s %s)\n' "$f" "$mode" "$owner"; return 0; fi
+    printf '+ write %s (%s %s)\n' "$f" "$mode" "$owner"
+    mkdir -p "$(dirname "$f")"
+    printf '%s\n' "$content" >"$f.tmp.$$"
+    chown "$owner" "$f.tmp.$$"
+    chmod "$mode" "$f.tmp.$$"
+    mv -f "$f.tmp.$$" "$f"
+}
+put_link() { # link target
+    [ "$(readlink "$1" 2>/dev/null)" = "$2" ] && return 0
+    backup "$1"
+    act mkdir -p "$(dirname "$1")"
+    act ln -sfn "$2" "$1"
+}
+put_dir() { # dir mode owner
+    if [ -d "$1" ] && [ "$(stat -c '%a %U:%G' "$1")" = "$2 $3" ]; then return 0; fi
+    act mkdir -p "$1"
+    act chown "$3" "$1"
+    act chmod "$2" "$1"
+}
+have_systemd() { [ -z "$P" ] && [ -d /run/systemd/system ]; }
+
+# ---------------------------------------------------------------------------- uninstall ----
+if [ $uninstall = 1 ]; then
+    if [ -z "$P" ] && [ "$(dpkg-divert --listpackage /usr/sbin/sendmail 2>/dev/null)" = LOCAL ]; then
+        for f in /usr/sbin/sendmail /usr/lib/sendmail; do
+            if [ "$(dpkg-divert --listpackage "$f" 2>/dev/null)" = LOCAL ]; then
+                act rm -f "$f"
+                act dpkg-divert --local --rename --remove "$f"
+            fi
+        done
+    fi
+    if [ -z "$P" ] && command -v postmulti >/dev/null && postmulti -l 2>/dev/null | grep -q '^postfix-postfwd '; then
+        act postmulti -i postfix-postfwd -p stop || true
+        act postmulti -i postfix-postfwd -e disable
+        act postmulti -i postfix-postfwd -e destroy || say "postfix-postfwd not destroyed (queue not empty?); it stays disabled"
+    fi
+    if [ -d "$BACKUP" ]; then
+        for key in "$BACKUP"/*; do
+            [ -e "$key" ] || continue
+            name=$(basename "$key")
+            case "$name" in
+                *.absent) f=$P$(printf '%s' "${name%.absent}" | sed 's|%|/|g'); act rm -rf "$f" ;;
+                *) f=$P$(printf '%s' "$name" | sed 's|%|/|g'); act rm -rf "$f"; act cp -a "$key" "$f" ;;
+            esac
+        done
+        act rm -rf "$BACKUP"
+    fi
+    for f in "$SBIN" "$LINKDIR/sendmail" "$P/etc/cron.d/mailgate" \
+             "$P/etc/systemd/system/mailgate-queue.service" "$P/etc/systemd/system/mailgate-queue.timer"; do
+        if [ -e "$f" ] || [ -L "$f" ]; then act rm -f "$f"; fi
+    done
+    if have_systemd; then act systemctl daemon-reload; fi
+    if [ -z "$P" ] && command -v postfix >/dev/null && [ -f /etc/postfix/main.cf ]; then
+        if have_systemd; then act systemctl restart postfix || true; else act postfix reload || act postfix start || true; fi
+    fi
+    say "uninstalled ($changes changes); $ETC and $STATE were kept"
+    exit 0
+fi
+
+# ----------------------------------------------------------------------------- mailgate ----
+if [ -z "$binary" ]; then
+    if [ $dry_run = 1 ]; then
+        binary=$here/target/release/mailgate
+        printf 'would run: cargo build --release (in %s)\n' "$here"
+    else
+        (cd "$here" && cargo build --release --quiet)
+        binary=$here/target/release/mailgate
+    fi
+fi
+[ $dry_run = 1 ] || [ -x "$binary" ] || { echo "install.sh: $binary is not an executable" >&2; exit 66; }
+
+if ! getent group mailgate >/dev/null; then act groupadd --system mailgate; fi
+if [ ! -f "$SBIN" ] || ! cmp -s "$binary" "$SBIN" || [ "$(stat -c '%a %U:%G' "$SBIN")" != "2755 root:mailgate" ]; then
+    act install -D -o root -g mailgate -m 2755 "$binary" "$SBIN"
+fi
+put_dir "$ETC" 755 root:root
+if [ ! -f "$ETC/mailgate.toml" ]; then
+    backup "$ETC/mailgate.toml"
+    act install -o root -g root -m 644 "$here/mailgate.toml.example" "$ETC/mailgate.toml"
+fi
+put_dir "$STATE" 770 root:mailgate
+put_link "$LINKDIR/sendmail" /usr/sbin/mailgate
+
+if have_systemd; then
+    put_file "$P/etc/systemd/system/mailgate-queue.service" 644 root:root "[Unit]
+Description=mailgate: deliver queued mail and release deferred mail
+
+[Service]
+Type=oneshot
+ExecStart=/usr/sbin/mailgate queue run"
+    put_file "$P/etc/systemd/system/mailgate-queue.timer" 644 root:root "[Unit]
+Description=mailgate queue run every minute
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=1min
+
+[Install]
+WantedBy=timers.target"
+    if ! systemctl is-enabled --quiet mailgate-queue.timer 2>/dev/null; then
+        act systemctl daemon-reload
+        act systemctl enable --now mailgate-queue.timer
+    fi
+else
+    put_file "$P/etc/cron.d/mailgate" 644 root:root "# mailgate: deliver queued mail and release deferred mail (install.sh)
+* * * * * root /usr/sbin/mailgate queue run >/dev/null"
+fi
+
+# -------------------------------------------------------------------------------- PHP ----
+if [ $php = 1 ]; then
+    found=0
+    for confd in "$P"/etc/php/*/*/conf.d; do
+        [ -d "$confd" ] || continue
+        found=1
+        put_file "$confd/99-mailgate.ini" 644 root:root "$(cat "$here/php-ini-snippets/99-mailgate.ini")"
+    done
+    [ $found = 1 ] || say "no PHP installation found under $P/etc/php; nothing to wire"
+    cat <<EOF
+install.sh: PHP now sends through mailgate, counted per Unix user. To give each site its own account:
+  PHP-FPM pool:  php_admin_value[sendmail_path] = /usr/sbin/mailgate --account example.com -t -i
+                 env[MAILGATE_ACCOUNT] = example.com
+  Apache vhost:  php_admin_value sendmail_path "/usr/lib/mailgate/sendmail --account example.com -t -i"
+  and declare it in $ETC/mailgate.toml:  [accounts."example.com"]  users = ["web1"]
+  Examples: $here/php-ini-snippets/
+EOF
+fi
+
+# ----------------------------------------------------------------------- as /usr/sbin/sendmail ----
+if [ $as_sendmail = 1 ]; then
+    if [ -n "$P" ]; then
+        put_link "$P/usr/sbin/sendmail" /usr/sbin/mailgate
+    else
+        for f in /usr/sbin/sendmail /usr/lib/sendmail; do
+            if [ "$(dpkg-divert --listpackage "$f" 2>/dev/null)" != LOCAL ]; then
+                act dpkg-divert --local --rename --divert "$f.postfix" --add "$f"
+            fi
+            put_link "$f" /usr/sbin/mailgate
+        done
+    fi
+fi
+
+# ------------------------------------------------------------------ Postfix + postfwd chain ----
+if [ $with_postfix = 1 ]; then
+    [ -z "$P" ] || { echo "install.sh: --with-postfix configures the system Postfix and cannot be combined with --prefix" >&2; exit 64; }
+    missing=()
+    dpkg -s postfix >/dev/null 2>&1 || missing+=(postfix)
+    dpkg -s postfwd >/dev/null 2>&1 || missing+=(postfwd)
+    if [ ${#missing[@]} -gt 0 ]; then
+        act sh -c "echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections"
+        act env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    fi
+    [ -f /etc/postfix/master.cf ] || { backup /etc/postfix/master.cf; act cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf; }
+    [ -f /etc/postfix/main.cf ] || { backup /etc/postfix/main.cf; act cp /usr/share/postfix/main.cf.dist /etc/postfix/main.cf; }
+
+    # postconf_set INSTANCE-ARGS -- key value: set a parameter only if it differs.
+    pset() { # config-dir key value
+        local dir=$1 key=$2 value=$3
+        [ $dry_run = 0 ] || [ -f "$dir/main.cf" ] || { changes=$((changes + 1)); printf 'would set %s in %s/main.cf\n' "$key = $value" "$dir"; return 0; }
+        if [ "$(postconf -c "$dir" -h "$key" 2>/dev/null)" != "$value" ]; then
+            backup "$dir/main.cf"
+            act postconf -c "$dir" -e "$key = $value"
+        fi
+    }
+    # The primary instance: a null client that relays everything to the second instance.
+    myorigin=$(postconf -x -h myorigin 2>/dev/null || hostname -f)
+    if [ "$(postconf -h multi_instance_enable 2>/dev/null)" != yes ]; then
+        backup /etc/postfix/main.cf
+        act postmulti -e init
+    fi
+    pset /etc/postfix master_service_disable inet
+    pset /etc/postfix mydestination ""
+    pset /etc/postfix local_transport "error:5.1.1 Mailbox unavailable"
+    pset /etc/postfix alias_database ""
+    pset /etc/postfix alias_maps ""
+    pset /etc/postfix local_recipient_maps ""
+    pset /etc/postfix relayhost "[127.0.0.1]:10025"
+    pset /etc/postfix inet_interfaces loopback-only
+
+    # The second instance: smtpd on 127.0.0.1:10025 only, postfwd before anything permits.
+    SEC=/etc/postfix-postfwd
+    if ! postmulti -l 2>/dev/null | grep -q '^postfix-postfwd '; then
+        act postmulti -I postfix-postfwd -G mta -e create
+    fi
+    pset $SEC master_service_disable ""
+    pset $SEC authorized_submit_users root
+    pset $SEC inet_interfaces loopback-only
+    pset $SEC mydestination "$myorigin, localhost"
+    pset $SEC myorigin "$myorigin"
+    pset $SEC smtpd_sender_restrictions "check_policy_service inet:127.0.0.1:10040"
+    pset $SEC smtpd_relay_restrictions "permit_mynetworks, reject_unauth_destination"
+    pset $SEC mynetworks "127.0.0.0/8 [::1]/128"
+    pset $SEC relayhost "$relayhost"
+    pset $SEC message_size_limit 52428800
+    pset $SEC alias_maps ""
+    pset $SEC alias_database ""
+    if [ -f $SEC/master.cf ]; then
+        # No smtpd on port 25 (inbound mail is not this chain's business); one on 10025; no
+        # chroot (the relayhost and local delivery need nothing from inside a jail).
+        if [ -n "$(postconf -c $SEC -M smtp/inet 2>/dev/null)" ]; then
+            backup $SEC/master.cf
+            act postconf -c $SEC -M# smtp/inet
+        fi
+        if [ -z "$(postconf -c $SEC -M 127.0.0.1:10025/inet 2>/dev/null)" ]; then
+            backup $SEC/master.cf
+            act postconf -c $SEC -Me "127.0.0.1:10025/inet = 127.0.0.1:10025 inet n - n - - smtpd"
+        fi
+        if postconf -c $SEC -F '*/*/chroot' 2>/dev/null | grep -q '= y$'; then
+            backup $SEC/master.cf
+            act postconf -c $SEC -F '*/*/chroot = n'
+        fi
+    else
+        printf 'would configure %s/master.cf: no smtpd on port 25, smtpd on 127.0.0.1:10025\n' "$SEC"
+    fi
+    if [ "$(postmulti -l 2>/dev/null | awk '$1 == "postfix-postfwd" {print $3}')" != y ]; then
+        act postmulti -i postfix-postfwd -e enable
+    fi
+
+    # postfwd on 127.0.0.1:10040 with the seed's rules.
+    put_file /etc/postfix/postfwd.cf 644 root:root "# postfwd rules (mailgate install.sh): the second line of defence behind mailgate.
+# Mail that bypasses mailgate (direct SMTP to 127.0.0.1:10025, Postfix's own sendmail) is
+# limited here per envelope sender, and server-wide.
+id=RATE_HOURLY; action=rate(sender/$pf_hourly/3600/$pf_verb only $pf_hourly messages per hour for \$\$sender)
+id=RATE_DAILY; action=rate(sender/$pf_daily/86400/$pf_verb only $pf_daily messages per day for \$\$sender)
+id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_server messages per hour from this server)"
+    defaults=$(cat /etc/default/postfwd 2>/dev/null || true)
+    new_defaults=$(printf '%s\n' "$defaults" | sed -E 's/^STARTUP=.*/STARTUP=1/')
+    grep -q '^STARTUP=1' <<<"$new_defaults" || new_defaults=$(printf '%s\nSTARTUP=1' "$new_defaults")
+    [ "$new_defaults" = "$defaults" ] || put_file /etc/default/postfwd 644 root:root "$new_defaults"
+
+    if [ $changes -gt 0 ] || ! (exec 3<>/dev/tcp/127.0.0.1/10040) 2>/dev/null || ! (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; then
+        if have_systemd; then
+            act systemctl enable postfwd
+            act systemctl restart postfwd
+            act systemctl restart postfix
+        else
+            act /etc/init.d/postfwd restart
+            if postfix status >/dev/null 2>&1; then act postfix reload; act postmulti -i postfix-postfwd -p start || true; else act postfix start; fi
+        fi
+    fi
+fi
+
+if [ $dry_run = 1 ]; then
+    say "dry run: $changes changes would be made"
+else
+    say "done: $changes changes"
+fi
