@@ -29,6 +29,8 @@ Options:
   --postfwd-action A     reject | defer | hold: what postfwd does over its limits (default defer)
   --relayhost HOST:PORT  where the postfix-postfwd instance sends outbound mail (default: direct
                          delivery by MX); tests point it at a local smtp-sink
+  --postfix-log DIR      Postfix logs to DIR/postfix.log and DIR/postfix-postfwd.log (maillog_file)
+                         instead of syslog; for hosts without a syslog daemon
   --dry-run              print every change, change nothing
   --uninstall            remove what install.sh installed and restore the backed-up files
                          (config and state under /etc/mailgate and /var/lib/mailgate stay)
@@ -37,7 +39,7 @@ EOF
 }
 
 with_postfix=0 php=0 as_sendmail=0 dry_run=0 uninstall=0 binary="" prefix="${DESTDIR:-}"
-pf_hourly=200 pf_daily=1000 pf_server=5000 pf_action=defer relayhost=""
+pf_hourly=200 pf_daily=1000 pf_server=5000 pf_action=defer relayhost="" postfix_log=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --with-postfix) with_postfix=1 ;;
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
         --postfwd-server) pf_server=${2:?}; shift ;;
         --postfwd-action) pf_action=${2:?}; shift ;;
         --relayhost) relayhost=${2:?}; shift ;;
+        --postfix-log) postfix_log=${2:?}; shift ;;
         --dry-run) dry_run=1 ;;
         --uninstall) uninstall=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -285,6 +288,9 @@ if [ $with_postfix = 1 ]; then
     pset /etc/postfix local_recipient_maps ""
     pset /etc/postfix relayhost "[127.0.0.1]:10025"
     pset /etc/postfix inet_interfaces loopback-only
+    if [ -n "$postfix_log" ]; then
+        pset /etc/postfix maillog_file "$postfix_log/postfix.log"
+    fi
 
     # The second instance: smtpd on 127.0.0.1:10025 only, postfwd before anything permits.
     SEC=/etc/postfix-postfwd
@@ -301,6 +307,10 @@ if [ $with_postfix = 1 ]; then
     pset $SEC mynetworks "127.0.0.0/8 [::1]/128"
     pset $SEC relayhost "$relayhost"
     pset $SEC message_size_limit 52428800
+    pset $SEC mailbox_size_limit 0
+    if [ -n "$postfix_log" ]; then
+        pset $SEC maillog_file "$postfix_log/postfix-postfwd.log"
+    fi
     pset $SEC alias_maps ""
     pset $SEC alias_database ""
     if [ -f $SEC/master.cf ]; then
@@ -343,8 +353,15 @@ id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_ser
             act systemctl restart postfwd
             act systemctl restart postfix
         else
-            act /etc/init.d/postfwd restart
-            if postfix status >/dev/null 2>&1; then act postfix reload; act postmulti -i postfix-postfwd -p start || true; else act postfix start; fi
+            if (exec 3<>/dev/tcp/127.0.0.1/10040) 2>/dev/null; then
+                act postfwd --file /etc/postfix/postfwd.cf --pidfile /var/run/postfwd.pid --reload
+            else
+                act /etc/init.d/postfwd start
+            fi
+            if postfix status >/dev/null 2>&1; then act postfix reload; else act postfix start; fi
+            if ! postmulti -i postfix-postfwd -p status >/dev/null 2>&1; then
+                act postmulti -i postfix-postfwd -p start
+            fi
         fi
     fi
 fi
