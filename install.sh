@@ -188,7 +188,7 @@ if [ ! -f "$SBIN" ] || ! cmp -s "$binary" "$SBIN" || [ "$(stat -c '%a %U:%G' "$S
 fi
 put_dir "$ETC" 755 root:root
 if [ ! -f "$ETC/mailgate.toml" ]; then
-    backup "$ETC/mailgate.toml"
+    # The admin's configuration from now on: --uninstall keeps it.
     act install -o root -g root -m 644 "$here/mailgate.toml.example" "$ETC/mailgate.toml"
 fi
 put_dir "$STATE" 770 root:mailgate
@@ -247,7 +247,8 @@ if [ $as_sendmail = 1 ]; then
             if [ "$(dpkg-divert --listpackage "$f" 2>/dev/null)" != LOCAL ]; then
                 act dpkg-divert --local --rename --divert "$f.postfix" --add "$f"
             fi
-            put_link "$f" /usr/sbin/mailgate
+            # No backup: removing the diversion is what restores Postfix's file.
+            if [ "$(readlink "$f" 2>/dev/null)" != /usr/sbin/mailgate ]; then act ln -sfn /usr/sbin/mailgate "$f"; fi
         done
     fi
 fi
@@ -263,14 +264,15 @@ if [ $with_postfix = 1 ]; then
         act env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
     fi
     [ -f /etc/postfix/master.cf ] || { backup /etc/postfix/master.cf; act cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf; }
-    [ -f /etc/postfix/main.cf ] || { backup /etc/postfix/main.cf; act cp /usr/share/postfix/main.cf.dist /etc/postfix/main.cf; }
+    [ -f /etc/postfix/main.cf ] || { backup /etc/postfix/main.cf; act cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf; }
 
     # postconf_set INSTANCE-ARGS -- key value: set a parameter only if it differs.
     pset() { # config-dir key value
         local dir=$1 key=$2 value=$3
         [ $dry_run = 0 ] || [ -f "$dir/main.cf" ] || { changes=$((changes + 1)); printf 'would set %s in %s/main.cf\n' "$key = $value" "$dir"; return 0; }
         if [ "$(postconf -c "$dir" -h "$key" 2>/dev/null)" != "$value" ]; then
-            backup "$dir/main.cf"
+            # The second instance is install.sh's own (destroyed by --uninstall): no backup.
+            [ "$dir" != /etc/postfix ] || backup "$dir/main.cf"
             act postconf -c "$dir" -e "$key = $value"
         fi
     }
@@ -317,15 +319,12 @@ if [ $with_postfix = 1 ]; then
         # No smtpd on port 25 (inbound mail is not this chain's business); one on 10025; no
         # chroot (the relayhost and local delivery need nothing from inside a jail).
         if [ -n "$(postconf -c $SEC -M smtp/inet 2>/dev/null)" ]; then
-            backup $SEC/master.cf
             act postconf -c $SEC -M# smtp/inet
         fi
         if [ -z "$(postconf -c $SEC -M 127.0.0.1:10025/inet 2>/dev/null)" ]; then
-            backup $SEC/master.cf
             act postconf -c $SEC -Me "127.0.0.1:10025/inet = 127.0.0.1:10025 inet n - n - - smtpd"
         fi
         if postconf -c $SEC -F '*/*/chroot' 2>/dev/null | grep -q '= y$'; then
-            backup $SEC/master.cf
             act postconf -c $SEC -F '*/*/chroot = n'
         fi
     else
@@ -353,15 +352,19 @@ id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_ser
             act systemctl restart postfwd
             act systemctl restart postfix
         else
-            if (exec 3<>/dev/tcp/127.0.0.1/10040) 2>/dev/null; then
+            if [ -s /var/run/postfwd.pid ] && kill -0 "$(cat /var/run/postfwd.pid)" 2>/dev/null; then
                 act postfwd --file /etc/postfix/postfwd.cf --pidfile /var/run/postfwd.pid --reload
             else
                 act /etc/init.d/postfwd start
             fi
-            if postfix status >/dev/null 2>&1; then act postfix reload; else act postfix start; fi
-            if ! postmulti -i postfix-postfwd -p status >/dev/null 2>&1; then
-                act postmulti -i postfix-postfwd -p start
-            fi
+            # Each instance on its own: "postfix status" fails while either one is down.
+            for instance in - postfix-postfwd; do
+                if postmulti -i "$instance" -p status >/dev/null 2>&1; then
+                    act postmulti -i "$instance" -p reload
+                else
+                    act postmulti -i "$instance" -p start
+                fi
+            done
         fi
     fi
 fi
