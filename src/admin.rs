@@ -197,8 +197,9 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             } else {
                 Counter::Account(checked(&account)?)
             };
-            limits::reset(state, &ctx.config, counter)?;
-            println!("{}: counters reset", state.counter_path(counter).display());
+            let store = ctx.store()?;
+            store.reset(&ctx.config, counter)?;
+            println!("{}: counters reset", store.counter_name(counter));
             log_admin(&ctx, "reset", &account, "");
             Ok(())
         }
@@ -207,7 +208,9 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 since: ctx.now(),
                 reason: reason.clone(),
             };
-            let changed = limits::set_lock(state, &ctx.config, checked(&account)?, Some(lock))?;
+            let changed = ctx
+                .store()?
+                .set_lock(&ctx.config, checked(&account)?, Some(lock))?;
             println!(
                 "{account}: {}",
                 if changed {
@@ -220,7 +223,9 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Unlock { account } => {
-            let changed = limits::set_lock(state, &ctx.config, checked(&account)?, None)?;
+            let changed = ctx
+                .store()?
+                .set_lock(&ctx.config, checked(&account)?, None)?;
             println!(
                 "{account}: {}",
                 if changed {
@@ -505,13 +510,7 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
     };
     let mut names: Vec<String> = match only {
         Some(a) => vec![a.to_string()],
-        None => std::fs::read_dir(state.path().join("accounts"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default(),
+        None => ctx.store()?.accounts()?,
     };
     names.sort();
     if identity::is_privileged() && caller.uid != 0 {
@@ -526,7 +525,7 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
     };
     for name in &names {
         identity::validate_account_name(name).map_err(|why| Failure::new(Exit::Usage, why))?;
-        let rec = limits::read(state, config, Counter::Account(name))?;
+        let rec = ctx.store()?.read(config, Counter::Account(name), now)?;
         let mut c = counter_status(
             name,
             config.is_exempt(name),
@@ -540,7 +539,7 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
         out.accounts.push(c);
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
-        let rec = limits::read(state, config, Counter::Server)?;
+        let rec = ctx.store()?.read(config, Counter::Server, now)?;
         out.server = Some(counter_status(
             "server",
             false,

@@ -25,6 +25,7 @@ pub struct Config {
     pub identity: Identity,
     pub log: Log,
     pub state: State,
+    pub store: Store,
     pub spool: Spool,
     pub alerts: Alerts,
     pub defaults: Limits,
@@ -61,6 +62,51 @@ pub struct State {
     pub lock_timeout: Duration,
     /// What to do when a counter file is corrupt or unreadable.
     pub on_error: OnStateError,
+}
+
+/// Where the counters live: local locked files (default) or Redis shared by a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    pub kind: StoreKind,
+    pub url: String,
+    /// File with the Redis password (readable by group mailgate only).
+    pub password_file: Option<PathBuf>,
+    /// Connect and command timeout.
+    pub timeout_ms: u64,
+    pub on_unavailable: OnUnavailable,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    #[default]
+    Files,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnavailable {
+    /// Keep the message in the local defer spool; `queue run` decides when Redis is back.
+    #[default]
+    Queue,
+    /// Send uncounted and log a warning.
+    FailOpen,
+    /// Refuse with exit 71.
+    Refuse,
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store {
+            kind: StoreKind::Files,
+            url: "redis://127.0.0.1:6379/0".into(),
+            password_file: None,
+            timeout_ms: 500,
+            on_unavailable: OnUnavailable::Queue,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +294,7 @@ impl Default for Config {
             identity: Identity::default(),
             log: Log::default(),
             state: State::default(),
+            store: Store::default(),
             spool: Spool::default(),
             alerts: Alerts::default(),
             defaults: Limits {

@@ -24,6 +24,7 @@ pub struct Context {
     /// Test clock (`MAILGATE_NOW`), honoured only when not running setgid.
     pub fixed_now: Option<i64>,
     state: Result<StateDir, Failure>,
+    store: Result<limits::Store, Failure>,
 }
 
 /// A message with its envelope as the caller gave it.
@@ -95,6 +96,7 @@ impl Context {
             .unwrap_or_else(|| mailname().unwrap_or_else(|| hostname.clone()));
         let logger = Logger::new(config.log.file.clone(), &config.state_dir);
         let state = StateDir::open(&config.state_dir);
+        let store = limits::Store::open(&config);
         Context {
             config,
             caller,
@@ -104,6 +106,7 @@ impl Context {
             logger,
             fixed_now,
             state,
+            store,
         }
     }
 
@@ -121,8 +124,14 @@ impl Context {
         }
     }
 
+    /// The local state directory (spools; counters too with the file store).
     pub fn state(&self) -> Result<&StateDir, Failure> {
         self.state.as_ref().map_err(Clone::clone)
+    }
+
+    /// Where the counters live.
+    pub fn store(&self) -> Result<&limits::Store, Failure> {
+        self.store.as_ref().map_err(Clone::clone)
     }
 
     pub fn relay(&self) -> Relay<'_> {
@@ -235,6 +244,15 @@ impl Context {
         }
         let ticket = match decision.verdict {
             Verdict::Accepted(ticket) => ticket,
+            Verdict::StoreUnavailable(why) => {
+                return self.keep(
+                    Kind::Defer,
+                    meta,
+                    &sub.message,
+                    format!("{why}; counted when the store is back"),
+                    None,
+                );
+            }
             Verdict::Locked(reason) => {
                 return self.keep(
                     Kind::Hold,
@@ -329,9 +347,7 @@ impl Context {
     /// The message was counted but will not go: give its count back.
     fn give_back(&self, ticket: Option<&limits::Ticket>, fields: &mut Fields) {
         if let Some(t) = ticket
-            && let Err(f) = self
-                .state()
-                .and_then(|state| limits::refund(state, &self.config, t))
+            && let Err(f) = self.store().and_then(|store| store.refund(&self.config, t))
         {
             fields.add("refund", &f.message);
         }
@@ -378,9 +394,10 @@ impl Context {
 
     fn decide(&self, attempt: &limits::Attempt<'_>) -> Result<limits::Decision, Failure> {
         let logger = &self.logger;
-        limits::check_and_record(self.state()?, &self.config, attempt, &mut |w| {
-            logger.log(Severity::Warning, w)
-        })
+        self.store()?
+            .check_and_record(&self.config, attempt, &mut |w| {
+                logger.log(Severity::Warning, w)
+            })
     }
 
     /// One mail to the admin; kept in the queue when the relay is down.

@@ -87,7 +87,6 @@ fn release_deferred(
     now: i64,
     summary: &mut Summary,
 ) -> Result<(), Failure> {
-    let state = ctx.state()?;
     let mut blocked: BTreeSet<String> = BTreeSet::new();
     for meta in spool.list(Kind::Defer)? {
         if blocked.contains(&meta.account) {
@@ -103,12 +102,14 @@ fn release_deferred(
             subject: &meta.subject,
             count_refusal: false,
         };
-        let decision = limits::check_and_record(state, &ctx.config, &attempt, &mut |w| {
-            ctx.logger.log(Severity::Warning, w)
-        })?;
+        let decision = ctx
+            .store()?
+            .check_and_record(&ctx.config, &attempt, &mut |w| {
+                ctx.logger.log(Severity::Warning, w)
+            })?;
         let ticket = match decision.verdict {
             Verdict::Accepted(t) => t,
-            Verdict::Refused(_) => {
+            Verdict::Refused(_) | Verdict::StoreUnavailable(_) => {
                 // Order is kept per account: nothing of it goes before this one.
                 blocked.insert(meta.account.clone());
                 summary.still_deferred += 1;
@@ -133,7 +134,7 @@ fn release_deferred(
             }
             Outcome::Permanent(why) => {
                 if let Some(t) = &ticket {
-                    limits::refund(state, &ctx.config, t)?;
+                    ctx.store()?.refund(&ctx.config, t)?;
                 }
                 give_up(ctx, spool, Kind::Defer, &mut meta, &msg, &why)?;
                 summary.failed += 1;

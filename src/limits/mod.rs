@@ -2,6 +2,7 @@
 //! the server cap is checked and updated as one step, under the locks of both counter files
 //! (always account first, then server, so concurrent senders cannot deadlock).
 
+mod redis_store;
 pub mod store;
 pub mod window;
 
@@ -168,6 +169,9 @@ pub enum Verdict {
     Refused(Refusal),
     /// The account is locked: everything is held. Carries the lock's reason.
     Locked(String),
+    /// The shared counter store cannot be reached (`on_unavailable = "queue"`): keep the
+    /// message for `queue run`, which decides when the store is back.
+    StoreUnavailable(String),
 }
 
 /// What the admin's alert mail needs to know; produced once per account per window.
@@ -219,7 +223,7 @@ fn lock_both(state: &StateDir, config: &Config, account: &str) -> Result<Locked,
 
 /// Check and count one message. A corrupt counter follows `state.on_error`: fail closed
 /// (exit 71) or accept uncounted with a warning in the log.
-pub fn check_and_record(
+fn files_check_and_record(
     state: &StateDir,
     config: &Config,
     attempt: &Attempt<'_>,
@@ -347,7 +351,7 @@ pub fn check_and_record(
 }
 
 /// Lock or unlock an account (admin command). Returns whether anything changed.
-pub fn set_lock(
+fn files_set_lock(
     state: &StateDir,
     config: &Config,
     account: &str,
@@ -365,7 +369,7 @@ pub fn set_lock(
 }
 
 /// Give back a counted message that was not sent after all (the relay refused it).
-pub fn refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+fn files_refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
     let locked = lock_both(state, config, &ticket.account)?;
     let files = std::iter::once(&locked.account).chain(locked.server.as_ref());
     for f in files {
@@ -379,7 +383,7 @@ pub fn refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<(), 
 }
 
 /// Read an account's counters without changing them (status).
-pub fn read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<Record, Failure> {
+fn files_read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<Record, Failure> {
     let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
     let f = state.lock(counter, timeout)?;
     f.load()
@@ -387,7 +391,7 @@ pub fn read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<R
 }
 
 /// Empty an account's (or the server's) counters.
-pub fn reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+fn files_reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
     let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
     let f = state.lock(counter, timeout)?;
     // Counters go; a lock stays until `mailgate unlock`.
@@ -400,6 +404,106 @@ pub fn reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<
     // Write both slots so that no older record survives.
     f.save(&mut fresh)?;
     f.save(&mut fresh)
+}
+
+/// Where the counters live. Everything above the store (decide, refunds, status) is the same
+/// for both: the local locked files, or Redis shared by the nodes of a cluster.
+pub enum Store {
+    Files(StateDir),
+    Redis(redis_store::RedisStore),
+}
+
+impl Store {
+    /// Opens the state directory (files) or prepares the client (Redis connects on first use).
+    pub fn open(config: &Config) -> Result<Store, Failure> {
+        match config.store.kind {
+            crate::config::StoreKind::Files => Ok(Store::Files(StateDir::open(&config.state_dir)?)),
+            crate::config::StoreKind::Redis => {
+                Ok(Store::Redis(redis_store::RedisStore::new(config)?))
+            }
+        }
+    }
+
+    pub fn check_and_record(
+        &self,
+        config: &Config,
+        attempt: &Attempt<'_>,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<Decision, Failure> {
+        match self {
+            Store::Files(state) => files_check_and_record(state, config, attempt, warn),
+            Store::Redis(r) => r.check_and_record(config, attempt, warn),
+        }
+    }
+
+    /// Give back a counted message that was not sent after all (the relay refused it).
+    pub fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+        match self {
+            Store::Files(state) => files_refund(state, config, ticket),
+            Store::Redis(r) => r.refund(config, ticket),
+        }
+    }
+
+    /// An account's (or the server's) counters, unchanged (status).
+    pub fn read(&self, config: &Config, counter: Counter<'_>, now: i64) -> Result<Record, Failure> {
+        match self {
+            Store::Files(state) => files_read(state, config, counter),
+            Store::Redis(r) => {
+                let limits = match counter {
+                    Counter::Account(a) => config.limits_for(a),
+                    Counter::Server => &config.server.limits,
+                };
+                r.read(counter, limits, now)
+            }
+        }
+    }
+
+    /// Empty an account's (or the server's) counters; a lock stays.
+    pub fn reset(&self, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+        match self {
+            Store::Files(state) => files_reset(state, config, counter),
+            Store::Redis(r) => r.reset(counter),
+        }
+    }
+
+    /// Lock or unlock an account. Returns whether anything changed.
+    pub fn set_lock(
+        &self,
+        config: &Config,
+        account: &str,
+        lock: Option<store::AccountLock>,
+    ) -> Result<bool, Failure> {
+        match self {
+            Store::Files(state) => files_set_lock(state, config, account, lock),
+            Store::Redis(r) => r.set_lock(account, lock),
+        }
+    }
+
+    /// Accounts that have counters.
+    pub fn accounts(&self) -> Result<Vec<String>, Failure> {
+        match self {
+            Store::Files(state) => {
+                let mut names: Vec<String> = std::fs::read_dir(state.path().join("accounts"))
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort();
+                Ok(names)
+            }
+            Store::Redis(r) => r.accounts(),
+        }
+    }
+
+    pub fn counter_name(&self, counter: Counter<'_>) -> String {
+        match (self, counter) {
+            (Store::Files(state), c) => state.counter_path(c).display().to_string(),
+            (Store::Redis(_), Counter::Account(a)) => format!("redis mailgate:a:{a}:*"),
+            (Store::Redis(_), Counter::Server) => "redis mailgate:s:*".to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

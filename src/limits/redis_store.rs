@@ -1,0 +1,468 @@
+//! The shared counter store for hosting clusters: every window of an account and of the
+//! (cluster-wide) server cap checked and updated by one Lua script in one round trip
+//! (`redis.lua`), with the same bucket math as `window.rs`. Keys expire when their window has
+//! passed unused, so idle accounts vanish from Redis by themselves.
+//!
+//! Redis unreachable or slow (`[store] timeout_ms`) follows `[store] on_unavailable`: keep the
+//! message in the local defer spool for `queue run` (default), send uncounted, or refuse.
+
+use super::store::{AccountLock, Record};
+use super::window::{BUCKETS, Bucket, Window};
+use super::{Alert, Attempt, Counter, Decision, Refusal, Scope, Ticket, Verdict, worse};
+use crate::config::{Config, Limit, OnUnavailable};
+use crate::exit::{Exit, Failure};
+use redis::Value;
+use std::cell::RefCell;
+use std::time::Duration;
+
+const CHECK: &str = include_str!("redis.lua");
+const REFUND: &str = r#"
+local rc = tonumber(ARGV[#KEYS + 1])
+for i = 1, #KEYS do
+  local idx = tonumber(ARGV[i])
+  local slot = tostring(idx % 20)
+  local v = redis.call('HGET', KEYS[i], slot)
+  if v then
+    local b, m, r, f = string.match(v, '^(%-?%d+):(%d+):(%d+):(%d+)$')
+    if b and tonumber(b) == idx then
+      m = math.max(0, tonumber(m) - 1)
+      r = math.max(0, tonumber(r) - rc)
+      redis.call('HSET', KEYS[i], slot, b .. ':' .. m .. ':' .. r .. ':' .. f)
+    end
+  end
+end
+return 1
+"#;
+
+pub struct RedisStore {
+    client: redis::Client,
+    timeout: Duration,
+    on_unavailable: OnUnavailable,
+    conn: RefCell<Option<redis::Connection>>,
+}
+
+fn window_key(counter: Counter<'_>, secs: u64) -> String {
+    match counter {
+        Counter::Account(a) => format!("mailgate:a:{a}:{secs}"),
+        Counter::Server => format!("mailgate:s:{secs}"),
+    }
+}
+
+fn lock_key(account: &str) -> String {
+    format!("mailgate:lock:{account}")
+}
+
+impl RedisStore {
+    pub fn new(config: &Config) -> Result<RedisStore, Failure> {
+        let store = &config.store;
+        let mut url = store.url.clone();
+        if let Some(file) = &store.password_file {
+            let password = std::fs::read_to_string(file).map_err(|e| {
+                Failure::io(Exit::Config, format!("cannot read {}", file.display()), &e)
+            })?;
+            let encoded: String = password
+                .trim_end_matches(['\n', '\r'])
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            if let Some(rest) = url.strip_prefix("redis://") {
+                url = format!("redis://:{encoded}@{rest}");
+            }
+        }
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| Failure::new(Exit::Config, format!("[store] url {:?}: {e}", store.url)))?;
+        Ok(RedisStore {
+            client,
+            timeout: Duration::from_millis(store.timeout_ms.max(1)),
+            on_unavailable: store.on_unavailable,
+            conn: RefCell::new(None),
+        })
+    }
+
+    /// Run `f` on the (lazily opened) connection; any error drops the connection.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        let mut slot = self.conn.borrow_mut();
+        if slot.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(self.timeout)
+                .and_then(|c| {
+                    c.set_read_timeout(Some(self.timeout))?;
+                    c.set_write_timeout(Some(self.timeout))?;
+                    Ok(c)
+                })
+                .map_err(|e| {
+                    format!(
+                        "counter store {}: {e}",
+                        self.client.get_connection_info().addr()
+                    )
+                })?;
+            *slot = Some(conn);
+        }
+        let conn = slot.as_mut().expect("connected above");
+        f(conn).map_err(|e| {
+            *slot = None;
+            format!("counter store: {e}")
+        })
+    }
+
+    /// The configured reaction to an unreachable or slow Redis.
+    fn unavailable(&self, why: String, warn: &mut dyn FnMut(&str)) -> Result<Decision, Failure> {
+        let verdict = match self.on_unavailable {
+            OnUnavailable::Queue => Verdict::StoreUnavailable(why),
+            OnUnavailable::FailOpen => {
+                warn(&format!(
+                    "{why}; sending uncounted (store.on_unavailable = \"fail-open\")"
+                ));
+                Verdict::Accepted(None)
+            }
+            OnUnavailable::Refuse => return Err(Failure::new(Exit::OsErr, why)),
+        };
+        Ok(Decision {
+            verdict,
+            alert: None,
+            lock_wait: Duration::ZERO,
+        })
+    }
+
+    pub fn check_and_record(
+        &self,
+        config: &Config,
+        attempt: &Attempt<'_>,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<Decision, Failure> {
+        let account = attempt.account;
+        let limits = config.limits_for(account);
+        let server = &config.server.limits;
+        let script = redis::Script::new(CHECK);
+        let mut invocation = script.prepare_invoke();
+        for l in limits {
+            invocation.key(window_key(Counter::Account(account), l.window.secs()));
+        }
+        for l in server {
+            invocation.key(window_key(Counter::Server, l.window.secs()));
+        }
+        invocation
+            .key(lock_key(account))
+            .arg(attempt.now)
+            .arg(attempt.recipients)
+            .arg(u8::from(attempt.count_refusal))
+            .arg(u8::from(config.is_exempt(account)))
+            .arg(config.lock_after(account).unwrap_or(0))
+            .arg(limits.len())
+            .arg(server.len());
+        for l in limits.iter().chain(server) {
+            invocation
+                .arg(l.window.secs())
+                .arg(l.messages.map_or(-1, i64::from))
+                .arg(l.recipients.map_or(-1, i64::from));
+        }
+        let started = std::time::Instant::now();
+        let reply: Vec<Value> = match self.with_conn(|c| invocation.invoke(c)) {
+            Ok(r) => r,
+            Err(why) => return self.unavailable(why, warn),
+        };
+        let lock_wait = started.elapsed();
+        let status = int(reply.first());
+        let now = int(reply.get(1));
+        let verdict = match status {
+            1 => Verdict::Accepted(Some(Ticket {
+                account: account.to_string(),
+                at: now,
+                recipients: attempt.recipients,
+            })),
+            2 => {
+                let raw = string(reply.get(2));
+                Verdict::Locked(
+                    raw.split_once('|')
+                        .map_or(raw.clone(), |(_, r)| r.to_string()),
+                )
+            }
+            0 | 3 if status == 3 || reply.len() < 5 => {
+                // Did not fit, nothing recorded (queue run asking about a deferred message).
+                return Ok(Decision {
+                    verdict: Verdict::Refused(self.placeholder_refusal(limits, server)),
+                    alert: None,
+                    lock_wait,
+                });
+            }
+            _ => {
+                let alert_due = int(reply.get(2)) == 1;
+                let locked = string(reply.get(3));
+                let exceeded = array(reply.get(4));
+                let windows: Vec<Window> = limits
+                    .iter()
+                    .chain(server)
+                    .enumerate()
+                    .map(|(i, l)| window_from_dump(l.window.secs(), now, &array(reply.get(5 + i))))
+                    .collect();
+                let mut worst: Option<Refusal> = None;
+                for pair in exceeded.chunks(2) {
+                    let i = (int(pair.first()) - 1).max(0) as usize;
+                    let what = if string(pair.get(1)) == "recipients" {
+                        "recipients"
+                    } else {
+                        "messages"
+                    };
+                    let (scope, limit) = if i < limits.len() {
+                        (Scope::Account, &limits[i])
+                    } else {
+                        (Scope::Server, &server[i - limits.len()])
+                    };
+                    let r = refusal(scope, limit, what, &windows[i], now, attempt.recipients);
+                    if worst.as_ref().is_none_or(|cur| worse(&r, cur)) {
+                        worst = Some(r);
+                    }
+                }
+                let worst = worst.unwrap_or_else(|| self.placeholder_refusal(limits, server));
+                let alert = (alert_due || !locked.is_empty()).then(|| Alert {
+                    refusal: Some(worst.clone()),
+                    locked: (!locked.is_empty()).then(|| locked.clone()),
+                    usage: windows[..limits.len()]
+                        .iter()
+                        .map(|w| (crate::config::Duration(w.secs).to_string(), w.usage(now)))
+                        .collect(),
+                    recent: Vec::new(),
+                });
+                return Ok(Decision {
+                    verdict: Verdict::Refused(worst),
+                    alert,
+                    lock_wait,
+                });
+            }
+        };
+        Ok(Decision {
+            verdict,
+            alert: None,
+            lock_wait,
+        })
+    }
+
+    /// A refusal whose details were not computed (only "no" matters to the caller).
+    fn placeholder_refusal(&self, limits: &[Limit], server: &[Limit]) -> Refusal {
+        let limit = limits.first().or(server.first()).cloned().unwrap_or(Limit {
+            window: crate::config::Duration(1),
+            messages: Some(0),
+            recipients: None,
+            action: crate::config::Action::Reject,
+        });
+        Refusal {
+            scope: Scope::Account,
+            max: limit.messages.unwrap_or(0),
+            limit,
+            what: "messages",
+            next: None,
+        }
+    }
+
+    pub fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+        let script = redis::Script::new(REFUND);
+        let mut invocation = script.prepare_invoke();
+        let windows: Vec<(Counter<'_>, u64)> = config
+            .limits_for(&ticket.account)
+            .iter()
+            .map(|l| (Counter::Account(&ticket.account), l.window.secs()))
+            .chain(
+                config
+                    .server
+                    .limits
+                    .iter()
+                    .map(|l| (Counter::Server, l.window.secs())),
+            )
+            .collect();
+        for (counter, secs) in &windows {
+            invocation.key(window_key(*counter, *secs));
+        }
+        for (_, secs) in &windows {
+            invocation.arg(ticket.at.div_euclid(Window::new(*secs, 0).bucket_len()));
+        }
+        invocation.arg(ticket.recipients);
+        self.with_conn(|c| invocation.invoke::<i64>(c))
+            .map(|_| ())
+            .map_err(|why| Failure::new(Exit::OsErr, why))
+    }
+
+    pub fn read(
+        &self,
+        counter: Counter<'_>,
+        limits: &[Limit],
+        now: i64,
+    ) -> Result<Record, Failure> {
+        let mut record = Record::default();
+        for l in limits {
+            let key = window_key(counter, l.window.secs());
+            let fields: Vec<(String, String)> = self
+                .with_conn(|c| redis::cmd("HGETALL").arg(&key).query(c))
+                .map_err(|why| Failure::new(Exit::OsErr, why))?;
+            let mut dump = vec![0i64];
+            for (field, value) in fields {
+                if field == "alert" {
+                    dump[0] = value.parse().unwrap_or(0);
+                } else {
+                    dump.extend(value.split(':').filter_map(|n| n.parse::<i64>().ok()));
+                }
+            }
+            let values: Vec<Value> = dump.into_iter().map(Value::Int).collect();
+            record
+                .windows
+                .push(window_from_dump(l.window.secs(), now, &values));
+        }
+        if let Counter::Account(a) = counter {
+            let lock: Option<String> = self
+                .with_conn(|c| redis::cmd("GET").arg(lock_key(a)).query(c))
+                .map_err(|why| Failure::new(Exit::OsErr, why))?;
+            record.lock = lock.map(|raw| {
+                let (since, reason) = raw.split_once('|').unwrap_or(("0", &raw));
+                AccountLock {
+                    since: since.parse().unwrap_or(0),
+                    reason: reason.to_string(),
+                }
+            });
+        }
+        Ok(record)
+    }
+
+    /// Delete an account's (or the server's) windows; a lock stays.
+    pub fn reset(&self, counter: Counter<'_>) -> Result<(), Failure> {
+        let pattern = match counter {
+            Counter::Account(a) => format!("mailgate:a:{a}:*"),
+            Counter::Server => "mailgate:s:*".to_string(),
+        };
+        for key in self.scan(&pattern)? {
+            self.with_conn(|c| redis::cmd("DEL").arg(&key).query::<i64>(c))
+                .map_err(|why| Failure::new(Exit::OsErr, why))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_lock(&self, account: &str, lock: Option<AccountLock>) -> Result<bool, Failure> {
+        let key = lock_key(account);
+        let changed: i64 = match lock {
+            Some(l) => self.with_conn(|c| {
+                let existed: i64 = redis::cmd("EXISTS").arg(&key).query(c)?;
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(format!("{}|{}", l.since, l.reason))
+                    .query::<()>(c)?;
+                Ok(1 - existed)
+            }),
+            None => self.with_conn(|c| redis::cmd("DEL").arg(&key).query(c)),
+        }
+        .map_err(|why| Failure::new(Exit::OsErr, why))?;
+        Ok(changed > 0)
+    }
+
+    /// Accounts with counters in Redis.
+    pub fn accounts(&self) -> Result<Vec<String>, Failure> {
+        let mut names: Vec<String> = self
+            .scan("mailgate:a:*")?
+            .into_iter()
+            .filter_map(|k| {
+                let rest = k.strip_prefix("mailgate:a:")?;
+                Some(rest[..rest.rfind(':')?].to_string())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn scan(&self, pattern: &str) -> Result<Vec<String>, Failure> {
+        self.with_conn(|c| {
+            let mut keys = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query(c)?;
+                keys.extend(batch);
+                if next == 0 {
+                    return Ok(keys);
+                }
+                cursor = next;
+            }
+        })
+        .map_err(|why| Failure::new(Exit::OsErr, why))
+    }
+}
+
+fn refusal(
+    scope: Scope,
+    limit: &Limit,
+    what: &'static str,
+    w: &Window,
+    now: i64,
+    recipients: u32,
+) -> Refusal {
+    Refusal {
+        scope,
+        limit: limit.clone(),
+        what,
+        max: if what == "messages" {
+            limit.messages
+        } else {
+            limit.recipients
+        }
+        .unwrap_or(0),
+        next: w.next_room(
+            now,
+            (1, u64::from(recipients)),
+            (limit.messages, limit.recipients),
+        ),
+    }
+}
+
+/// `[alert, bucket, messages, recipients, refused, ...]` as the script dumps it → a Window at now.
+fn window_from_dump(secs: u64, now: i64, dump: &[Value]) -> Window {
+    let mut w = Window::new(secs, now);
+    w.alerted_until = int(dump.first());
+    for q in dump.get(1..).unwrap_or(&[]).chunks(4) {
+        let idx = int(q.first());
+        if idx > w.head - BUCKETS as i64 && idx <= w.head {
+            w.buckets[idx.rem_euclid(BUCKETS as i64) as usize] = Bucket {
+                messages: int(q.get(1)) as u32,
+                recipients: int(q.get(2)) as u32,
+                refused: int(q.get(3)) as u32,
+            };
+        }
+    }
+    w
+}
+
+fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Int(i)) => *i,
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).parse().unwrap_or(0),
+        Some(Value::SimpleString(s)) => s.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn string(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        Some(Value::Int(i)) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn array(v: Option<&Value>) -> Vec<Value> {
+    match v {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    }
+}
