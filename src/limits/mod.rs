@@ -410,7 +410,7 @@ fn files_reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Resul
 /// for both: the local locked files, or Redis shared by the nodes of a cluster.
 pub enum Store {
     Files(StateDir),
-    Redis(redis_store::RedisStore),
+    Redis(Box<redis_store::RedisStore>),
 }
 
 impl Store {
@@ -418,9 +418,9 @@ impl Store {
     pub fn open(config: &Config) -> Result<Store, Failure> {
         match config.store.kind {
             crate::config::StoreKind::Files => Ok(Store::Files(StateDir::open(&config.state_dir)?)),
-            crate::config::StoreKind::Redis => {
-                Ok(Store::Redis(redis_store::RedisStore::new(config)?))
-            }
+            crate::config::StoreKind::Redis => Ok(Store::Redis(Box::new(
+                redis_store::RedisStore::new(config)?,
+            ))),
         }
     }
 
