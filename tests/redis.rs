@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
 const MSG: &[u8] = b"Subject: cluster\n\nbody\n";
