@@ -463,3 +463,69 @@ fn rewrite_next_attempt(id: &str) {
     out.extend_from_slice(&bytes[split..]);
     std::fs::write(&path, out).unwrap();
 }
+
+#[test]
+fn install_into_a_prefix_dry_run_and_non_root_refusal() {
+    assert!(
+        is_root(),
+        "this test creates group mailgate and a setgid binary; run it as root (.ci/run)"
+    );
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let prefix = TempDir::new("prefix");
+    let p = prefix.path().display().to_string();
+    // A dry run prints every change and makes none.
+    let dry = must(&format!(
+        "{repo}/install.sh --binary {BIN} --prefix {p} --php --as-sendmail --dry-run"
+    ));
+    assert!(
+        dry.contains("would run: install -D -o root -g mailgate -m 2755")
+            && dry.contains("would write:"),
+        "{dry}"
+    );
+    assert!(
+        std::fs::read_dir(prefix.path()).unwrap().next().is_none(),
+        "the dry run changed something"
+    );
+    // The real thing, twice.
+    let first = must(&format!(
+        "{repo}/install.sh --binary {BIN} --prefix {p} --as-sendmail"
+    ));
+    assert!(!first.contains("done: 0 changes"), "{first}");
+    let second = must(&format!(
+        "{repo}/install.sh --binary {BIN} --prefix {p} --as-sendmail"
+    ));
+    assert!(second.contains("done: 0 changes"), "{second}");
+    assert_eq!(
+        must(&format!("stat -c '%a %U:%G' {p}/usr/sbin/mailgate")).trim(),
+        "2755 root:mailgate"
+    );
+    assert_eq!(
+        must(&format!("stat -c '%a %U:%G' {p}/var/lib/mailgate")).trim(),
+        "770 root:mailgate"
+    );
+    assert_eq!(
+        must(&format!("readlink {p}/usr/lib/mailgate/sendmail")).trim(),
+        "/usr/sbin/mailgate"
+    );
+    assert!(Path::new(&format!("{p}/etc/mailgate/mailgate.toml")).exists());
+    assert!(
+        Path::new(&format!("{p}/etc/cron.d/mailgate")).exists()
+            || Path::new(&format!("{p}/etc/systemd/system/mailgate-queue.timer")).exists()
+    );
+    // Not as root: refuses before changing anything.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            &format!("{repo}/install.sh"),
+            "--prefix",
+            &p,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(77));
+    assert!(stderr(&o).contains("must run as root"), "{}", stderr(&o));
+    must(&format!("{repo}/install.sh --prefix {p} --uninstall"));
+    assert!(!Path::new(&format!("{p}/usr/sbin/mailgate")).exists());
+}

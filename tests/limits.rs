@@ -291,3 +291,98 @@ fn corrupt_state_fails_closed_by_default_and_open_on_request() {
     let st = status_json(&open, None);
     assert_eq!(window(&st, &whoami(), "1h")["messages"], 1);
 }
+
+#[test]
+fn sender_policy_rewrites_or_refuses() {
+    let rec = Recorder::start(Script::default());
+    let me = whoami();
+    let env = Env::new(
+        rec.port,
+        &format!(
+            "[alerts]\nadmin = \"\"\n[accounts.shop]\nusers = [\"{me}\", 0]\nallowed_senders = [\"*@shop.example\"]\ndefault_sender = \"noreply@shop.example\"\n\
+             [accounts.strict]\nusers = [\"{me}\", 0]\nallowed_senders = [\"*@strict.example\"]\nsender_policy = \"reject\"\n"
+        ),
+    );
+    assert_eq!(
+        code(&env.send(
+            &[
+                "--account",
+                "shop",
+                "-f",
+                "sales@shop.example",
+                "-i",
+                "a@x.org"
+            ],
+            MSG
+        )),
+        0
+    );
+    assert_eq!(
+        code(&env.send(
+            &[
+                "--account",
+                "shop",
+                "-f",
+                "spoof@bank.example",
+                "-i",
+                "a@x.org"
+            ],
+            MSG
+        )),
+        0
+    );
+    let o = env.send(
+        &[
+            "--account",
+            "strict",
+            "-f",
+            "spoof@bank.example",
+            "-i",
+            "a@x.org",
+        ],
+        MSG,
+    );
+    assert_eq!(code(&o), 77);
+    assert!(
+        stderr(&o).contains("not allowed for account strict"),
+        "{}",
+        stderr(&o)
+    );
+    let got = rec.wait_count(2);
+    assert_eq!(got[0].sender(), "sales@shop.example");
+    assert_eq!(got[1].sender(), "noreply@shop.example");
+    assert!(
+        env.log_text()
+            .contains("sender_rewritten=spoof@bank.example"),
+        "{}",
+        env.log_text()
+    );
+    assert_eq!(rec.received().len(), 2);
+}
+
+#[test]
+fn a_held_lock_times_out_with_exit_71() {
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(
+        rec.port,
+        "[alerts]\nadmin = \"\"\n[state]\nlock_timeout = \"1s\"\n[accounts.root]\nexempt = false\n",
+    );
+    assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
+    // Another sender holds the account's lock (a stopped process, say).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(env.state.join("accounts").join(whoami()))
+        .unwrap();
+    file.lock().unwrap();
+    let o = env.send(&["-i", "a@x.org"], MSG);
+    assert_eq!(code(&o), 71);
+    assert!(
+        stderr(&o).contains("cannot lock") && stderr(&o).contains("held the lock for more than 1"),
+        "{}",
+        stderr(&o)
+    );
+    file.unlock().unwrap();
+    assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
+    assert_eq!(rec.received().len(), 2);
+}

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 
 const MSG: &[u8] = b"Subject: cluster\n\nbody\n";
@@ -232,4 +232,72 @@ fn slow_or_absent_redis_never_hangs_and_follows_on_unavailable() {
     assert_eq!(code(&o), 71);
     assert!(stderr(&o).contains("counter store"), "{}", stderr(&o));
     assert_eq!(rec.received().len(), 1);
+}
+
+#[test]
+fn server_cap_is_cluster_wide_and_the_password_file_is_used() {
+    let port = free_port();
+    let dir = TempDir::new("redis-auth");
+    let _server = Guard(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--requirepass",
+                "s3cret/+pass",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("redis-server with a password", || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let pass = dir.path().join("redis.pass");
+    std::fs::write(&pass, "s3cret/+pass\n").unwrap();
+    let sink = Sink::start(&[]);
+    let cfg = |password_file: &std::path::Path| {
+        Env::new(
+            sink.port,
+            &format!(
+                "[alerts]\nadmin = \"\"\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\npassword_file = \"{}\"\non_unavailable = \"refuse\"\n\
+                 [server]\nlimits = [ {{ window = \"1h\", messages = 10 }} ]\n[defaults]\nlimits = [ {{ window = \"1h\", messages = 100 }} ]\n\
+                 [accounts.a]\nusers = [\"{me}\", 0]\n[accounts.b]\nusers = [\"{me}\", 0]\n",
+                password_file.display(),
+                me = me()
+            ),
+        )
+    };
+    let (n1, n2) = (cfg(&pass), cfg(&pass));
+    let codes: Vec<i32> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let env = if i % 2 == 0 { &n1 } else { &n2 };
+                let account = if i % 4 < 2 { "a" } else { "b" };
+                s.spawn(move || {
+                    (0..3)
+                        .map(|_| code(&env.send(&["--account", account, "-i", "to@x.org"], MSG)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 10, "{codes:?}");
+    assert_eq!(sink.wait_count(10).len(), 10);
+    assert_eq!(
+        json(&n1, &["status"], None)["server"]["windows"][0]["messages"],
+        10
+    );
+    // A wrong password is an unavailable store (here: refuse).
+    let wrong = dir.path().join("wrong.pass");
+    std::fs::write(&wrong, "nope").unwrap();
+    let o = cfg(&wrong).send(&["--account", "a", "-i", "to@x.org"], MSG);
+    assert_eq!(code(&o), 71, "{}", stderr(&o));
 }

@@ -487,3 +487,50 @@ fn admin_commands_need_admin_and_check_config_names_the_line() {
         assert!(text.contains(sub), "{text}");
     }
 }
+
+#[test]
+fn deferred_past_the_cap_are_held_and_release_by_account() {
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(
+        rec.port,
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 1, action = \"defer\" } ]\n[accounts.root]\nexempt = false\nmax_deferred = 2\n",
+    );
+    for i in 0..5 {
+        let o = env.send(
+            &["-i", "a@x.org"],
+            format!("Subject: c{i}\n\nb\n").as_bytes(),
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    assert_eq!(rec.received().len(), 1);
+    let list = json(&env, &["queue", "list"], None);
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["spool"] == "defer")
+            .count(),
+        2
+    );
+    let held = json(&env, &["hold", "list"], None);
+    assert_eq!(held.as_array().unwrap().len(), 2);
+    assert!(
+        held[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2 messages are already deferred"),
+        "{held}"
+    );
+    // An admin lock holds everything, even with room; release by account delivers them.
+    admin(&env, &["lock", "root", "--reason", "investigating"], None);
+    let o = env.send(&["-i", "a@x.org"], b"Subject: while locked\n\nb\n");
+    assert!(
+        stderr(&o).contains("locked: investigating"),
+        "{}",
+        stderr(&o)
+    );
+    admin(&env, &["unlock", "root"], None);
+    let out = admin(&env, &["hold", "release", "--account", "root"], None);
+    assert_eq!(out.matches("delivered").count(), 3, "{out}");
+    assert_eq!(rec.received().len(), 4);
+}
