@@ -179,13 +179,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         name: caller.login.clone(),
         source: identity::AccountSource::Login,
     };
-    let fixed_now = if privileged {
-        None
-    } else {
-        std::env::var("MAILGATE_NOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    };
+    let fixed_now = crate::pipeline::test_clock(privileged);
     let ctx = Context::new(config, caller.clone(), account, fixed_now);
     let state = ctx.state()?;
     let spool = Spool::new(state);

@@ -566,6 +566,16 @@ pub fn queue_id() -> String {
     )
 }
 
+/// The test clock: `MAILGATE_NOW` (Unix seconds), honoured only when not running setgid.
+pub fn test_clock(privileged: bool) -> Option<i64> {
+    if privileged {
+        return None;
+    }
+    std::env::var("MAILGATE_NOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// "Ok: queued as 4Xyz" → "4Xyz".
 fn relay_queue_id(text: &str) -> Option<&str> {
     let rest = &text[text.find("queued as ")? + "queued as ".len()..];

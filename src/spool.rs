@@ -188,14 +188,8 @@ impl<'a> Spool<'a> {
     }
 
     fn open(&self, kind: Kind, id: &str) -> Result<File, Failure> {
-        if !valid_id(id) {
-            return Err(Failure::new(
-                Exit::Usage,
-                format!("invalid message id {id:?}"),
-            ));
-        }
+        let name = checked_name(id)?;
         let dir = self.dir(kind.dir())?;
-        let name = cstr(id)?;
         // SAFETY: as in keep.
         let fd = unsafe {
             libc::openat(
@@ -289,14 +283,8 @@ impl<'a> Spool<'a> {
     }
 
     pub fn remove(&self, kind: Kind, id: &str) -> Result<(), Failure> {
-        if !valid_id(id) {
-            return Err(Failure::new(
-                Exit::Usage,
-                format!("invalid message id {id:?}"),
-            ));
-        }
+        let name = checked_name(id)?;
         let dir = self.dir(kind.dir())?;
-        let name = cstr(id)?;
         // SAFETY: dir is a directory fd, name a valid C string.
         if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
             let e = io::Error::last_os_error();
@@ -333,6 +321,17 @@ impl<'a> Spool<'a> {
         self.list(kind)
             .map_or(0, |l| l.iter().filter(|m| m.account == account).count())
     }
+}
+
+/// A message id from argv as a file name, after `valid_id` said it is one.
+fn checked_name(id: &str) -> Result<CString, Failure> {
+    if !valid_id(id) {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("invalid message id {id:?}"),
+        ));
+    }
+    cstr(id)
 }
 
 fn cstr(name: &str) -> Result<CString, Failure> {

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const MSG: &[u8] = b"Subject: limit test\n\nbody\n";
 
@@ -208,25 +208,9 @@ fn sigkill_at_any_instant_leaves_valid_state_and_never_relays_uncounted() {
     let rounds = 150;
     let mut killed = 0;
     for i in 0..rounds {
-        let mut child = env
-            .cmd()
-            .args(["-i", "a@x.org"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let guard_pid = child.id();
-        {
-            use std::io::Write;
-            let _ = child.stdin.take().unwrap().write_all(MSG);
-        }
         // Kill after 0..2.9 ms: lands before, during and after the counter update and relay.
-        std::thread::sleep(std::time::Duration::from_micros((i * 197 % 3000) as u64));
-        // SAFETY: the pid is our own child, not yet reaped.
-        unsafe { libc::kill(guard_pid as i32, libc::SIGKILL) };
-        let status = child.wait().unwrap();
-        if status.code().is_none() {
+        let delay = std::time::Duration::from_micros((i * 197 % 3000) as u64);
+        if kill_after(env.cmd().args(["-i", "a@x.org"]), MSG, delay).is_none() {
             killed += 1;
         }
     }

@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::process::Stdio;
 
 const MSG: &[u8] = b"Subject: kept\n\nbody\n";
 
@@ -111,26 +110,9 @@ fn sigkill_during_send_and_queue_run_loses_nothing() {
     let mut ok = 0;
     let mut killed = 0;
     for i in 0..60u64 {
-        let mut child = env
-            .cmd()
-            .args(["-i", "a@x.org"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let _ = child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(format!("Subject: m{i}\n\nbody\n").as_bytes());
-        }
-        std::thread::sleep(std::time::Duration::from_micros(i * 211 % 4000));
-        // SAFETY: our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        match child.wait().unwrap().code() {
+        let delay = std::time::Duration::from_micros(i * 211 % 4000);
+        let subject = format!("Subject: m{i}\n\nbody\n");
+        match kill_after(env.cmd().args(["-i", "a@x.org"]), subject.as_bytes(), delay) {
             Some(0) => ok += 1,
             Some(c) => panic!("sender exited {c}"),
             None => killed += 1,
@@ -156,18 +138,15 @@ fn sigkill_during_send_and_queue_run_loses_nothing() {
     let sink = Sink::start_on(port, &[]);
     let mut run_kills = 0;
     for i in 0..25u64 {
-        let mut child = env
-            .cmd()
-            .args(["queue", "run"])
-            .env("MAILGATE_NOW", (now() + 3600).to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(500 + i * 397 % 6000));
-        // SAFETY: our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        if child.wait().unwrap().code().is_none() {
+        let delay = std::time::Duration::from_micros(500 + i * 397 % 6000);
+        let later = (now() + 3600).to_string();
+        if kill_after(
+            env.cmd().args(["queue", "run"]).env("MAILGATE_NOW", later),
+            b"",
+            delay,
+        )
+        .is_none()
+        {
             run_kills += 1;
         }
     }

@@ -58,13 +58,7 @@ fn setup(inv: &Invocation) -> Result<Context, Failure> {
             .filter(|_| !config.identity.account_env.is_empty()),
         &config,
     )?;
-    let fixed_now = if privileged {
-        None
-    } else {
-        std::env::var("MAILGATE_NOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    };
+    let fixed_now = crate::pipeline::test_clock(privileged);
     Ok(Context::new(config, caller, account, fixed_now))
 }
 

@@ -490,6 +490,23 @@ pub fn admin(env: &Env, args: &[&str], now: Option<i64>) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Start `cmd` with `stdin`, SIGKILL it after `delay`. Its exit code, or `None` when the kill
+/// landed before it exited.
+pub fn kill_after(cmd: &mut Command, stdin: &[u8], delay: Duration) -> Option<i32> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // A killed reader may leave the pipe unread: ignore EPIPE here.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    std::thread::sleep(delay);
+    // SAFETY: the pid is our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap().code()
+}
+
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
