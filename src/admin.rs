@@ -154,12 +154,11 @@ pub fn run(argv: &[OsString]) -> Exit {
 fn execute(cli: Cli) -> Result<(), Failure> {
     let privileged = identity::is_privileged();
     if let Command::CheckConfig { path } = &cli.command {
-        let (path, is_default) = match path {
+        let (path, _) = match path {
             Some(p) if !privileged => (std::path::PathBuf::from(p), false),
             _ => crate::sendmail::config_path(cli.config.as_deref(), privileged),
         };
         let config = Config::load(&path, false).map_err(|e| Failure::new(Exit::Config, e.0))?;
-        let _ = is_default;
         println!(
             "{}: ok ({} accounts, {} default limits, {} server limits)",
             path.display(),

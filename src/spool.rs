@@ -216,7 +216,11 @@ impl<'a> Spool<'a> {
     }
 
     pub fn read_meta(&self, kind: Kind, id: &str) -> Result<Meta, Failure> {
-        let mut reader = BufReader::new(self.open(kind, id)?);
+        self.meta_line(&mut BufReader::new(self.open(kind, id)?), kind, id)
+    }
+
+    /// The JSON envelope line at the start of an entry.
+    fn meta_line(&self, reader: &mut impl BufRead, kind: Kind, id: &str) -> Result<Meta, Failure> {
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line).map_err(|e| {
             Failure::io(
@@ -235,22 +239,7 @@ impl<'a> Spool<'a> {
 
     pub fn load(&self, kind: Kind, id: &str) -> Result<(Meta, Message), Failure> {
         let mut reader = BufReader::with_capacity(64 * 1024, self.open(kind, id)?);
-        let meta = {
-            let mut line = Vec::new();
-            reader.read_until(b'\n', &mut line).map_err(|e| {
-                Failure::io(
-                    Exit::IoErr,
-                    format!("cannot read {}", self.path(kind, id)),
-                    &e,
-                )
-            })?;
-            serde_json::from_slice::<Meta>(&line).map_err(|e| {
-                Failure::new(
-                    Exit::DataErr,
-                    format!("{} is damaged: {e}", self.path(kind, id)),
-                )
-            })?
-        };
+        let meta = self.meta_line(&mut reader, kind, id)?;
         let msg =
             message::read_message(&mut reader, Terminator::Eof, u64::MAX).map_err(|e| match e {
                 message::ReadError::Io(e) => Failure::io(

@@ -123,26 +123,40 @@ fn send(inst: &Install, user: &str, envs: &[(&str, &str)], args: &[&str], msg: &
     as_user(user, envs, &inst.bin, args, msg)
 }
 
+/// One test at a time: a sink, the setgid install and the system config with `limits`.
+fn setgid_fixture(
+    limits: &str,
+) -> (
+    std::sync::MutexGuard<'static, ()>,
+    Sink,
+    Install,
+    SystemConfig,
+) {
+    assert!(
+        is_root(),
+        "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
+    );
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sink = Sink::start(&[]);
+    let inst = install();
+    let config = SystemConfig::install(&format!(
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n[log]\nfile = \"{}\"\n{limits}",
+        inst.state.display(),
+        sink.port,
+        inst.log.display()
+    ));
+    (serial, sink, inst, config)
+}
+
 const MSG: &[u8] =
     b"Subject: hostile\nX-PHP-Originating-Script: 1002:/home/mgtest2/forged.php\n\nbody\n";
 
 #[test]
 fn hostile_local_users_against_a_setgid_install() {
-    assert!(
-        is_root(),
-        "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
-    );
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sink = Sink::start(&[]);
-    let inst = install();
-    let _config = SystemConfig::install(&format!(
-        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n[log]\nfile = \"{}\"\n\
-         [defaults]\nlimits = [ {{ window = \"1h\", messages = 2 }} ]\n\
+    let (_serial, sink, inst, _config) = setgid_fixture(
+        "[defaults]\nlimits = [ { window = \"1h\", messages = 2 } ]\n\
          [accounts.root]\nexempt = true\n[accounts.\"site2.example\"]\nusers = [\"mgtest2\"]\n",
-        inst.state.display(),
-        sink.port,
-        inst.log.display()
-    ));
+    );
     // A config the attacker controls: no limits, another relay.
     let evil = inst.prefix.join("evil.toml");
     std::fs::write(
@@ -336,20 +350,8 @@ fn hostile_local_users_against_a_setgid_install() {
 
 #[test]
 fn php_mail_as_two_users_is_limited_per_account() {
-    assert!(
-        is_root(),
-        "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
-    );
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sink = Sink::start(&[]);
-    let inst = install();
-    let _config = SystemConfig::install(&format!(
-        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n[log]\nfile = \"{}\"\n\
-         [defaults]\nlimits = [ {{ window = \"1h\", messages = 3 }} ]\n",
-        inst.state.display(),
-        sink.port,
-        inst.log.display()
-    ));
+    let (_serial, sink, inst, _config) =
+        setgid_fixture("[defaults]\nlimits = [ { window = \"1h\", messages = 3 } ]\n");
     let script =
         r#"for ($i = 0; $i < 5; $i++) { echo mail("c@x.org", "php $i", "body") ? "T" : "F"; }"#;
     for user in USERS {
