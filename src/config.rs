@@ -48,11 +48,22 @@ pub struct Identity {
     pub account_env: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// Append log lines to this file instead of syslog (tests, hosts without syslog).
     pub file: Option<PathBuf>,
+    /// The syslog socket (a chroot or a container may have it elsewhere).
+    pub syslog_socket: PathBuf,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            file: None,
+            syslog_socket: PathBuf::from("/dev/log"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,13 +15,15 @@ pub enum Severity {
 
 pub struct Logger {
     file: Option<PathBuf>,
+    syslog_socket: PathBuf,
     fallback: PathBuf,
 }
 
 impl Logger {
-    pub fn new(file: Option<PathBuf>, state_dir: &std::path::Path) -> Logger {
+    pub fn new(config: &crate::config::Log, state_dir: &std::path::Path) -> Logger {
         Logger {
-            file,
+            file: config.file.clone(),
+            syslog_socket: config.syslog_socket.clone(),
             fallback: state_dir.join("mailgate.log"),
         }
     }
@@ -32,7 +34,7 @@ impl Logger {
             if append(path, &line).is_ok() {
                 return;
             }
-        } else if syslog(severity, &line).is_ok() {
+        } else if syslog(&self.syslog_socket, severity, &line).is_ok() {
             return;
         }
         if append(&self.fallback, &line).is_err() {
@@ -43,7 +45,7 @@ impl Logger {
     }
 }
 
-fn syslog(severity: Severity, line: &str) -> std::io::Result<()> {
+fn syslog(socket: &std::path::Path, severity: Severity, line: &str) -> std::io::Result<()> {
     const LOG_MAIL: u8 = 2 << 3;
     let pri = LOG_MAIL
         | match severity {
@@ -53,7 +55,7 @@ fn syslog(severity: Severity, line: &str) -> std::io::Result<()> {
     let stamp = chrono::Local::now().format("%b %e %H:%M:%S");
     let msg = format!("<{pri}>{stamp} mailgate[{}]: {line}", std::process::id());
     let sock = UnixDatagram::unbound()?;
-    sock.send_to(msg.as_bytes(), "/dev/log")?;
+    sock.send_to(msg.as_bytes(), socket)?;
     Ok(())
 }
 

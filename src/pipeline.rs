@@ -94,7 +94,7 @@ impl Context {
             .origin
             .clone()
             .unwrap_or_else(|| mailname().unwrap_or_else(|| hostname.clone()));
-        let logger = Logger::new(config.log.file.clone(), &config.state_dir);
+        let logger = Logger::new(&config.log, &config.state_dir);
         let state = StateDir::open(&config.state_dir);
         let store = limits::Store::open(&config);
         Context {

@@ -370,3 +370,51 @@ fn a_held_lock_times_out_with_exit_71() {
     assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
     assert_eq!(rec.received().len(), 2);
 }
+
+#[test]
+fn one_syslog_line_per_message_and_a_file_when_syslog_is_gone() {
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(rec.port, "[alerts]\nadmin = \"\"\n");
+    let socket = env.dir.path().join("log.sock");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = text.replace(
+        &format!("file = \"{}\"", env.log.display()),
+        &format!("syslog_socket = \"{}\"", socket.display()),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    syslog.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
+    let mut buf = [0u8; 4096];
+    let n = syslog
+        .recv(&mut buf)
+        .expect("one datagram on the syslog socket");
+    let line = String::from_utf8_lossy(&buf[..n]);
+    // <22> = facility mail (2 << 3) | info (6).
+    assert!(
+        line.starts_with("<22>") && line.contains(" mailgate["),
+        "{line}"
+    );
+    for key in [
+        "account=",
+        "uid=",
+        "user=",
+        "from=<",
+        "nrcpt=1",
+        "size=",
+        "status=sent",
+        "relay=",
+    ] {
+        assert!(line.contains(key), "{key} missing in {line}");
+    }
+    // Syslog gone: the decision lands in the state directory instead.
+    drop(syslog);
+    std::fs::remove_file(&socket).unwrap();
+    assert_eq!(code(&env.send(&["-i", "b@x.org"], MSG)), 0);
+    let fallback = std::fs::read_to_string(env.state.join("mailgate.log")).unwrap();
+    assert!(
+        fallback.contains("status=sent") && fallback.contains("nrcpt=1"),
+        "{fallback}"
+    );
+    assert_eq!(rec.received().len(), 2);
+}
