@@ -20,6 +20,7 @@ pub struct Summary {
     pub retry_later: usize,
     pub failed: usize,
     pub still_deferred: usize,
+    pub stale_removed: usize,
 }
 
 impl std::fmt::Display for Summary {
@@ -28,7 +29,15 @@ impl std::fmt::Display for Summary {
             f,
             "delivered {} queued, released {} deferred; {} queued for later, {} still deferred, {} failed",
             self.delivered, self.released, self.retry_later, self.still_deferred, self.failed
-        )
+        )?;
+        if self.stale_removed > 0 {
+            write!(
+                f,
+                "; removed {} unfinished files from tmp/",
+                self.stale_removed
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -41,7 +50,11 @@ pub fn run(ctx: &Context) -> Result<Option<Summary>, Failure> {
     };
     let spool = Spool::new(state);
     let now = ctx.now();
-    let mut summary = Summary::default();
+    // A sender killed between writing tmp/ and the rename leaves a file nobody was told about.
+    let mut summary = Summary {
+        stale_removed: spool.remove_stale_tmp(std::time::Duration::from_secs(3600)),
+        ..Summary::default()
+    };
     for meta in spool.list(Kind::Queue)? {
         if meta.next_attempt > now {
             summary.retry_later += 1;

@@ -272,14 +272,19 @@ impl<'a> Spool<'a> {
     }
 
     pub fn remove(&self, kind: Kind, id: &str) -> Result<(), Failure> {
+        self.remove_in(kind.dir(), id)
+    }
+
+    fn remove_in(&self, dir_name: &str, id: &str) -> Result<(), Failure> {
         let name = checked_name(id)?;
-        let dir = self.dir(kind.dir())?;
+        let dir = self.dir(dir_name)?;
         // SAFETY: dir is a directory fd, name a valid C string.
         if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
             let e = io::Error::last_os_error();
+            let path = self.state.path().join(dir_name).join(id);
             return Err(Failure::io(
                 Exit::IoErr,
-                format!("cannot remove {}", self.path(kind, id)),
+                format!("cannot remove {}", path.display()),
                 &e,
             ));
         }
@@ -297,6 +302,29 @@ impl<'a> Spool<'a> {
     ) -> Result<(), Failure> {
         self.keep(to, meta, msg)?;
         self.remove(from, &meta.id)
+    }
+
+    /// Remove files in tmp/ older than `age`: writes that never reached their rename (the
+    /// sender was killed, so its caller got no exit 0). Returns how many went.
+    pub fn remove_stale_tmp(&self, age: std::time::Duration) -> usize {
+        let dir = self.state.path().join("tmp");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|elapsed| elapsed > age);
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if old && valid_id(&name) && self.remove_in("tmp", &name).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Which spool holds `id`.
@@ -388,6 +416,14 @@ mod tests {
         assert!(spool.load(Kind::Queue, "../x").is_err());
         spool.remove(Kind::Queue, "ABC123").unwrap();
         assert_eq!(spool.find("ABC123"), None);
+        // An unfinished write in tmp/ goes once it is old enough, not before.
+        std::fs::write(dir.join("tmp").join("DEAD01"), b"half").unwrap();
+        assert_eq!(
+            spool.remove_stale_tmp(std::time::Duration::from_secs(3600)),
+            0
+        );
+        assert_eq!(spool.remove_stale_tmp(std::time::Duration::ZERO), 1);
+        assert!(!dir.join("tmp").join("DEAD01").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
