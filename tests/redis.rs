@@ -301,3 +301,62 @@ fn server_cap_is_cluster_wide_and_the_password_file_is_used() {
     let o = cfg(&wrong).send(&["--account", "a", "-i", "to@x.org"], MSG);
     assert_eq!(code(&o), 71, "{}", stderr(&o));
 }
+
+#[test]
+fn redis_stopped_while_eight_senders_run_loses_nothing() {
+    let mut redis = Redis::start();
+    let sink = Sink::start(&[]);
+    let (a, b) = (
+        node(sink.port, redis.port, ""),
+        node(sink.port, redis.port, ""),
+    );
+    let per_sender = 15;
+    let attempts = 8 * per_sender;
+    let codes: Vec<i32> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let env = if i % 2 == 0 { &a } else { &b };
+                s.spawn(move || {
+                    (0..per_sender)
+                        .map(|_| code(&env.send(&["--account", "shop", "-i", "to@x.org"], MSG)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // Pull the plug while they run.
+        wait_for("the first messages through", || {
+            (sink.received().len() >= 4).then_some(())
+        });
+        redis.stop();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    // Every attempt either went out, was kept (exit 0) or was refused by the limit (69).
+    assert!(codes.iter().all(|&c| c == 0 || c == 69), "{codes:?}");
+    let deferred = |env: &Env| {
+        json(env, &["queue", "list"], None)
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let kept = deferred(&a) + deferred(&b);
+    let refused = codes.iter().filter(|&&c| c == 69).count();
+    wait_for("in-flight relays to finish", || {
+        (sink.received().len() + kept + refused == attempts).then_some(())
+    });
+    assert!(
+        kept > 0,
+        "Redis went away after all senders were done; the test proved nothing"
+    );
+    // Redis back: queue runs on both nodes send what fits; never more than the limit.
+    redis.restart();
+    admin(&a, &["queue", "run"], None);
+    admin(&b, &["queue", "run"], None);
+    let sent = sink.received().len();
+    assert!(sent <= 20, "{sent} sent for a limit of 20");
+    let left = deferred(&a) + deferred(&b);
+    assert_eq!(
+        sent + left + refused,
+        attempts,
+        "every message is sent, kept or was refused"
+    );
+}
