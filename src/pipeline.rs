@@ -233,6 +233,7 @@ impl Context {
             sender: sender.as_deref().unwrap_or("<>"),
             subject: &meta.subject,
             count_refusal: true,
+            test_clock: self.fixed_now.is_some(),
         };
         let decision = match self.decide(&attempt) {
             Ok(d) => d,

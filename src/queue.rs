@@ -114,6 +114,7 @@ fn release_deferred(
             sender: meta.sender.as_deref().unwrap_or("<>"),
             subject: &meta.subject,
             count_refusal: false,
+            test_clock: ctx.fixed_now.is_some(),
         };
         let decision = ctx
             .store()?

@@ -195,6 +195,8 @@ pub struct Attempt<'a> {
     /// False when `queue run` only asks whether a deferred message fits now: a "no" then
     /// changes nothing (no refusal counted, no alert, no lock).
     pub count_refusal: bool,
+    /// `now` is the test clock: the Redis store then uses it instead of Redis's own `TIME`.
+    pub test_clock: bool,
 }
 
 pub struct Decision {

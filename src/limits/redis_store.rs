@@ -153,7 +153,8 @@ impl RedisStore {
         }
         invocation
             .key(lock_key(account))
-            .arg(attempt.now)
+            // 0: decide by Redis's clock, the one clock all nodes share.
+            .arg(if attempt.test_clock { attempt.now } else { 0 })
             .arg(attempt.recipients)
             .arg(u8::from(attempt.count_refusal))
             .arg(u8::from(config.is_exempt(account)))
