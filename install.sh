@@ -9,8 +9,11 @@ usage() {
 Usage: sudo ./install.sh [OPTIONS]
 
 Installs /usr/sbin/mailgate (root:mailgate 2755, setgid, never setuid), group mailgate,
-/etc/mailgate/mailgate.toml (only if absent), /var/lib/mailgate (root:mailgate 0770), and a
-systemd timer (or a cron entry where systemd is not running) for `mailgate queue run`.
+/etc/mailgate/mailgate.toml (only if absent), /var/lib/mailgate (root:mailgate 0770, its
+subdirectories root:mailgate 2770), and the queue runner for `mailgate queue run` every minute:
+a systemd timer where systemd runs, else a cron job plus a running cron daemon (the cron
+package is installed and started when missing). It checks the runner is in place and exits
+non-zero when it cannot be.
 
 Options:
   --with-postfix         install postfix + postfwd and configure the seed's chain with postmulti:
@@ -30,10 +33,12 @@ Options:
   --relayhost HOST:PORT  where the postfix-postfwd instance sends outbound mail (default: direct
                          delivery by MX); tests point it at a local smtp-sink
   --postfix-log DIR      Postfix logs to DIR/postfix.log and DIR/postfix-postfwd.log (maillog_file)
-                         instead of syslog; for hosts without a syslog daemon
+                         instead of syslog; the default on hosts without a syslog daemon
+                         (no /dev/log) is /var/log
   --dry-run              print every change, change nothing
-  --uninstall            remove what install.sh installed and restore the backed-up files
-                         (config and state under /etc/mailgate and /var/lib/mailgate stay)
+  --uninstall            remove what install.sh installed, restore the backed-up files and stop
+                         the daemons it started (config and state under /etc/mailgate and
+                         /var/lib/mailgate stay)
   -h, --help             this text
 EOF
 }
@@ -131,9 +136,42 @@ put_dir() { # dir mode owner
     act chmod "$2" "$1"
 }
 have_systemd() { [ -z "$P" ] && [ -d /run/systemd/system ]; }
+# Daemons that were not running before install.sh started them; --uninstall stops them again.
+STARTED=$BACKUP/started-daemons
+remember_started() {
+    [ $dry_run = 1 ] && return 0
+    mkdir -p "$BACKUP"
+    grep -qx "$1" "$STARTED" 2>/dev/null || printf '%s\n' "$1" >>"$STARTED"
+}
+was_started() { grep -qx "$1" "$STARTED" 2>/dev/null; }
+cron_running() { pgrep -x cron >/dev/null 2>&1; }
+postfwd_running() { [ -s /var/run/postfwd.pid ] && kill -0 "$(cat /var/run/postfwd.pid)" 2>/dev/null; }
+# Debian's /etc/init.d/postfwd cannot stop postfwd: start-stop-daemon refuses its pid file,
+# which belongs to the postfw user ("matching only on non-root pidfile is insecure").
+stop_postfwd() {
+    local pid i
+    pid=$(cat /var/run/postfwd.pid 2>/dev/null) || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f /var/run/postfwd.pid
+}
+# The names Postfix gives this host, derived as mailgate derives them (src/origin.rs):
+# myhostname is the kernel's name, with .localdomain when it has no dot; the origin is
+# /etc/mailname if present. hostname/origin set in mailgate.toml win there, so here too.
+host_short=$(cat /proc/sys/kernel/hostname 2>/dev/null || hostname)
+case "$host_short" in *.*) host_fqdn=$host_short ;; *) host_fqdn=$host_short.localdomain ;; esac
+cfg_value() { [ -f "$ETC/mailgate.toml" ] || return 0; sed -n "s/^$1[[:space:]]*=[[:space:]]*\"\(.*\)\".*/\1/p" "$ETC/mailgate.toml" | head -n1; }
+[ -z "$(cfg_value hostname)" ] || host_fqdn=$(cfg_value hostname)
+origin=$(cfg_value origin)
+[ -n "$origin" ] || [ ! -f /etc/mailname ] || origin=$(head -n1 /etc/mailname | tr -d '[:space:]')
+[ -n "$origin" ] || origin=$host_fqdn
 
 # ---------------------------------------------------------------------------- uninstall ----
+# Every decision is made from the state before the first change, so that a dry run lists
+# exactly the changes the real run makes.
 if [ $uninstall = 1 ]; then
+    started_before_uninstall=$(cat "$STARTED" 2>/dev/null || true)
+    was_started() { grep -qx "$1" <<<"$started_before_uninstall"; }
     if [ -z "$P" ] && [ "$(dpkg-divert --listpackage /usr/sbin/sendmail 2>/dev/null)" = LOCAL ]; then
         for f in /usr/sbin/sendmail /usr/lib/sendmail; do
             if [ "$(dpkg-divert --listpackage "$f" 2>/dev/null)" = LOCAL ]; then
@@ -143,28 +181,56 @@ if [ $uninstall = 1 ]; then
         done
     fi
     if [ -z "$P" ] && command -v postmulti >/dev/null && postmulti -l 2>/dev/null | grep -q '^postfix-postfwd '; then
+        sec_dirs="$(postconf -c /etc/postfix-postfwd -h queue_directory data_directory 2>/dev/null | tr '\n' ' ')"
         act postmulti -i postfix-postfwd -p stop || true
         act postmulti -i postfix-postfwd -e disable
-        act postmulti -i postfix-postfwd -e destroy || say "postfix-postfwd not destroyed (queue not empty?); it stays disabled"
+        if act postmulti -i postfix-postfwd -e destroy; then
+            # destroy leaves pid files and empty queue folders behind.
+            for d in $sec_dirs; do
+                case "$d" in /var/spool/postfix-postfwd|/var/lib/postfix-postfwd) act rm -rf "$d" ;; esac
+            done
+        else
+            say "postfix-postfwd not destroyed (mail still in its queue: postqueue -c /etc/postfix-postfwd -p); it stays disabled"
+        fi
     fi
+    if [ -z "$P" ] && was_started postfwd; then
+        if have_systemd; then act systemctl disable --now postfwd; else act stop_postfwd; fi
+    fi
+    # A primary Postfix that install.sh started is stopped before its config goes back.
+    if [ -z "$P" ] && was_started postfix; then
+        act postfix stop || true
+    fi
+    if [ -z "$P" ] && was_started cron; then
+        act /etc/init.d/cron stop
+    fi
+    # install.sh's own files; one with a backup record is handled by the restore below.
+    own_files=()
+    for f in "$SBIN" "$LINKDIR/sendmail" "$P/etc/cron.d/mailgate" \
+             "$P/etc/systemd/system/mailgate-queue.service" "$P/etc/systemd/system/mailgate-queue.timer"; do
+        key=$BACKUP/$(printf '%s' "${f#"$P"}" | sed 's|/|%|g')
+        if [ -e "$key" ] || [ -e "$key.absent" ]; then continue; fi
+        if [ -e "$f" ] || [ -L "$f" ]; then own_files+=("$f"); fi
+    done
+    linkdir_is_ours=0
+    [ "$(ls -A "$LINKDIR" 2>/dev/null)" != sendmail ] || linkdir_is_ours=1
     if [ -d "$BACKUP" ]; then
         for key in "$BACKUP"/*; do
             [ -e "$key" ] || continue
             name=$(basename "$key")
             case "$name" in
+                started-daemons) ;;
                 *.absent) f=$P$(printf '%s' "${name%.absent}" | sed 's|%|/|g'); act rm -rf "$f" ;;
                 *) f=$P$(printf '%s' "$name" | sed 's|%|/|g'); act rm -rf "$f"; act cp -a "$key" "$f" ;;
             esac
         done
         act rm -rf "$BACKUP"
     fi
-    for f in "$SBIN" "$LINKDIR/sendmail" "$P/etc/cron.d/mailgate" \
-             "$P/etc/systemd/system/mailgate-queue.service" "$P/etc/systemd/system/mailgate-queue.timer"; do
-        if [ -e "$f" ] || [ -L "$f" ]; then act rm -f "$f"; fi
-    done
+    for f in "${own_files[@]}"; do act rm -f "$f"; done
+    [ $linkdir_is_ours = 0 ] || act rmdir "$LINKDIR"
     if have_systemd; then act systemctl daemon-reload; fi
-    if [ -z "$P" ] && command -v postfix >/dev/null && [ -f /etc/postfix/main.cf ]; then
-        if have_systemd; then act systemctl restart postfix || true; else act postfix reload || act postfix start || true; fi
+    # A primary Postfix that ran before install.sh runs on, with its restored config.
+    if [ -z "$P" ] && ! was_started postfix && command -v postfix >/dev/null && postfix status >/dev/null 2>&1; then
+        if have_systemd; then act systemctl restart postfix; else act postfix reload; fi
     fi
     say "uninstalled ($changes changes); $ETC and $STATE were kept"
     exit 0
@@ -192,6 +258,15 @@ if [ ! -f "$ETC/mailgate.toml" ]; then
     act install -o root -g root -m 644 "$here/mailgate.toml.example" "$ETC/mailgate.toml"
 fi
 put_dir "$STATE" 770 root:mailgate
+# Made here, owned by root: a customer's sender must never be the first to create them.
+for sub in accounts queue defer hold failed tmp; do
+    put_dir "$STATE/$sub" 2770 root:mailgate
+done
+if [ ! -f "$STATE/mailgate.log" ] || [ "$(stat -c '%a %U:%G' "$STATE/mailgate.log")" != "660 root:mailgate" ]; then
+    act touch "$STATE/mailgate.log"
+    act chown root:mailgate "$STATE/mailgate.log"
+    act chmod 660 "$STATE/mailgate.log"
+fi
 put_link "$LINKDIR/sendmail" /usr/sbin/mailgate
 
 if have_systemd; then
@@ -214,10 +289,34 @@ WantedBy=timers.target"
         act systemctl daemon-reload
         act systemctl enable --now mailgate-queue.timer
     fi
+    runner="systemd timer mailgate-queue.timer (every minute)"
+    if [ $dry_run = 0 ] && ! systemctl is-active --quiet mailgate-queue.timer; then
+        echo "install.sh: mailgate-queue.timer is not active: queued mail would never be retried" >&2
+        exit 1
+    fi
 else
     put_file "$P/etc/cron.d/mailgate" 644 root:root "# mailgate: deliver queued mail and release deferred mail (install.sh)
 * * * * * root /usr/sbin/mailgate queue run >/dev/null"
+    runner="cron job $P/etc/cron.d/mailgate (every minute)"
+    if [ -z "$P" ]; then
+        # No systemd: the cron job needs a cron daemon, which a bare host may lack.
+        if ! command -v cron >/dev/null; then
+            act env DEBIAN_FRONTEND=noninteractive apt-get install -y -q cron
+        fi
+        if ! cron_running; then
+            act /etc/init.d/cron start
+            remember_started cron
+        fi
+        if [ $dry_run = 0 ] && ! cron_running; then
+            echo "install.sh: the cron daemon is not running, so queued mail would never be retried; start it (/etc/init.d/cron start) and run install.sh again" >&2
+            exit 1
+        fi
+        [ $dry_run = 1 ] || runner="$runner, run by the cron daemon (pid $(pgrep -x cron | head -n1))"
+    else
+        runner="$runner; the target system needs a running cron daemon"
+    fi
 fi
+say "queue runner: $runner"
 
 # -------------------------------------------------------------------------------- PHP ----
 if [ $php = 1 ]; then
@@ -227,7 +326,10 @@ if [ $php = 1 ]; then
         found=1
         put_file "$confd/99-mailgate.ini" 644 root:root "$(cat "$here/php-ini-snippets/99-mailgate.ini")"
     done
-    [ $found = 1 ] || say "no PHP installation found under $P/etc/php; nothing to wire"
+    if [ $found = 0 ]; then
+        say "no PHP installation found under $P/etc/php (no */*/conf.d): nothing was wired."
+        say "install PHP (e.g. apt-get install php-cli php-fpm), then run install.sh --php again."
+    else
     cat <<EOF
 install.sh: PHP now sends through mailgate, counted per Unix user. To give each site its own account:
   PHP-FPM pool:  php_admin_value[sendmail_path] = /usr/sbin/mailgate --account example.com -t -i
@@ -236,6 +338,7 @@ install.sh: PHP now sends through mailgate, counted per Unix user. To give each 
   and declare it in $ETC/mailgate.toml:  [accounts."example.com"]  users = ["web1"]
   Examples: $here/php-ini-snippets/
 EOF
+    fi
 fi
 
 # ----------------------------------------------------------------------- as /usr/sbin/sendmail ----
@@ -276,8 +379,18 @@ if [ $with_postfix = 1 ]; then
             act postconf -c "$dir" -e "$key = $value"
         fi
     }
+    # One domain for "local": the names mailgate derives (src/origin.rs) are the ones the
+    # relay instance delivers locally, in both spellings (vm and vm.localdomain).
+    local_domains=$origin
+    for d in "$host_fqdn" "$host_short" localhost.localdomain localhost; do
+        case ", $local_domains, " in *", $d, "*) ;; *) local_domains="$local_domains, $d" ;; esac
+    done
+    # Without a syslog daemon Postfix's log lines would go nowhere.
+    if [ -z "$postfix_log" ] && [ ! -S /dev/log ]; then postfix_log=/var/log; fi
+    [ -z "$postfix_log" ] || say "Postfix logs to $postfix_log/postfix.log and $postfix_log/postfix-postfwd.log"
+    primary_was_running=0
+    postfix status >/dev/null 2>&1 && primary_was_running=1
     # The primary instance: a null client that relays everything to the second instance.
-    myorigin=$(postconf -x -h myorigin 2>/dev/null || hostname -f)
     if [ "$(postconf -h multi_instance_enable 2>/dev/null)" != yes ]; then
         backup /etc/postfix/main.cf
         act postmulti -e init
@@ -290,6 +403,8 @@ if [ $with_postfix = 1 ]; then
     pset /etc/postfix local_recipient_maps ""
     pset /etc/postfix relayhost "[127.0.0.1]:10025"
     pset /etc/postfix inet_interfaces loopback-only
+    pset /etc/postfix myhostname "$host_fqdn"
+    pset /etc/postfix myorigin "$origin"
     if [ -n "$postfix_log" ]; then
         pset /etc/postfix maillog_file "$postfix_log/postfix.log"
     fi
@@ -302,8 +417,9 @@ if [ $with_postfix = 1 ]; then
     pset $SEC master_service_disable ""
     pset $SEC authorized_submit_users root
     pset $SEC inet_interfaces loopback-only
-    pset $SEC mydestination "$myorigin, localhost"
-    pset $SEC myorigin "$myorigin"
+    pset $SEC myhostname "$host_fqdn"
+    pset $SEC mydestination "$local_domains"
+    pset $SEC myorigin "$origin"
     pset $SEC smtpd_sender_restrictions "check_policy_service inet:127.0.0.1:10040"
     pset $SEC smtpd_relay_restrictions "permit_mynetworks, reject_unauth_destination"
     pset $SEC mynetworks "127.0.0.0/8 [::1]/128"
@@ -348,14 +464,17 @@ id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_ser
 
     if [ $changes -gt 0 ] || ! (exec 3<>/dev/tcp/127.0.0.1/10040) 2>/dev/null || ! (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; then
         if have_systemd; then
+            systemctl is-active --quiet postfwd || remember_started postfwd
+            [ $primary_was_running = 1 ] || remember_started postfix
             act systemctl enable postfwd
             act systemctl restart postfwd
             act systemctl restart postfix
         else
-            if [ -s /var/run/postfwd.pid ] && kill -0 "$(cat /var/run/postfwd.pid)" 2>/dev/null; then
+            if postfwd_running; then
                 act postfwd --file /etc/postfix/postfwd.cf --pidfile /var/run/postfwd.pid --reload
             else
                 act /etc/init.d/postfwd start
+                remember_started postfwd
             fi
             # Each instance on its own: "postfix status" fails while either one is down.
             for instance in - postfix-postfwd; do
@@ -363,6 +482,7 @@ id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_ser
                     act postmulti -i "$instance" -p reload
                 else
                     act postmulti -i "$instance" -p start
+                    [ "$instance" != - ] || [ $primary_was_running = 1 ] || remember_started postfix
                 fi
             done
         fi

@@ -166,6 +166,161 @@ fn remove_unquoted_whitespace(text: &str) -> String {
     out
 }
 
+/// Where Postfix's cleanup would append `@origin` in an address-list header value: the byte
+/// offsets just after every addr-spec that has no domain (`root`, `root (Cron Daemon)`,
+/// `Cron Daemon <root>`, `Team: a, b;`). Everything else of the value stays byte for byte, so
+/// the caller inserts at these offsets (from the last to the first) and changes nothing more.
+/// Works on raw bytes: a header may hold 8-bit text, and every RFC 5322 special is ASCII.
+pub fn unqualified_ends(value: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut item = Spans::default();
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'"' => {
+                let start = i;
+                i = skip_quoted(value, i);
+                item.text(start, i);
+                continue;
+            }
+            b'(' => {
+                i = skip_comment_bytes(value, i);
+                item.gap();
+                continue;
+            }
+            b'[' => {
+                let start = i;
+                i = value[i..]
+                    .iter()
+                    .position(|&b| b == b']')
+                    .map_or(value.len(), |p| i + p + 1);
+                item.text(start, i);
+                continue;
+            }
+            b'<' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < value.len() && value[j] != b'>' {
+                    j = match value[j] {
+                        b'"' => skip_quoted(value, j),
+                        b'(' => skip_comment_bytes(value, j),
+                        _ => j + 1,
+                    };
+                }
+                item.angle = Some((start, j.min(value.len())));
+                item.gap();
+                i = j + 1;
+                continue;
+            }
+            // A group's display name ends here; its members follow.
+            b':' => item = Spans::default(),
+            b',' | b';' => std::mem::take(&mut item).finish(value, &mut ends),
+            b if b.is_ascii_whitespace() => item.gap(),
+            _ => item.text(i, i + 1),
+        }
+        i += 1;
+    }
+    item.finish(value, &mut ends);
+    ends
+}
+
+/// The text runs (atoms, quoted strings, literals) and the angle address of one list member.
+#[derive(Default)]
+struct Spans {
+    runs: Vec<(usize, usize)>,
+    in_run: bool,
+    angle: Option<(usize, usize)>,
+}
+
+impl Spans {
+    fn text(&mut self, start: usize, end: usize) {
+        match self.runs.last_mut() {
+            Some(last) if self.in_run => last.1 = end,
+            _ => self.runs.push((start, end)),
+        }
+        self.in_run = true;
+    }
+
+    fn gap(&mut self) {
+        self.in_run = false;
+    }
+
+    fn finish(self, value: &[u8], ends: &mut Vec<usize>) {
+        let (start, end) = match self.angle {
+            Some((start, end)) => {
+                // Trim whitespace inside the brackets: `< root >` becomes `< root@origin >`.
+                let inner = &value[start..end];
+                let lead = inner.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                let trail = inner[lead..]
+                    .iter()
+                    .rev()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+                (start + lead, end - trail)
+            }
+            // Without brackets only a single word is an address; `John Doe` is not.
+            None if self.runs.len() == 1 => self.runs[0],
+            None => return,
+        };
+        let spec = &value[start..end];
+        if !spec.is_empty() && !matches!(spec[0], b'@' | b'[') && is_local_part(spec) {
+            ends.push(end);
+        }
+    }
+}
+
+/// No `@`, whitespace or comment outside quotes, and every quoted string closed (an unclosed
+/// one would swallow the domain we append).
+fn is_local_part(spec: &[u8]) -> bool {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for &b in spec {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_quotes => escaped = true,
+            b'"' => in_quotes = !in_quotes,
+            b'@' | b'(' if !in_quotes => return false,
+            b if b.is_ascii_whitespace() && !in_quotes => return false,
+            _ => {}
+        }
+    }
+    !in_quotes && !escaped
+}
+
+/// Index just after the quoted string that starts at `start` (or the end of the input).
+fn skip_quoted(value: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < value.len() {
+        match value[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    value.len()
+}
+
+/// Index just after the (nested) comment that starts at `start` (or the end of the input).
+fn skip_comment_bytes(value: &[u8], start: usize) -> usize {
+    let mut depth = 0usize;
+    let mut i = start;
+    while i < value.len() {
+        match value[i] {
+            b'\\' => i += 1,
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    value.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,11 +362,70 @@ mod tests {
         assert_eq!(parse_single("www-data").as_deref(), Some("www-data"));
     }
 
+    fn qualified(value: &str) -> String {
+        let mut out = value.as_bytes().to_vec();
+        for end in unqualified_ends(value.as_bytes()).into_iter().rev() {
+            out.splice(end..end, b"@vm.localdomain".iter().copied());
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn bare_local_parts_are_found_where_postfix_qualifies_them() {
+        // cron's and logwatch's headers, verbatim.
+        assert_eq!(qualified(" root"), " root@vm.localdomain");
+        assert_eq!(
+            qualified(" root (Cron Daemon)"),
+            " root@vm.localdomain (Cron Daemon)"
+        );
+        assert_eq!(qualified(" Logwatch"), " Logwatch@vm.localdomain");
+        assert_eq!(
+            qualified(" Cron Daemon <root>"),
+            " Cron Daemon <root@vm.localdomain>"
+        );
+        assert_eq!(qualified("< root >"), "< root@vm.localdomain >");
+        assert_eq!(
+            qualified("Team: a, \"Doe, J\" <b>;, c@x"),
+            "Team: a@vm.localdomain, \"Doe, J\" <b@vm.localdomain>;, c@x"
+        );
+        assert_eq!(qualified("\"john doe\""), "\"john doe\"@vm.localdomain");
+    }
+
+    #[test]
+    fn qualified_and_odd_values_stay_byte_for_byte() {
+        for v in [
+            " a@x, B <b@y>",
+            " undisclosed-recipients:;",
+            " <>",
+            " John Doe",
+            " \"a@b\"@x",
+            " <@r1:u@x>",
+            " u@[IPv6:::1]",
+            " a @ example.com",
+            " Jörg <j@x>",
+            "",
+        ] {
+            assert_eq!(qualified(v), v);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(s in ".{0,200}") {
             let _ = parse_list(&s);
             let _ = parse_single(&s);
+            let ends = unqualified_ends(s.as_bytes());
+            // Offsets are inside the value and ascending, so inserting from the last is safe.
+            proptest::prop_assert!(ends.windows(2).all(|w| w[0] < w[1]));
+            proptest::prop_assert!(ends.iter().all(|&e| e <= s.len()));
+        }
+
+        #[test]
+        fn qualifying_is_idempotent(s in "[a-z <>\"(),:;@.]{0,40}") {
+            let once = qualified(&s);
+            proptest::prop_assert_eq!(qualified(&once), once.clone());
+            // Qualifying never adds or removes a member of the list.
+            proptest::prop_assert_eq!(parse_list(&once).len(), parse_list(&s).len());
         }
 
         #[test]

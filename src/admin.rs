@@ -109,6 +109,8 @@ enum QueueAction {
     },
     /// Deliver due queued messages and release deferred ones that fit (run it from a timer).
     Run,
+    /// Try every queued message now, ignoring the retry backoff (like `postqueue -f`).
+    Flush,
     /// Envelope and headers of a queued or deferred message (the body with --body).
     Show {
         id: String,
@@ -145,7 +147,7 @@ pub fn run(argv: &[OsString]) -> Exit {
     match execute(cli) {
         Ok(()) => Exit::Ok,
         Err(f) => {
-            eprintln!("mailgate: {}", f.message);
+            err!("mailgate: {}", f.message);
             f.exit
         }
     }
@@ -159,7 +161,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             _ => crate::sendmail::config_path(cli.config.as_deref(), privileged),
         };
         let config = Config::load(&path, false).map_err(|e| Failure::new(Exit::Config, e.0))?;
-        println!(
+        out!(
             "{}: ok ({} accounts, {} default limits, {} server limits)",
             path.display(),
             config.accounts.len(),
@@ -192,7 +194,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             };
             let store = ctx.store()?;
             store.reset(&ctx.config, counter)?;
-            println!("{}: counters reset", store.counter_name(counter));
+            out!("{}: counters reset", store.counter_name(counter));
             log_admin(&ctx, "reset", &account, "");
             Ok(())
         }
@@ -204,7 +206,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let changed = ctx
                 .store()?
                 .set_lock(&ctx.config, checked(&account)?, Some(lock))?;
-            println!(
+            out!(
                 "{account}: {}",
                 if changed {
                     "locked; everything it sends is held"
@@ -219,7 +221,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let changed = ctx
                 .store()?
                 .set_lock(&ctx.config, checked(&account)?, None)?;
-            println!(
+            out!(
                 "{account}: {}",
                 if changed {
                     "unlocked"
@@ -269,9 +271,9 @@ fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Result<(), Fail
             let mut failed = None;
             for id in ids {
                 match queue::release(ctx, &id) {
-                    Ok(line) => println!("{line}"),
+                    Ok(line) => out!("{line}"),
                     Err(f) => {
-                        eprintln!("mailgate: {}", f.message);
+                        err!("mailgate: {}", f.message);
                         failed = Some(f);
                     }
                 }
@@ -280,14 +282,130 @@ fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Result<(), Fail
             failed.map_or(Ok(()), Err)
         }
         HoldAction::Delete { ids, account } => {
+            let mut busy = None;
             for id in select(spool, Kind::Hold, ids, account.as_deref(), false)? {
-                spool.remove(Kind::Hold, &id)?;
-                println!("{id}: deleted");
-                log_admin(ctx, "delete", &id, "hold");
+                if spool.delete(Kind::Hold, &id)? {
+                    out!("{id}: deleted");
+                    log_admin(ctx, "delete", &id, "hold");
+                } else {
+                    busy = Some(busy_or_gone(&id));
+                }
             }
+            busy.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// The context for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
+fn admin_context(config_option: Option<&str>) -> Result<(Context, bool), Failure> {
+    let privileged = identity::is_privileged();
+    let (path, is_default) = crate::sendmail::config_path(config_option, privileged);
+    let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
+    let caller = Caller::current();
+    let account = identity::Account {
+        name: caller.login.clone(),
+        source: identity::AccountSource::Login,
+    };
+    let fixed_now = crate::pipeline::test_clock(privileged);
+    Ok((Context::new(config, caller, account, fixed_now), privileged))
+}
+
+fn report(result: Result<(), Failure>) -> Exit {
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(f) => {
+            err!("mailgate: {}", f.message);
+            f.exit
+        }
+    }
+}
+
+/// `mailq` and `sendmail -bp`: queued, deferred and held mail in Postfix's layout. The admin
+/// sees every entry, a customer only the ones they sent.
+pub fn mailq(config_option: Option<&str>) -> Exit {
+    report((|| {
+        let (ctx, privileged) = admin_context(config_option)?;
+        let everyone = require_admin(&ctx.caller, privileged).is_ok();
+        let spool = Spool::new(ctx.state()?);
+        let mut lists = Vec::new();
+        for kind in [Kind::Queue, Kind::Defer, Kind::Hold] {
+            lists.push((kind, spool.list(kind)?));
+        }
+        let mut entries: Vec<(Kind, &Meta)> = lists
+            .iter()
+            .flat_map(|(k, l)| l.iter().map(move |m| (*k, m)))
+            .filter(|(_, m)| everyone || m.uid == ctx.caller.uid)
+            .collect();
+        entries.sort_by(|a, b| (a.1.time, &a.1.id).cmp(&(b.1.time, &b.1.id)));
+        let asctime = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|at| {
+                    at.with_timezone(&chrono::Local)
+                        .format("%a %b %e %H:%M:%S %Y")
+                        .to_string()
+                })
+                .unwrap_or_default()
+        };
+        let text = crate::mailq::render(&entries, &asctime);
+        use std::io::Write as _;
+        let _ = std::io::stdout().write_all(text.as_bytes());
+        Ok(())
+    })())
+}
+
+/// `sendmail -q`: `mailgate queue flush`.
+pub fn flush(config_option: Option<&str>) -> Exit {
+    report((|| {
+        let (ctx, privileged) = admin_context(config_option)?;
+        require_admin(&ctx.caller, privileged)?;
+        queue_run(&ctx, queue::Backoff::Ignore)
+    })())
+}
+
+/// `newaliases`, `sendmail -bi`: there is no alias database here.
+pub fn newaliases() -> Exit {
+    out!(
+        "mailgate: no alias database here: aliases are the relay's business (edit /etc/aliases and run newaliases there)"
+    );
+    Exit::Ok
+}
+
+fn queue_run(ctx: &Context, backoff: queue::Backoff) -> Result<(), Failure> {
+    match queue::run(ctx, backoff)? {
+        Some(summary) => {
+            out!("queue run: {summary}");
+            run_result(&summary)
+        }
+        None => {
+            out!("queue run: another queue run is active; nothing done");
             Ok(())
         }
     }
+}
+
+/// An entry another process is delivering (or that went meanwhile) is left alone.
+fn busy_or_gone(id: &str) -> Failure {
+    let f = Failure::new(
+        Exit::Unavailable,
+        format!("{id}: another process is handling it, or it is gone; nothing done"),
+    );
+    err!("mailgate: {}", f.message);
+    f
+}
+
+/// A run that could not handle some entries says so in its exit code (74), after it went
+/// on with the others.
+fn run_result(summary: &queue::Summary) -> Result<(), Failure> {
+    if summary.errors > 0 {
+        return Err(Failure::new(
+            Exit::IoErr,
+            format!(
+                "{} entries could not be handled (see the log)",
+                summary.errors
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The ids an admin named, or all of an account's, or all.
@@ -324,25 +442,21 @@ fn queue(ctx: &Context, spool: &Spool<'_>, action: QueueAction) -> Result<(), Fa
             ],
             json,
         ),
-        QueueAction::Run => match queue::run(ctx)? {
-            Some(summary) => {
-                println!("queue run: {summary}");
-                Ok(())
-            }
-            None => {
-                println!("queue run: another queue run is active; nothing done");
-                Ok(())
-            }
-        },
+        QueueAction::Run => queue_run(ctx, queue::Backoff::Honour),
+        QueueAction::Flush => queue_run(ctx, queue::Backoff::Ignore),
         QueueAction::Show { id, body } => show(spool, queued_kind(spool, &id)?, &id, body),
         QueueAction::Delete { ids } => {
+            let mut busy = None;
             for id in ids {
                 let kind = queued_kind(spool, &id)?;
-                spool.remove(kind, &id)?;
-                println!("{id}: deleted");
-                log_admin(ctx, "delete", &id, kind.dir());
+                if spool.delete(kind, &id)? {
+                    out!("{id}: deleted");
+                    log_admin(ctx, "delete", &id, kind.dir());
+                } else {
+                    busy = Some(busy_or_gone(&id));
+                }
             }
-            Ok(())
+            busy.map_or(Ok(()), Err)
         }
     }
 }
@@ -372,7 +486,7 @@ fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
                 })
             })
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&all)
                 .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
@@ -381,7 +495,7 @@ fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
     }
     for (kind, list) in lists {
         for m in list {
-            println!(
+            out!(
                 "{:<26} {:<6} {:<20} {:<16} {:>7}  {} -> {}  \"{}\"\n    {}",
                 m.id,
                 kind.dir(),
@@ -393,6 +507,18 @@ fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
                 m.subject,
                 m.reason
             );
+            if *kind == Kind::Queue {
+                out!(
+                    "    attempts: {}, next attempt: {}, last error: {}",
+                    m.attempts,
+                    limits::format_time(m.next_attempt),
+                    if m.last_error.is_empty() {
+                        "-"
+                    } else {
+                        &m.last_error
+                    }
+                );
+            }
         }
     }
     Ok(())
@@ -400,7 +526,7 @@ fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
 
 fn show(spool: &Spool<'_>, kind: Kind, id: &str, body: bool) -> Result<(), Failure> {
     let meta = spool.read_meta(kind, id)?;
-    println!(
+    out!(
         "id:         {}\nspool:      {}\naccount:    {}\nuser:       {} (uid {})",
         meta.id,
         kind.dir(),
@@ -409,9 +535,9 @@ fn show(spool: &Spool<'_>, kind: Kind, id: &str, body: bool) -> Result<(), Failu
         meta.uid
     );
     if !meta.script.is_empty() {
-        println!("script:     {}", meta.script);
+        out!("script:     {}", meta.script);
     }
-    println!(
+    out!(
         "sender:     <{}>\nrecipients: {}\ntime:       {}\nreason:     {}\nattempts:   {}",
         meta.sender.as_deref().unwrap_or(""),
         meta.recipients.join(", "),
@@ -420,9 +546,9 @@ fn show(spool: &Spool<'_>, kind: Kind, id: &str, body: bool) -> Result<(), Failu
         meta.attempts
     );
     if !meta.last_error.is_empty() {
-        println!("last error: {}", meta.last_error);
+        out!("last error: {}", meta.last_error);
     }
-    println!();
+    out!();
     let raw = spool.raw(kind, id)?;
     let end = if body {
         raw.len()
@@ -542,7 +668,7 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
         ));
     }
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&out)
                 .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
@@ -571,7 +697,7 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
         } else {
             format!(" ({})", flags.join(", "))
         };
-        println!("{}{flags}", c.name);
+        out!("{}{flags}", c.name);
         for w in &c.windows {
             let limit = match (w.max_messages, w.max_recipients) {
                 (Some(m), Some(r)) => format!("{m} msgs / {r} rcpts"),
@@ -583,9 +709,13 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
                 .next_possible
                 .map(limits::format_time)
                 .unwrap_or_else(|| "now".into());
-            println!(
+            out!(
                 "  {:>5}  used {:>6} msgs {:>7} rcpts  limit {:<22} refused {:>5}  next {next}",
-                w.window, w.messages, w.recipients, limit, w.refused
+                w.window,
+                w.messages,
+                w.recipients,
+                limit,
+                w.refused
             );
         }
     }

@@ -11,6 +11,8 @@ pub struct Caller {
     pub uid: u32,
     /// Login name from the password database; `uid<N>` when the uid has no entry.
     pub login: String,
+    /// Full name from the password file's GECOS field, for a From: that mailgate adds.
+    pub full_name: Option<String>,
 }
 
 /// Where the account name came from, for the log and for error messages.
@@ -31,9 +33,17 @@ impl Caller {
     pub fn current() -> Caller {
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
-        Caller {
-            uid,
-            login: login_of(uid).unwrap_or_else(|| format!("uid{uid}")),
+        match passwd_entry(uid) {
+            Some((login, gecos)) => Caller {
+                uid,
+                full_name: full_name_from_gecos(&gecos, &login),
+                login,
+            },
+            None => Caller {
+                uid,
+                login: format!("uid{uid}"),
+                full_name: None,
+            },
         }
     }
 }
@@ -45,8 +55,8 @@ pub fn is_privileged() -> bool {
     unsafe { libc::getegid() != libc::getgid() || libc::geteuid() != libc::getuid() }
 }
 
-/// The login name of `uid` from the password database (`getpwuid_r`).
-pub fn login_of(uid: u32) -> Option<String> {
+/// The login name and GECOS field of `uid` from the password database (`getpwuid_r`).
+fn passwd_entry(uid: u32) -> Option<(String, String)> {
     let mut buf = vec![0 as libc::c_char; 4096];
     loop {
         // SAFETY: passwd is plain data; getpwuid_r writes into pwd and buf, within buf.len().
@@ -61,10 +71,36 @@ pub fn login_of(uid: u32) -> Option<String> {
         if rc != 0 || result.is_null() {
             return None;
         }
-        // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
+        // SAFETY: on success pw_name and pw_gecos point to NUL-terminated strings inside buf
+        // (pw_gecos may be null on some systems).
         let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-        return Some(name.to_string_lossy().into_owned());
+        let gecos = if pwd.pw_gecos.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(pwd.pw_gecos) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        return Some((name.to_string_lossy().into_owned(), gecos));
     }
+}
+
+/// The full name in a GECOS field as Postfix reads it: up to the first comma, `&` standing
+/// for the login name with its first letter capitalised; control characters dropped.
+pub fn full_name_from_gecos(gecos: &str, login: &str) -> Option<String> {
+    let first = gecos.split(',').next().unwrap_or("");
+    let mut capitalised = login.chars();
+    let login_cap: String = capitalised
+        .next()
+        .map(|c| c.to_uppercase().chain(capitalised).collect())
+        .unwrap_or_default();
+    let name: String = first
+        .replace('&', &login_cap)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// Account names become file names: no `/`, no `..`, no control bytes, bounded length.
@@ -146,6 +182,7 @@ mod tests {
         Caller {
             uid,
             login: login.into(),
+            full_name: None,
         }
     }
 
@@ -178,6 +215,24 @@ mod tests {
         for good in ["example.com", "web1", "user@example.com", "a-b_c+d"] {
             assert!(validate_account_name(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn gecos_full_names() {
+        assert_eq!(
+            full_name_from_gecos("Jane Doe,,,", "jane").as_deref(),
+            Some("Jane Doe")
+        );
+        assert_eq!(
+            full_name_from_gecos("& the admin", "root").as_deref(),
+            Some("Root the admin")
+        );
+        assert_eq!(full_name_from_gecos(",,,", "web1"), None);
+        assert_eq!(full_name_from_gecos("", "web1"), None);
+        assert_eq!(
+            full_name_from_gecos("Evil\r\nBcc: x@y", "e").as_deref(),
+            Some("EvilBcc: x@y")
+        );
     }
 
     #[test]

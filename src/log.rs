@@ -40,7 +40,7 @@ impl Logger {
         if append(&self.fallback, &line).is_err() {
             // Last resort; never reached in -bs mode unless both syslog and the state directory
             // failed, and then the decision is worth more than a quiet stderr.
-            eprintln!("mailgate: {line}");
+            err!("mailgate: {line}");
         }
     }
 }
@@ -59,8 +59,19 @@ fn syslog(socket: &std::path::Path, severity: Severity, line: &str) -> std::io::
     Ok(())
 }
 
+/// The fallback log file is rotated to `NAME.1` past this size, so that no caller can fill
+/// the state filesystem through it.
+const MAX_LOG_FILE: u64 = 16 * 1024 * 1024;
+
 fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     let stamp = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z");
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_LOG_FILE) {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        // Two writers may both rotate; the second rename moves a nearly empty file. Either
+        // way the size stays bounded and no line is written into a file that is gone.
+        let _ = std::fs::rename(path, old);
+    }
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -69,13 +80,36 @@ fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     f.write_all(format!("{stamp} mailgate[{}]: {line}\n", std::process::id()).as_bytes())
 }
 
-/// Builds `key=value` pairs, quoting values that contain spaces, quotes or `=`.
+/// Longest value of one logged field; a longer one is cut and marked, so one line stays a
+/// few KiB whatever a caller puts into a header.
+pub const MAX_FIELD: usize = 256;
+
+/// `text` safe for a log line or an admin's terminal: control characters (ESC, BEL, CR, LF,
+/// NUL ...) become `\xNN` escapes, and at most `max` bytes are kept, marked when cut.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 16);
+    for (i, c) in text.char_indices() {
+        if out.len() >= max {
+            let _ = write!(out, "...[{} more bytes]", text.len() - i);
+            break;
+        }
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Builds `key=value` pairs, quoting values that contain spaces, quotes or `=`. Values are
+/// escaped and length-capped (`printable`).
 #[derive(Default)]
 pub struct Fields(String);
 
 impl Fields {
     pub fn add(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Fields {
-        let v = value.to_string();
+        let v = printable(&value.to_string(), MAX_FIELD);
         if !self.0.is_empty() {
             self.0.push(' ');
         }
@@ -99,6 +133,28 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_escaped_and_capped() {
+        let mut f = Fields::default();
+        f.add("script", "a\x1b[2J\x07b\r\nc");
+        assert_eq!(f.as_str(), "script=a\\x1b[2J\\x07b\\x0d\\x0ac");
+        let mut f = Fields::default();
+        f.add("script", "x".repeat(45_000_000 / 1000));
+        assert!(f.as_str().len() < MAX_FIELD + 64, "{}", f.as_str().len());
+        assert!(
+            f.as_str().ends_with("...[44744 more bytes]\""),
+            "{}",
+            f.as_str()
+        );
+    }
+
+    #[test]
+    fn printable_keeps_text_and_cuts_on_a_char_boundary() {
+        assert_eq!(printable("Jörg Müller", 256), "Jörg Müller");
+        let cut = printable(&"ü".repeat(300), 10);
+        assert!(cut.starts_with("üüüüü...["), "{cut}");
+    }
 
     #[test]
     fn fields_quote_when_needed() {

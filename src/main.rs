@@ -4,6 +4,23 @@
 //! Under a name containing "sendmail" the binary is purely sendmail(1). As `mailgate`, a first
 //! argument naming an admin subcommand selects it; anything else is sendmail mode.
 
+/// `println!` that never panics: a closed or broken stdout (`mailgate status | head -1`, EBADF)
+/// must not turn into an abort, nor change the exit code that reports the message's fate.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics, for the same reason (PHP may close the pipe it reads).
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod address;
 mod admin;
 mod config;
@@ -11,8 +28,10 @@ mod exit;
 mod identity;
 mod limits;
 mod log;
+mod mailq;
 mod message;
 mod notify;
+mod origin;
 mod pipeline;
 mod queue;
 mod relay;
@@ -37,9 +56,12 @@ fn main() {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     // With mailgate installed as /usr/sbin/sendmail, Debian's mailq and newaliases links point
-    // at it too; like -bp and -bi they have nothing to do.
-    if program == "mailq" || program == "newaliases" {
-        std::process::exit(exit::Exit::Ok.code());
+    // at it too: they are `sendmail -bp` and `sendmail -bi`.
+    if program == "mailq" {
+        std::process::exit(admin::mailq(None).code());
+    }
+    if program == "newaliases" {
+        std::process::exit(admin::newaliases().code());
     }
     let exit =
         if !program.contains("sendmail") && rest.first().is_some_and(|a| admin::is_subcommand(a)) {

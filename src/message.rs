@@ -90,6 +90,22 @@ pub struct Trace<'a> {
     pub full_name: Option<&'a str>,
 }
 
+/// Address headers whose bare local parts Postfix's cleanup qualifies for local submissions.
+const ADDRESS_HEADERS: &[&str] = &[
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-Reply-To",
+    "Resent-To",
+    "Resent-Cc",
+    "Errors-To",
+    "Disposition-Notification-To",
+];
+
 /// Headers that never leave the machine: blind copies and a caller's forged bounce address.
 const STRIPPED: &[&str] = &["Bcc", "Resent-Bcc", "Return-Path"];
 
@@ -107,6 +123,13 @@ pub fn read_message<R: BufRead>(
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line).map_err(ReadError::Io)? == 0 {
+            if terminator == Terminator::SmtpData {
+                // The client went away inside DATA: what arrived is a fragment, never a message.
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client ended the connection inside DATA",
+                )));
+            }
             break;
         }
         strip_line_ending(&mut line);
@@ -213,14 +236,34 @@ impl Message {
             .collect()
     }
 
+    /// `To: root` → `To: root@origin`, as Postfix's cleanup does for local submissions, so
+    /// the headers stay valid whichever relay takes the message. Only the insertion changes
+    /// the header; every other byte stays.
+    pub fn qualify_addresses(&mut self, origin: &str) {
+        for header in &mut self.headers {
+            if !ADDRESS_HEADERS.iter().any(|n| header.is(n)) {
+                continue;
+            }
+            let Some(colon) = header.raw.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value_start = colon + 1;
+            let ends = address::unqualified_ends(&header.raw[value_start..]);
+            for end in ends.into_iter().rev() {
+                let at = value_start + end;
+                header.raw.splice(at..at, format!("@{origin}").into_bytes());
+            }
+        }
+    }
+
     /// Remove blind-copy and Return-Path headers, add Date, Message-ID and From where missing,
     /// and prepend mailgate's Received trace header.
     pub fn complete_headers(&mut self, trace: &Trace<'_>) {
         self.headers.retain(|h| !STRIPPED.iter().any(|n| h.is(n)));
         if self.header("From").is_none() {
-            let from = match trace.full_name {
+            let from = match trace.full_name.map(quote_phrase) {
                 Some(name) if !name.is_empty() => {
-                    format!("{} <{}>", quote_phrase(name), trace.from_addr)
+                    format!("{name} <{}>", trace.from_addr)
                 }
                 _ => trace.from_addr.to_string(),
             };
@@ -271,8 +314,11 @@ impl Message {
     }
 }
 
-/// `-F "Cron Daemon"` needs no quotes; `-F "Doe, John"` does.
+/// `-F "Cron Daemon"` needs no quotes; `-F "Doe, John"` does. Control characters (CR/LF
+/// would inject headers) are dropped: the name comes from the caller.
 fn quote_phrase(name: &str) -> String {
+    let name: String = name.chars().filter(|c| !c.is_control()).collect();
+    let name = name.trim();
     let plain = name
         .chars()
         .all(|c| c.is_alphanumeric() || c == ' ' || "!#$%&'*+-/=?^_`{|}~".contains(c));
@@ -424,6 +470,57 @@ mod tests {
                 .unwrap()
                 .value()
                 .contains("from userid 1000")
+        );
+    }
+
+    #[test]
+    fn bare_local_addresses_are_qualified_like_postfix_cleanup() {
+        // cron (Debian's cron 3.0) and logwatch, verbatim.
+        let mut cron = read(
+            b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@vm> run-parts\n\
+              X-Cron-Env: <MAILTO=root>\n\nout\n",
+            Terminator::Eof,
+        );
+        cron.qualify_addresses("vm.localdomain");
+        let text = String::from_utf8(wire(&cron)).unwrap();
+        assert!(
+            text.starts_with(
+                "From: root@vm.localdomain (Cron Daemon)\r\nTo: root@vm.localdomain\r\n\
+                 Subject: Cron <root@vm> run-parts\r\nX-Cron-Env: <MAILTO=root>\r\n"
+            ),
+            "{text}"
+        );
+        let mut logwatch = read(
+            b"To: root\nFrom: Logwatch\nReply-To: Team: a, b@x;\nCc: \"Ops\" <ops>\n\nx\n",
+            Terminator::Eof,
+        );
+        logwatch.qualify_addresses("example.net");
+        let names: Vec<String> = logwatch.headers.iter().map(|h| h.value()).collect();
+        assert_eq!(
+            names,
+            [
+                "root@example.net",
+                "Logwatch@example.net",
+                "Team: a@example.net, b@x;",
+                "\"Ops\" <ops@example.net>"
+            ]
+        );
+    }
+
+    #[test]
+    fn added_from_carries_a_sanitised_full_name() {
+        let mut m = read(b"To: a@x\n\nbody\n", Terminator::Eof);
+        m.complete_headers(&Trace {
+            host: "h",
+            uid: 1,
+            date: "d",
+            message_id: "<m@h>",
+            from_addr: "web1@h",
+            full_name: Some("Evil\r\nBcc: x@y"),
+        });
+        assert_eq!(
+            m.header("From").unwrap().raw,
+            b"From: \"EvilBcc: x@y\" <web1@h>".to_vec()
         );
     }
 

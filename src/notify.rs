@@ -135,3 +135,26 @@ pub fn failed_message(
         body: body(&text),
     }
 }
+
+/// A spool entry that cannot be read (damaged on disk) was moved to failed/.
+pub fn damaged_message(
+    spool: &str,
+    id: &str,
+    why: &str,
+    hostname: &str,
+    admin: &str,
+    origin: &str,
+) -> Message {
+    let subject = format!("mailgate: damaged {spool} entry {id} moved to failed/");
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "The {spool} entry {id} cannot be read and can never be delivered:\n{why}\n\n\
+         It was moved to failed/{id}; `mailgate queue show {id} --body` may still show the\n\
+         message text. Nothing else in the {spool} is affected."
+    );
+    Message {
+        headers: envelope_headers(&subject, hostname, admin, origin),
+        body: body(&text),
+    }
+}

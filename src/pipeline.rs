@@ -9,6 +9,7 @@ use crate::limits::{self, Verdict, store::StateDir};
 use crate::log::{Fields, Logger, Severity};
 use crate::message::{Message, Trace};
 use crate::notify;
+use crate::origin::LocalNames;
 use crate::relay::{Envelope, Outcome, Relay};
 use crate::spool::{Kind, Meta, Spool};
 use std::time::Duration;
@@ -18,8 +19,7 @@ pub struct Context {
     pub config: Config,
     pub caller: Caller,
     pub account: Account,
-    pub origin: String,
-    pub hostname: String,
+    pub names: LocalNames,
     pub logger: Logger,
     /// Test clock (`MAILGATE_NOW`), honoured only when not running setgid.
     pub fixed_now: Option<i64>,
@@ -89,11 +89,7 @@ impl Context {
         account: Account,
         fixed_now: Option<i64>,
     ) -> Context {
-        let hostname = config.hostname.clone().unwrap_or_else(host_name);
-        let origin = config
-            .origin
-            .clone()
-            .unwrap_or_else(|| mailname().unwrap_or_else(|| hostname.clone()));
+        let names = LocalNames::of_this_host(config.hostname.as_deref(), config.origin.as_deref());
         let logger = Logger::new(&config.log, &config.state_dir);
         let state = StateDir::open(&config.state_dir);
         let store = limits::Store::open(&config);
@@ -101,8 +97,7 @@ impl Context {
             config,
             caller,
             account,
-            origin,
-            hostname,
+            names,
             logger,
             fixed_now,
             state,
@@ -117,11 +112,7 @@ impl Context {
 
     /// `user` → `user@origin`; anything with an `@` stays.
     pub fn qualify(&self, addr: &str) -> String {
-        if addr.contains('@') {
-            addr.to_string()
-        } else {
-            format!("{addr}@{}", self.origin)
-        }
+        self.names.qualify(addr)
     }
 
     /// The local state directory (spools; counters too with the file store).
@@ -139,7 +130,7 @@ impl Context {
             host: &self.config.relay.host,
             port: self.config.relay.port,
             timeout: Duration::from_secs(self.config.relay.timeout.secs()),
-            helo: &self.hostname,
+            helo: &self.names.hostname,
         }
     }
 
@@ -189,17 +180,21 @@ impl Context {
         fields.add("nrcpt", recipients.len());
 
         let date = chrono::Local::now().to_rfc2822();
-        let message_id = format!("<{id}@{}>", self.hostname);
+        let message_id = format!("<{id}@{}>", self.names.hostname);
         let from_addr = sender
             .clone()
             .unwrap_or_else(|| self.qualify(&self.caller.login));
+        sub.message.qualify_addresses(&self.names.origin);
         sub.message.complete_headers(&Trace {
-            host: &self.hostname,
+            host: &self.names.hostname,
             uid: self.caller.uid,
             date: &date,
             message_id: &message_id,
             from_addr: &from_addr,
-            full_name: sub.full_name.as_deref(),
+            full_name: sub
+                .full_name
+                .as_deref()
+                .or(self.caller.full_name.as_deref()),
         });
         let size = sub.message.size();
         fields.add("size", size);
@@ -312,15 +307,40 @@ impl Context {
                         smtp: queued,
                     };
                 }
-                let list = rejected
-                    .iter()
-                    .map(|(r, reply)| format!("<{r}> ({reply})"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let (deferred, refused): (Vec<_>, Vec<_>) =
+                    rejected.into_iter().partition(|(_, r)| !r.is_permanent());
+                let list = |l: &[(String, crate::relay::Reply)]| {
+                    l.iter()
+                        .map(|(r, reply)| format!("<{r}> ({reply})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut line = String::from("sent");
+                if !refused.is_empty() {
+                    line.push_str(&format!(", but the relay refused {}", list(&refused)));
+                }
+                if !deferred.is_empty() {
+                    // Recipients the relay put off stay queued, just them, for `queue run`.
+                    let mut rest = meta;
+                    rest.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
+                    let why = format!("relay deferred {}", list(&deferred));
+                    fields.add("deferred_rcpts", rest.recipients.len());
+                    let retry = self.now() + self.config.spool.retry.secs() as i64;
+                    let kept = self.keep(Kind::Queue, rest, &sub.message, why, Some(retry));
+                    if kept.exit != Exit::Ok {
+                        return Report {
+                            exit: kept.exit,
+                            status: Status::SentPartly,
+                            smtp: kept.smtp,
+                            line: Some(format!("{line}; {}", kept.line.unwrap_or_default())),
+                        };
+                    }
+                    line.push_str(&format!("; {}", kept.line.unwrap_or_default()));
+                }
                 Report {
                     exit: Exit::Ok,
                     status: Status::SentPartly,
-                    line: Some(format!("sent, but the relay refused {list}")),
+                    line: Some(line),
                     smtp: queued,
                 }
             }
@@ -333,7 +353,7 @@ impl Context {
                     line: Some(format!("message not sent: {why}")),
                 }
             }
-            Outcome::Temporary(why) => {
+            Outcome::Temporary(why) | Outcome::Unreachable(why) => {
                 fields.add("relay", &why);
                 let retry = self.now() + self.config.spool.retry.secs() as i64;
                 let report = self.keep(Kind::Queue, meta, &sub.message, why, Some(retry));
@@ -407,7 +427,13 @@ impl Context {
             return;
         }
         let admin = self.qualify(&self.config.alerts.admin);
-        let msg = notify::alert_message(alert, meta, &self.hostname, &admin, &self.origin);
+        let msg = notify::alert_message(
+            alert,
+            meta,
+            &self.names.hostname,
+            &admin,
+            &self.names.origin,
+        );
         self.send_internal(msg, &admin, "alert");
     }
 
@@ -431,7 +457,7 @@ impl Context {
             Outcome::Permanent(why) => {
                 fields.add("status", "refused").add("reason", why);
             }
-            Outcome::Temporary(why) => {
+            Outcome::Temporary(why) | Outcome::Unreachable(why) => {
                 let meta = Meta {
                     id: queue_id(),
                     account: "mailgate".into(),
@@ -581,23 +607,6 @@ pub fn test_clock(privileged: bool) -> Option<i64> {
 fn relay_queue_id(text: &str) -> Option<&str> {
     let rest = &text[text.find("queued as ")? + "queued as ".len()..];
     rest.split_whitespace().next()
-}
-
-fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is writable for its length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-fn mailname() -> Option<String> {
-    let text = std::fs::read_to_string("/etc/mailname").ok()?;
-    let name = text.lines().next()?.trim();
-    (!name.is_empty()).then(|| name.to_string())
 }
 
 #[cfg(test)]

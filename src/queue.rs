@@ -2,6 +2,10 @@
 //! leaves the queue only after the relay's 250 (at least once; a crash between the 250 and the
 //! unlink is the only way to a duplicate). Deferred messages are released in order, per
 //! account, when its windows have room, and count then.
+//!
+//! Every entry is claimed (`Spool::claim`) before it is touched, so concurrent runs, releases
+//! and deletes never handle one entry twice. A failure on one entry (a damaged file, a full
+//! disk) is logged and counted, and the run goes on with the others.
 
 use crate::exit::{Exit, Failure};
 use crate::limits::{self, Verdict};
@@ -9,7 +13,7 @@ use crate::log::{Fields, Severity};
 use crate::message::Message;
 use crate::notify;
 use crate::pipeline::Context;
-use crate::relay::{Envelope, Outcome};
+use crate::relay::{Envelope, Outcome, Reply};
 use crate::spool::{Kind, Meta, Spool};
 use std::collections::BTreeSet;
 
@@ -21,6 +25,10 @@ pub struct Summary {
     pub failed: usize,
     pub still_deferred: usize,
     pub stale_removed: usize,
+    /// Entries that could not be handled (damaged, disk full); each was logged.
+    pub errors: usize,
+    /// The relay did not answer; the rest of the run left it alone.
+    pub relay_down: Option<String>,
 }
 
 impl std::fmt::Display for Summary {
@@ -37,13 +45,32 @@ impl std::fmt::Display for Summary {
                 self.stale_removed
             )?;
         }
+        if self.errors > 0 {
+            write!(
+                f,
+                "; {} entries could not be handled (see the log)",
+                self.errors
+            )?;
+        }
+        if let Some(why) = &self.relay_down {
+            write!(f, "; relay unavailable: {why}")?;
+        }
         Ok(())
     }
 }
 
+/// What a run does with queued entries whose retry time has not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// `queue run`: only entries that are due.
+    Honour,
+    /// `queue flush`, `sendmail -q`: every entry now (Postfix's `postqueue -f`).
+    Ignore,
+}
+
 /// Deliver due queue entries and release deferred ones that fit. `None` when another
 /// `queue run` is active.
-pub fn run(ctx: &Context) -> Result<Option<Summary>, Failure> {
+pub fn run(ctx: &Context, backoff: Backoff) -> Result<Option<Summary>, Failure> {
     let state = ctx.state()?;
     let Some(_running) = state.try_lock_named("queue.lock")? else {
         return Ok(None);
@@ -55,43 +82,149 @@ pub fn run(ctx: &Context) -> Result<Option<Summary>, Failure> {
         stale_removed: spool.remove_stale_tmp(std::time::Duration::from_secs(3600)),
         ..Summary::default()
     };
-    for meta in spool.list(Kind::Queue)? {
-        if meta.next_attempt > now {
+    for id in spool.ids(Kind::Queue)? {
+        if summary.relay_down.is_some() {
             summary.retry_later += 1;
             continue;
         }
-        let (mut meta, msg) = spool.load(Kind::Queue, &meta.id)?;
-        let age = now - meta.time;
-        if age > ctx.config.spool.max_age.secs() as i64 {
-            let why = format!(
-                "still undeliverable after {} (max_age): {}",
-                crate::config::Duration(age.max(1) as u64),
-                meta.last_error
-            );
-            give_up(ctx, &spool, Kind::Queue, &mut meta, &msg, &why)?;
-            summary.failed += 1;
-            continue;
-        }
-        match deliver(ctx, &meta, &msg, "queue") {
-            Outcome::Delivered { .. } => {
-                spool.remove(Kind::Queue, &meta.id)?;
-                summary.delivered += 1;
-            }
-            Outcome::Permanent(why) => {
-                give_up(ctx, &spool, Kind::Queue, &mut meta, &msg, &why)?;
-                summary.failed += 1;
-            }
-            Outcome::Temporary(why) => {
-                meta.attempts += 1;
-                meta.last_error = why;
-                meta.next_attempt = now + backoff(ctx, meta.attempts);
-                spool.keep(Kind::Queue, &meta, &msg)?;
-                summary.retry_later += 1;
-            }
+        if let Err(f) = run_queued(ctx, &spool, &id, now, backoff, &mut summary) {
+            entry_error(ctx, &spool, Kind::Queue, &id, &f, &mut summary);
         }
     }
     release_deferred(ctx, &spool, now, &mut summary)?;
     Ok(Some(summary))
+}
+
+/// One queue entry: deliver it if due, else leave it.
+fn run_queued(
+    ctx: &Context,
+    spool: &Spool<'_>,
+    id: &str,
+    now: i64,
+    backoff: Backoff,
+    summary: &mut Summary,
+) -> Result<(), Failure> {
+    let Some(claim) = spool.claim(Kind::Queue, id)? else {
+        return Ok(()); // another process has it, or it is gone
+    };
+    let (mut meta, msg) = (claim.meta, claim.msg);
+    // A next attempt further away than max_retry can only come from a clock that was ahead:
+    // it is due now, so that a clock step never strands an entry.
+    let clock_stepped = meta.next_attempt > now + ctx.config.spool.max_retry.secs() as i64;
+    if backoff == Backoff::Honour && meta.next_attempt > now && !clock_stepped {
+        summary.retry_later += 1;
+        return Ok(());
+    }
+    let outcome = deliver(ctx, &meta, &msg, "queue");
+    let why = match outcome {
+        Outcome::Delivered { rejected, .. } => {
+            let deferred = deferred_recipients(rejected);
+            if deferred.is_empty() {
+                spool.remove(Kind::Queue, id)?;
+                summary.delivered += 1;
+                return Ok(());
+            }
+            // Delivered to some; just the ones the relay put off stay queued.
+            summary.delivered += 1;
+            meta.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
+            describe(&deferred)
+        }
+        Outcome::Permanent(why) => {
+            give_up(ctx, spool, Kind::Queue, &mut meta, &msg, &why)?;
+            summary.failed += 1;
+            return Ok(());
+        }
+        Outcome::Unreachable(why) => {
+            summary.relay_down = Some(why.clone());
+            why
+        }
+        Outcome::Temporary(why) => why,
+    };
+    meta.attempts += 1;
+    meta.last_error = why.clone();
+    if expired(ctx, &meta, now) {
+        let why = format!(
+            "still undeliverable after {} and {} attempts (max_age): {why}",
+            crate::config::Duration((now - meta.time).max(1) as u64),
+            meta.attempts
+        );
+        give_up(ctx, spool, Kind::Queue, &mut meta, &msg, &why)?;
+        summary.failed += 1;
+        return Ok(());
+    }
+    meta.next_attempt = now + backoff_delay(ctx, meta.attempts);
+    spool.keep(Kind::Queue, &meta, &msg)?;
+    summary.retry_later += 1;
+    Ok(())
+}
+
+/// An entry gives up after `max_age` by the clock *and* enough real attempts to have spanned
+/// `max_age` at the longest retry interval (`max_age / max_retry`). A clock step forward
+/// cannot fail mail that was never really retried; a clock that is right fails it on time.
+fn expired(ctx: &Context, meta: &Meta, now: i64) -> bool {
+    let max_age = ctx.config.spool.max_age.secs();
+    let needed = max_age.div_ceil(ctx.config.spool.max_retry.secs().max(1));
+    now - meta.time > max_age as i64 && u64::from(meta.attempts) >= needed
+}
+
+/// The recipients the relay put off (4xx); 5xx ones are final and only logged.
+fn deferred_recipients(rejected: Vec<(String, Reply)>) -> Vec<(String, Reply)> {
+    rejected
+        .into_iter()
+        .filter(|(_, r)| !r.is_permanent())
+        .collect()
+}
+
+fn describe(deferred: &[(String, Reply)]) -> String {
+    let list: Vec<String> = deferred
+        .iter()
+        .take(5)
+        .map(|(r, reply)| format!("<{r}> ({reply})"))
+        .collect();
+    let more = deferred.len().saturating_sub(5);
+    if more > 0 {
+        format!("relay deferred {} and {more} more", list.join(", "))
+    } else {
+        format!("relay deferred {}", list.join(", "))
+    }
+}
+
+/// Log an entry that could not be handled and count it; the run goes on.
+fn entry_error(
+    ctx: &Context,
+    spool: &Spool<'_>,
+    kind: Kind,
+    id: &str,
+    f: &Failure,
+    summary: &mut Summary,
+) {
+    summary.errors += 1;
+    let mut fields = Fields::default();
+    fields
+        .add("id", id)
+        .add("spool", kind.dir())
+        .add("status", "error")
+        .add("reason", &f.message);
+    ctx.logger.log(Severity::Warning, fields.as_str());
+    // A damaged entry can never be delivered: it goes to failed/ for the admin to see.
+    if f.exit == Exit::DataErr {
+        let _ = spool.quarantine(kind, id, &f.message);
+        if !ctx.config.alerts.admin.is_empty() {
+            let admin = ctx.qualify(&ctx.config.alerts.admin);
+            ctx.send_internal(
+                notify::damaged_message(
+                    kind.dir(),
+                    id,
+                    &f.message,
+                    &ctx.names.hostname,
+                    &admin,
+                    &ctx.names.origin,
+                ),
+                &admin,
+                "damaged",
+            );
+        }
+    }
 }
 
 fn release_deferred(
@@ -101,58 +234,88 @@ fn release_deferred(
     summary: &mut Summary,
 ) -> Result<(), Failure> {
     let mut blocked: BTreeSet<String> = BTreeSet::new();
-    for meta in spool.list(Kind::Defer)? {
-        if blocked.contains(&meta.account) {
+    for id in spool.ids(Kind::Defer)? {
+        if summary.relay_down.is_some() {
             summary.still_deferred += 1;
             continue;
         }
-        let (mut meta, msg) = spool.load(Kind::Defer, &meta.id)?;
-        let attempt = limits::Attempt {
-            account: &meta.account,
-            recipients: meta.recipients.len() as u32,
-            now,
-            sender: meta.sender.as_deref().unwrap_or("<>"),
-            subject: &meta.subject,
-            count_refusal: false,
-            test_clock: ctx.fixed_now.is_some(),
-        };
-        let decision = ctx
-            .store()?
-            .check_and_record(&ctx.config, &attempt, &mut |w| {
-                ctx.logger.log(Severity::Warning, w)
-            })?;
-        let ticket = match decision.verdict {
-            Verdict::Accepted(t) => t,
-            Verdict::Refused(_) | Verdict::StoreUnavailable(_) => {
-                // Order is kept per account: nothing of it goes before this one.
-                blocked.insert(meta.account.clone());
-                summary.still_deferred += 1;
-                continue;
-            }
-            Verdict::Locked(reason) => {
-                meta.reason = format!("account locked: {reason}");
-                spool.move_entry(Kind::Defer, Kind::Hold, &meta, &msg)?;
-                continue;
-            }
-        };
-        match deliver(ctx, &meta, &msg, "defer") {
-            Outcome::Delivered { .. } => {
-                spool.remove(Kind::Defer, &meta.id)?;
-                summary.released += 1;
-            }
-            Outcome::Temporary(why) => {
-                meta.last_error = why;
-                meta.next_attempt = now + backoff(ctx, 1);
+        if let Err(f) = release_one(ctx, spool, &id, now, &mut blocked, summary) {
+            entry_error(ctx, spool, Kind::Defer, &id, &f, summary);
+        }
+    }
+    Ok(())
+}
+
+fn release_one(
+    ctx: &Context,
+    spool: &Spool<'_>,
+    id: &str,
+    now: i64,
+    blocked: &mut BTreeSet<String>,
+    summary: &mut Summary,
+) -> Result<(), Failure> {
+    let Some(claim) = spool.claim(Kind::Defer, id)? else {
+        return Ok(());
+    };
+    let (mut meta, msg) = (claim.meta, claim.msg);
+    if blocked.contains(&meta.account) {
+        summary.still_deferred += 1;
+        return Ok(());
+    }
+    let attempt = limits::Attempt {
+        account: &meta.account,
+        recipients: meta.recipients.len() as u32,
+        now,
+        sender: meta.sender.as_deref().unwrap_or("<>"),
+        subject: &meta.subject,
+        count_refusal: false,
+        test_clock: ctx.fixed_now.is_some(),
+    };
+    let decision = ctx
+        .store()?
+        .check_and_record(&ctx.config, &attempt, &mut |w| {
+            ctx.logger.log(Severity::Warning, w)
+        })?;
+    let ticket = match decision.verdict {
+        Verdict::Accepted(t) => t,
+        Verdict::Refused(_) | Verdict::StoreUnavailable(_) => {
+            // Order is kept per account: nothing of it goes before this one.
+            blocked.insert(meta.account.clone());
+            summary.still_deferred += 1;
+            return Ok(());
+        }
+        Verdict::Locked(reason) => {
+            meta.reason = format!("account locked: {reason}");
+            spool.move_entry(Kind::Defer, Kind::Hold, &meta, &msg)?;
+            return Ok(());
+        }
+    };
+    match deliver(ctx, &meta, &msg, "defer") {
+        Outcome::Delivered { rejected, .. } => {
+            let deferred = deferred_recipients(rejected);
+            if deferred.is_empty() {
+                spool.remove(Kind::Defer, id)?;
+            } else {
+                meta.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
+                meta.last_error = describe(&deferred);
+                meta.next_attempt = now + backoff_delay(ctx, 1);
                 spool.move_entry(Kind::Defer, Kind::Queue, &meta, &msg)?;
-                summary.retry_later += 1;
             }
-            Outcome::Permanent(why) => {
-                if let Some(t) = &ticket {
-                    ctx.store()?.refund(&ctx.config, t)?;
-                }
-                give_up(ctx, spool, Kind::Defer, &mut meta, &msg, &why)?;
-                summary.failed += 1;
+            summary.released += 1;
+        }
+        Outcome::Temporary(why) | Outcome::Unreachable(why) => {
+            // Counted already: it now waits in the queue like any relay trouble.
+            meta.last_error = why;
+            meta.next_attempt = now + backoff_delay(ctx, 1);
+            spool.move_entry(Kind::Defer, Kind::Queue, &meta, &msg)?;
+            summary.retry_later += 1;
+        }
+        Outcome::Permanent(why) => {
+            if let Some(t) = &ticket {
+                ctx.store()?.refund(&ctx.config, t)?;
             }
+            give_up(ctx, spool, Kind::Defer, &mut meta, &msg, &why)?;
+            summary.failed += 1;
         }
     }
     Ok(())
@@ -191,7 +354,7 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome
         Outcome::Permanent(why) => {
             fields.add("status", "refused").add("reason", why);
         }
-        Outcome::Temporary(why) => {
+        Outcome::Temporary(why) | Outcome::Unreachable(why) => {
             fields.add("status", "deferred").add("reason", why);
         }
     }
@@ -213,7 +376,7 @@ fn give_up(
     if !meta.internal && !ctx.config.alerts.admin.is_empty() {
         let admin = ctx.qualify(&ctx.config.alerts.admin);
         ctx.send_internal(
-            notify::failed_message(meta, why, &ctx.hostname, &admin, &ctx.origin),
+            notify::failed_message(meta, why, &ctx.names.hostname, &admin, &ctx.names.origin),
             &admin,
             "failed",
         );
@@ -222,7 +385,7 @@ fn give_up(
 }
 
 /// retry, 2 x retry, 4 x retry, ... up to max_retry.
-fn backoff(ctx: &Context, attempts: u32) -> i64 {
+fn backoff_delay(ctx: &Context, attempts: u32) -> i64 {
     let first = ctx.config.spool.retry.secs();
     let delay = first.saturating_mul(1u64 << attempts.saturating_sub(1).min(20));
     delay.min(ctx.config.spool.max_retry.secs()) as i64
@@ -232,13 +395,30 @@ fn backoff(ctx: &Context, attempts: u32) -> i64 {
 pub fn release(ctx: &Context, id: &str) -> Result<String, Failure> {
     let state = ctx.state()?;
     let spool = Spool::new(state);
-    let (mut meta, msg) = spool.load(Kind::Hold, id)?;
+    let Some(claim) = spool.claim(Kind::Hold, id)? else {
+        return Err(Failure::new(
+            Exit::Unavailable,
+            format!("{id}: not held any more, or another process is handling it"),
+        ));
+    };
+    let (mut meta, msg) = (claim.meta, claim.msg);
     match deliver(ctx, &meta, &msg, "hold") {
-        Outcome::Delivered { reply, .. } => {
-            spool.remove(Kind::Hold, id)?;
-            Ok(format!("{id}: delivered ({reply})"))
+        Outcome::Delivered { reply, rejected } => {
+            let deferred = deferred_recipients(rejected);
+            if deferred.is_empty() {
+                spool.remove(Kind::Hold, id)?;
+                return Ok(format!("{id}: delivered ({reply})"));
+            }
+            meta.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
+            meta.last_error = describe(&deferred);
+            meta.next_attempt = ctx.now();
+            spool.move_entry(Kind::Hold, Kind::Queue, &meta, &msg)?;
+            Ok(format!(
+                "{id}: delivered ({reply}); {}: moved to the queue",
+                meta.last_error
+            ))
         }
-        Outcome::Temporary(why) => {
+        Outcome::Temporary(why) | Outcome::Unreachable(why) => {
             meta.last_error = why.clone();
             meta.next_attempt = ctx.now();
             spool.move_entry(Kind::Hold, Kind::Queue, &meta, &msg)?;

@@ -7,7 +7,7 @@
 //! With PIPELINING, MAIL, every RCPT and DATA go out in one write.
 
 use crate::message::Message;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -49,9 +49,15 @@ pub enum Outcome {
     },
     /// 5xx: the relay will never take it as it is.
     Permanent(String),
-    /// 4xx, no connection, or timeout: may work later.
+    /// 4xx for the message as a whole: may work later.
     Temporary(String),
+    /// No connection, a timeout, a broken dialogue: the relay itself is not working now, so
+    /// `queue run` stops trying it for the rest of the run.
+    Unreachable(String),
 }
+
+/// Transactions per message when the relay takes only some recipients at a time (452).
+const MAX_TRANSACTIONS: usize = 1000;
 
 pub struct Relay<'a> {
     pub host: &'a str,
@@ -61,7 +67,67 @@ pub struct Relay<'a> {
 }
 
 impl Relay<'_> {
+    /// Relay `msg` to every recipient. A relay that answers 452 (too many recipients) to some
+    /// RCPTs after taking others gets the rest in further transactions; every other refused
+    /// recipient is reported in `Delivered::rejected` with its own reply, 4xx ones included,
+    /// so that the caller keeps them for a retry.
     pub fn send(&self, env: &Envelope<'_>, msg: &Message) -> Outcome {
+        let mut pending: Vec<String> = env.recipients.to_vec();
+        let mut delivered: Option<Reply> = None;
+        let mut rejected: Vec<(String, Reply)> = Vec::new();
+        for _ in 0..MAX_TRANSACTIONS {
+            let outcome = self.transaction_with_deadline(
+                &Envelope {
+                    sender: env.sender,
+                    recipients: &pending,
+                },
+                msg,
+            );
+            match outcome {
+                Outcome::Delivered {
+                    reply,
+                    rejected: refused,
+                } => {
+                    delivered.get_or_insert(reply);
+                    pending = split_too_many(refused, &mut rejected);
+                    if pending.is_empty() {
+                        break;
+                    }
+                }
+                // The first transaction decides alone unless it delivered something.
+                other if delivered.is_none() => return other,
+                Outcome::Permanent(why) => {
+                    let reply = Reply {
+                        code: 554,
+                        text: why,
+                    };
+                    rejected.extend(pending.drain(..).map(|r| (r, reply.clone())));
+                    break;
+                }
+                Outcome::Temporary(why) | Outcome::Unreachable(why) => {
+                    let reply = Reply {
+                        code: 451,
+                        text: why,
+                    };
+                    rejected.extend(pending.drain(..).map(|r| (r, reply.clone())));
+                    break;
+                }
+            }
+        }
+        // Still over the relay's recipient limit after MAX_TRANSACTIONS: retried later.
+        let reply = Reply {
+            code: 452,
+            text: "too many recipients for one run".into(),
+        };
+        rejected.extend(pending.into_iter().map(|r| (r, reply.clone())));
+        match delivered {
+            Some(reply) => Outcome::Delivered { reply, rejected },
+            None => Outcome::Temporary("relay took no recipient".into()),
+        }
+    }
+
+    /// One SMTP transaction, bounded by one wall-clock deadline of `timeout`.
+    fn transaction_with_deadline(&self, env: &Envelope<'_>, msg: &Message) -> Outcome {
         let deadline = Instant::now() + self.timeout;
         match self.transaction(env, msg, deadline) {
             Ok(outcome) => outcome,
@@ -77,7 +143,7 @@ impl Relay<'_> {
                     }
                     _ => format!("relay {}:{}: {e}", self.host, self.port),
                 };
-                Outcome::Temporary(what)
+                Outcome::Unreachable(what)
             }
         }
     }
@@ -102,9 +168,11 @@ impl Relay<'_> {
         let stream = self.connect(deadline)?;
         stream.set_nodelay(true)?;
         let mut conn = Conn {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: BufWriter::with_capacity(64 * 1024, stream),
-            deadline,
+            reader: BufReader::new(Deadlined {
+                stream: stream.try_clone()?,
+                deadline,
+            }),
+            writer: BufWriter::with_capacity(64 * 1024, Deadlined { stream, deadline }),
         };
         let greeting = conn.reply()?;
         if !greeting.is_positive() {
@@ -224,6 +292,23 @@ impl Relay<'_> {
     }
 }
 
+/// Recipients refused with 452 (too many recipients, RFC 5321 4.5.3.1.10) go to the next
+/// transaction; every other refusal is final for this attempt and goes to `rejected`.
+fn split_too_many(
+    refused: Vec<(String, Reply)>,
+    rejected: &mut Vec<(String, Reply)>,
+) -> Vec<String> {
+    let mut next = Vec::new();
+    for (rcpt, reply) in refused {
+        if reply.code == 452 {
+            next.push(rcpt);
+        } else {
+            rejected.push((rcpt, reply));
+        }
+    }
+    next
+}
+
 fn all_rejected(mut conn: Conn, env: &Envelope<'_>, replies: Vec<Reply>) -> Outcome {
     conn.quit();
     // Temporary if any recipient might work later, permanent only if all were refused for good.
@@ -250,6 +335,9 @@ fn classify(stage: &str, reply: Reply) -> Outcome {
     }
 }
 
+/// RFC 5321 allows 512 octets per reply line; Postfix sends far less.
+const MAX_REPLY_LINE: u64 = 4096;
+
 fn remaining(deadline: Instant) -> io::Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -259,10 +347,39 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
     }
 }
 
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+/// A socket whose every read and write gets only the time left until one deadline, so a relay
+/// that trickles a byte at a time (or reads DATA slowly) cannot stretch the transaction: the
+/// socket timeout is set anew before each system call, never once per line.
+struct Deadlined {
+    stream: TcpStream,
     deadline: Instant,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream
+            .set_read_timeout(Some(remaining(self.deadline)?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream
+            .set_write_timeout(Some(remaining(self.deadline)?))?;
+        // Small writes: a relay reading slowly returns to the deadline check often.
+        let chunk = &buf[..buf.len().min(16 * 1024)];
+        self.stream.write(chunk)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+struct Conn {
+    reader: BufReader<Deadlined>,
+    writer: BufWriter<Deadlined>,
 }
 
 impl Conn {
@@ -273,9 +390,6 @@ impl Conn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.writer
-            .get_ref()
-            .set_write_timeout(Some(remaining(self.deadline)?))?;
         self.writer.flush()
     }
 
@@ -284,11 +398,13 @@ impl Conn {
         let mut text = String::new();
         let mut line = Vec::new();
         loop {
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(remaining(self.deadline)?))?;
             line.clear();
-            if self.reader.read_until(b'\n', &mut line)? == 0 {
+            // A reply line longer than any real one is a relay talking endlessly.
+            if (&mut self.reader)
+                .take(MAX_REPLY_LINE)
+                .read_until(b'\n', &mut line)?
+                == 0
+            {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "relay closed the connection",
@@ -302,6 +418,12 @@ impl Conn {
                 .ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("malformed reply {l:?}"))
                 })?;
+            if text.len() > 64 * 1024 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "relay reply longer than 64 KiB",
+                ));
+            }
             if !text.is_empty() {
                 text.push('\n');
             }

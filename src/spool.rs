@@ -67,9 +67,39 @@ pub struct Meta {
     pub internal: bool,
 }
 
+impl Meta {
+    /// Stand-in for an entry whose envelope line cannot be read.
+    pub fn damaged(id: &str, why: &str) -> Meta {
+        Meta {
+            id: id.to_string(),
+            account: "(damaged)".into(),
+            uid: 0,
+            user: String::new(),
+            script: String::new(),
+            sender: None,
+            recipients: Vec::new(),
+            subject: String::new(),
+            size: 0,
+            time: 0,
+            reason: why.to_string(),
+            attempts: 0,
+            next_attempt: 0,
+            last_error: why.to_string(),
+            internal: false,
+        }
+    }
+}
+
 /// IDs come from argv in admin commands: only what `pipeline::queue_id` makes is accepted.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// An entry that this process alone handles until it drops.
+pub struct Claim {
+    pub meta: Meta,
+    pub msg: Message,
+    _lock: File,
 }
 
 pub struct Spool<'a> {
@@ -158,7 +188,70 @@ impl<'a> Spool<'a> {
         fsync_dir(&dest).map_err(fail)
     }
 
-    /// All entries of `kind`, oldest first.
+    /// The ids in `kind`, oldest first (an id begins with its creation time in hex).
+    pub fn ids(&self, kind: Kind) -> Result<Vec<String>, Failure> {
+        let dir = self.state.path().join(kind.dir());
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Failure::io(
+                    Exit::IoErr,
+                    format!("cannot list {}", dir.display()),
+                    &e,
+                ));
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| valid_id(name))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Move an entry that cannot be read as it is to failed/, for the admin to look at.
+    pub fn quarantine(&self, from: Kind, id: &str, why: &str) -> Result<(), Failure> {
+        let name = checked_name(id)?;
+        let src = self.dir(from.dir())?;
+        let dest = self.dir(Kind::Failed.dir())?;
+        // SAFETY: both fds are directories, name a valid C string.
+        if unsafe {
+            libc::renameat(
+                src.as_raw_fd(),
+                name.as_ptr(),
+                dest.as_raw_fd(),
+                name.as_ptr(),
+            )
+        } != 0
+        {
+            let e = io::Error::last_os_error();
+            return Err(Failure::io(
+                Exit::IoErr,
+                format!(
+                    "cannot move damaged {} to failed/ ({why})",
+                    self.path(from, id)
+                ),
+                &e,
+            ));
+        }
+        fsync_dir(&dest).map_err(|e| Failure::io(Exit::IoErr, "cannot sync failed/", &e))
+    }
+
+    /// Delete an entry unless another process is handling it. `false`: busy or gone.
+    pub fn delete(&self, kind: Kind, id: &str) -> Result<bool, Failure> {
+        match self.claim(kind, id) {
+            Ok(Some(_claim)) => self.remove(kind, id).map(|()| true),
+            Ok(None) => Ok(false),
+            // A damaged entry can still be deleted; nobody can be delivering it.
+            Err(f) if f.exit == Exit::DataErr => self.remove(kind, id).map(|()| true),
+            Err(f) => Err(f),
+        }
+    }
+
+    /// All entries of `kind`, oldest first. A damaged entry is listed with account
+    /// `(damaged)` and the reason, so that it never goes unseen.
     pub fn list(&self, kind: Kind) -> Result<Vec<Meta>, Failure> {
         let dir = self.state.path().join(kind.dir());
         let entries = match std::fs::read_dir(&dir) {
@@ -179,8 +272,10 @@ impl<'a> Spool<'a> {
                 continue;
             }
             // An entry removed meanwhile (another queue run) is simply gone.
-            if let Ok(meta) = self.read_meta(kind, &name) {
-                metas.push(meta);
+            match self.read_meta(kind, &name) {
+                Ok(meta) => metas.push(meta),
+                Err(f) if f.exit == Exit::DataErr => metas.push(Meta::damaged(&name, &f.message)),
+                Err(_) => {}
             }
         }
         metas.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
@@ -237,8 +332,58 @@ impl<'a> Spool<'a> {
         })
     }
 
-    pub fn load(&self, kind: Kind, id: &str) -> Result<(Meta, Message), Failure> {
-        let mut reader = BufReader::with_capacity(64 * 1024, self.open(kind, id)?);
+    /// Take an entry for delivery, release or deletion: at most one process at a time holds
+    /// it (an flock on the entry file, kept until the `Claim` drops). `Ok(None)` when another
+    /// process holds it or it is gone (delivered or deleted meanwhile). Every change to a
+    /// claimed entry replaces or removes the file, so a claim on an inode that is no longer
+    /// the entry is detected and taken again.
+    pub fn claim(&self, kind: Kind, id: &str) -> Result<Option<Claim>, Failure> {
+        let name = checked_name(id)?;
+        let dir = self.dir(kind.dir())?;
+        loop {
+            let file = match self.open(kind, id) {
+                Ok(f) => f,
+                Err(f) if f.exit == Exit::Usage => return Ok(None),
+                Err(f) => return Err(f),
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Failure::io(
+                        Exit::IoErr,
+                        format!("cannot lock {}", self.path(kind, id)),
+                        &e,
+                    ));
+                }
+            }
+            match same_file_at(&dir, &name, &file) {
+                Ok(true) => {}
+                // Replaced by its previous holder: take the new file.
+                Ok(false) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(Failure::io(
+                        Exit::IoErr,
+                        format!("cannot stat {}", self.path(kind, id)),
+                        &e,
+                    ));
+                }
+            }
+            let lock = file
+                .try_clone()
+                .map_err(|e| Failure::io(Exit::OsErr, "cannot duplicate a file descriptor", &e))?;
+            let (meta, msg) = self.load_from(file, kind, id)?;
+            return Ok(Some(Claim {
+                meta,
+                msg,
+                _lock: lock,
+            }));
+        }
+    }
+
+    fn load_from(&self, file: File, kind: Kind, id: &str) -> Result<(Meta, Message), Failure> {
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
         let meta = self.meta_line(&mut reader, kind, id)?;
         let msg =
             message::read_message(&mut reader, Terminator::Eof, u64::MAX).map_err(|e| match e {
@@ -360,6 +505,26 @@ fn unlink_at(dir: &OwnedFd, name: &CString) {
     unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
 }
 
+/// Whether `name` in `dir` is still the file `file` has open.
+fn same_file_at(dir: &OwnedFd, name: &CString, file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata()?;
+    // SAFETY: dir is a directory fd, name a valid C string, st is written by fstatat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_ino == open.ino() && st.st_dev == open.dev())
+}
+
 fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
     // SAFETY: fsync on an owned, open fd.
     if unsafe { libc::fsync(dir.as_raw_fd()) } != 0 {
@@ -404,8 +569,11 @@ mod tests {
         };
         spool.keep(Kind::Hold, &meta, &msg).unwrap();
         assert_eq!(spool.list(Kind::Hold).unwrap(), vec![meta.clone()]);
-        let (m, back) = spool.load(Kind::Hold, "ABC123").unwrap();
-        assert_eq!((m, back), (meta.clone(), msg.clone()));
+        let claim = spool.claim(Kind::Hold, "ABC123").unwrap().expect("free");
+        assert_eq!((&claim.meta, &claim.msg), (&meta, &msg));
+        // Held by this claim: a second claimant (another process's flock) gets nothing.
+        assert!(spool.claim(Kind::Hold, "ABC123").unwrap().is_none());
+        drop(claim);
         meta.attempts = 2;
         spool
             .move_entry(Kind::Hold, Kind::Queue, &meta, &msg)
@@ -413,7 +581,7 @@ mod tests {
         assert_eq!(spool.find("ABC123"), Some(Kind::Queue));
         assert!(spool.list(Kind::Hold).unwrap().is_empty());
         assert_eq!(spool.count(Kind::Queue, "a"), 1);
-        assert!(spool.load(Kind::Queue, "../x").is_err());
+        assert!(spool.claim(Kind::Queue, "../x").is_err());
         spool.remove(Kind::Queue, "ABC123").unwrap();
         assert_eq!(spool.find("ABC123"), None);
         // An unfinished write in tmp/ goes once it is old enough, not before.

@@ -131,14 +131,104 @@ impl Drop for Fpm {
     }
 }
 
-struct Cleanup;
+/// What the chain test finds before it changes anything, and puts back when it ends, pass or
+/// fail: it refuses to run over a real installation, and removes what it created.
+struct Host {
+    group_existed: bool,
+    mailboxes: Vec<(PathBuf, Option<Vec<u8>>)>,
+}
 
-impl Drop for Cleanup {
+/// The chain test and the prefix test both create and remove group mailgate: one at a time.
+static SYSTEM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const MAILBOXES: [&str; 3] = ["/var/mail/root", "/var/mail/mgchain1", "/var/mail/mgchain2"];
+
+impl Host {
+    fn take_over() -> Host {
+        for path in ["/usr/sbin/mailgate", "/etc/mailgate", "/var/lib/mailgate"] {
+            assert!(
+                !Path::new(path).exists(),
+                "{path} exists: refusing to run the chain test over a real mailgate installation"
+            );
+        }
+        for u in USERS {
+            assert!(
+                !sh(&format!("id {u}")).status.success(),
+                "user {u} exists: an earlier run did not clean up, or it is a real user"
+            );
+        }
+        let group_existed = sh("getent group mailgate").status.success();
+        // The test reads mailboxes from their start, so a message of an earlier run (or the
+        // host's own mail) never counts; they come back as they were at the end.
+        let mailboxes = MAILBOXES
+            .iter()
+            .map(|m| {
+                let path = PathBuf::from(m);
+                let before = std::fs::read(&path).ok();
+                let _ = std::fs::remove_file(&path);
+                (path, before)
+            })
+            .collect();
+        Host {
+            group_existed,
+            mailboxes,
+        }
+    }
+}
+
+impl Drop for Host {
     fn drop(&mut self) {
         let repo = env!("CARGO_MANIFEST_DIR");
-        let _ = sh(&format!("{repo}/install.sh --uninstall >/dev/null 2>&1"));
-        let _ = sh("postfix stop >/dev/null 2>&1; /etc/init.d/postfwd stop >/dev/null 2>&1");
+        // Held test mail in the relay instance would keep --uninstall from destroying it.
+        let _ = sh("postsuper -c /etc/postfix-postfwd -d ALL >/dev/null 2>&1");
+        if Path::new("/usr/sbin/mailgate").exists() {
+            let _ = sh(&format!("{repo}/install.sh --uninstall >/dev/null 2>&1"));
+        }
+        // The test created these (take_over checked they were absent).
+        let _ = std::fs::remove_dir_all("/etc/mailgate");
+        let _ = std::fs::remove_dir_all("/var/lib/mailgate");
+        let _ = std::fs::remove_dir_all(LOGDIR);
+        for u in USERS {
+            let _ = sh(&format!("userdel {u} >/dev/null 2>&1"));
+        }
+        if !self.group_existed {
+            let _ = sh("groupdel mailgate >/dev/null 2>&1");
+        }
+        for (path, before) in &self.mailboxes {
+            match before {
+                Some(bytes) => {
+                    let _ = std::fs::write(path, bytes);
+                }
+                None => {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
     }
+}
+
+/// TCP listeners with their processes (`ss -ltnp`), one "address process" per line.
+fn listeners() -> std::collections::BTreeSet<String> {
+    must("ss -Hltnp")
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let process = l.split("((\"").nth(1)?.split('"').next()?;
+            Some(format!("{} {process}", cols.get(3)?))
+        })
+        .collect()
+}
+
+fn mailbox(user: &str) -> String {
+    std::fs::read_to_string(format!("/var/mail/{user}")).unwrap_or_default()
+}
+
+/// Wait until `user`'s mailbox holds a message containing `needle`.
+fn wait_mailbox(user: &str, needle: &str) -> String {
+    wait_for(&format!("{needle:?} in /var/mail/{user}"), || {
+        let m = mailbox(user);
+        m.contains(needle).then_some(m)
+    })
 }
 
 #[test]
@@ -154,32 +244,49 @@ fn php_to_postfwd_chain_end_to_end() {
         "php-fpm8.2",
         "cgi-fcgi",
         "dpkg-divert",
+        "ss",
+        "pgrep",
     ] {
         assert!(
             sh(&format!("command -v {tool}")).status.success(),
             "{tool} is missing (.ci/run installs it)"
         );
     }
-    // Logs of an earlier run must not count.
+    let _one_at_a_time = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    let _host = Host::take_over();
+    // A fresh log directory: lines of an earlier run must not count.
     let _ = std::fs::remove_dir_all(LOGDIR);
-    let _ = std::fs::remove_file("/var/lib/mailgate/chain.log");
-    for spool in ["queue", "defer", "hold", "failed"] {
-        let _ = std::fs::remove_dir_all(format!("/var/lib/mailgate/{spool}"));
-    }
     std::fs::create_dir_all(LOGDIR).unwrap();
-    must("getent group mailgate >/dev/null || groupadd --system mailgate");
     for u in USERS {
         must(&format!(
-            "id {u} >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin {u}"
+            "useradd --no-create-home --shell /usr/sbin/nologin {u}"
         ));
     }
     let before_main_cf = std::fs::read("/etc/postfix/main.cf").ok();
+    let before_listeners = listeners();
+    let cron_ran_before = sh("pgrep -x cron").status.success();
     let sink = Sink::start(&[]);
-    let _cleanup = Cleanup;
 
     // Install; the second run is a no-op.
     let first = install(sink.port, "--postfwd-action reject");
     assert!(first.contains("install.sh: done:"), "{first}");
+    // The queue runner is in place and its daemon runs (a bare host has no cron daemon).
+    assert!(first.contains("install.sh: queue runner: "), "{first}");
+    if !Path::new("/run/systemd/system").exists() {
+        assert!(Path::new("/etc/cron.d/mailgate").exists());
+        assert!(
+            sh("pgrep -x cron").status.success(),
+            "install.sh said it set up cron, but no cron daemon runs:\n{first}"
+        );
+    }
+    // State subdirectories belong to root, whoever sends first.
+    for sub in ["accounts", "queue", "defer", "hold", "failed", "tmp"] {
+        assert_eq!(
+            must(&format!("stat -c '%a %U:%G' /var/lib/mailgate/{sub}")).trim(),
+            "2770 root:mailgate",
+            "{sub}"
+        );
+    }
     let second = install(sink.port, "--postfwd-action reject");
     assert!(
         second.contains("install.sh: done: 0 changes"),
@@ -204,7 +311,10 @@ fn php_to_postfwd_chain_end_to_end() {
         TcpStream::connect(("127.0.0.1", 10040)).ok()
     });
 
-    let config = "[log]\nfile = \"/var/lib/mailgate/chain.log\"\n[alerts]\nadmin = \"\"\n\
+    // Alerts go to root (the default), to prove they arrive; a queued message is retried after
+    // a second, so that the installed scheduler's next run (cron: once a minute) delivers it.
+    let config = "[log]\nfile = \"/var/lib/mailgate/chain.log\"\n[alerts]\nadmin = \"root\"\n\
+                  [spool]\nretry = \"1s\"\nmax_retry = \"1s\"\n\
                   [defaults]\nlimits = [ { window = \"1h\", messages = 3 } ]\n[accounts.root]\nexempt = true\n\
                   [accounts.\"site1.example\"]\nusers = [\"mgchain1\"]\nlimits = [ { window = \"1h\", messages = 2 } ]\n";
     std::fs::write("/etc/mailgate/mailgate.toml", config).unwrap();
@@ -295,6 +405,8 @@ fn php_to_postfwd_chain_end_to_end() {
     };
     let results: Vec<String> = (0..3).map(fcgi).collect();
     assert_eq!(results, ["T", "T", "F"], "the pool's account allows 2");
+    // The refusal alerted the admin ("root", qualified with the origin): it arrives locally.
+    wait_mailbox("root", "mailgate: account site1.example exceeded");
     let log = std::fs::read_to_string("/var/lib/mailgate/chain.log").unwrap();
     assert_eq!(
         log.lines()
@@ -371,7 +483,9 @@ fn php_to_postfwd_chain_end_to_end() {
     let st = must("/usr/sbin/mailgate status mgchain1 --json");
     assert!(st.contains("\"messages\": 2"), "{st}");
 
-    // cron's mail to root still arrives (root is exempt; the second instance delivers locally).
+    // cron's mail to root arrives (root is exempt; the relay instance delivers locally), with
+    // its bare addresses qualified the way Postfix's cleanup would.
+    let token = format!("cron-{}-{}", std::process::id(), now_nanos());
     let o = run_with_input(
         Command::new("/usr/sbin/sendmail").args([
             "-FCronDaemon",
@@ -380,14 +494,53 @@ fn php_to_postfwd_chain_end_to_end() {
             "-oem",
             "root",
         ]),
-        b"Subject: Cron <root@host> chain-test-cron\n\noutput\n",
+        format!(
+            "From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@host> {token}\n\noutput\n"
+        )
+        .as_bytes(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    wait_for("cron mail in /var/mail/root", || {
-        std::fs::read_to_string("/var/mail/root")
-            .ok()
-            .filter(|m| m.contains("chain-test-cron"))
-    });
+    let root_mail = wait_mailbox("root", &token);
+    let origin = must("postconf -c /etc/postfix-postfwd -h myorigin")
+        .trim()
+        .to_string();
+    assert!(
+        root_mail.contains(&format!("From: root@{origin} (Cron Daemon)"))
+            && root_mail.contains(&format!("To: root@{origin}")),
+        "{root_mail}"
+    );
+    // Every spelling of "local" reaches the mailbox: bare, localhost, the origin, the short
+    // host name; and another local login.
+    let short = must("cat /proc/sys/kernel/hostname").trim().to_string();
+    for (i, rcpt) in [
+        "root".to_string(),
+        "root@localhost".to_string(),
+        format!("root@{origin}"),
+        format!("root@{short}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        // Each from its own sender: postfwd allows root@origin only 5 per hour here.
+        let tag = format!("{token}-spelling-{i}");
+        let o = run_with_input(
+            Command::new("/usr/sbin/sendmail").args([
+                "-f",
+                &format!("spelling{i}@example.org"),
+                "-i",
+                rcpt,
+            ]),
+            format!("Subject: {tag}\n\nx\n").as_bytes(),
+        );
+        assert!(o.status.success(), "{rcpt}: {}", stderr(&o));
+        wait_mailbox("root", &tag);
+    }
+    let o = run_with_input(
+        Command::new("/usr/sbin/sendmail").args(["-f", "login@example.org", "-i", USERS[1]]),
+        format!("Subject: {token}-login\n\nx\n").as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_mailbox(USERS[1], &format!("{token}-login"));
 
     // Relay down: mail() still returns true, the message waits in mailgate's queue.
     must("postmulti -i postfix-postfwd -p stop");
@@ -410,28 +563,53 @@ fn php_to_postfwd_chain_end_to_end() {
     wait_for("the relay to return", || {
         TcpStream::connect(("127.0.0.1", 10025)).ok()
     });
-    // `queue run` honours the retry backoff (5 minutes); make the entry due now instead of
-    // waiting (MAILGATE_NOW is ignored by the setgid binary, as it must be).
-    let entries: serde_json::Value = serde_json::from_str(&queued).unwrap();
-    let late = entries
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["recipients"][0] == "late@example.net")
-        .unwrap();
-    let id = late["id"].as_str().unwrap().to_string();
-    rewrite_next_attempt(&id);
-    must("/usr/sbin/mailgate queue run");
-    wait_for("the queued mail at the sink", || {
-        sink.received()
-            .into_iter()
-            .find(|r| r.rcpts == ["late@example.net"])
+    // Nobody calls `queue run`: the installed scheduler does, within a minute or two.
+    wait_for_within(
+        "the installed queue runner to deliver the queued mail",
+        std::time::Duration::from_secs(150),
+        || {
+            sink.received()
+                .into_iter()
+                .find(|r| r.rcpts == ["late@example.net"])
+        },
+    );
+    wait_for("the queue to be empty", || {
+        (!must("/usr/sbin/mailgate queue list --json").contains("late@example.net")).then_some(())
     });
-    assert!(!must("/usr/sbin/mailgate queue list --json").contains("late@example.net"));
 
-    // --uninstall restores what was there.
+    // --uninstall restores what was there; its dry run lists exactly the changes it makes.
+    must("postsuper -c /etc/postfix-postfwd -d ALL");
     let repo = env!("CARGO_MANIFEST_DIR");
-    must(&format!("{repo}/install.sh --uninstall"));
+    let dry = must(&format!("{repo}/install.sh --uninstall --dry-run"));
+    let real = must(&format!("{repo}/install.sh --uninstall"));
+    let planned: Vec<&str> = dry
+        .lines()
+        .filter_map(|l| l.strip_prefix("would run: "))
+        .collect();
+    let done: Vec<&str> = real.lines().filter_map(|l| l.strip_prefix("+ ")).collect();
+    assert_eq!(planned, done, "dry run:\n{dry}\nreal run:\n{real}");
+    assert!(!planned.is_empty());
+    assert!(
+        listeners().is_subset(&before_listeners),
+        "processes that install.sh started still listen:\n{:?}\nbefore: {:?}",
+        listeners(),
+        before_listeners
+    );
+    assert_eq!(
+        sh("pgrep -x cron").status.success(),
+        cron_ran_before,
+        "cron runs as it did before the install"
+    );
+    for dir in [
+        "/var/spool/postfix-postfwd",
+        "/var/lib/postfix-postfwd",
+        "/etc/postfix-postfwd",
+    ] {
+        assert!(!Path::new(dir).exists(), "{dir} is left behind");
+    }
+    if Path::new("/etc/postfix/main.cf").exists() {
+        must("postfix check");
+    }
     assert_eq!(
         std::fs::read("/etc/postfix/main.cf").ok(),
         before_main_cf,
@@ -452,24 +630,14 @@ fn php_to_postfwd_chain_end_to_end() {
     );
 }
 
-/// Make a queued entry due now (the timer would do the same a few minutes later).
-fn rewrite_next_attempt(id: &str) {
-    let path = PathBuf::from("/var/lib/mailgate/queue").join(id);
-    let bytes = std::fs::read(&path).unwrap();
-    let split = bytes.iter().position(|&b| b == b'\n').unwrap();
-    let mut meta: serde_json::Value = serde_json::from_slice(&bytes[..split]).unwrap();
-    meta["next_attempt"] = 0.into();
-    let mut out = serde_json::to_vec(&meta).unwrap();
-    out.extend_from_slice(&bytes[split..]);
-    std::fs::write(&path, out).unwrap();
-}
-
 #[test]
 fn install_into_a_prefix_dry_run_and_non_root_refusal() {
     assert!(
         is_root(),
         "this test creates group mailgate and a setgid binary; run it as root (.ci/run)"
     );
+    let _one_at_a_time = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    let group_existed = sh("getent group mailgate").status.success();
     let repo = env!("CARGO_MANIFEST_DIR");
     let prefix = TempDir::new("prefix");
     let p = prefix.path().display().to_string();
@@ -504,6 +672,10 @@ fn install_into_a_prefix_dry_run_and_non_root_refusal() {
         "770 root:mailgate"
     );
     assert_eq!(
+        must(&format!("stat -c '%a %U:%G' {p}/var/lib/mailgate/queue")).trim(),
+        "2770 root:mailgate"
+    );
+    assert_eq!(
         must(&format!("readlink {p}/usr/lib/mailgate/sendmail")).trim(),
         "/usr/sbin/mailgate"
     );
@@ -528,4 +700,14 @@ fn install_into_a_prefix_dry_run_and_non_root_refusal() {
     assert!(stderr(&o).contains("must run as root"), "{}", stderr(&o));
     must(&format!("{repo}/install.sh --prefix {p} --uninstall"));
     assert!(!Path::new(&format!("{p}/usr/sbin/mailgate")).exists());
+    if !group_existed {
+        must("groupdel mailgate");
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

@@ -208,10 +208,20 @@ fn sender_default_is_the_real_uid_not_user() {
     };
     let got = rec.wait_count(1);
     assert_eq!(got[0].sender(), format!("{expected}@example.org"));
-    assert_eq!(
-        got[0].header("From").unwrap(),
+    // The From: that mailgate adds carries the password file's full name, as Postfix's does.
+    let passwd = std::process::Command::new("getent")
+        .args(["passwd", &expected])
+        .output()
+        .unwrap();
+    let passwd = String::from_utf8_lossy(&passwd.stdout);
+    let gecos = passwd.split(':').nth(4).unwrap_or("");
+    let full_name = gecos.split(',').next().unwrap_or("").trim();
+    let from = if full_name.is_empty() {
         format!("{expected}@example.org")
-    );
+    } else {
+        format!("{full_name} <{expected}@example.org>")
+    };
+    assert_eq!(got[0].header("From").unwrap(), from);
 }
 
 fn chown_recursive(dir: &std::path::Path, user: &str) {

@@ -26,14 +26,16 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Puts the test's config at the system path and restores what was there before.
 struct SystemConfig {
     backup: Option<Vec<u8>>,
+    made_dir: bool,
 }
 
 impl SystemConfig {
     fn install(text: &str) -> SystemConfig {
         let backup = std::fs::read(SYSTEM_CONFIG).ok();
+        let made_dir = !Path::new("/etc/mailgate").exists();
         std::fs::create_dir_all("/etc/mailgate").unwrap();
         std::fs::write(SYSTEM_CONFIG, text).unwrap();
-        SystemConfig { backup }
+        SystemConfig { backup, made_dir }
     }
 }
 
@@ -45,38 +47,66 @@ impl Drop for SystemConfig {
                 let _ = std::fs::remove_file(SYSTEM_CONFIG);
             }
         }
+        if self.made_dir {
+            let _ = std::fs::remove_dir("/etc/mailgate");
+        }
     }
 }
 
+/// The setgid install in a prefix; dropping it removes the prefix, the users and group it
+/// created and gives the directories above the prefix their modes back.
 struct Install {
     prefix: PathBuf,
     bin: PathBuf,
     state: PathBuf,
     log: PathBuf,
+    made_users: Vec<&'static str>,
+    made_group: bool,
+    changed_modes: Vec<(PathBuf, u32)>,
 }
 
 impl Drop for Install {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.prefix);
+        for u in &self.made_users {
+            let _ = sh(&format!("userdel {u}"));
+        }
+        if self.made_group {
+            let _ = sh("groupdel mailgate");
+        }
+        for (dir, mode) in &self.changed_modes {
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode));
+        }
     }
 }
 
 fn install() -> Install {
-    must("getent group mailgate >/dev/null || groupadd --system mailgate");
+    let made_group = !sh("getent group mailgate").status.success();
+    if made_group {
+        must("groupadd --system mailgate");
+    }
+    let mut made_users = Vec::new();
     for u in USERS {
-        must(&format!(
-            "id {u} >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin {u}"
-        ));
+        if !sh(&format!("id {u}")).status.success() {
+            must(&format!(
+                "useradd --no-create-home --shell /usr/sbin/nologin {u}"
+            ));
+            made_users.push(u);
+        }
     }
     let prefix =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("hostile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&prefix);
     std::fs::create_dir_all(&prefix).unwrap();
     // Every directory up to the prefix must be searchable by the test users.
+    let mut changed_modes = Vec::new();
     let mut p = prefix.clone();
     while p.pop() && p != Path::new("/") {
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o005)).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        if mode & 0o005 != 0o005 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o005)).unwrap();
+            changed_modes.push((p.clone(), mode));
+        }
     }
     std::fs::set_permissions(&prefix, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = prefix.join("mailgate");
@@ -94,6 +124,9 @@ fn install() -> Install {
         bin,
         state,
         log: logdir.join("mailgate.log"),
+        made_users,
+        made_group,
+        changed_modes,
     }
 }
 

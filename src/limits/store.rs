@@ -335,13 +335,36 @@ impl StateDir {
                 ));
             }
         }
-        open_dir_at(self.dir.as_raw_fd(), Path::new(name)).map_err(|e| {
+        let created = rc == 0;
+        let fd = open_dir_at(self.dir.as_raw_fd(), Path::new(name)).map_err(|e| {
             Failure::io(
                 Exit::OsErr,
                 format!("cannot open {}", self.path.join(name).display()),
                 &e,
             )
-        })
+        })?;
+        settle_subdir(&fd, created);
+        Ok(fd)
+    }
+}
+
+/// State subdirectories belong to root:mailgate with mode 2770 (install.sh makes them so).
+/// One that a customer's sender had to create is theirs until root's next `queue run` or
+/// `status` hands it back to root; best effort, the directory works either way.
+fn settle_subdir(fd: &OwnedFd, created: bool) {
+    // SAFETY: fd is an open directory; fstat writes into st; the getters cannot fail.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return;
+    }
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && st.st_uid != 0 {
+        // SAFETY: fd is an open directory; -1 keeps the group.
+        unsafe { libc::fchown(fd.as_raw_fd(), 0, u32::MAX) };
+    }
+    if created || (root && st.st_mode & 0o7777 != 0o2770) {
+        // SAFETY: fd is an open directory we own (or we are root).
+        unsafe { libc::fchmod(fd.as_raw_fd(), 0o2770) };
     }
 }
 

@@ -14,8 +14,13 @@ pub enum Mode {
     Deliver,
     /// Speak SMTP on stdin/stdout (`-bs`).
     Smtp,
-    /// A queue or alias operation that mailgate has nothing to do for (`-bp`, `-q`, `-bi`, `-I`,
-    /// `-bv`): exit 0, print nothing.
+    /// `-bp`, `mailq`: list the spools in Postfix's `mailq` layout.
+    ListQueue,
+    /// `-q`: try every queued message now (Postfix's `postqueue -f`).
+    Flush,
+    /// `-bi`, `-I`, `newaliases`: aliases are the relay's business; one line says so.
+    Aliases,
+    /// An operation with nothing to do (`-bv`, `-ba`): exit 0, print nothing.
     NoOp,
 }
 
@@ -148,7 +153,7 @@ fn apply_flag(inv: &mut Invocation, opt: u8) {
     match opt {
         b't' => inv.extract_recipients = true,
         b'i' => inv.ignore_dots = true,
-        b'I' => inv.mode = Mode::NoOp,
+        b'I' => inv.mode = Mode::Aliases,
         // -G -U -c -m -n -v -x: accepted and ignored, as Postfix does.
         _ => {}
     }
@@ -161,12 +166,14 @@ fn apply_value(inv: &mut Invocation, opt: u8, value: String) -> Result<(), Usage
         b'b' => match value.as_str() {
             "m" => inv.mode = Mode::Deliver,
             "s" => inv.mode = Mode::Smtp,
-            "p" | "i" | "v" | "a" => inv.mode = Mode::NoOp,
+            "p" => inv.mode = Mode::ListQueue,
+            "i" => inv.mode = Mode::Aliases,
+            "v" | "a" => inv.mode = Mode::NoOp,
             other => {
                 return Err(UsageError(format!("unsupported mode -b{other}")));
             }
         },
-        b'q' => inv.mode = Mode::NoOp,
+        b'q' => inv.mode = Mode::Flush,
         b'o' if value == "i" => {
             inv.ignore_dots = true;
         }
@@ -218,15 +225,16 @@ mod tests {
     fn modes() {
         assert_eq!(p(&["-bs"]).mode, Mode::Smtp);
         assert_eq!(p(&["-bm", "a@x"]).mode, Mode::Deliver);
-        for noop in [
-            &["-bp"][..],
-            &["-q"],
-            &["-q1h"],
-            &["-bi"],
-            &["-I"],
-            &["-bv", "a@x"],
+        for (args, mode) in [
+            (&["-bp"][..], Mode::ListQueue),
+            (&["-q"], Mode::Flush),
+            (&["-q1h"], Mode::Flush),
+            (&["-bi"], Mode::Aliases),
+            (&["-I"], Mode::Aliases),
+            (&["-bv", "a@x"], Mode::NoOp),
+            (&["-ba"], Mode::NoOp),
         ] {
-            assert_eq!(p(noop).mode, Mode::NoOp, "{noop:?}");
+            assert_eq!(p(args).mode, mode, "{args:?}");
         }
         assert!(parse(&["-bd"]).is_err());
     }

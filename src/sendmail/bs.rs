@@ -230,6 +230,30 @@ mod tests {
     }
 
     #[test]
+    fn end_of_input_inside_data_delivers_nothing() {
+        for tail in ["", "Subject: cut\r\n\r\nhalf a bo", "x\r\nQUIT\r\n"] {
+            let server = Server {
+                hostname: "h",
+                max_size: 1000,
+                unavailable: None,
+            };
+            let input = format!("EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n{tail}");
+            let mut out = Vec::new();
+            let mut delivered = 0;
+            let result = server.run(&mut input.as_bytes(), &mut out, &mut |_| {
+                delivered += 1;
+                "250 2.0.0 Ok".into()
+            });
+            assert_eq!(delivered, 0, "{tail:?}");
+            assert_eq!(
+                result.unwrap_err().kind(),
+                io::ErrorKind::UnexpectedEof,
+                "{tail:?}"
+            );
+        }
+    }
+
+    #[test]
     fn two_transactions_in_one_session() {
         let (out, got) = run(
             "EHLO c\r\nMAIL FROM:<a@x> SIZE=10\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\nDATA\r\nSubject: 1\r\n\r\n..dot\r\n.\r\n\

@@ -27,13 +27,16 @@ pub fn run(argv: &[String]) -> Exit {
     };
     match inv.mode {
         Mode::NoOp => Exit::Ok,
+        Mode::ListQueue => crate::admin::mailq(inv.config.as_deref()),
+        Mode::Flush => crate::admin::flush(inv.config.as_deref()),
+        Mode::Aliases => crate::admin::newaliases(),
         Mode::Smtp => smtp_session(&inv, &mut input),
         Mode::Deliver => deliver(&inv, &mut input),
     }
 }
 
 fn fail(f: &Failure) -> Exit {
-    eprintln!("mailgate: {}", f.message);
+    err!("mailgate: {}", f.message);
     f.exit
 }
 
@@ -121,7 +124,7 @@ fn deliver<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
     };
     let report = context.submit(submission);
     if let Some(line) = &report.line {
-        eprintln!("mailgate: {line}");
+        err!("mailgate: {line}");
     }
     report.exit
 }
@@ -177,7 +180,7 @@ fn smtp_session<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
     };
     let hostname = context
         .as_ref()
-        .map_or_else(|| "localhost".to_string(), |c| c.hostname.clone());
+        .map_or_else(|| "localhost".to_string(), |c| c.names.hostname.clone());
     let max_size = context
         .as_ref()
         .map_or(Config::default().max_message_size, |c| {

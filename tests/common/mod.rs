@@ -29,8 +29,13 @@ pub fn free_port() -> u16 {
 }
 
 /// Poll `cond` until it holds or the deadline passes.
-pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
+pub fn wait_for<T>(what: &str, cond: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(what, DEADLINE, cond)
+}
+
+/// `wait_for` with its own deadline, for waits on a scheduler (cron runs once a minute).
+pub fn wait_for_within<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = cond() {
             return v;
