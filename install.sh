@@ -268,6 +268,10 @@ if [ ! -f "$STATE/mailgate.log" ] || [ "$(stat -c '%a %U:%G' "$STATE/mailgate.lo
     act chmod 660 "$STATE/mailgate.log"
 fi
 put_link "$LINKDIR/sendmail" /usr/sbin/mailgate
+# Man pages and the bash completion, generated from the code (src/docs.rs).
+put_file "$P/usr/share/man/man8/mailgate.8" 644 root:root "$(cat "$here/man/mailgate.8")"
+put_file "$P/usr/share/man/man5/mailgate.toml.5" 644 root:root "$(cat "$here/man/mailgate.toml.5")"
+put_file "$P/usr/share/bash-completion/completions/mailgate" 644 root:root "$(cat "$here/completions/mailgate.bash")"
 
 if have_systemd; then
     put_file "$P/etc/systemd/system/mailgate-queue.service" 644 root:root "[Unit]
@@ -332,7 +336,7 @@ if [ $php = 1 ]; then
     else
     cat <<EOF
 install.sh: PHP now sends through mailgate, counted per Unix user. To give each site its own account:
-  PHP-FPM pool:  php_admin_value[sendmail_path] = /usr/sbin/mailgate --account example.com -t -i
+  PHP-FPM pool:  php_admin_value[sendmail_path] = /usr/lib/mailgate/sendmail --account example.com -t -i
                  env[MAILGATE_ACCOUNT] = example.com
   Apache vhost:  php_admin_value sendmail_path "/usr/lib/mailgate/sendmail --account example.com -t -i"
   and declare it in $ETC/mailgate.toml:  [accounts."example.com"]  users = ["web1"]

@@ -1,6 +1,7 @@
 //! The admin's command line: `status`, `hold`, `queue`, `reset`, `lock`, `unlock`,
 //! `check-config`.
 
+use crate::cli::{Cli, Command, HoldAction, QueueAction};
 use crate::config::{Config, Limit};
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
@@ -13,122 +14,18 @@ use crate::log::{Fields, Severity};
 use crate::pipeline::Context;
 use crate::queue;
 use crate::spool::{Kind, Meta, Spool};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser};
 use serde::Serialize;
 use std::ffi::OsString;
 
-#[derive(Parser)]
-#[command(
-    name = "mailgate",
-    version,
-    about = "Counts and limits outgoing mail per account; sendmail-compatible.",
-    long_about = "Counts and limits outgoing mail per account; sendmail-compatible.\n\n\
-        Without a subcommand (or when installed under a name containing \"sendmail\") mailgate \
-        is sendmail(1): it reads a message on stdin and relays it to the configured SMTP relay."
-)]
-struct Cli {
-    /// Configuration file (ignored when running setgid).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<String>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Show each account's windows (limit, used, remaining, refused, next possible message)
-    /// and its held, deferred and queued messages.
-    Status {
-        /// Only this account.
-        account: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Messages kept over a limit (action hold) or from a locked account.
-    Hold {
-        #[command(subcommand)]
-        action: HoldAction,
-    },
-    /// Messages waiting for the relay, and deferred ones waiting for room in their account.
-    Queue {
-        #[command(subcommand)]
-        action: QueueAction,
-    },
-    /// Empty an account's counters ("server" for the server-wide cap).
-    Reset { account: String },
-    /// Hold everything an account sends until `mailgate unlock`.
-    Lock {
-        account: String,
-        #[arg(long, default_value = "locked by the admin")]
-        reason: String,
-    },
-    /// Let a locked account send again.
-    Unlock { account: String },
-    /// Validate a configuration file; errors name file and line (exit 78).
-    CheckConfig { path: Option<String> },
-}
-
-#[derive(Subcommand)]
-enum HoldAction {
-    /// List held messages.
-    List {
-        #[arg(long)]
-        account: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Envelope and headers of a held message (the body with --body).
-    Show {
-        id: String,
-        #[arg(long)]
-        body: bool,
-    },
-    /// Deliver held messages now, bypassing limits.
-    Release {
-        ids: Vec<String>,
-        #[arg(long, conflicts_with = "ids")]
-        account: Option<String>,
-        #[arg(long, conflicts_with_all = ["ids", "account"])]
-        all: bool,
-    },
-    /// Delete held messages.
-    Delete {
-        ids: Vec<String>,
-        #[arg(long, conflicts_with = "ids")]
-        account: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum QueueAction {
-    /// List queued and deferred messages.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Deliver due queued messages and release deferred ones that fit (run it from a timer).
-    Run,
-    /// Try every queued message now, ignoring the retry backoff (like `postqueue -f`).
-    Flush,
-    /// Envelope and headers of a queued or deferred message (the body with --body).
-    Show {
-        id: String,
-        #[arg(long)]
-        body: bool,
-    },
-    /// Delete queued or deferred messages.
-    Delete { ids: Vec<String> },
-}
-
-/// Whether `mailgate ARG ...` is an admin command rather than sendmail mode. The subcommand
-/// names come from the clap definition itself, so the two cannot drift apart.
-pub fn is_subcommand(arg: &str) -> bool {
-    match arg {
-        "--help" | "--version" | "-V" | "help" => true,
-        _ if arg.starts_with('-') => false,
-        _ => Cli::command().find_subcommand(arg).is_some(),
-    }
+/// The subcommand names (and aliases), from the clap definition itself, so that dispatch
+/// and the command line cannot drift apart.
+pub fn subcommand_names() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .flat_map(|c| std::iter::once(c.get_name()).chain(c.get_all_aliases()))
+        .map(str::to_string)
+        .collect()
 }
 
 pub fn run(argv: &[OsString]) -> Exit {
@@ -156,19 +53,7 @@ pub fn run(argv: &[OsString]) -> Exit {
 fn execute(cli: Cli) -> Result<(), Failure> {
     let privileged = identity::is_privileged();
     if let Command::CheckConfig { path } = &cli.command {
-        let (path, _) = match path {
-            Some(p) if !privileged => (std::path::PathBuf::from(p), false),
-            _ => crate::sendmail::config_path(cli.config.as_deref(), privileged),
-        };
-        let config = Config::load(&path, false).map_err(|e| Failure::new(Exit::Config, e.0))?;
-        out!(
-            "{}: ok ({} accounts, {} default limits, {} server limits)",
-            path.display(),
-            config.accounts.len(),
-            config.defaults.limits.len(),
-            config.server.limits.len()
-        );
-        return Ok(());
+        return check_config(&cli, path.as_deref(), privileged);
     }
     let (path, is_default) = crate::sendmail::config_path(cli.config.as_deref(), privileged);
     let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
@@ -368,6 +253,43 @@ pub fn newaliases() -> Exit {
         "mailgate: no alias database here: aliases are the relay's business (edit /etc/aliases and run newaliases there)"
     );
     Exit::Ok
+}
+
+/// `check-config [PATH]`: every finding with its line; 78 if any. Customers may not probe
+/// files with the setgid binary (77); root and group mailgate check PATH as given.
+fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), Failure> {
+    require_admin(&Caller::current(), privileged)?;
+    let path = match path {
+        Some(p) => std::path::PathBuf::from(p),
+        None => crate::sendmail::config_path(cli.config.as_deref(), privileged).0,
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e))?;
+    let file = path.display().to_string();
+    let findings = crate::config_check::check(
+        &text,
+        &file,
+        &crate::config_check::System {
+            is_login: &identity::is_login,
+        },
+    );
+    if findings.is_empty() {
+        let config = Config::parse(&text, &file).map_err(|e| Failure::new(Exit::Config, e.0))?;
+        out!(
+            "{file}: ok ({} accounts, {} default limits, {} server limits)",
+            config.accounts.len(),
+            config.defaults.limits.len(),
+            config.server.limits.len()
+        );
+        return Ok(());
+    }
+    for f in &findings {
+        err!("{}", crate::log::printable(f, 1024));
+    }
+    Err(Failure::new(
+        Exit::Config,
+        format!("{file}: {} problem(s)", findings.len()),
+    ))
 }
 
 fn queue_run(ctx: &Context, backoff: queue::Backoff) -> Result<(), Failure> {

@@ -12,6 +12,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/mailgate";
 pub const MAX_WINDOWS: usize = 5;
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Domain for addresses without one; default /etc/mailname, else the host's FQDN.
@@ -34,6 +35,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Relay {
     pub host: String,
@@ -42,6 +44,7 @@ pub struct Relay {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Identity {
     /// Environment variable that names the account (an FPM pool's `env[...]`); empty disables.
@@ -49,6 +52,7 @@ pub struct Identity {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// Append log lines to this file instead of syslog (tests, hosts without syslog).
@@ -67,6 +71,7 @@ impl Default for Log {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct State {
     /// How long a sender waits for another sender's lock on the same counter.
@@ -77,6 +82,7 @@ pub struct State {
 
 /// Where the counters live: local locked files (default) or Redis shared by a cluster.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     pub kind: StoreKind,
@@ -89,6 +95,7 @@ pub struct Store {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreKind {
     #[default]
@@ -97,6 +104,7 @@ pub enum StoreKind {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "kebab-case")]
 pub enum OnUnavailable {
     /// Keep the message in the local defer spool; `queue run` decides when Redis is back.
@@ -121,6 +129,7 @@ impl Default for Store {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Spool {
     /// First retry of a queued message after this long; doubles per attempt up to `max_retry`.
@@ -131,6 +140,7 @@ pub struct Spool {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Alerts {
     /// Address that gets alert mails (limit exceeded, account locked, message failed);
@@ -142,6 +152,7 @@ pub struct Alerts {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "kebab-case")]
 pub enum OnStateError {
     /// Refuse the message with exit 71 (default).
@@ -151,12 +162,14 @@ pub enum OnStateError {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub limits: Vec<Limit>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Account {
     /// Users (login names or numeric uids) allowed to send as this account.
@@ -179,6 +192,7 @@ pub struct Account {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(untagged)]
 pub enum UserRef {
     Uid(u32),
@@ -186,6 +200,7 @@ pub enum UserRef {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "kebab-case")]
 pub enum SenderPolicy {
     /// Replace the envelope sender with the account's default sender (default).
@@ -196,6 +211,7 @@ pub enum SenderPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     pub window: Duration,
@@ -206,6 +222,7 @@ pub struct Limit {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     #[default]
@@ -276,6 +293,13 @@ impl fmt::Display for Duration {
             }
         }
         write!(f, "{s}s")
+    }
+}
+
+#[cfg(test)]
+impl serde::Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }
 
@@ -410,27 +434,40 @@ impl Config {
             }
         })?;
         config.validate().map_err(|(key, msg)| {
-            ConfigError(format!("{file}:{}: {msg}", line_of_key(text, &key)))
+            ConfigError(format!(
+                "{file}:{}: {msg}",
+                crate::config_check::line_of_key(text, &key)
+            ))
         })?;
         Ok(config)
     }
 
-    /// Checks that serde cannot express. Returns the offending key (to find its line) and why.
+    /// The first of `problems`: loading stops there.
     fn validate(&self) -> Result<(), (String, String)> {
-        check_limits("defaults", &self.defaults.limits)?;
-        check_limits("server", &self.server.limits)?;
+        match self.problems().into_iter().next() {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that serde cannot express, all of them: the offending key (to find its line)
+    /// and why.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        check_limits("defaults", &self.defaults.limits, &mut out);
+        check_limits("server", &self.server.limits, &mut out);
         for (name, account) in &self.accounts {
             if let Err(why) = crate::identity::validate_account_name(name) {
-                return Err((name.clone(), format!("account {name:?}: {why}")));
+                out.push((name.clone(), format!("account {name:?}: {why}")));
             }
             if let Some(limits) = &account.limits {
-                check_limits(name, limits)?;
+                check_limits(name, limits, &mut out);
             }
             if account.sender_policy == SenderPolicy::Rewrite
                 && !account.allowed_senders.is_empty()
                 && account.default_sender.is_none()
             {
-                return Err((
+                out.push((
                     name.clone(),
                     format!(
                         "account {name:?}: sender_policy \"rewrite\" needs default_sender (or use sender_policy = \"reject\")"
@@ -439,9 +476,9 @@ impl Config {
             }
         }
         if self.relay.host.is_empty() {
-            return Err(("host".into(), "relay host must not be empty".into()));
+            out.push(("host".into(), "relay host must not be empty".into()));
         }
-        Ok(())
+        out
     }
 
     /// The account's own limits, else the defaults.
@@ -478,9 +515,9 @@ impl Config {
     }
 }
 
-fn check_limits(owner: &str, limits: &[Limit]) -> Result<(), (String, String)> {
+fn check_limits(owner: &str, limits: &[Limit], out: &mut Vec<(String, String)>) {
     if limits.len() > MAX_WINDOWS {
-        return Err((
+        out.push((
             "limits".into(),
             format!(
                 "{owner}: at most {MAX_WINDOWS} limits are supported, found {}",
@@ -490,7 +527,7 @@ fn check_limits(owner: &str, limits: &[Limit]) -> Result<(), (String, String)> {
     }
     for (i, l) in limits.iter().enumerate() {
         if l.messages.is_none() && l.recipients.is_none() {
-            return Err((
+            out.push((
                 "window".into(),
                 format!(
                     "{owner}: limit \"{}\" needs messages and/or recipients",
@@ -499,20 +536,12 @@ fn check_limits(owner: &str, limits: &[Limit]) -> Result<(), (String, String)> {
             ));
         }
         if limits[..i].iter().any(|other| other.window == l.window) {
-            return Err((
+            out.push((
                 "window".into(),
                 format!("{owner}: two limits with the same window \"{}\"", l.window),
             ));
         }
     }
-    Ok(())
-}
-
-/// Best-effort line of the first line mentioning `key` (semantic errors have no span).
-fn line_of_key(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(key))
-        .map_or(1, |i| i + 1)
 }
 
 #[cfg(test)]

@@ -85,6 +85,27 @@ fn passwd_entry(uid: u32) -> Option<(String, String)> {
     }
 }
 
+/// Whether `name` is a login in the password database (a bare recipient such as `root`).
+pub fn is_login(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwnam_r writes into pwd and buf, within buf.len().
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    rc == 0 && !result.is_null()
+}
+
 /// The full name in a GECOS field as Postfix reads it: up to the first comma, `&` standing
 /// for the login name with its first letter capitalised; control characters dropped.
 pub fn full_name_from_gecos(gecos: &str, login: &str) -> Option<String> {

@@ -42,7 +42,7 @@ pub fn render(entries: &[(Kind, &Meta)], arrival: &dyn Fn(i64) -> String) -> Str
             meta.sender.as_deref().unwrap_or("MAILER-DAEMON")
         );
         let why = match kind {
-            Kind::Queue => meta.last_error.as_str(),
+            Kind::Queue if !meta.last_error.is_empty() => meta.last_error.as_str(),
             _ => meta.reason.as_str(),
         };
         if !why.is_empty() {

@@ -23,7 +23,12 @@ macro_rules! err {
 
 mod address;
 mod admin;
+mod cli;
 mod config;
+mod config_check;
+mod dispatch;
+#[cfg(test)]
+mod docs;
 mod exit;
 mod identity;
 mod limits;
@@ -63,11 +68,17 @@ fn main() {
     if program == "newaliases" {
         std::process::exit(admin::newaliases().code());
     }
-    let exit =
-        if !program.contains("sendmail") && rest.first().is_some_and(|a| admin::is_subcommand(a)) {
-            admin::run(&argv)
-        } else {
-            sendmail::run(&rest)
-        };
+    let subcommands = admin::subcommand_names();
+    let names: Vec<&str> = subcommands.iter().map(String::as_str).collect();
+    // SAFETY: isatty only inspects the descriptor.
+    let stdin_is_tty = unsafe { libc::isatty(0) } == 1;
+    let exit = match dispatch::route(&program, &rest, &names, stdin_is_tty, &identity::is_login) {
+        dispatch::Route::Admin => admin::run(&argv),
+        dispatch::Route::Sendmail => sendmail::run(&rest),
+        dispatch::Route::Typo(why) => {
+            err!("mailgate: {why}");
+            exit::Exit::Usage
+        }
+    };
     std::process::exit(exit.code());
 }

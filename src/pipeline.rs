@@ -384,6 +384,9 @@ impl Context {
         next_attempt: Option<i64>,
     ) -> Report {
         meta.reason = reason.clone();
+        if kind == Kind::Queue {
+            meta.last_error = reason.clone();
+        }
         meta.next_attempt = next_attempt.unwrap_or(0);
         let kept = self
             .state()
@@ -555,12 +558,24 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 /// The sender's address for `-f`/`-r`/`MAIL FROM`: `None` is the null sender.
 pub fn parse_sender(raw: &str) -> Result<Option<String>, Failure> {
+    check_raw_address(raw)
+        .map_err(|why| Failure::new(Exit::NoUser, format!("invalid sender {raw:?}: {why}")))?;
     let addr = address::parse_single(raw);
     if let Some(a) = &addr {
         check_address(a)
-            .map_err(|why| Failure::new(Exit::Usage, format!("invalid sender {raw:?}: {why}")))?;
+            .map_err(|why| Failure::new(Exit::NoUser, format!("invalid sender {raw:?}: {why}")))?;
     }
     Ok(addr)
+}
+
+/// An address as the caller wrote it (an argv operand, `-f`, an SMTP path) must not hold
+/// control characters: `a@x\r\nRCPT TO:<b@y>` is malformed, never read as a group that
+/// names `b@y`. (Tabs are whitespace in a header-style list.)
+pub fn check_raw_address(raw: &str) -> Result<(), String> {
+    match raw.chars().find(|c| c.is_control() && *c != '\t') {
+        Some(c) => Err(format!("address contains the control character {c:?}")),
+        None => Ok(()),
+    }
 }
 
 /// No control characters or angle brackets: an address goes verbatim into an SMTP command.
@@ -628,8 +643,10 @@ mod tests {
         assert_eq!(parse_sender("N <a@x>").unwrap().as_deref(), Some("a@x"));
         assert_eq!(
             parse_sender("\"a\r\nRSET\"@x").unwrap_err().exit,
-            Exit::Usage
+            Exit::NoUser
         );
+        assert!(check_raw_address("ok@example.com\r\nRCPT TO:<evil2@x.example>").is_err());
+        assert!(check_raw_address("Team:\ta@x, b@y;").is_ok());
         assert_eq!(relay_queue_id("2.0.0 Ok: queued as 4Xyz12"), Some("4Xyz12"));
     }
 }

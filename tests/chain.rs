@@ -365,7 +365,15 @@ fn php_to_postfwd_chain_end_to_end() {
     let script = www.path().join("mail.php");
     std::fs::write(
         &script,
-        r#"<?php echo mail("pool@example.net", "from the pool", "x") ? "T" : "F";"#,
+        r#"<?php
+if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
+    require '/usr/share/php/libphp-phpmailer/autoload.php';
+    $m = new PHPMailer\PHPMailer\PHPMailer(false); $m->isSendmail(); $m->setFrom('pool@site1.example');
+    $m->addAddress('pool@example.net'); $m->Subject = 'pool phpmailer'; $m->Body = 'x';
+    echo $m->send() ? "T" : "F";
+} else {
+    echo mail("pool@example.net", "from the pool", "x") ? "T" : "F";
+}"#,
     )
     .unwrap();
     let fpm_port = free_port();
@@ -375,12 +383,12 @@ fn php_to_postfwd_chain_end_to_end() {
         format!(
             "[global]\nerror_log = {d}/fpm.log\ndaemonize = no\npid = {d}/fpm.pid\n[site1]\nuser = mgchain1\ngroup = mgchain1\n\
              listen = 127.0.0.1:{fpm_port}\npm = static\npm.max_children = 1\n\
-             php_admin_value[sendmail_path] = /usr/sbin/mailgate --account site1.example -t -i\n",
+             php_admin_value[sendmail_path] = /usr/lib/mailgate/sendmail --account site1.example -t -i\n",
             d = www.path().display()
         ),
     )
     .unwrap();
-    let _fpm = Fpm(Command::new("php-fpm8.2")
+    let fpm = Fpm(Command::new("php-fpm8.2")
         .arg("-F")
         .arg("-y")
         .arg(&fpm_conf)
@@ -389,11 +397,12 @@ fn php_to_postfwd_chain_end_to_end() {
     wait_for("php-fpm to listen", || {
         TcpStream::connect(("127.0.0.1", fpm_port)).ok()
     });
-    let fcgi = |_: usize| {
+    let fcgi = |query: &str| {
         let o = run_with_input(
             Command::new("cgi-fcgi")
                 .args(["-bind", "-connect", &format!("127.0.0.1:{fpm_port}")])
                 .env("SCRIPT_FILENAME", &script)
+                .env("QUERY_STRING", query)
                 .env("REQUEST_METHOD", "GET"),
             b"",
         );
@@ -403,7 +412,9 @@ fn php_to_postfwd_chain_end_to_end() {
             .unwrap_or("")
             .to_string()
     };
-    let results: Vec<String> = (0..3).map(fcgi).collect();
+    // mail() and PHPMailer's isSendmail() both stay in the pool's account (the snippet's path
+    // contains "sendmail"); the account allows 2.
+    let results: Vec<String> = ["", "phpmailer", ""].into_iter().map(fcgi).collect();
     assert_eq!(results, ["T", "T", "F"], "the pool's account allows 2");
     // The refusal alerted the admin ("root", qualified with the origin): it arrives locally.
     wait_mailbox("root", "mailgate: account site1.example exceeded");
@@ -416,6 +427,12 @@ fn php_to_postfwd_chain_end_to_end() {
             .count(),
         2,
         "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("account=site1.example")
+            && l.contains("from=<pool@site1.example>")
+            && l.contains("status=sent")),
+        "PHPMailer's isSendmail() went through the pool's account: {log}"
     );
 
     // Bypass attempts meet postfwd: Postfix's own sendmail, and SMTP straight to 10025.
@@ -577,6 +594,7 @@ fn php_to_postfwd_chain_end_to_end() {
         (!must("/usr/sbin/mailgate queue list --json").contains("late@example.net")).then_some(())
     });
 
+    drop(fpm);
     // --uninstall restores what was there; its dry run lists exactly the changes it makes.
     must("postsuper -c /etc/postfix-postfwd -d ALL");
     let repo = env!("CARGO_MANIFEST_DIR");
@@ -589,11 +607,14 @@ fn php_to_postfwd_chain_end_to_end() {
     let done: Vec<&str> = real.lines().filter_map(|l| l.strip_prefix("+ ")).collect();
     assert_eq!(planned, done, "dry run:\n{dry}\nreal run:\n{real}");
     assert!(!planned.is_empty());
+    // The test's own smtp-sink is no install-started process.
+    let after: std::collections::BTreeSet<String> = listeners()
+        .into_iter()
+        .filter(|l| !l.ends_with(" smtp-sink"))
+        .collect();
     assert!(
-        listeners().is_subset(&before_listeners),
-        "processes that install.sh started still listen:\n{:?}\nbefore: {:?}",
-        listeners(),
-        before_listeners
+        after.is_subset(&before_listeners),
+        "processes that install.sh started still listen:\n{after:?}\nbefore: {before_listeners:?}"
     );
     assert_eq!(
         sh("pgrep -x cron").status.success(),
@@ -680,6 +701,25 @@ fn install_into_a_prefix_dry_run_and_non_root_refusal() {
         "/usr/sbin/mailgate"
     );
     assert!(Path::new(&format!("{p}/etc/mailgate/mailgate.toml")).exists());
+    // The man pages render without a warning; the completion is in bash's directory.
+    for page in ["man8/mailgate.8", "man5/mailgate.toml.5"] {
+        let o = sh(&format!(
+            "LC_ALL=C.UTF-8 groff -ww -man -Tutf8 {p}/usr/share/man/{page} >/dev/null"
+        ));
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "{page}: {}",
+            stderr(&o)
+        );
+        let text = must(&format!("MANWIDTH=100 man -l {p}/usr/share/man/{page}"));
+        assert!(text.contains("mailgate"), "{text}");
+    }
+    assert!(
+        must(&format!(
+            "bash -c 'source {p}/usr/share/bash-completion/completions/mailgate && complete -p mailgate'"
+        ))
+        .contains("mailgate")
+    );
     assert!(
         Path::new(&format!("{p}/etc/cron.d/mailgate")).exists()
             || Path::new(&format!("{p}/etc/systemd/system/mailgate-queue.timer")).exists()

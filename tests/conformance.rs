@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::process::Command;
 use std::process::Stdio;
 
 fn recorder_env() -> (Recorder, Env) {
@@ -74,14 +75,6 @@ fn posix_stop_makes_later_options_recipients() {
     ok(&env.send(&["-i", "r1@x.org", "-t"], b"To: hidden@x.org\n\nx\n"));
     let got = rec.wait_count(1);
     assert_eq!(got[0].rcpts, ["r1@x.org", "-t@example.org"]);
-}
-
-fn login() -> String {
-    let out = std::process::Command::new("id")
-        .arg("-un")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[test]
@@ -265,23 +258,121 @@ fn c_and_x_paths_are_never_opened() {
 }
 
 #[test]
-fn noop_options_print_nothing() {
-    let (_rec, env) = recorder_env();
+fn queue_and_alias_modes_answer_like_postfix() {
+    let (rec, env) = recorder_env();
+    // -bp and the name mailq list the (empty) queue as Postfix's mailq does.
+    let mailq = env.dir.path().join("mailq");
+    std::os::unix::fs::symlink(BIN, &mailq).unwrap();
+    for o in [
+        env.send(&["-bp"], b""),
+        run_with_input(&mut env.cmd_as(&mailq), b""),
+    ] {
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "Mail queue is empty\n");
+    }
+    // -bi, -I and newaliases: one line that says where aliases live.
+    let newaliases = env.dir.path().join("newaliases");
+    std::os::unix::fs::symlink(BIN, &newaliases).unwrap();
+    for o in [
+        env.send(&["-bi"], b""),
+        env.send(&["-I"], b""),
+        run_with_input(&mut env.cmd_as(&newaliases), b""),
+    ] {
+        assert_eq!(code(&o), 0);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("aliases are the relay's business"), "{out}");
+    }
+    // -q flushes the queue (nothing queued here); -bv has nothing to do.
+    for args in [&["-q"][..], &["-q30m"]] {
+        let o = env.send(args, b"");
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("queue run: "));
+    }
+    let o = env.send(&["-bv", "a@x.org"], b"");
+    assert_eq!(code(&o), 0);
+    assert!(o.stdout.is_empty() && o.stderr.is_empty());
+    assert!(rec.received().is_empty(), "no mode sent mail");
+}
+
+#[test]
+fn control_characters_in_addresses_are_malformed_never_reinterpreted() {
+    let (rec, env) = recorder_env();
     for args in [
-        &["-bp"][..],
-        &["-q"],
-        &["-q30m"],
-        &["-bi"],
-        &["-I"],
-        &["-bv", "a@x.org"],
+        &["-i", "ok@example.com\r\nRCPT TO:<evil2@x.example>"][..],
+        &["-i", "ok@example.com\nevil@x.example"],
+        &["-f", "a@x.org\r\nRSET", "-i", "ok@example.com"],
+        &["-f", "a\u{7}@x.org", "-i", "ok@example.com"],
+    ] {
+        let o = env.send(args, b"Subject: x\n\nb\n");
+        assert_eq!(code(&o), 67, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("control character"), "{}", stderr(&o));
+    }
+    // -bs: 501 for both.
+    let o = env.send(
+        &["-bs"],
+        b"EHLO c\r\nMAIL FROM:<a\x01b@x.org>\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b\x02@x.org>\r\nQUIT\r\n",
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let codes: Vec<&str> = out.lines().map(|l| &l[..3]).collect();
+    assert_eq!(
+        codes,
+        [
+            "220", "250", "250", "250", "250", "250", "501", "250", "501", "221"
+        ],
+        "{out}"
+    );
+    assert!(rec.received().is_empty(), "nothing was sent");
+}
+
+#[test]
+fn a_typo_of_a_command_never_sends_mail() {
+    let (rec, env) = recorder_env();
+    for (args, hint) in [
+        (&["stats"][..], "mailgate status"),
+        (&["qeue", "list"], "mailgate queue"),
+        (&["hodl"], "mailgate hold"),
     ] {
         let o = env.send(args, b"");
-        assert_eq!(code(&o), 0, "{args:?}");
+        assert_eq!(code(&o), 64, "{args:?}");
         assert!(
-            o.stdout.is_empty() && o.stderr.is_empty(),
-            "{args:?} printed something"
+            stderr(&o).contains(&format!("did you mean `{hint}`")),
+            "{}",
+            stderr(&o)
         );
     }
+    // Unknown long options are named as such.
+    let o = env.send(&["--bogus"], b"");
+    assert_eq!(code(&o), 64);
+    assert!(
+        stderr(&o).contains("unknown option --bogus"),
+        "{}",
+        stderr(&o)
+    );
+    // A global option before the subcommand selects the admin interface.
+    let o = run_with_input(
+        Command::new(BIN).args(["--config", env.config.to_str().unwrap(), "status", "--json"]),
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"accounts\""));
+    // stdin a terminal: a recipient is a usage error, not an empty mail (script(1) gives a pty).
+    let o = Command::new("script")
+        .args(["-qec", &format!("{BIN} alice@example.org"), "/dev/null"])
+        .env("MAILGATE_CONFIG", &env.config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 64, "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stdin is a terminal"));
+    // Under the sendmail name nothing is second-guessed: `stats` is a local recipient.
+    let o = run_with_input(
+        env.cmd_as(env.sendmail_link()).args(["-i", "stats"]),
+        b"Subject: s\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let got = rec.wait_count(1);
+    assert_eq!(got[0].rcpts, ["stats@example.org"]);
 }
 
 #[test]

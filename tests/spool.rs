@@ -75,27 +75,109 @@ fn relay_down_4xx_and_timeout_are_queued_then_delivered_exactly_once() {
 }
 
 #[test]
-fn queued_message_gives_up_after_max_age_and_tells_the_admin() {
-    let port = free_port();
+fn queued_message_gives_up_after_max_age_and_real_attempts_and_tells_the_admin() {
+    // The relay keeps deferring a@x.org and takes the admin's mail.
+    let rec = Recorder::start(Script {
+        reject_rcpt: vec![("a@x.org".into(), "451 4.7.1 try again later".into())],
+        ..Script::default()
+    });
     let env = Env::new(
-        port,
-        "[spool]\nmax_age = \"1h\"\n[alerts]\nadmin = \"postmaster@example.org\"\n",
+        rec.port,
+        "[spool]\nmax_age = \"2h\"\nmax_retry = \"1h\"\n[alerts]\nadmin = \"postmaster@example.org\"\n",
     );
     assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
-    let sink = Sink::start_on(port, &[]);
-    let out = admin(&env, &["queue", "run"], Some(now() + 7200));
+    assert_eq!(queue_len(&env), 1);
+    // A clock a year ahead is past max_age, but one real attempt is not two hours of them:
+    // the entry is tried (relay up), stays, and is due again within max_retry.
+    let year = now() + 365 * 86400;
+    let out = admin(&env, &["queue", "run"], Some(year));
+    assert!(
+        out.contains("1 queued for later") && out.contains("0 failed"),
+        "{out}"
+    );
+    // The clock comes back: the entry is not stranded a year ahead, it is due within max_retry.
+    let list = json(&env, &["queue", "list"], None);
+    let next = list[0]["next_attempt"].as_i64().unwrap();
+    assert!(next > year, "{list}");
+    let out = admin(&env, &["queue", "run"], Some(now() + 60));
+    assert!(
+        out.contains("0 failed"),
+        "tried again at once, not in a year: {out}"
+    );
+    assert_eq!(json(&env, &["queue", "list"], None)[0]["attempts"], 2);
+    // Past max_age with enough attempts (2h / 1h = 2): it fails, once, with the admin told.
+    let out = admin(&env, &["queue", "run"], Some(now() + 3 * 3600));
     assert!(out.contains("1 failed"), "{out}");
     assert_eq!(queue_len(&env), 0);
     assert_eq!(
         std::fs::read_dir(env.state.join("failed")).unwrap().count(),
         1
     );
-    let got = sink.wait_count(1);
+    let got = rec.wait_count(1);
     assert_eq!(got[0].rcpts, ["postmaster@example.org"]);
+    let text = got[0].text();
     assert!(
-        got[0].header("Subject").unwrap().contains("not delivered"),
-        "{:?}",
-        got[0].text()
+        text.contains("not delivered") && text.contains("3 attempts"),
+        "{text}"
+    );
+}
+
+#[test]
+fn flush_ignores_backoff_and_mailq_lists_like_postfix() {
+    let port = free_port();
+    let env = Env::new(port, "");
+    // Relay down: queued with a retry five minutes ahead.
+    for rcpt in ["one@x.org", "two@x.org"] {
+        let o = env.send(&["-i", rcpt], b"Subject: wait\n\nb\n");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    // mailq: Postfix's long-id layout, the reason above the recipients, the summary line.
+    let o = env.send(&["-bp"], b"");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "----Queue ID----- --Size-- ---Arrival Time---- --Sender/Recipient------"
+    );
+    let entry = lines[1];
+    let id = entry.split_whitespace().next().unwrap();
+    assert!(
+        id.chars().all(|c| c.is_ascii_hexdigit()) && id.len() >= 17,
+        "{entry}"
+    );
+    assert!(
+        entry.ends_with(&format!(" {}@example.org", login())),
+        "{entry}"
+    );
+    assert!(
+        lines[2].trim_start().starts_with("(relay 127.0.0.1:"),
+        "{text}"
+    );
+    assert_eq!(lines[3].trim_start(), "one@x.org");
+    assert_eq!(lines[3].len() - "one@x.org".len(), 47, "recipient column");
+    assert_eq!(lines.last().unwrap(), &"-- 0 Kbytes in 2 Requests.");
+    // queue list shows attempts, next attempt and the last error.
+    let out = admin(&env, &["queue", "list"], None);
+    assert!(
+        out.contains("attempts: 0, next attempt: ") && out.contains("last error: relay 127.0.0.1:"),
+        "{out}"
+    );
+
+    let sink = Sink::start_on(port, &[]);
+    let out = admin(&env, &["queue", "run"], None);
+    assert!(
+        out.contains("2 queued for later"),
+        "backoff honoured: {out}"
+    );
+    let out = admin(&env, &["queue", "flush"], None);
+    assert!(out.contains("delivered 2 queued"), "{out}");
+    sink.wait_count(2);
+    // sendmail -q is the same flush; mailq is empty again.
+    let o = env.send(&["-q"], b"");
+    assert_eq!(code(&o), 0);
+    assert_eq!(
+        String::from_utf8_lossy(&env.send(&["-bp"], b"").stdout),
+        "Mail queue is empty\n"
     );
 }
 

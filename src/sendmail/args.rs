@@ -75,6 +75,11 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
             };
+            if !matches!(name, "account" | "config") {
+                return Err(UsageError(format!(
+                    "unknown option --{name} (mailgate's own options are --account and --config)"
+                )));
+            }
             let value = match attached {
                 Some(v) => v,
                 None => {

@@ -160,6 +160,9 @@ fn rcpt(tx: &mut Transaction, arg: &str) -> String {
         return "452 4.5.3 Error: too many recipients".into();
     }
     let (addr, _params) = split_path(path);
+    if let Err(why) = pipeline::check_raw_address(addr) {
+        return format!("501 5.1.3 Bad recipient address syntax: {why}");
+    }
     let Some(addr) = address::parse_single(addr) else {
         return "501 5.1.3 Bad recipient address syntax".into();
     };

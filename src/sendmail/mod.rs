@@ -140,6 +140,11 @@ fn envelope(
         .as_deref()
         .map(pipeline::parse_sender)
         .transpose()?;
+    for op in &inv.recipients {
+        pipeline::check_raw_address(op).map_err(|why| {
+            Failure::new(Exit::NoUser, format!("invalid recipient {op:?}: {why}"))
+        })?;
+    }
     let mut recipients: Vec<String> = inv
         .recipients
         .iter()

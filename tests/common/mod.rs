@@ -19,6 +19,12 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The login name of the user running the tests.
+pub fn login() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A port that was free a moment ago (bind port 0, then release it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

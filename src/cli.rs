@@ -1,0 +1,109 @@
+//! The admin command line's schema: one clap definition that `--help`, dispatch
+//! (`admin::subcommand_names`), the man page `mailgate(8)` and the bash completion are all
+//! generated from, so that none of them can drift from the others.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mailgate",
+    version,
+    about = "Counts and limits outgoing mail per account; sendmail-compatible.",
+    long_about = "Counts and limits outgoing mail per account; sendmail-compatible.\n\n\
+        Without a subcommand (or when installed under a name containing \"sendmail\") mailgate \
+        is sendmail(1): it reads a message on stdin and relays it to the configured SMTP relay."
+)]
+pub struct Cli {
+    /// Configuration file (ignored when running setgid).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Show each account's windows (limit, used, remaining, refused, next possible message)
+    /// and its held, deferred and queued messages.
+    Status {
+        /// Only this account.
+        account: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages kept over a limit (action hold) or from a locked account.
+    Hold {
+        #[command(subcommand)]
+        action: HoldAction,
+    },
+    /// Messages waiting for the relay, and deferred ones waiting for room in their account.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Empty an account's counters ("server" for the server-wide cap).
+    Reset { account: String },
+    /// Hold everything an account sends until `mailgate unlock`.
+    Lock {
+        account: String,
+        #[arg(long, default_value = "locked by the admin")]
+        reason: String,
+    },
+    /// Let a locked account send again.
+    Unlock { account: String },
+    /// Validate a configuration file; errors name file and line (exit 78).
+    CheckConfig { path: Option<String> },
+}
+
+#[derive(Subcommand)]
+pub enum HoldAction {
+    /// List held messages.
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Envelope and headers of a held message (the body with --body).
+    Show {
+        id: String,
+        #[arg(long)]
+        body: bool,
+    },
+    /// Deliver held messages now, bypassing limits.
+    Release {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        account: Option<String>,
+        #[arg(long, conflicts_with_all = ["ids", "account"])]
+        all: bool,
+    },
+    /// Delete held messages.
+    Delete {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        account: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum QueueAction {
+    /// List queued and deferred messages.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver due queued messages and release deferred ones that fit (run it from a timer).
+    Run,
+    /// Try every queued message now, ignoring the retry backoff (like `postqueue -f`).
+    Flush,
+    /// Envelope and headers of a queued or deferred message (the body with --body).
+    Show {
+        id: String,
+        #[arg(long)]
+        body: bool,
+    },
+    /// Delete queued or deferred messages.
+    Delete { ids: Vec<String> },
+}

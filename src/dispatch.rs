@@ -1,0 +1,167 @@
+//! Which interface an invocation means: sendmail(1) or an admin subcommand. Pure: the program
+//! name, the arguments, whether stdin is a terminal and a login lookup come in.
+//!
+//! Under a name containing "sendmail" the binary is purely sendmail. As `mailgate`, the first
+//! argument after the global `--config PATH` that names a subcommand selects it. A typo must
+//! never send mail: an operand without `@` that is not a login and is close to a subcommand
+//! name, or any operand while stdin is a terminal, is a usage error.
+
+use crate::sendmail::args;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Admin,
+    Sendmail,
+    /// A usage error (exit 64) with this message; nothing is read, nothing is sent.
+    Typo(String),
+}
+
+pub fn route(
+    program: &str,
+    args: &[String],
+    subcommands: &[&str],
+    stdin_is_tty: bool,
+    is_login: &dyn Fn(&str) -> bool,
+) -> Route {
+    if program.contains("sendmail") {
+        return Route::Sendmail;
+    }
+    if let Some(first) = first_after_global_options(args)
+        && (matches!(first, "--help" | "-h" | "--version" | "-V" | "help")
+            || subcommands.contains(&first))
+    {
+        return Route::Admin;
+    }
+    let Ok(inv) = args::parse(args) else {
+        return Route::Sendmail; // sendmail mode reports the usage error itself
+    };
+    if inv.mode != args::Mode::Deliver {
+        return Route::Sendmail;
+    }
+    for operand in &inv.recipients {
+        if operand.contains('@') || is_login(operand) {
+            continue;
+        }
+        if let Some(near) = closest(operand, subcommands) {
+            return Route::Typo(format!(
+                "unknown command {operand:?}: did you mean `mailgate {near}`? \
+                 (to mail a local user, write {operand}@HOST)"
+            ));
+        }
+    }
+    if stdin_is_tty && !inv.recipients.is_empty() {
+        return Route::Typo(
+            "stdin is a terminal: mailgate reads the message from stdin (pipe it in), \
+             or see `mailgate --help` for the admin commands"
+                .into(),
+        );
+    }
+    Route::Sendmail
+}
+
+/// The first argument after `--config PATH` / `--config=PATH`.
+fn first_after_global_options(args: &[String]) -> Option<&str> {
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        if arg == "--config" {
+            i += 2;
+        } else if arg.starts_with("--config=") {
+            i += 1;
+        } else {
+            return Some(arg);
+        }
+    }
+    None
+}
+
+/// The candidate within edit distance 2 of `word`, the closest first.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBS: &[&str] = &["status", "hold", "queue", "reset", "check-config"];
+
+    fn r(args: &[&str], tty: bool) -> Route {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        route("mailgate", &args, SUBS, tty, &|l| {
+            l == "web1" || l == "root"
+        })
+    }
+
+    #[test]
+    fn subcommands_and_global_options() {
+        assert_eq!(r(&["status"], false), Route::Admin);
+        assert_eq!(r(&["--config", "/x.toml", "status"], false), Route::Admin);
+        assert_eq!(
+            r(&["--config=/x.toml", "queue", "list"], false),
+            Route::Admin
+        );
+        assert_eq!(r(&["--help"], false), Route::Admin);
+    }
+
+    #[test]
+    fn typos_never_send() {
+        for typo in [
+            &["stats"][..],
+            &["statu"],
+            &["qeue", "list"],
+            &["rest", "web1"],
+        ] {
+            match r(typo, false) {
+                Route::Typo(why) => assert!(why.contains("did you mean"), "{why}"),
+                other => panic!("{typo:?} -> {other:?}"),
+            }
+        }
+        // A local login or a full address is mail, even when it looks like a command.
+        assert_eq!(r(&["root"], false), Route::Sendmail);
+        assert_eq!(r(&["stats@example.org"], false), Route::Sendmail);
+        assert_eq!(r(&["-i", "alice@example.org"], false), Route::Sendmail);
+        assert_eq!(r(&["somebody-else"], false), Route::Sendmail);
+    }
+
+    #[test]
+    fn a_terminal_on_stdin_is_never_a_message() {
+        assert!(matches!(r(&["alice@example.org"], true), Route::Typo(_)));
+        assert_eq!(r(&["-bp"], true), Route::Sendmail);
+        // Under the sendmail name nothing is second-guessed.
+        let args = vec!["stats".to_string()];
+        assert_eq!(
+            route("sendmail", &args, SUBS, true, &|_| false),
+            Route::Sendmail
+        );
+    }
+
+    #[test]
+    fn distances() {
+        assert_eq!(edit_distance("stats", "status"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(closest("qeue", SUBS), Some("queue"));
+        assert_eq!(closest("alice", SUBS), None);
+    }
+}
