@@ -23,6 +23,7 @@ pub struct Config {
     /// Largest message accepted, in bytes.
     pub max_message_size: u64,
     pub relay: Relay,
+    pub smtp: Smtp,
     pub identity: Identity,
     pub log: Log,
     pub state: State,
@@ -41,6 +42,23 @@ pub struct Relay {
     pub host: String,
     pub port: u16,
     pub timeout: Duration,
+}
+
+/// `sendmail -bs`, mailgate's own SMTP server side.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// A client that sends nothing for this long gets 421 and the session ends.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Smtp {
+    fn default() -> Smtp {
+        Smtp {
+            idle_timeout: Duration(300),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,6 +344,7 @@ impl Default for Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             max_message_size: 50 * 1024 * 1024,
             relay: Relay::default(),
+            smtp: Smtp::default(),
             identity: Identity::default(),
             log: Log::default(),
             state: State::default(),

@@ -293,6 +293,43 @@ impl Message {
         self.headers.iter().any(|h| !h.raw.is_ascii()) || !self.body.is_ascii()
     }
 
+    /// The message as a relay without 8BITMIME may take it, as Postfix converts: a single-part
+    /// text (or untyped) body with 8-bit bytes becomes quoted-printable. `Err` says why a
+    /// message cannot be converted (8-bit headers, multipart or binary bodies): then it waits.
+    pub fn to_seven_bit(&self) -> Result<Message, String> {
+        if self.headers.iter().any(|h| !h.raw.is_ascii()) {
+            return Err("8-bit characters in a header".into());
+        }
+        let content_type = self
+            .header("Content-Type")
+            .map(|h| h.value().to_ascii_lowercase())
+            .unwrap_or_default();
+        if !(content_type.is_empty() || content_type.starts_with("text/")) {
+            return Err(format!("8-bit {content_type} body"));
+        }
+        let encoding = self
+            .header("Content-Transfer-Encoding")
+            .map(|h| h.value().to_ascii_lowercase())
+            .unwrap_or_default();
+        if !matches!(encoding.as_str(), "" | "7bit" | "8bit") {
+            return Err(format!("8-bit data in a {encoding} body"));
+        }
+        let mut out = self.clone();
+        out.headers.retain(|h| !h.is("Content-Transfer-Encoding"));
+        if out.header("MIME-Version").is_none() {
+            out.headers.push(Header::new("MIME-Version", "1.0"));
+        }
+        if out.header("Content-Type").is_none() {
+            // RFC 2045 would read an untyped body as US-ASCII; UTF-8 is what it most likely is.
+            out.headers
+                .push(Header::new("Content-Type", "text/plain; charset=UTF-8"));
+        }
+        out.headers
+            .push(Header::new("Content-Transfer-Encoding", "quoted-printable"));
+        out.body = quoted_printable(&self.body);
+        Ok(out)
+    }
+
     /// The message as canonical CRLF text: headers, empty line, body.
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         for h in &self.headers {
@@ -312,6 +349,38 @@ impl Message {
         self.write_to(&mut stuffer)?;
         out.write_all(b".\r\n")
     }
+}
+
+/// RFC 2045 6.7 quoted-printable of a CRLF body: lines of at most 76 characters, trailing
+/// whitespace encoded, hard line breaks kept.
+fn quoted_printable(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 8);
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let last = lines.len() - 1;
+    for (n, raw) in lines.into_iter().enumerate() {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if n == last && line.is_empty() {
+            break; // the body's final CRLF was already written
+        }
+        let mut width = 0;
+        for (i, &b) in line.iter().enumerate() {
+            let at_end = i + 1 == line.len();
+            let literal = (b == b' ' || b == b'\t') && !at_end || (33..=126).contains(&b) && b != b'=';
+            let piece: Vec<u8> = if literal {
+                vec![b]
+            } else {
+                format!("={b:02X}").into_bytes()
+            };
+            if width + piece.len() > 75 {
+                out.extend_from_slice(b"=\r\n");
+                width = 0;
+            }
+            out.extend_from_slice(&piece);
+            width += piece.len();
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }
 
 /// `-F "Cron Daemon"` needs no quotes; `-F "Doe, John"` does. Control characters (CR/LF
@@ -522,6 +591,46 @@ mod tests {
             m.header("From").unwrap().raw,
             b"From: \"EvilBcc: x@y\" <web1@h>".to_vec()
         );
+    }
+
+    #[test]
+    fn eight_bit_text_becomes_quoted_printable_for_a_seven_bit_relay() {
+        let body = "Grüße aus Köln = 100 % \n.dot\n".to_string() + &"x".repeat(80) + "\n";
+        let m = read(format!("Subject: x\n\n{body}").as_bytes(), Terminator::Eof);
+        let seven = m.to_seven_bit().unwrap();
+        assert!(!seven.has_8bit());
+        let text = String::from_utf8(wire(&seven)).unwrap();
+        assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{text}");
+        assert!(text.contains("Gr=C3=BC=C3=9Fe aus K=C3=B6ln =3D 100 %=20\r\n"), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 76), "{text}");
+        // Decoding gives the body back.
+        let qp = &seven.body;
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while i < qp.len() {
+            if qp[i] == b'=' && qp.get(i + 1) == Some(&b'\r') {
+                i += 3;
+            } else if qp[i] == b'=' {
+                let hex = std::str::from_utf8(&qp[i + 1..i + 3]).unwrap();
+                decoded.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                decoded.push(qp[i]);
+                i += 1;
+            }
+        }
+        assert_eq!(decoded, m.body);
+    }
+
+    #[test]
+    fn what_cannot_be_converted_says_why() {
+        let header = read("Subject: Grüße\n\nx\n".as_bytes(), Terminator::Eof);
+        assert!(header.to_seven_bit().unwrap_err().contains("header"));
+        let binary = read(
+            "Content-Type: application/octet-stream\n\n\u{e9}\n".as_bytes(),
+            Terminator::Eof,
+        );
+        assert!(binary.to_seven_bit().is_err());
     }
 
     #[test]

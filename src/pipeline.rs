@@ -230,6 +230,15 @@ impl Context {
             count_refusal: true,
             test_clock: self.fixed_now.is_some(),
         };
+        if let Some(waiting) = self.deferred_ahead() {
+            // Within an account mail leaves in order: while some of it waits in defer/, a new
+            // message waits behind it; `queue run` releases (and counts) them oldest first.
+            let text = format!(
+                "{waiting} earlier messages of {} are deferred; this one waits behind them",
+                self.account.name
+            );
+            return self.defer_or_hold(meta, &sub.message, text);
+        }
         let decision = match self.decide(&attempt) {
             Ok(d) => d,
             Err(f) => return Report::failure(&f, "451 4.3.0"),
@@ -269,18 +278,7 @@ impl Context {
                         line: Some(text),
                     },
                     Action::Hold => self.keep(Kind::Hold, meta, &sub.message, text, None),
-                    Action::Defer => {
-                        let cap = self.config.max_deferred(&self.account.name) as usize;
-                        let deferred = self
-                            .state()
-                            .map(|s| Spool::new(s).count(Kind::Defer, &self.account.name));
-                        if deferred.is_ok_and(|n| n < cap) {
-                            self.keep(Kind::Defer, meta, &sub.message, text, None)
-                        } else {
-                            let text = format!("{text}; {cap} messages are already deferred");
-                            self.keep(Kind::Hold, meta, &sub.message, text, None)
-                        }
-                    }
+                    Action::Defer => self.defer_or_hold(meta, &sub.message, text),
                 };
             }
         };
@@ -362,6 +360,33 @@ impl Context {
                 }
                 report
             }
+        }
+    }
+
+    /// How many messages of this account wait in defer/ (`None`: none, or exempt).
+    fn deferred_ahead(&self) -> Option<usize> {
+        if self.config.is_exempt(&self.account.name) {
+            return None;
+        }
+        let spool = Spool::new(self.state().ok()?);
+        // The common case is an empty defer/: one readdir, no file opened.
+        if spool.ids(Kind::Defer).ok()?.is_empty() {
+            return None;
+        }
+        Some(spool.count(Kind::Defer, &self.account.name)).filter(|n| *n > 0)
+    }
+
+    /// Defer, unless the account already has `max_deferred` waiting: then hold.
+    fn defer_or_hold(&self, meta: Meta, msg: &Message, text: String) -> Report {
+        let cap = self.config.max_deferred(&self.account.name) as usize;
+        let deferred = self
+            .state()
+            .map(|s| Spool::new(s).count(Kind::Defer, &self.account.name));
+        if deferred.is_ok_and(|n| n < cap) {
+            self.keep(Kind::Defer, meta, msg, text, None)
+        } else {
+            let text = format!("{text}; {cap} messages are already deferred");
+            self.keep(Kind::Hold, meta, msg, text, None)
         }
     }
 

@@ -201,6 +201,25 @@ impl Relay<'_> {
                 .any(|e| e == ext || e.starts_with(&format!("{ext} ")))
         };
         let pipelining = has("PIPELINING");
+        // No raw 8-bit data to a relay that did not offer 8BITMIME: convert it as Postfix
+        // does, or keep the message with the reason.
+        let converted;
+        let msg = if msg.has_8bit() && !has("8BITMIME") {
+            match msg.to_seven_bit() {
+                Ok(m) => {
+                    converted = m;
+                    &converted
+                }
+                Err(why) => {
+                    conn.quit();
+                    return Ok(Outcome::Temporary(format!(
+                        "relay does not announce 8BITMIME and the message cannot be made 7-bit ({why})"
+                    )));
+                }
+            }
+        } else {
+            msg
+        };
 
         let mut mail = format!("MAIL FROM:<{}>", env.sender.unwrap_or(""));
         if has("SIZE") {

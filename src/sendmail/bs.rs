@@ -44,8 +44,13 @@ impl Server<'_> {
         let mut line = Vec::new();
         loop {
             line.clear();
-            let n = <&mut R as io::Read>::take(&mut *input, MAX_LINE as u64)
-                .read_until(b'\n', &mut line)?;
+            let n = match <&mut R as io::Read>::take(&mut *input, MAX_LINE as u64)
+                .read_until(b'\n', &mut line)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return self.idle(output),
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Ok(());
             }
@@ -94,6 +99,9 @@ impl Server<'_> {
                             Err(ReadError::TooBig { limit }) => {
                                 format!("552 5.3.4 Message exceeds the size limit of {limit} bytes")
                             }
+                            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                                return self.idle(output);
+                            }
                             Err(ReadError::Io(e)) => return Err(e),
                         }
                     }
@@ -118,6 +126,13 @@ impl Server<'_> {
             reply(output, &answer)?;
             output.flush()?;
         }
+    }
+
+    /// The client said nothing for the idle timeout: close as Postfix's smtpd does. A message
+    /// being received is dropped.
+    fn idle<W: Write>(&self, output: &mut W) -> io::Result<()> {
+        reply(output, &format!("421 4.4.2 {} Error: timeout exceeded", self.hostname))?;
+        output.flush()
     }
 
     fn mail(&self, tx: &mut Transaction, arg: &str) -> String {

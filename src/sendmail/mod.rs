@@ -30,8 +30,64 @@ pub fn run(argv: &[String]) -> Exit {
         Mode::ListQueue => crate::admin::mailq(inv.config.as_deref()),
         Mode::Flush => crate::admin::flush(inv.config.as_deref()),
         Mode::Aliases => crate::admin::newaliases(),
-        Mode::Smtp => smtp_session(&inv, &mut input),
+        Mode::Smtp => {
+            let idle = setup_idle_timeout(&inv);
+            let mut timed = BufReader::with_capacity(64 * 1024, IdleStdin { idle });
+            smtp_session(&inv, &mut timed)
+        }
         Mode::Deliver => deliver(&inv, &mut input),
+    }
+}
+
+/// `-bs` waits at most this long for the client's next bytes (`[smtp] idle_timeout`).
+fn setup_idle_timeout(inv: &Invocation) -> std::time::Duration {
+    let seconds = load_config(inv, identity::is_privileged())
+        .map_or(Config::default().smtp.idle_timeout, |c| c.smtp.idle_timeout)
+        .secs();
+    std::time::Duration::from_secs(seconds)
+}
+
+/// stdin that fails with `TimedOut` when the client sends nothing for `idle`, so that a `-bs`
+/// client that hangs cannot keep mailgate (and a PHP-FPM worker) waiting for ever.
+struct IdleStdin {
+    idle: std::time::Duration,
+}
+
+impl Read for IdleStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut pfd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = self.idle.as_millis().min(i32::MAX as u128) as libc::c_int;
+        loop {
+            // SAFETY: pfd is one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc > 0 {
+                break;
+            }
+            if rc == 0 {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "client idle"));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        // Straight from fd 0: std's stdin keeps its own buffer (which poll cannot see) and its
+        // lock is already held by `run`.
+        loop {
+            // SAFETY: buf is writable for its length.
+            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 }
 
