@@ -365,7 +365,8 @@ fn quoted_printable(body: &[u8]) -> Vec<u8> {
         let mut width = 0;
         for (i, &b) in line.iter().enumerate() {
             let at_end = i + 1 == line.len();
-            let literal = (b == b' ' || b == b'\t') && !at_end || (33..=126).contains(&b) && b != b'=';
+            let literal =
+                (b == b' ' || b == b'\t') && !at_end || (33..=126).contains(&b) && b != b'=';
             let piece: Vec<u8> = if literal {
                 vec![b]
             } else {
@@ -600,8 +601,14 @@ mod tests {
         let seven = m.to_seven_bit().unwrap();
         assert!(!seven.has_8bit());
         let text = String::from_utf8(wire(&seven)).unwrap();
-        assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{text}");
-        assert!(text.contains("Gr=C3=BC=C3=9Fe aus K=C3=B6ln =3D 100 %=20\r\n"), "{text}");
+        assert!(
+            text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Gr=C3=BC=C3=9Fe aus K=C3=B6ln =3D 100 %=20\r\n"),
+            "{text}"
+        );
         assert!(text.lines().all(|l| l.len() <= 76), "{text}");
         // Decoding gives the body back.
         let qp = &seven.body;

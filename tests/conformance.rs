@@ -426,7 +426,7 @@ fn partial_rcpt_rejection_delivers_to_the_rest() {
             "bad@x.org".into(),
             "550 5.1.1 <bad@x.org>: no such user".into(),
         )],
-        data_reply: None,
+        ..Script::default()
     });
     let env = Env::new(rec.port, "");
     let o = env.send(&["-i", "good@x.org", "bad@x.org"], b"Subject: x\n\nb\n");

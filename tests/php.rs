@@ -109,7 +109,7 @@ var_dump(mail("m@x.org", "mixed", "a\r\nb\nc", "From: f@example.org\nX-Extra: 1"
 fn php_mail_returns_false_when_mailgate_refuses() {
     let rec = Recorder::start(Script {
         reject_rcpt: vec![("nobody@x.org".into(), "550 5.1.1 no such user".into())],
-        data_reply: None,
+        ..Script::default()
     });
     let env = Env::new(rec.port, "");
     let out = php(

@@ -131,7 +131,10 @@ impl Server<'_> {
     /// The client said nothing for the idle timeout: close as Postfix's smtpd does. A message
     /// being received is dropped.
     fn idle<W: Write>(&self, output: &mut W) -> io::Result<()> {
-        reply(output, &format!("421 4.4.2 {} Error: timeout exceeded", self.hostname))?;
+        reply(
+            output,
+            &format!("421 4.4.2 {} Error: timeout exceeded", self.hostname),
+        )?;
         output.flush()
     }
 

@@ -239,13 +239,28 @@ fn parse_dump(bytes: &[u8]) -> Option<Received> {
     })
 }
 
-/// How the recording server answers.
+/// How the recording server answers (and misbehaves).
 #[derive(Clone, Default)]
 pub struct Script {
     /// RCPT addresses answered with this reply instead of 250.
     pub reject_rcpt: Vec<(String, String)>,
+    /// With `reject_once`, each address of `reject_rcpt` is refused only the first time.
+    pub reject_once: bool,
     /// Reply to the final "." (default 250).
     pub data_reply: Option<String>,
+    /// Accept at most this many RCPTs per transaction, then 452 (Postfix's
+    /// smtpd_recipient_limit).
+    pub rcpt_limit: Option<usize>,
+    /// Send the greeting one byte per this interval.
+    pub trickle_greeting: Option<Duration>,
+    /// After EHLO, send "250-" continuation lines for ever, one per 100 ms.
+    pub endless_ehlo: bool,
+    /// Read DATA 4 KiB at a time with this pause in between.
+    pub slow_data: Option<Duration>,
+    /// Do not announce 8BITMIME.
+    pub no_8bitmime: bool,
+    /// Addresses already refused once (shared by all connections).
+    pub refused: Arc<Mutex<Vec<String>>>,
 }
 
 /// An in-test SMTP server that records the raw wire bytes of every DATA section.
@@ -288,8 +303,17 @@ impl Recorder {
 fn serve(conn: TcpStream, script: &Script, store: &Mutex<Vec<Received>>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(DEADLINE))?;
     let mut out = conn.try_clone()?;
-    let mut input = BufReader::new(conn);
-    out.write_all(b"220 recorder ESMTP\r\n")?;
+    let slow_data = script.slow_data;
+    let mut input = BufReader::with_capacity(4096, conn);
+    match script.trickle_greeting {
+        Some(pause) => {
+            for b in b"220 recorder ESMTP\r\n" {
+                out.write_all(&[*b])?;
+                std::thread::sleep(pause);
+            }
+        }
+        None => out.write_all(b"220 recorder ESMTP\r\n")?,
+    }
     let mut tx = Received {
         mail: String::new(),
         rcpts: Vec::new(),
@@ -303,7 +327,14 @@ fn serve(conn: TcpStream, script: &Script, store: &Mutex<Vec<Received>>) -> std:
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
-        let reply = if upper.starts_with("EHLO") {
+        let reply = if upper.starts_with("EHLO") && script.endless_ehlo {
+            loop {
+                out.write_all(b"250-still talking\r\n")?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else if upper.starts_with("EHLO") && script.no_8bitmime {
+            "250-recorder\r\n250-PIPELINING\r\n250 SIZE 100000000".to_string()
+        } else if upper.starts_with("EHLO") {
             "250-recorder\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250 8BITMIME".to_string()
         } else if upper.starts_with("MAIL FROM:") {
             tx = Received {
@@ -317,8 +348,23 @@ fn serve(conn: TcpStream, script: &Script, store: &Mutex<Vec<Received>>) -> std:
                 .trim_start_matches('<')
                 .trim_end_matches('>')
                 .to_string();
-            match script.reject_rcpt.iter().find(|(a, _)| *a == addr) {
+            let refuse = script
+                .reject_rcpt
+                .iter()
+                .find(|(a, _)| *a == addr)
+                .filter(|_| {
+                    let mut refused = script.refused.lock().unwrap();
+                    if script.reject_once && refused.contains(&addr) {
+                        return false;
+                    }
+                    refused.push(addr.clone());
+                    true
+                });
+            match refuse {
                 Some((_, r)) => r.clone(),
+                None if script.rcpt_limit.is_some_and(|n| tx.rcpts.len() >= n) => {
+                    "452 4.5.3 Error: too many recipients".into()
+                }
                 None => {
                     tx.rcpts.push(addr);
                     "250 2.1.5 Ok".into()
@@ -339,6 +385,11 @@ fn serve(conn: TcpStream, script: &Script, store: &Mutex<Vec<Received>>) -> std:
                         break;
                     }
                     data.extend_from_slice(&line);
+                    if let Some(pause) = slow_data
+                        && data.len() % 4096 < line.len()
+                    {
+                        std::thread::sleep(pause);
+                    }
                 }
                 tx.data = data;
                 let reply = script
@@ -445,7 +496,7 @@ pub fn run_with_input(cmd: &mut Command, stdin: &[u8]) -> Output {
     output
 }
 
-fn wait_output(mut child: Child, pid: u32) -> Output {
+pub fn wait_output(mut child: Child, pid: u32) -> Output {
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out = std::thread::spawn(move || {
