@@ -516,6 +516,9 @@ struct CounterStatus {
     exempt: bool,
     /// Why the account is locked, if it is.
     locked: Option<String>,
+    /// Why its counter cannot be read (`mailgate reset` repairs it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broken: Option<String>,
     held: usize,
     deferred: usize,
     queued: usize,
@@ -564,20 +567,36 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
         accounts: Vec::new(),
         server: None,
     };
+    let mut broken = 0;
     for name in &names {
         identity::validate_account_name(name).map_err(|why| Failure::new(Exit::Usage, why))?;
-        let rec = ctx.store()?.read(config, Counter::Account(name), now)?;
-        let mut c = counter_status(
-            name,
-            config.is_exempt(name),
-            &rec,
-            config.limits_for(name),
-            now,
-        );
+        // One damaged counter must not hide the others: it is listed as broken.
+        let mut c = match ctx.store()?.read(config, Counter::Account(name), now) {
+            Ok(rec) => counter_status(
+                name,
+                config.is_exempt(name),
+                &rec,
+                config.limits_for(name),
+                now,
+            ),
+            Err(f) => {
+                broken += 1;
+                let mut c =
+                    counter_status(name, config.is_exempt(name), &Record::default(), &[], now);
+                c.broken = Some(f.message);
+                c
+            }
+        };
         c.held = count(Kind::Hold, name);
         c.deferred = count(Kind::Defer, name);
         c.queued = count(Kind::Queue, name);
         out.accounts.push(c);
+    }
+    if let (Some(a), true) = (only, names.is_empty()) {
+        return Err(Failure::new(
+            Exit::NoPerm,
+            format!("account {a:?}: you may not see it (it is not yours)"),
+        ));
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
         let rec = ctx.store()?.read(config, Counter::Server, now)?;
@@ -589,13 +608,23 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
             now,
         ));
     }
+    let result = if broken > 0 {
+        Err(Failure::new(
+            Exit::OsErr,
+            format!(
+                "{broken} account counter(s) cannot be read; `mailgate reset ACCOUNT` repairs them"
+            ),
+        ))
+    } else {
+        Ok(())
+    };
     if json {
         out!(
             "{}",
             serde_json::to_string_pretty(&out)
                 .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
         );
-        return Ok(());
+        return result;
     }
     for c in out.accounts.iter().chain(out.server.as_ref()) {
         let mut flags = Vec::new();
@@ -604,6 +633,9 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
         }
         if let Some(why) = &c.locked {
             flags.push(format!("LOCKED: {why}"));
+        }
+        if let Some(why) = &c.broken {
+            flags.push(format!("BROKEN: {why}"));
         }
         for (n, what) in [
             (c.held, "held"),
@@ -641,7 +673,7 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
             );
         }
     }
-    Ok(())
+    result
 }
 
 fn counter_status(
@@ -677,6 +709,7 @@ fn counter_status(
         name: name.to_string(),
         exempt,
         locked: rec.lock.as_ref().map(|l| l.reason.clone()),
+        broken: None,
         held: 0,
         deferred: 0,
         queued: 0,

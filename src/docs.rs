@@ -38,6 +38,10 @@ const KEYS: &[(&str, &str)] = &[
         "One wall-clock deadline for connect, the whole dialogue and the data of one transaction; past it the message is queued.",
     ),
     (
+        "smtp.idle_timeout",
+        "sendmail -bs: a client that sends nothing for this long gets 421 and the session ends (Postfix's smtpd_timeout).",
+    ),
+    (
         "identity.account_env",
         "Environment variable that names the account (PHP-FPM env[...]); empty disables it.",
     ),

@@ -544,3 +544,63 @@ fn on_a_full_disk_one_stuck_entry_does_not_stop_the_others() {
     assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
     assert_eq!(left[0]["recipients"], serde_json::json!(["busy@x.org"]));
 }
+
+#[test]
+fn any_damaged_counter_is_shown_as_broken_and_repaired_by_reset() {
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(
+        rec.port,
+        &format!(
+            "{LIMITS}[accounts.a1]\nusers = [\"{me}\"]\n[accounts.a2]\nusers = [\"{me}\"]\n",
+            me = login()
+        ),
+    );
+    let send = |account: &str| {
+        env.send(
+            &["--account", account, "-i", "x@x.org"],
+            b"Subject: s\n\nb\n",
+        )
+    };
+    let counter = env.state.join("accounts").join("a1");
+    let damages: [(&str, &dyn Fn()); 4] = [
+        ("a directory", &|| std::fs::create_dir(&counter).unwrap()),
+        ("a symlink", &|| {
+            std::os::unix::fs::symlink("/etc/passwd", &counter).unwrap()
+        }),
+        ("zero bytes", &|| std::fs::write(&counter, b"").unwrap()),
+        ("garbage", &|| {
+            std::fs::write(&counter, vec![0x5a; 4096]).unwrap()
+        }),
+    ];
+    for (what, damage) in damages {
+        assert_eq!(code(&send("a1")), 0, "{what}");
+        assert_eq!(code(&send("a2")), 0, "{what}");
+        std::fs::remove_file(&counter).unwrap();
+        damage();
+        // The damaged account fails closed; the other one sends on.
+        assert_eq!(code(&send("a1")), 71, "{what}");
+        assert_eq!(code(&send("a2")), 0, "{what}");
+        // status lists both, marks the broken one, and says so in its exit code.
+        let o = run_with_input(env.cmd().arg("status"), b"");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(code(&o), 71, "{what}: {out}");
+        assert!(out.contains("a1 (BROKEN: "), "{what}: {out}");
+        assert!(out.lines().any(|l| l == "a2"), "{what}: {out}");
+        // reset repairs it, whatever it was.
+        let o = run_with_input(env.cmd().args(["reset", "a1"]), b"");
+        assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
+        assert!(
+            std::fs::symlink_metadata(&counter).unwrap().is_file(),
+            "{what}"
+        );
+        assert_eq!(code(&send("a1")), 0, "{what}");
+        let o = run_with_input(env.cmd().arg("status"), b"");
+        assert_eq!(code(&o), 0, "{what}");
+        // The symlink's target was never touched.
+        assert!(
+            std::fs::read_to_string("/etc/passwd")
+                .unwrap()
+                .contains("root:")
+        );
+    }
+}

@@ -395,7 +395,15 @@ fn files_read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result
 /// Empty an account's (or the server's) counters.
 fn files_reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
     let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
-    let f = state.lock(counter, timeout)?;
+    // Whatever is in the way (a directory, a symlink, a device) is moved aside first.
+    let f = match state.lock(counter, timeout) {
+        Ok(f) => f,
+        Err(_) if !state.is_regular_file(counter) => {
+            state.set_aside(counter)?;
+            state.lock(counter, timeout)?
+        }
+        Err(f) => return Err(f),
+    };
     // Counters go; a lock stays until `mailgate unlock`.
     let old = f.load().unwrap_or_default();
     let mut fresh = Record {
@@ -489,6 +497,8 @@ impl Store {
                     .map(|rd| {
                         rd.filter_map(|e| e.ok())
                             .map(|e| e.file_name().to_string_lossy().into_owned())
+                            // .new-* files being born, .broken-* set aside by reset
+                            .filter(|n| !n.starts_with('.'))
                             .collect()
                     })
                     .unwrap_or_default();

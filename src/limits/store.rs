@@ -309,14 +309,52 @@ impl StateDir {
         let file = match counter {
             Counter::Account(name) => {
                 let accounts = self.subdir("accounts")?;
-                open_file_at(accounts.as_raw_fd(), name)
+                open_counter_at(accounts.as_raw_fd(), name)
             }
-            Counter::Server => open_file_at(self.dir.as_raw_fd(), "server"),
+            Counter::Server => open_counter_at(self.dir.as_raw_fd(), "server"),
         }
         .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
         lock_with_deadline(&file, timeout)
             .map_err(|e| Failure::io(Exit::OsErr, format!("cannot lock {}", path.display()), &e))?;
         Ok(CounterFile { file, path })
+    }
+
+    /// Whether the counter is a regular file (not a directory, symlink or device put there).
+    pub fn is_regular_file(&self, counter: Counter<'_>) -> bool {
+        std::fs::symlink_metadata(self.counter_path(counter)).is_ok_and(|m| m.file_type().is_file())
+    }
+
+    /// Move a counter that cannot be opened as a file (a directory, a symlink, a device) out
+    /// of the way, to `.broken-NAME-TIME` beside it, so that `reset` can start it afresh.
+    pub fn set_aside(&self, counter: Counter<'_>) -> Result<(), Failure> {
+        let (dir, name) = match counter {
+            Counter::Account(name) => (self.subdir("accounts")?, name),
+            Counter::Server => (
+                open_dir_at(self.dir.as_raw_fd(), Path::new("."))
+                    .map_err(|e| Failure::io(Exit::OsErr, "cannot open the state directory", &e))?,
+                "server",
+            ),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let from = CString::new(name).map_err(|_| Failure::new(Exit::Usage, "NUL in a name"))?;
+        let to = CString::new(format!(".broken-{name}-{now}"))
+            .map_err(|_| Failure::new(Exit::Usage, "NUL in a name"))?;
+        // SAFETY: dir is a directory fd; both names are valid C strings.
+        let rc =
+            unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(Failure::io(
+                    Exit::OsErr,
+                    format!("cannot move {} aside", self.counter_path(counter).display()),
+                    &e,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Open a subdirectory of the state directory, creating it (mode 0770) when missing.
@@ -405,6 +443,78 @@ fn open_file_at(dir: libc::c_int, name: &str) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Open a counter file, never following a symlink. A missing one is created whole: a valid
+/// empty record is written under a temporary name and linked into place, so that a counter
+/// file of zero bytes can only be damage (fail-closed applies), never a fresh start.
+fn open_counter_at(dir: libc::c_int, name: &str) -> io::Result<File> {
+    let c = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let open = || -> io::Result<File> {
+        // SAFETY: dir is a directory fd, c a valid C string; the fd is owned below.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by openat and is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_counter_at(dir, &c)?;
+            open()
+        }
+        other => other,
+    }
+}
+
+fn create_counter_at(dir: libc::c_int, name: &CString) -> io::Result<()> {
+    // Account names never start with '.', so this cannot be anyone's counter.
+    let tmp = CString::new(format!(
+        ".new-{}-{}",
+        std::process::id(),
+        name.to_string_lossy()
+    ))
+    .map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: as in open_counter_at.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            tmp.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o660 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let empty = encode(&Record::default());
+    let written = file
+        .write_all_at(&empty, 0)
+        .and_then(|()| file.write_all_at(&empty, SLOT_SIZE as u64));
+    // SAFETY: dir is a directory fd; tmp and name are valid C strings.
+    let linked = written.and_then(|()| {
+        if unsafe { libc::linkat(dir, tmp.as_ptr(), dir, name.as_ptr(), 0) } == 0 {
+            Ok(())
+        } else {
+            match io::Error::last_os_error() {
+                // Another sender created it first: theirs is as good.
+                e if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                e => Err(e),
+            }
+        }
+    });
+    // SAFETY: as above.
+    unsafe { libc::unlinkat(dir, tmp.as_ptr(), 0) };
+    linked
+}
+
 /// `File::lock` has no timeout: poll `try_lock` with a short, growing pause.
 fn lock_with_deadline(file: &File, timeout: Duration) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -446,7 +556,11 @@ impl CounterFile {
         let n = read_full(&self.file, &mut buf)
             .map_err(|e| Corrupt(format!("cannot read {}: {e}", self.path.display())))?;
         if buf[..n].iter().all(|&b| b == 0) {
-            return Ok(Record::default());
+            // Counter files are born with a valid record: emptiness is damage (truncation).
+            return Err(Corrupt(format!(
+                "{} is empty (truncated?); `mailgate reset` rewrites it",
+                self.path.display()
+            )));
         }
         let a = decode(&buf[..SLOT_SIZE]);
         let b = decode(&buf[SLOT_SIZE..]);
