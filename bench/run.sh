@@ -198,6 +198,28 @@ thr=$(python3 -c "print('%.0f' % ($t_acc/$t_secs))")
 read -r accepted refused sunk _ _ _ <<<"$(concurrency concurrency)"
 exact=no; [ "$accepted" = 1000 ] && [ "$sunk" = "$accepted" ] && [ "$refused" = 1000 ] && exact=yes
 
+# A dead relay and 1,000 queued entries: one queue run must cost one timeout, not 1,000.
+echo "bench: queue run against a dead relay (1000 entries)..." >&2
+mkconf deadrelay 100000000
+refused_port=$(free_port)   # nothing listens there: queueing is instant
+sed -i "s/^port = .*/port = $refused_port\ntimeout = \"2s\"/" "$work/deadrelay/mailgate.toml"
+for _ in $(seq 1000); do MAILGATE_CONFIG=$work/deadrelay/mailgate.toml "$BIN" -t -i <"$work/small.eml" 2>/dev/null; done
+queued=$(ls "$work/deadrelay/state/queue" | wc -l)
+python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(4096); print(s.getsockname()[1], flush=True); time.sleep(3600)' >"$work/silent.port" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/silent.port" ] && break; sleep 0.05; done
+silent_port=$(cat "$work/silent.port")
+queue_run_secs() { # port
+    sed -i "s/^port = .*/port = $1/" "$work/deadrelay/mailgate.toml"
+    local start end
+    start=$(date +%s.%N)
+    MAILGATE_CONFIG=$work/deadrelay/mailgate.toml MAILGATE_NOW=$(( $(date +%s) + 86400 )) "$BIN" queue run >/dev/null 2>&1 || true
+    end=$(date +%s.%N)
+    python3 -c "print('%.2f' % ($end - $start))"
+}
+dead_silent=$(queue_run_secs "$silent_port")
+dead_refused=$(queue_run_secs "$refused_port")
+
 size=$(stat -c %s "$BIN")
 libs=$(ldd "$BIN" | awk '{print $1}' | grep -v vdso | tr '\n' ' ')
 openssl=no; ldd "$BIN" | grep -qiE 'ssl|crypto' && openssl=YES
@@ -219,6 +241,9 @@ report=$(cat <<MD
   ${t_secs} s = **${thr} accepted messages/s** (target >= 500); lock wait p50 ${p50} ms, p99 ${p99} ms
   (target p99 <= 20 ms; from the lock_wait_us log field). Limited to 1000: ${accepted} accepted, ${refused}
   refused, ${sunk} at the sink (exact: ${exact}).
+- Dead relay, ${queued} queued entries: one \`queue run\` against a relay that accepts connections and never
+  answers (timeout 2 s) took ${dead_silent} s; against refused connections ${dead_refused} s. The first entry
+  finds the relay dead, the rest wait for the next run (before: one timeout per entry, ${queued} x 2 s).
 - Large message peak RSS: ${rss_kb} KiB for a $((large_size / 1024)) KiB message ($(ratio "$rss_kb*1024" "$large_size") x message size; target <= 3).
 - Footprint: stripped binary ${size} bytes; linked: ${libs}; OpenSSL linked: ${openssl};
   state file per account with three windows: ${state_size} bytes.
