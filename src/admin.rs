@@ -416,7 +416,8 @@ fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     for (kind, list) in lists {
-        for m in list {
+        for m in list.iter().cloned().map(terminal_safe) {
+            let m = &m;
             out!(
                 "{:<26} {:<6} {:<20} {:<16} {:>7}  {} -> {}  \"{}\"\n    {}",
                 m.id,
@@ -447,7 +448,7 @@ fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
 }
 
 fn show(spool: &Spool<'_>, kind: Kind, id: &str, body: bool) -> Result<(), Failure> {
-    let meta = spool.read_meta(kind, id)?;
+    let meta = terminal_safe(spool.read_meta(kind, id)?);
     out!(
         "id:         {}\nspool:      {}\naccount:    {}\nuser:       {} (uid {})",
         meta.id,
@@ -480,10 +481,37 @@ fn show(spool: &Spool<'_>, kind: Kind, id: &str, body: bool) -> Result<(), Failu
             .map_or(raw.len(), |p| p + 2)
     };
     use std::io::Write;
-    let text: Vec<u8> = raw[..end].iter().copied().filter(|&b| b != b'\r').collect();
+    // The message is the customer's: no ESC, BEL or other control byte reaches the terminal.
+    let text: Vec<u8> = raw[..end]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r')
+        .map(|b| {
+            if b.is_ascii_control() && b != b'\n' && b != b'\t' {
+                b'?'
+            } else {
+                b
+            }
+        })
+        .collect();
     std::io::stdout()
         .write_all(&text)
         .map_err(|e| Failure::io(Exit::IoErr, "cannot write to stdout", &e))
+}
+
+/// A spool entry's fields as the admin's terminal may show them: every field a customer
+/// controls, with control characters escaped and its length capped.
+fn terminal_safe(mut m: Meta) -> Meta {
+    let clean = |s: &str| crate::log::printable(s, 512);
+    m.account = clean(&m.account);
+    m.user = clean(&m.user);
+    m.script = clean(&m.script);
+    m.sender = m.sender.as_deref().map(clean);
+    m.recipients = m.recipients.iter().map(|r| clean(r)).collect();
+    m.subject = clean(&m.subject);
+    m.reason = clean(&m.reason);
+    m.last_error = clean(&m.last_error);
+    m
 }
 
 /// Changing state needs root or membership in the group the binary runs setgid to.

@@ -22,6 +22,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Largest message accepted, in bytes.
     pub max_message_size: u64,
+    /// Domains that several accounts may send as. Any other domain named in an account's
+    /// `allowed_senders` belongs to that account alone.
+    pub shared_domains: Vec<String>,
     pub relay: Relay,
     pub smtp: Smtp,
     pub identity: Identity,
@@ -343,6 +346,7 @@ impl Default for Config {
             hostname: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             max_message_size: 50 * 1024 * 1024,
+            shared_domains: Vec::new(),
             relay: Relay::default(),
             smtp: Smtp::default(),
             identity: Identity::default(),
@@ -529,6 +533,26 @@ impl Config {
             })
     }
 
+    /// The account that owns `domain`: the one whose `allowed_senders` names it literally
+    /// (`*@alice.example`, `news-*@alice.example`), unless the domain is shared.
+    pub fn domain_owner(&self, domain: &str) -> Option<&str> {
+        if self
+            .shared_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+        {
+            return None;
+        }
+        self.accounts.iter().find_map(|(name, account)| {
+            account
+                .allowed_senders
+                .iter()
+                .filter_map(|p| p.rsplit_once('@').map(|(_, d)| d))
+                .any(|d| !d.contains('*') && d.eq_ignore_ascii_case(domain))
+                .then_some(name.as_str())
+        })
+    }
+
     pub fn is_exempt(&self, account: &str) -> bool {
         self.accounts.get(account).is_some_and(|a| a.exempt)
     }
@@ -629,6 +653,26 @@ default_sender = "noreply@example.com"
         );
         assert_eq!(example.accounts.keys().collect::<Vec<_>>(), ["root"]);
         assert!(example.is_exempt("root") && !example.is_exempt("www-data"));
+    }
+
+    #[test]
+    fn sender_domains_belong_to_the_account_that_names_them() {
+        let c = Config::parse(
+            "shared_domains = [\"hoster.example\"]\n\
+             [accounts.\"alice.example\"]\nusers = [\"alice\"]\nallowed_senders = [\"*@alice.example\", \"*@hoster.example\"]\nsender_policy = \"reject\"\n\
+             [accounts.bob]\nallowed_senders = [\"news-*@Bob.Example\", \"*@*.bob.example\"]\nsender_policy = \"reject\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.domain_owner("ALICE.example"), Some("alice.example"));
+        assert_eq!(c.domain_owner("bob.example"), Some("bob"));
+        assert_eq!(c.domain_owner("hoster.example"), None, "shared");
+        assert_eq!(
+            c.domain_owner("sub.bob.example"),
+            None,
+            "wildcards own nothing"
+        );
+        assert_eq!(c.domain_owner("other.example"), None);
     }
 
     #[test]

@@ -29,6 +29,10 @@ const KEYS: &[(&str, &str)] = &[
         "Largest message accepted, in bytes; larger ones exit 65.",
     ),
     (
+        "shared_domains",
+        "Domains several accounts may send as. Any other domain named literally in an account's allowed_senders belongs to that account: another account using it as envelope sender or in From: is refused (exit 77).",
+    ),
+    (
         "relay.host",
         "The SMTP relay: the second Postfix instance that checks postfwd.",
     ),

@@ -48,6 +48,36 @@ impl Caller {
     }
 }
 
+/// The caller's environment as it was when mailgate started. Under setgid the process
+/// environment is emptied at once (`clean_env`), like Postfix's postdrop does, so that no
+/// library reads a caller-chosen `TZ`, `LANG` or `*_PATH`; mailgate itself reads only the
+/// account variable, from this snapshot.
+static CALLER_ENV: std::sync::OnceLock<Vec<(std::ffi::OsString, std::ffi::OsString)>> =
+    std::sync::OnceLock::new();
+
+/// Empty the environment when running setgid; keep a private snapshot for `caller_env`.
+pub fn clean_env() {
+    let snapshot: Vec<_> = std::env::vars_os().collect();
+    if is_privileged() {
+        for (key, _) in &snapshot {
+            // SAFETY: called first thing in main, before any thread exists.
+            unsafe { std::env::remove_var(key) };
+        }
+    }
+    let _ = CALLER_ENV.set(snapshot);
+}
+
+/// A variable of the caller's environment (the account variable that the config names).
+pub fn caller_env(name: &str) -> Option<String> {
+    match CALLER_ENV.get() {
+        Some(env) => env
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.to_str().map(str::to_string)),
+        None => std::env::var(name).ok(),
+    }
+}
+
 /// True when the kernel gave us privileges the caller does not have (setgid `mailgate`).
 /// Every caller-controlled override is ignored then.
 pub fn is_privileged() -> bool {

@@ -49,6 +49,11 @@ fn main() {
     // State files must come out 0660 whatever umask the (untrusted) caller left us.
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o007) };
+    identity::clean_env();
+    // A caller's `ulimit -f` must make a write fail (EFBIG, handled), not kill the process
+    // between the relay's 250 and the log line.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let argv: Vec<OsString> = std::env::args_os().collect();
     let program = argv
         .first()

@@ -176,6 +176,9 @@ impl Context {
             Err(f) => return Report::failure(&f, "553 5.7.1"),
         };
         fields.add("from", format!("<{}>", sender.as_deref().unwrap_or("")));
+        if let Err(f) = self.check_domain_ownership(sender.as_deref(), &sub.message) {
+            return Report::failure(&f, "553 5.7.1");
+        }
         let recipients = sub.recipients;
         fields.add("nrcpt", recipients.len());
 
@@ -515,6 +518,48 @@ impl Context {
     }
 
     /// The caller's sender (or the default), qualified, then the account's sender policy.
+    /// A domain that another account owns (names in its `allowed_senders`) cannot be used as
+    /// envelope sender or in From: by this account, unless its own `allowed_senders` allow
+    /// the address. Exempt accounts (root) are not limited.
+    fn check_domain_ownership(
+        &self,
+        sender: Option<&str>,
+        message: &Message,
+    ) -> Result<(), Failure> {
+        if self.config.is_exempt(&self.account.name) {
+            return Ok(());
+        }
+        let own = self
+            .config
+            .accounts
+            .get(&self.account.name)
+            .map_or(&[][..], |a| a.allowed_senders.as_slice());
+        let from_header: Vec<String> = message
+            .headers
+            .iter()
+            .filter(|h| h.is("From") || h.is("Sender"))
+            .flat_map(|h| address::parse_list(&h.value()))
+            .collect();
+        for addr in sender.into_iter().map(str::to_string).chain(from_header) {
+            let Some((_, domain)) = addr.rsplit_once('@') else {
+                continue;
+            };
+            let Some(owner) = self.config.domain_owner(domain) else {
+                continue;
+            };
+            if owner != self.account.name && !own.iter().any(|p| glob_match(p, &addr)) {
+                return Err(Failure::new(
+                    Exit::NoPerm,
+                    format!(
+                        "{addr}: the domain {domain} belongs to account {owner}; account {} may not send as it",
+                        self.account.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn envelope_sender(
         &self,
         given: Option<Option<String>>,

@@ -108,7 +108,7 @@ fn setup(inv: &Invocation) -> Result<Context, Failure> {
     let privileged = identity::is_privileged();
     let config = load_config(inv, privileged)?;
     let caller = Caller::current();
-    let env_account = std::env::var(&config.identity.account_env).ok();
+    let env_account = identity::caller_env(&config.identity.account_env);
     let account = identity::resolve_account(
         &caller,
         inv.account.as_deref(),
