@@ -608,7 +608,10 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
                 now,
             ),
             Err(f) => {
-                broken += 1;
+                // Busy (a stopped sender holds it) is news for the admin, not damage.
+                if !f.message.contains(limits::store::BUSY) {
+                    broken += 1;
+                }
                 let mut c =
                     counter_status(name, config.is_exempt(name), &Record::default(), &[], now);
                 c.broken = Some(f.message);
@@ -627,14 +630,17 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
         ));
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
-        let rec = ctx.store()?.read(config, Counter::Server, now)?;
-        out.server = Some(counter_status(
-            "server",
-            false,
-            &rec,
-            &config.server.limits,
-            now,
-        ));
+        out.server = Some(match ctx.store()?.read(config, Counter::Server, now) {
+            Ok(rec) => counter_status("server", false, &rec, &config.server.limits, now),
+            Err(f) => {
+                if !f.message.contains(limits::store::BUSY) {
+                    broken += 1;
+                }
+                let mut c = counter_status("server", false, &Record::default(), &[], now);
+                c.broken = Some(f.message);
+                c
+            }
+        });
     }
     let result = if broken > 0 {
         Err(Failure::new(
@@ -662,8 +668,10 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
         if let Some(why) = &c.locked {
             flags.push(format!("LOCKED: {why}"));
         }
-        if let Some(why) = &c.broken {
-            flags.push(format!("BROKEN: {why}"));
+        match &c.broken {
+            Some(why) if why.contains(limits::store::BUSY) => flags.push(why.clone()),
+            Some(why) => flags.push(format!("BROKEN: {why}")),
+            None => {}
         }
         for (n, what) in [
             (c.held, "held"),

@@ -261,6 +261,15 @@ impl Context {
                     None,
                 );
             }
+            Verdict::Busy(busy) => {
+                // A stopped sender holds a counter: nobody else waits for it. The message waits
+                // in defer/ and is counted when `queue run` releases it.
+                let why = busy.describe();
+                fields.add("busy", &why);
+                self.logger
+                    .log(Severity::Warning, &format!("{why}; deferring"));
+                return self.defer_or_hold(meta, &sub.message, why);
+            }
             Verdict::Locked(reason) => {
                 return self.keep(
                     Kind::Hold,

@@ -284,6 +284,21 @@ fn release_one(
             summary.still_deferred += 1;
             return Ok(());
         }
+        Verdict::Busy(busy) => {
+            // A stopped sender holds the counter. Root's run ends it (it never lets go by
+            // itself); this account's deferred mail waits for the next run either way.
+            let mut fields = Fields::default();
+            fields
+                .add("account", &meta.account)
+                .add("busy", busy.describe());
+            if let Some(done) = crate::limits::store::end_stopped_holder(&busy) {
+                fields.add("action", done);
+            }
+            ctx.logger.log(Severity::Warning, fields.as_str());
+            blocked.insert(meta.account.clone());
+            summary.still_deferred += 1;
+            return Ok(());
+        }
         Verdict::Locked(reason) => {
             meta.reason = format!("account locked: {reason}");
             spool.move_entry(Kind::Defer, Kind::Hold, &meta, &msg)?;

@@ -345,14 +345,14 @@ fn sender_policy_rewrites_or_refuses() {
 }
 
 #[test]
-fn a_held_lock_times_out_with_exit_71() {
+fn a_held_lock_defers_the_message_and_names_the_holder() {
     let rec = Recorder::start(Script::default());
     let env = Env::new(
         rec.port,
-        "[alerts]\nadmin = \"\"\n[state]\nlock_timeout = \"1s\"\n[accounts.root]\nexempt = false\n",
+        "[alerts]\nadmin = \"\"\n[state]\nlock_timeout = \"10s\"\n[accounts.root]\nexempt = false\nmax_deferred = 10\n",
     );
     assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
-    // Another sender holds the account's lock (a stopped process, say).
+    // Another process holds the account's lock (a stopped sender, say).
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -360,15 +360,24 @@ fn a_held_lock_times_out_with_exit_71() {
         .unwrap();
     file.lock().unwrap();
     let o = env.send(&["-i", "a@x.org"], MSG);
-    assert_eq!(code(&o), 71);
+    // Kept, not failed, and without waiting lock_timeout.
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let holder = format!("held by pid {}", std::process::id());
     assert!(
-        stderr(&o).contains("cannot lock") && stderr(&o).contains("held the lock for more than 1"),
+        stderr(&o).contains("counter busy") && stderr(&o).contains(&holder),
         "{}",
         stderr(&o)
     );
+    assert!(env.log_text().contains(&holder), "the log names the holder");
+    // status shows the others and who holds this one, without failing.
+    let out = admin(&env, &["status"], None);
+    assert!(out.contains(&holder), "{out}");
+    assert_eq!(rec.received().len(), 1);
     file.unlock().unwrap();
-    assert_eq!(code(&env.send(&["-i", "a@x.org"], MSG)), 0);
-    assert_eq!(rec.received().len(), 2);
+    // The next queue run releases and counts it.
+    let out = admin(&env, &["queue", "run"], None);
+    assert!(out.contains("released 1 deferred"), "{out}");
+    assert_eq!(rec.wait_count(2).len(), 2);
 }
 
 #[test]

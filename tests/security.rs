@@ -417,3 +417,131 @@ fn php_mail_as_two_users_is_limited_per_account() {
         );
     }
 }
+
+/// Whether `pid` holds an flock on the file with inode `ino` (/proc/locks).
+fn holds_flock(pid: u32, ino: u64) -> bool {
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"FLOCK")
+                && f.get(4) == Some(&pid.to_string().as_str())
+                && f.get(5)
+                    .and_then(|id| id.rsplit(':').next())
+                    .is_some_and(|i| i == ino.to_string())
+        })
+}
+
+#[test]
+fn a_stopped_sender_holding_the_server_lock_delays_nobody() {
+    let (_serial, sink, inst, _config) = setgid_fixture(
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 1000 } ]\n\
+         [server]\nlimits = [ { window = \"1h\", messages = 100000 } ]\n",
+    );
+    let (hostile, victim) = (USERS[0], USERS[1]);
+    let o = send(
+        &inst,
+        victim,
+        &[],
+        &["-i", "warm@x.org"],
+        b"Subject: warm\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let server_ino = std::fs::metadata(inst.state.join("server")).unwrap().ino();
+
+    // The hostile customer's hunt: start a sender, SIGSTOP it at a random instant, keep the
+    // one that holds the server-cap lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seed = std::process::id() as u64;
+    let mut caught = None;
+    let mut tries = 0;
+    while caught.is_none() && std::time::Instant::now() < deadline {
+        tries += 1;
+        let mut child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={hostile}"),
+                &format!("--regid={hostile}"),
+                "--init-groups",
+            ])
+            .arg(&inst.bin)
+            .args(["-i", "hunt@x.org"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(b"Subject: hunt\n\nb\n");
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(std::time::Duration::from_micros((seed >> 33) % 4000));
+        let pid = child.id();
+        // SAFETY: our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        if holds_flock(pid, server_ino) {
+            caught = Some(child);
+        } else {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            let _ = child.wait();
+        }
+    }
+    let mut holder = caught.unwrap_or_else(|| {
+        panic!("no sender caught holding the server lock in {tries} tries within 30 s")
+    });
+    let before = sink.received().len();
+
+    // Every other customer's mail: exit 0 within 1 s, kept for later.
+    for i in 0..5 {
+        let start = std::time::Instant::now();
+        let o = send(
+            &inst,
+            victim,
+            &[],
+            &["-i", "victim@x.org"],
+            format!("Subject: victim {i}\n\nb\n").as_bytes(),
+        );
+        let took = start.elapsed();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+        // The first names the busy counter; the later ones wait behind it, in order.
+        let why = stderr(&o);
+        assert!(
+            why.contains("counter busy") || (i > 0 && why.contains("waits behind")),
+            "{why}"
+        );
+    }
+    // Root's status finishes and names the holder.
+    let o = run_with_input(Command::new(&inst.bin).arg("status"), b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("held by pid {}", holder.id())) && out.contains("stopped"),
+        "{out}"
+    );
+    // Root's queue run ends the stopped holder; the next one releases the deferred mail.
+    let o = run_with_input(Command::new(&inst.bin).args(["queue", "run"]), b"");
+    assert!(code(&o) == 0, "{}", stderr(&o));
+    let status = holder.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the stopped holder was ended"
+    );
+    let o = run_with_input(Command::new(&inst.bin).args(["queue", "run"]), b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("released 5 deferred"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let got = sink.wait_count(before + 5);
+    let victims = got.iter().filter(|r| r.rcpts == ["victim@x.org"]).count();
+    assert_eq!(victims, 5, "each victim message exactly once");
+}

@@ -172,7 +172,15 @@ pub enum Verdict {
     /// The shared counter store cannot be reached (`on_unavailable = "queue"`): keep the
     /// message for `queue run`, which decides when the store is back.
     StoreUnavailable(String),
+    /// Another process held a counter lock past `SENDER_LOCK_WAIT` (a stopped sender): the
+    /// message waits in defer/, and `queue run` decides (and counts) it later.
+    Busy(store::Busy),
 }
+
+/// How long a decision waits for a counter lock before the message is deferred. A lock is
+/// held for microseconds; a longer wait means a stopped or stuck holder, and a customer who
+/// stops their own sender must not delay anyone else by more than this.
+pub const SENDER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What the admin's alert mail needs to know; produced once per account per window.
 #[derive(Debug, Clone)]
@@ -212,15 +220,31 @@ struct Locked {
     server: Option<CounterFile>,
 }
 
-fn lock_both(state: &StateDir, config: &Config, account: &str) -> Result<Locked, Failure> {
-    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
-    let account = state.lock(Counter::Account(account), timeout)?;
+fn lock_both(
+    state: &StateDir,
+    config: &Config,
+    account: &str,
+    wait: std::time::Duration,
+) -> Result<Result<Locked, store::Busy>, Failure> {
+    let account = match state.lock_within(Counter::Account(account), wait)? {
+        Ok(f) => f,
+        Err(busy) => return Ok(Err(busy)),
+    };
     let server = if config.server.limits.is_empty() {
         None
     } else {
-        Some(state.lock(Counter::Server, timeout)?)
+        match state.lock_within(Counter::Server, wait)? {
+            Ok(f) => Some(f),
+            Err(busy) => return Ok(Err(busy)),
+        }
     };
-    Ok(Locked { account, server })
+    Ok(Ok(Locked { account, server }))
+}
+
+/// What a decision may wait for a lock: `lock_timeout`, but never more than
+/// `SENDER_LOCK_WAIT`.
+fn decision_wait(config: &Config) -> std::time::Duration {
+    std::time::Duration::from_secs(config.state.lock_timeout.secs()).min(SENDER_LOCK_WAIT)
 }
 
 /// Check and count one message. A corrupt counter follows `state.on_error`: fail closed
@@ -233,7 +257,16 @@ fn files_check_and_record(
 ) -> Result<Decision, Failure> {
     let account = attempt.account;
     let started = std::time::Instant::now();
-    let locked = lock_both(state, config, account)?;
+    let locked = match lock_both(state, config, account, decision_wait(config))? {
+        Ok(locked) => locked,
+        Err(busy) => {
+            return Ok(Decision {
+                verdict: Verdict::Busy(busy),
+                alert: None,
+                lock_wait: started.elapsed(),
+            });
+        }
+    };
     let lock_wait = started.elapsed();
     let loaded = (|| {
         let a = locked.account.load()?;
@@ -372,7 +405,9 @@ fn files_set_lock(
 
 /// Give back a counted message that was not sent after all (the relay refused it).
 fn files_refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
-    let locked = lock_both(state, config, &ticket.account)?;
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    let locked = lock_both(state, config, &ticket.account, timeout)?
+        .map_err(|busy| Failure::new(crate::exit::Exit::OsErr, busy.describe()))?;
     let files = std::iter::once(&locked.account).chain(locked.server.as_ref());
     for f in files {
         let Ok(mut rec) = f.load() else { continue };
@@ -386,8 +421,8 @@ fn files_refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<()
 
 /// Read an account's counters without changing them (status).
 fn files_read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<Record, Failure> {
-    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
-    let f = state.lock(counter, timeout)?;
+    // A counter held by a stopped sender must not stall `status` for every account.
+    let f = state.lock(counter, decision_wait(config))?;
     f.load()
         .map_err(|store::Corrupt(why)| Failure::new(crate::exit::Exit::OsErr, why))
 }

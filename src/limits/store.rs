@@ -303,8 +303,22 @@ impl StateDir {
         }
     }
 
-    /// Open (creating if needed) and lock a counter file, waiting at most `timeout`.
+    /// Open (creating if needed) and lock a counter file, waiting at most `timeout`. A lock
+    /// still held then is an error that names its holder.
     pub fn lock(&self, counter: Counter<'_>, timeout: Duration) -> Result<CounterFile, Failure> {
+        match self.lock_within(counter, timeout)? {
+            Ok(f) => Ok(f),
+            Err(busy) => Err(Failure::new(Exit::OsErr, busy.describe())),
+        }
+    }
+
+    /// Like `lock`, but a lock still held at the deadline is `Err(Busy)`: the caller decides
+    /// (a sender keeps the message in defer/; `queue run` ends a stopped holder).
+    pub fn lock_within(
+        &self,
+        counter: Counter<'_>,
+        timeout: Duration,
+    ) -> Result<Result<CounterFile, Busy>, Failure> {
         let path = self.counter_path(counter);
         let file = match counter {
             Counter::Account(name) => {
@@ -314,9 +328,18 @@ impl StateDir {
             Counter::Server => open_counter_at(self.dir.as_raw_fd(), "server"),
         }
         .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
-        lock_with_deadline(&file, timeout)
-            .map_err(|e| Failure::io(Exit::OsErr, format!("cannot lock {}", path.display()), &e))?;
-        Ok(CounterFile { file, path })
+        match lock_with_deadline(&file, timeout) {
+            Ok(()) => Ok(Ok(CounterFile { file, path })),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                let holder = lock_holder(&file);
+                Ok(Err(Busy { path, holder }))
+            }
+            Err(e) => Err(Failure::io(
+                Exit::OsErr,
+                format!("cannot lock {}", path.display()),
+                &e,
+            )),
+        }
     }
 
     /// Whether the counter is a regular file (not a directory, symlink or device put there).
@@ -337,10 +360,14 @@ impl StateDir {
         };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .unwrap_or_default();
         let from = CString::new(name).map_err(|_| Failure::new(Exit::Usage, "NUL in a name"))?;
-        let to = CString::new(format!(".broken-{name}-{now}"))
-            .map_err(|_| Failure::new(Exit::Usage, "NUL in a name"))?;
+        let to = CString::new(format!(
+            ".broken-{name}-{}.{:09}",
+            now.as_secs(),
+            now.subsec_nanos()
+        ))
+        .map_err(|_| Failure::new(Exit::Usage, "NUL in a name"))?;
         // SAFETY: dir is a directory fd; both names are valid C strings.
         let rc =
             unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) };
@@ -540,6 +567,115 @@ fn lock_with_deadline(file: &File, timeout: Duration) -> io::Result<()> {
     }
 }
 
+/// Marks the text of a counter lock that was held too long (see `Busy::describe`).
+pub const BUSY: &str = "counter busy";
+
+/// A counter whose lock another process held past the deadline.
+#[derive(Debug, Clone)]
+pub struct Busy {
+    pub path: PathBuf,
+    pub holder: Option<Holder>,
+}
+
+/// The process holding a lock, as /proc tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub uid: Option<u32>,
+    /// SIGSTOPped (state T) or traced (t): it will not let go by itself.
+    pub stopped: bool,
+}
+
+impl Busy {
+    pub fn describe(&self) -> String {
+        let who = match &self.holder {
+            Some(h) => format!(
+                "held by pid {}{}{}",
+                h.pid,
+                h.uid.map_or(String::new(), |u| format!(" (uid {u})")),
+                if h.stopped { ", which is stopped" } else { "" }
+            ),
+            None => "held by another process".into(),
+        };
+        format!("{BUSY}: {} is {who}", self.path.display())
+    }
+}
+
+/// Who holds the flock on `file`: its inode in /proc/locks, then /proc/PID/status.
+fn lock_holder(file: &File) -> Option<Holder> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid = holder_pid(&locks, meta.dev(), meta.ino())?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    Some(holder_from_status(pid, &status))
+}
+
+/// `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF` → 4242 for inode 1234567 on fd:01.
+fn holder_pid(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "->" marks a waiter, not the holder.
+        if fields.get(1) == Some(&"->") || fields.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let pid: u32 = fields.get(4)?.parse().ok()?;
+        let mut id = fields.get(5)?.split(':');
+        let (maj, min, inode) = (id.next()?, id.next()?, id.next()?);
+        let same = u32::from_str_radix(maj, 16).ok()? == major
+            && u32::from_str_radix(min, 16).ok()? == minor
+            && inode.parse::<u64>().ok()? == ino;
+        same.then_some(pid)
+    })
+}
+
+fn holder_from_status(pid: u32, status: &str) -> Holder {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    let state = field("State:");
+    Holder {
+        pid,
+        uid: field("Uid:")
+            .split_whitespace()
+            .next()
+            .and_then(|u| u.parse().ok()),
+        stopped: state.starts_with('T') || state.starts_with('t'),
+    }
+}
+
+/// `queue run` as root ends a process that is stopped while holding a counter lock: it will
+/// never let go by itself, and it is the caller's own mailgate (whose caller got no answer
+/// yet, so nothing it promised is broken). Returns what it did, for the log.
+pub fn end_stopped_holder(busy: &Busy) -> Option<String> {
+    let h = busy.holder.as_ref()?;
+    // SAFETY: geteuid cannot fail.
+    if !h.stopped || unsafe { libc::geteuid() } != 0 || h.uid == Some(0) {
+        return None;
+    }
+    // Only a mailgate process (the lock is mailgate's), never anything else.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", h.pid)).ok()?;
+    let own = std::fs::read_link("/proc/self/exe").ok()?;
+    if exe != own {
+        return None;
+    }
+    // SAFETY: kill has no memory preconditions; pid was read from /proc just now.
+    (unsafe { libc::kill(h.pid as libc::pid_t, libc::SIGKILL) } == 0).then(|| {
+        format!(
+            "ended stopped pid {} (uid {:?}) holding {}",
+            h.pid,
+            h.uid,
+            busy.path.display()
+        )
+    })
+}
+
 /// A locked counter file. The lock is released when this is dropped.
 pub struct CounterFile {
     file: File,
@@ -623,6 +759,30 @@ mod tests {
             reason: "spam run".into(),
         });
         r
+    }
+
+    #[test]
+    fn lock_holders_from_proc() {
+        let locks = "1: POSIX  ADVISORY  WRITE 77 fd:01:99 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 4343 fd:01:1234567 0 EOF\n";
+        let dev = libc::makedev(0xfd, 0x01);
+        assert_eq!(holder_pid(locks, dev, 1234567), Some(4242));
+        assert_eq!(holder_pid(locks, dev, 99), None, "POSIX locks are not ours");
+        assert_eq!(holder_pid(locks, libc::makedev(8, 1), 1234567), None);
+        let h = holder_from_status(
+            4242,
+            "Name:\tmailgate\nState:\tT (stopped)\nUid:\t1001\t1001\t1001\t1001\n",
+        );
+        assert_eq!(
+            h,
+            Holder {
+                pid: 4242,
+                uid: Some(1001),
+                stopped: true
+            }
+        );
+        assert!(!holder_from_status(1, "State:\tS (sleeping)\n").stopped);
     }
 
     #[test]
