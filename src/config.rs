@@ -158,6 +158,14 @@ pub struct Spool {
     pub max_retry: Duration,
     /// A queued message older than this moves to failed/ and the admin is told.
     pub max_age: Duration,
+    /// Messages one account may have kept (held + deferred + queued) at once; past it new
+    /// ones are refused (exit 69), so no customer can fill the state filesystem.
+    pub account_max_messages: u32,
+    /// Bytes one account may have kept at once.
+    pub account_max_bytes: u64,
+    /// Below this share of free space (percent) on the state filesystem no customer message
+    /// is kept; counters, alerts and the admin's commands go on working.
+    pub min_free_percent: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,6 +409,9 @@ impl Default for Spool {
             retry: Duration(300),
             max_retry: Duration(3600),
             max_age: Duration(5 * 86400),
+            account_max_messages: 1000,
+            account_max_bytes: 100 * 1024 * 1024,
+            min_free_percent: 5,
         }
     }
 }

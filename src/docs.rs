@@ -89,6 +89,18 @@ const KEYS: &[(&str, &str)] = &[
         "A queued message gives up (failed/, admin mail) after max_age and enough real attempts to span it (max_age / max_retry), so a clock step cannot fail it early.",
     ),
     (
+        "spool.account_max_messages",
+        "Messages one account may have kept at once (held, deferred and queued); past it new ones are refused with exit 69.",
+    ),
+    (
+        "spool.account_max_bytes",
+        "Bytes one account may have kept at once; past it new ones are refused with exit 69.",
+    ),
+    (
+        "spool.min_free_percent",
+        "Below this share of free space on the state filesystem no customer message is kept (exit 69); counters, alerts and admin commands go on working.",
+    ),
+    (
         "alerts.admin",
         "Address of alert mails (limit exceeded, account locked, message failed); empty disables them.",
     ),

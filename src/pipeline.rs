@@ -375,6 +375,35 @@ impl Context {
         }
     }
 
+    /// Whether a customer's message may still be kept: the account's share of the spools and
+    /// the state filesystem's free-space reserve. mailgate's own mail and exempt accounts
+    /// (root) are not limited, so alerts and the admin's cron mail keep working.
+    fn spool_room(&self, meta: &Meta) -> Result<(), String> {
+        if meta.internal || self.config.is_exempt(&meta.account) {
+            return Ok(());
+        }
+        let spool = Spool::new(self.state().map_err(|f| f.message)?);
+        let limits = &self.config.spool;
+        if let Some(free) = spool.free_percent()
+            && free < limits.min_free_percent
+        {
+            return Err(format!(
+                "the mail spool's filesystem is down to {free}% free (reserve {}%)",
+                limits.min_free_percent
+            ));
+        }
+        let (messages, bytes) = spool.usage(&meta.account);
+        if messages >= u64::from(limits.account_max_messages)
+            || bytes + meta.size > limits.account_max_bytes
+        {
+            return Err(format!(
+                "account {} already has {messages} messages ({bytes} bytes) kept; its share is {} messages, {} bytes",
+                meta.account, limits.account_max_messages, limits.account_max_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// How many messages of this account wait in defer/ (`None`: none, or exempt).
     fn deferred_ahead(&self) -> Option<usize> {
         if self.config.is_exempt(&self.account.name) {
@@ -420,6 +449,15 @@ impl Context {
         reason: String,
         next_attempt: Option<i64>,
     ) -> Report {
+        if let Err(full) = self.spool_room(&meta) {
+            let text = format!("{reason}; and the message cannot be kept: {full}");
+            return Report {
+                exit: Exit::Unavailable,
+                status: Status::Refused,
+                smtp: format!("452 4.3.1 {text}"),
+                line: Some(text),
+            };
+        }
         meta.reason = reason.clone();
         if kind == Kind::Queue {
             meta.last_error = reason.clone();

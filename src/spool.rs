@@ -479,6 +479,26 @@ impl<'a> Spool<'a> {
             .find(|k| self.read_meta(*k, id).is_ok())
     }
 
+    /// Messages and bytes that `account` has kept in queue/, defer/ and hold/.
+    pub fn usage(&self, account: &str) -> (u64, u64) {
+        [Kind::Queue, Kind::Defer, Kind::Hold]
+            .into_iter()
+            .flat_map(|k| self.list(k).unwrap_or_default())
+            .filter(|m| m.account == account)
+            .fold((0, 0), |(n, bytes), m| (n + 1, bytes + m.size))
+    }
+
+    /// Free space on the state filesystem, in percent of its size (for unprivileged users).
+    pub fn free_percent(&self) -> Option<u8> {
+        let path = std::ffi::CString::new(self.state.path().as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: st is plain data written by statvfs; path is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
+            return None;
+        }
+        Some((st.f_bavail as u128 * 100 / st.f_blocks as u128) as u8)
+    }
+
     pub fn count(&self, kind: Kind, account: &str) -> usize {
         self.list(kind)
             .map_or(0, |l| l.iter().filter(|m| m.account == account).count())

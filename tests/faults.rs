@@ -604,3 +604,85 @@ fn any_damaged_counter_is_shown_as_broken_and_repaired_by_reset() {
         );
     }
 }
+
+#[test]
+fn one_account_cannot_fill_the_spools_or_the_disk() {
+    assert!(
+        is_root(),
+        "this test mounts a tmpfs; run it as root (.ci/run)"
+    );
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(
+        rec.port,
+        &format!(
+            "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ {{ window = \"1h\", messages = 1, action = \"hold\" }} ]\n\
+             [spool]\naccount_max_messages = 5\nmin_free_percent = 50\n\
+             [accounts.flood]\nusers = [\"{me}\"]\n[accounts.other]\nusers = [\"{me}\"]\n",
+            me = login()
+        ),
+    );
+    let small = env.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs failed");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let config = std::fs::read_to_string(&env.config).unwrap().replace(
+        &env.state.display().to_string(),
+        &small.display().to_string(),
+    );
+    std::fs::write(&env.config, &config).unwrap();
+    let send = |account: &str, i: u32| {
+        env.send(
+            &["--account", account, "-i", "x@x.org"],
+            format!("Subject: {account} {i}\n\nb\n").as_bytes(),
+        )
+    };
+    // The flood: one sent, five held, then refused with a clear line, never a silent 0.
+    let codes: Vec<i32> = (0..10).map(|i| code(&send("flood", i))).collect();
+    assert_eq!(codes, [0, 0, 0, 0, 0, 0, 69, 69, 69, 69]);
+    let o = send("flood", 99);
+    assert!(
+        stderr(&o).contains("already has 5 messages"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        json(&env, &["hold", "list"], None)
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    // Another account still sends.
+    assert_eq!(code(&send("other", 0)), 0);
+    // Below the free-space reserve nothing more is kept, but mail that goes out still goes,
+    // and the admin's commands work.
+    let _ = std::fs::write(small.join("filler"), vec![0u8; 600 * 1024]);
+    admin(&env, &["reset", "flood"], None);
+    admin(&env, &["hold", "delete", "--account", "flood"], None);
+    assert_eq!(code(&send("flood", 100)), 0, "sent: room in the window");
+    let o = send("flood", 101);
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("% free (reserve 50%)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        code(&send("other", 1)),
+        69,
+        "its window is full and nothing can be held"
+    );
+    admin(&env, &["status"], None);
+    assert_eq!(rec.received().len(), 3);
+}
