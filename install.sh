@@ -17,8 +17,8 @@ non-zero when it cannot be.
 
 Options:
   --with-postfix         install postfix + postfwd and configure the seed's chain with postmulti:
-                         primary instance as null client relaying to 127.0.0.1:10025, a second
-                         instance "postfix-postfwd" there that checks postfwd on 127.0.0.1:10040
+                         primary instance as null client relaying to 127.0.0.1:825, a second
+                         instance "postfix-postfwd" there that checks postfwd on 127.0.0.1:840
   --php                  point sendmail_path of every installed PHP SAPI at mailgate (conf.d
                          snippet) through /usr/lib/mailgate/sendmail
   --as-sendmail          make mailgate /usr/sbin/sendmail and /usr/lib/sendmail (dpkg-divert
@@ -259,7 +259,7 @@ if [ ! -f "$ETC/mailgate.toml" ]; then
 fi
 put_dir "$STATE" 770 root:mailgate
 # Made here, owned by root: a customer's sender must never be the first to create them.
-for sub in accounts queue defer hold failed tmp; do
+for sub in accounts queue defer hold failed tmp pending; do
     put_dir "$STATE/$sub" 2770 root:mailgate
 done
 if [ ! -f "$STATE/mailgate.log" ] || [ "$(stat -c '%a %U:%G' "$STATE/mailgate.log")" != "660 root:mailgate" ]; then
@@ -405,7 +405,7 @@ if [ $with_postfix = 1 ]; then
     pset /etc/postfix alias_database ""
     pset /etc/postfix alias_maps ""
     pset /etc/postfix local_recipient_maps ""
-    pset /etc/postfix relayhost "[127.0.0.1]:10025"
+    pset /etc/postfix relayhost "[127.0.0.1]:825"
     pset /etc/postfix inet_interfaces loopback-only
     pset /etc/postfix myhostname "$host_fqdn"
     pset /etc/postfix myorigin "$origin"
@@ -413,7 +413,8 @@ if [ $with_postfix = 1 ]; then
         pset /etc/postfix maillog_file "$postfix_log/postfix.log"
     fi
 
-    # The second instance: smtpd on 127.0.0.1:10025 only, postfwd before anything permits.
+    # The second instance: smtpd on 127.0.0.1:825 only (below 1024: no customer can listen
+    # there while it is down), postfwd before anything permits.
     SEC=/etc/postfix-postfwd
     if ! postmulti -l 2>/dev/null | grep -q '^postfix-postfwd '; then
         act postmulti -I postfix-postfwd -G mta -e create
@@ -424,7 +425,7 @@ if [ $with_postfix = 1 ]; then
     pset $SEC myhostname "$host_fqdn"
     pset $SEC mydestination "$local_domains"
     pset $SEC myorigin "$origin"
-    pset $SEC smtpd_sender_restrictions "check_policy_service inet:127.0.0.1:10040"
+    pset $SEC smtpd_sender_restrictions "check_policy_service inet:127.0.0.1:840"
     pset $SEC smtpd_relay_restrictions "permit_mynetworks, reject_unauth_destination"
     pset $SEC mynetworks "127.0.0.0/8 [::1]/128"
     pset $SEC relayhost "$relayhost"
@@ -436,37 +437,40 @@ if [ $with_postfix = 1 ]; then
     pset $SEC alias_maps ""
     pset $SEC alias_database ""
     if [ -f $SEC/master.cf ]; then
-        # No smtpd on port 25 (inbound mail is not this chain's business); one on 10025; no
+        # No smtpd on port 25 (inbound mail is not this chain's business); one on 825; no
         # chroot (the relayhost and local delivery need nothing from inside a jail).
         if [ -n "$(postconf -c $SEC -M smtp/inet 2>/dev/null)" ]; then
             act postconf -c $SEC -M# smtp/inet
         fi
-        if [ -z "$(postconf -c $SEC -M 127.0.0.1:10025/inet 2>/dev/null)" ]; then
-            act postconf -c $SEC -Me "127.0.0.1:10025/inet = 127.0.0.1:10025 inet n - n - - smtpd"
+        if [ -z "$(postconf -c $SEC -M 127.0.0.1:825/inet 2>/dev/null)" ]; then
+            act postconf -c $SEC -Me "127.0.0.1:825/inet = 127.0.0.1:825 inet n - n - - smtpd"
         fi
         if postconf -c $SEC -F '*/*/chroot' 2>/dev/null | grep -q '= y$'; then
             act postconf -c $SEC -F '*/*/chroot = n'
         fi
     else
-        printf 'would configure %s/master.cf: no smtpd on port 25, smtpd on 127.0.0.1:10025\n' "$SEC"
+        printf 'would configure %s/master.cf: no smtpd on port 25, smtpd on 127.0.0.1:825\n' "$SEC"
     fi
     if [ "$(postmulti -l 2>/dev/null | awk '$1 == "postfix-postfwd" {print $3}')" != y ]; then
         act postmulti -i postfix-postfwd -e enable
     fi
 
-    # postfwd on 127.0.0.1:10040 with the seed's rules.
+    # postfwd on 127.0.0.1:840 with the seed's rules.
     put_file /etc/postfix/postfwd.cf 644 root:root "# postfwd rules (mailgate install.sh): the second line of defence behind mailgate.
-# Mail that bypasses mailgate (direct SMTP to 127.0.0.1:10025, Postfix's own sendmail) is
+# Mail that bypasses mailgate (direct SMTP to 127.0.0.1:825, Postfix's own sendmail) is
 # limited here per envelope sender, and server-wide.
 id=RATE_HOURLY; action=rate(sender/$pf_hourly/3600/$pf_verb only $pf_hourly messages per hour for \$\$sender)
 id=RATE_DAILY; action=rate(sender/$pf_daily/86400/$pf_verb only $pf_daily messages per day for \$\$sender)
 id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_server messages per hour from this server)"
+    # Port 840, below 1024: a customer cannot listen there while postfwd is down and answer
+    # DUNNO to every policy request (postfwd binds as root, then becomes postfw).
     defaults=$(cat /etc/default/postfwd 2>/dev/null || true)
-    new_defaults=$(printf '%s\n' "$defaults" | sed -E 's/^STARTUP=.*/STARTUP=1/')
+    new_defaults=$(printf '%s\n' "$defaults" | sed -E 's/^STARTUP=.*/STARTUP=1/; s/^PORT=.*/PORT=840/; s/^INET=.*/INET=127.0.0.1/')
+    grep -q '^PORT=840' <<<"$new_defaults" || new_defaults=$(printf '%s\nPORT=840' "$new_defaults")
     grep -q '^STARTUP=1' <<<"$new_defaults" || new_defaults=$(printf '%s\nSTARTUP=1' "$new_defaults")
     [ "$new_defaults" = "$defaults" ] || put_file /etc/default/postfwd 644 root:root "$new_defaults"
 
-    if [ $changes -gt 0 ] || ! (exec 3<>/dev/tcp/127.0.0.1/10040) 2>/dev/null || ! (exec 3<>/dev/tcp/127.0.0.1/10025) 2>/dev/null; then
+    if [ $changes -gt 0 ] || ! (exec 3<>/dev/tcp/127.0.0.1/840) 2>/dev/null || ! (exec 3<>/dev/tcp/127.0.0.1/825) 2>/dev/null; then
         if have_systemd; then
             systemctl is-active --quiet postfwd || remember_started postfwd
             [ $primary_was_running = 1 ] || remember_started postfix

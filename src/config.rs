@@ -45,6 +45,10 @@ pub struct Relay {
     pub host: String,
     pub port: u16,
     pub timeout: Duration,
+    /// Who may accept the relay connection when the relay is on this host (login names or
+    /// uids; Postfix's smtpd runs as postfix); mail is never handed to anyone else's
+    /// process. Empty: no check.
+    pub trusted_owners: Vec<UserRef>,
 }
 
 /// `sendmail -bs`, mailgate's own SMTP server side.
@@ -389,8 +393,12 @@ impl Default for Relay {
     fn default() -> Relay {
         Relay {
             host: "127.0.0.1".into(),
-            port: 10025,
+            port: 825,
             timeout: Duration(30),
+            trusted_owners: vec![
+                UserRef::Name("root".into()),
+                UserRef::Name("postfix".into()),
+            ],
         }
     }
 }

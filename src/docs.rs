@@ -42,6 +42,10 @@ const KEYS: &[(&str, &str)] = &[
         "One wall-clock deadline for connect, the whole dialogue and the data of one transaction; past it the message is queued.",
     ),
     (
+        "relay.trusted_owners",
+        "When the relay is on this host: the logins or uids that may accept the connection (Postfix's smtpd runs as postfix). Mail is never handed to another user's listener on the relay port; it stays queued with the reason. Empty: no check.",
+    ),
+    (
         "smtp.idle_timeout",
         "sendmail -bs: a client that sends nothing for this long gets 421 and the session ends (Postfix's smtpd_timeout).",
     ),

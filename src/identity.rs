@@ -117,8 +117,21 @@ fn passwd_entry(uid: u32) -> Option<(String, String)> {
 
 /// Whether `name` is a login in the password database (a bare recipient such as `root`).
 pub fn is_login(name: &str) -> bool {
+    uid_of(name).is_some()
+}
+
+/// The uid of a login name, or of a `UserRef`.
+pub fn uid_of_ref(user: &UserRef) -> Option<u32> {
+    match user {
+        UserRef::Uid(uid) => Some(*uid),
+        UserRef::Name(name) => uid_of(name),
+    }
+}
+
+/// The uid of login `name` in the password database.
+pub fn uid_of(name: &str) -> Option<u32> {
     let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
+        return None;
     };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     // SAFETY: passwd is plain data; getpwnam_r writes into pwd and buf, within buf.len().
@@ -133,7 +146,7 @@ pub fn is_login(name: &str) -> bool {
             &mut result,
         )
     };
-    rc == 0 && !result.is_null()
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
 }
 
 /// The full name in a GECOS field as Postfix reads it: up to the first comma, `&` standing

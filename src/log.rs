@@ -28,20 +28,24 @@ impl Logger {
         }
     }
 
-    pub fn log(&self, severity: Severity, line: &str) {
+    /// Write one line; `false` when it reached neither the log file, syslog nor the
+    /// fallback file (only stderr).
+    pub fn log(&self, severity: Severity, line: &str) -> bool {
         let line = line.replace(['\r', '\n'], " ");
         if let Some(path) = &self.file {
             if append(path, &line).is_ok() {
-                return;
+                return true;
             }
         } else if syslog(&self.syslog_socket, severity, &line).is_ok() {
-            return;
+            return true;
         }
-        if append(&self.fallback, &line).is_err() {
-            // Last resort; never reached in -bs mode unless both syslog and the state directory
-            // failed, and then the decision is worth more than a quiet stderr.
-            err!("mailgate: {line}");
+        if append(&self.fallback, &line).is_ok() {
+            return true;
         }
+        // Last resort; never reached in -bs mode unless both syslog and the state directory
+        // failed, and then the decision is worth more than a quiet stderr.
+        err!("mailgate: {line}");
+        false
     }
 }
 

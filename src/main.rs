@@ -31,6 +31,7 @@ mod dispatch;
 mod docs;
 mod exit;
 mod identity;
+mod journal;
 mod limits;
 mod log;
 mod mailq;

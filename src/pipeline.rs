@@ -5,6 +5,7 @@ use crate::address;
 use crate::config::{Action, Config, SenderPolicy};
 use crate::exit::{Exit, Failure};
 use crate::identity::{Account, Caller};
+use crate::journal;
 use crate::limits::{self, Verdict, store::StateDir};
 use crate::log::{Fields, Logger, Severity};
 use crate::message::{Message, Trace};
@@ -20,11 +21,15 @@ pub struct Context {
     pub caller: Caller,
     pub account: Account,
     pub names: LocalNames,
+    /// `[relay] trusted_owners` as uids (names that do not exist are left out).
+    trusted_owners: Vec<u32>,
     pub logger: Logger,
     /// Test clock (`MAILGATE_NOW`), honoured only when not running setgid.
     pub fixed_now: Option<i64>,
     state: Result<StateDir, Failure>,
     store: Result<limits::Store, Failure>,
+    /// The current message's record in pending/, from the hand-over until its line is logged.
+    pending: Option<journal::Pending>,
 }
 
 /// A message with its envelope as the caller gave it.
@@ -89,6 +94,12 @@ impl Context {
         account: Account,
         fixed_now: Option<i64>,
     ) -> Context {
+        let trusted_owners = config
+            .relay
+            .trusted_owners
+            .iter()
+            .filter_map(crate::identity::uid_of_ref)
+            .collect();
         let names = LocalNames::of_this_host(config.hostname.as_deref(), config.origin.as_deref());
         let logger = Logger::new(&config.log, &config.state_dir);
         let state = StateDir::open(&config.state_dir);
@@ -98,10 +109,12 @@ impl Context {
             caller,
             account,
             names,
+            trusted_owners,
             logger,
             fixed_now,
             state,
             store,
+            pending: None,
         }
     }
 
@@ -131,6 +144,7 @@ impl Context {
             port: self.config.relay.port,
             timeout: Duration::from_secs(self.config.relay.timeout.secs()),
             helo: &self.names.hostname,
+            trusted_owners: &self.trusted_owners,
         }
     }
 
@@ -160,7 +174,12 @@ impl Context {
         } else {
             Severity::Warning
         };
-        self.logger.log(severity, fields.as_str());
+        let logged = self.logger.log(severity, fields.as_str());
+        if let Some(pending) = self.pending.take()
+            && logged
+        {
+            pending.finish();
+        }
         report
     }
 
@@ -233,15 +252,6 @@ impl Context {
             count_refusal: true,
             test_clock: self.fixed_now.is_some(),
         };
-        if let Some(waiting) = self.deferred_ahead() {
-            // Within an account mail leaves in order: while some of it waits in defer/, a new
-            // message waits behind it; `queue run` releases (and counts) them oldest first.
-            let text = format!(
-                "{waiting} earlier messages of {} are deferred; this one waits behind them",
-                self.account.name
-            );
-            return self.defer_or_hold(meta, &sub.message, text);
-        }
         let decision = match self.decide(&attempt) {
             Ok(d) => d,
             Err(f) => return Report::failure(&f, "451 4.3.0"),
@@ -294,7 +304,24 @@ impl Context {
                 };
             }
         };
+        if let Some(waiting) = self.deferred_ahead() {
+            // Within an account mail leaves in order: while some of it waits in defer/, a new
+            // message waits behind it; `queue run` releases (and counts) them oldest first.
+            // A lock or a refusal above still decides first; a count is given back.
+            self.give_back(ticket.as_ref(), fields);
+            let text = format!(
+                "{waiting} earlier messages of {} are deferred; this one waits behind them",
+                self.account.name
+            );
+            return self.defer_or_hold(meta, &sub.message, text);
+        }
 
+        // From here the relay may take the message: make sure it is logged even if this
+        // process dies before the outcome is (root's next queue run logs what is left).
+        self.pending = self
+            .state()
+            .ok()
+            .and_then(|state| journal::begin(state, id, fields.as_str()));
         let outcome = self.relay().send(
             &Envelope {
                 sender: sender.as_deref(),
@@ -495,7 +522,7 @@ impl Context {
         let logger = &self.logger;
         self.store()?
             .check_and_record(&self.config, attempt, &mut |w| {
-                logger.log(Severity::Warning, w)
+                logger.log(Severity::Warning, w);
             })
     }
 

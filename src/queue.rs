@@ -82,6 +82,10 @@ pub fn run(ctx: &Context, backoff: Backoff) -> Result<Option<Summary>, Failure> 
         stale_removed: spool.remove_stale_tmp(std::time::Duration::from_secs(3600)),
         ..Summary::default()
     };
+    // Senders that died between the hand-over and their log line: log them now. A live sender
+    // finishes within the relay timeout.
+    let unfinished = std::time::Duration::from_secs(ctx.config.relay.timeout.secs() + 60);
+    crate::journal::recover(state, unfinished, &ctx.logger);
     for id in spool.ids(Kind::Queue)? {
         if summary.relay_down.is_some() {
             summary.retry_later += 1;
@@ -274,7 +278,7 @@ fn release_one(
     let decision = ctx
         .store()?
         .check_and_record(&ctx.config, &attempt, &mut |w| {
-            ctx.logger.log(Severity::Warning, w)
+            ctx.logger.log(Severity::Warning, w);
         })?;
     let ticket = match decision.verdict {
         Verdict::Accepted(t) => t,

@@ -64,6 +64,9 @@ pub struct Relay<'a> {
     pub port: u16,
     pub timeout: Duration,
     pub helo: &'a str,
+    /// Uids that may accept the relay connection when the relay is on this host; empty: no
+    /// check.
+    pub trusted_owners: &'a [u32],
 }
 
 impl Relay<'_> {
@@ -152,11 +155,49 @@ impl Relay<'_> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in (self.host, self.port).to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    self.check_owner(&s)?;
+                    return Ok(s);
+                }
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// On this host anyone can listen on an unprivileged port while the relay is down: hand
+    /// mail only to a relay process of root or the Postfix user. The connection we just
+    /// opened is looked up from the other end in /proc/net/tcp: the accepted socket belongs
+    /// to the uid of the process that accepted it (Postfix's smtpd runs as postfix), so
+    /// there is no race between check and use.
+    fn check_owner(&self, stream: &TcpStream) -> io::Result<()> {
+        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            return Ok(());
+        };
+        if self.trusted_owners.is_empty() || !peer.ip().is_loopback() {
+            return Ok(());
+        }
+        let table = if peer.is_ipv4() {
+            "/proc/net/tcp"
+        } else {
+            "/proc/net/tcp6"
+        };
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        match socket_owner(&text, peer, local) {
+            Some(uid) if self.trusted_owners.contains(&uid) => Ok(()),
+            Some(uid) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the relay's end of the connection belongs to uid {uid}, not to a trusted owner ([relay] trusted_owners): not handing mail to it"
+                ),
+            )),
+            None => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "cannot tell who owns the relay's socket ({table}): not handing mail to it"
+                ),
+            )),
+        }
     }
 
     fn transaction(
@@ -309,6 +350,36 @@ impl Relay<'_> {
             classify("end of data", reply)
         })
     }
+}
+
+/// The uid of the socket with this local and remote address in a /proc/net/tcp{,6} table.
+fn socket_owner(
+    table: &str,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+) -> Option<u32> {
+    let (want_local, want_remote) = (proc_addr(local), proc_addr(remote));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1)?.eq_ignore_ascii_case(&want_local)
+            && f.get(2)?.eq_ignore_ascii_case(&want_remote))
+        .then(|| f.get(7)?.parse().ok())
+        .flatten()
+    })
+}
+
+/// An address as /proc/net/tcp writes it: the IP in 32-bit words in host (little-endian)
+/// order, each in hex, then ':' and the port in hex.
+fn proc_addr(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
+        std::net::IpAddr::V6(v6) => v6
+            .octets()
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect(),
+    };
+    format!("{ip}:{:04X}", addr.port())
 }
 
 /// Recipients refused with 452 (too many recipients, RFC 5321 4.5.3.1.10) go to the next
@@ -467,5 +538,29 @@ impl Conn {
         if self.command("QUIT").is_ok() {
             let _ = self.reply();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_owners_from_proc_net_tcp() {
+        // The accepted side of a connection from 127.0.0.1:45678 to the relay on 127.0.0.1:10025.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:2729 00000000:0000 0A 00000000:00000000 00:00000000 00000000   107        0 1167 1 0 100 0 0 10 0
+   1: 0100007F:2729 0100007F:B26E 01 00000000:00000000 00:00000000 00000000  1001        0 2222 1 0 20 4 30 10 -1
+   2: 0100007F:B26E 0100007F:2729 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0 20 4 30 10 -1
+";
+        let relay: std::net::SocketAddr = "127.0.0.1:10025".parse().unwrap();
+        let me: std::net::SocketAddr = "127.0.0.1:45678".parse().unwrap();
+        assert_eq!(proc_addr(relay), "0100007F:2729");
+        assert_eq!(socket_owner(table, relay, me), Some(1001));
+        assert_eq!(socket_owner(table, me, relay), Some(0));
+        let other: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(socket_owner(table, relay, other), None);
+        let v6: std::net::SocketAddr = "[::1]:25".parse().unwrap();
+        assert_eq!(proc_addr(v6), "00000000000000000000000001000000:0019");
     }
 }

@@ -41,7 +41,7 @@ fn install(sink_port: u16, extra: &str) -> String {
 /// postfwd answers policy requests (after a start or reload its workers take a moment).
 fn wait_policy() {
     wait_for("postfwd to answer a policy request", || {
-        let mut s = TcpStream::connect(("127.0.0.1", 10040)).ok()?;
+        let mut s = TcpStream::connect(("127.0.0.1", 840)).ok()?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .ok()?;
         s.write_all(b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\nclient_address=127.0.0.2\nsender=probe@example.org\nrecipient=probe@example.net\n\n").ok()?;
@@ -77,7 +77,7 @@ fn postfix_log() -> String {
 
 /// One SMTP transaction straight to the relay, bypassing mailgate; returns the RCPT reply.
 fn smtp_direct(sender: &str) -> String {
-    let stream = TcpStream::connect(("127.0.0.1", 10025)).expect("the relay listens on 10025");
+    let stream = TcpStream::connect(("127.0.0.1", 825)).expect("the relay listens on 825");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut out = stream.try_clone().unwrap();
     let mut input = BufReader::new(stream);
@@ -304,11 +304,11 @@ fn php_to_postfwd_chain_end_to_end() {
         TcpStream::connect(("127.0.0.1", 25)).is_err(),
         "port 25 must not be open"
     );
-    wait_for("the relay on 10025", || {
-        TcpStream::connect(("127.0.0.1", 10025)).ok()
+    wait_for("the relay on 825", || {
+        TcpStream::connect(("127.0.0.1", 825)).ok()
     });
-    wait_for("postfwd on 10040", || {
-        TcpStream::connect(("127.0.0.1", 10040)).ok()
+    wait_for("postfwd on 840", || {
+        TcpStream::connect(("127.0.0.1", 840)).ok()
     });
 
     // Alerts go to root (the default), to prove they arrive; a queued message is retried after
@@ -435,7 +435,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
         "PHPMailer's isSendmail() went through the pool's account: {log}"
     );
 
-    // Bypass attempts meet postfwd: Postfix's own sendmail, and SMTP straight to 10025.
+    // Bypass attempts meet postfwd: Postfix's own sendmail, and SMTP straight to 825.
     // postfwd allows 5 per sender and hour (above mailgate's 3 per account, so that mail
     // mailgate passed is not stopped twice); the sixth is stopped.
     for i in 0..6 {
@@ -562,7 +562,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
     // Relay down: mail() still returns true, the message waits in mailgate's queue.
     must("postmulti -i postfix-postfwd -p stop");
     wait_for("the relay to stop", || {
-        TcpStream::connect(("127.0.0.1", 10025))
+        TcpStream::connect(("127.0.0.1", 825))
             .is_err()
             .then_some(())
     });
@@ -578,7 +578,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
     assert!(queued.contains("late@example.net"), "{queued}");
     must("postmulti -i postfix-postfwd -p start");
     wait_for("the relay to return", || {
-        TcpStream::connect(("127.0.0.1", 10025)).ok()
+        TcpStream::connect(("127.0.0.1", 825)).ok()
     });
     // Nobody calls `queue run`: the installed scheduler does, within a minute or two.
     wait_for_within(

@@ -686,3 +686,51 @@ fn one_account_cannot_fill_the_spools_or_the_disk() {
     admin(&env, &["status"], None);
     assert_eq!(rec.received().len(), 3);
 }
+
+#[test]
+fn a_relayed_message_is_logged_even_when_its_sender_cannot_write_the_log() {
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(rec.port, LIMITS);
+    // Both log files are at the caller's `ulimit -f` (8 KiB): every append fails with EFBIG.
+    let filler = vec![b'#'; 8192];
+    std::fs::write(&env.log, &filler).unwrap();
+    std::fs::write(env.state.join("mailgate.log"), &filler).unwrap();
+    let o = run_with_input(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -f 8; exec {BIN} -i a@x.org"))
+            .env("MAILGATE_CONFIG", &env.config),
+        b"Subject: unlogged\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(rec.wait_count(1).len(), 1, "relayed");
+    assert!(!env.log_text().contains("status=sent"));
+    let pending: Vec<_> = std::fs::read_dir(env.state.join("pending"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(pending.len(), 1, "the record of the hand-over is kept");
+    let id = pending[0].file_name().to_string_lossy().into_owned();
+    // A queue run after the sender is surely gone writes the line.
+    let aged = Command::new("touch")
+        .args(["-d", "-10 minutes"])
+        .arg(pending[0].path())
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    std::fs::write(&env.log, b"").unwrap();
+    admin(&env, &["queue", "run"], None);
+    let log = env.log_text();
+    assert!(
+        log.contains(&format!("id={id}"))
+            && log.contains("status=unknown")
+            && log.contains("account=root"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_dir(env.state.join("pending"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -173,7 +173,8 @@ fn setgid_fixture(
     let sink = Sink::start(&[]);
     let inst = install();
     let config = SystemConfig::install(&format!(
-        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n[log]\nfile = \"{}\"\n{limits}",
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n\
+         trusted_owners = [\"root\", \"nobody\"] # smtp-sink accepts as nobody\n[log]\nfile = \"{}\"\n{limits}",
         inst.state.display(),
         sink.port,
         inst.log.display()
@@ -544,4 +545,79 @@ fn a_stopped_sender_holding_the_server_lock_delays_nobody() {
     let got = sink.wait_count(before + 5);
     let victims = got.iter().filter(|r| r.rcpts == ["victim@x.org"]).count();
     assert_eq!(victims, 5, "each victim message exactly once");
+}
+
+#[test]
+fn a_customer_listening_on_the_relay_port_receives_nothing() {
+    let (_serial, _sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let port = free_port();
+    // The squatter: a customer's own SMTP server on the relay's (unprivileged) port.
+    let squat = "import socket, sys\n\
+                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(16)\n\
+                 print('listening', flush=True)\n\
+                 def serve(c):\n\
+                 \x20   c.sendall(b'220 squat ESMTP\\r\\n')\n\
+                 \x20   for line in c.makefile('rb'):\n\
+                 \x20       print(line.decode(errors='replace').strip(), flush=True)\n\
+                 \x20       c.sendall(b'250 ok\\r\\n' if not line.startswith(b'DATA') else b'354 go\\r\\n')\n\
+                 while True:\n\
+                 \x20   c, _ = s.accept()\n\
+                 \x20   try:\n\
+                 \x20       serve(c)\n\
+                 \x20   except OSError:\n\
+                 \x20       print('reset', flush=True)\n";
+    let mut squatter = Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", USERS[0]),
+            &format!("--regid={}", USERS[0]),
+            "--init-groups",
+            "/usr/bin/python3",
+            "-c",
+            squat,
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(squatter.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let _config = SystemConfig::install(&format!(
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {port}\n[log]\nfile = \"{}\"\n[alerts]\nadmin = \"\"\n",
+        inst.state.display(),
+        inst.log.display()
+    ));
+    let o = send(
+        &inst,
+        USERS[1],
+        &[],
+        &["-i", "victim@x.org"],
+        b"Subject: secret\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "kept, not lost: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not to a trusted owner"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_with_input(Command::new(&inst.bin).args(["queue", "flush"]), b"");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("not to a trusted owner"),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    // SAFETY: our own child.
+    unsafe { libc::kill(squatter.id() as i32, libc::SIGKILL) };
+    let _ = squatter.wait();
+    let mut heard = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut heard);
+    assert!(
+        !heard.contains("MAIL FROM") && !heard.contains("secret"),
+        "the squatter got mail: {heard}"
+    );
+    let queued = run_with_input(Command::new(&inst.bin).args(["queue", "list"]), b"");
+    assert!(String::from_utf8_lossy(&queued.stdout).contains("victim@x.org"));
 }

@@ -432,9 +432,13 @@ impl Env {
             format!(
                 "origin = \"example.org\"\nhostname = \"web1.example.org\"\nstate_dir = \"{}\"\n\
                  [relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntimeout = \"5s\"\n\
+                 trusted_owners = [0, {uid}, \"nobody\"]\n\
                  [log]\nfile = \"{}\"\n{extra}\n",
                 state.display(),
-                log.display()
+                log.display(),
+                // SAFETY: getuid cannot fail. The in-test relays are this user's sockets;
+                // smtp-sink accepts as nobody.
+                uid = unsafe { libc::getuid() },
             ),
         )
         .unwrap();

@@ -1,0 +1,83 @@
+//! Every message handed to the relay gets its log line, even when its sender is killed right
+//! after the relay's 250 (a customer can SIGKILL their own sender at any instant) or cannot
+//! write its log (`ulimit -f`, a full disk). Just before the hand-over the log line so far goes
+//! to `pending/ID` in the state directory; it is removed once the final line is written. Root's
+//! next `queue run` logs whatever is left there as `status=unknown`, so the admin still sees
+//! that the relay may have had it.
+
+use crate::limits::store::StateDir;
+use crate::log::{Logger, Severity};
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::Duration;
+
+const DIR: &str = "pending";
+
+/// A pending record; `finish` removes it once the message's final line is logged.
+pub struct Pending {
+    dir: std::os::fd::OwnedFd,
+    name: CString,
+}
+
+/// Record `line` (the log fields known before the hand-over) under `id`. Best effort: the
+/// message goes out either way.
+pub fn begin(state: &StateDir, id: &str, line: &str) -> Option<Pending> {
+    let dir = state.subdir(DIR).ok()?;
+    let name = CString::new(id).ok()?;
+    // SAFETY: dir is a directory fd, name a valid C string; the fd is owned by `file`.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o660 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(line.as_bytes()).ok()?;
+    Some(Pending { dir, name })
+}
+
+impl Pending {
+    pub fn finish(self) {
+        // SAFETY: dir is a directory fd, name a valid C string.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+    }
+}
+
+/// Log the records that their senders never finished (older than `age`) and remove them.
+/// Returns how many there were.
+pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
+    let path = state.path().join(DIR);
+    let Ok(entries) = std::fs::read_dir(&path) else {
+        return 0;
+    };
+    let mut recovered = 0;
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !old || !crate::spool::valid_id(&name) {
+            continue;
+        }
+        let fields = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let line = format!(
+            "{} status=unknown reason=\"the sender ended between handing the message to the relay and logging the outcome; the relay may have it\"",
+            crate::log::printable(fields.trim(), 4096)
+        );
+        if logger.log(Severity::Warning, &line) {
+            let _ = std::fs::remove_file(entry.path());
+            recovered += 1;
+        }
+    }
+    recovered
+}
