@@ -18,7 +18,8 @@ non-zero when it cannot be.
 Options:
   --with-postfix         install postfix + postfwd and configure the seed's chain with postmulti:
                          primary instance as null client relaying to 127.0.0.1:825, a second
-                         instance "postfix-postfwd" there that checks postfwd on 127.0.0.1:840
+                         instance "postfix-postfwd" there that checks postfwd on the Unix socket
+                         /var/lib/postfwd/policy (only Postfix may connect)
   --php                  point sendmail_path of every installed PHP SAPI at mailgate (conf.d
                          snippet) through /usr/lib/mailgate/sendmail
   --as-sendmail          make mailgate /usr/sbin/sendmail and /usr/lib/sendmail (dpkg-divert
@@ -138,6 +139,8 @@ put_dir() { # dir mode owner
 have_systemd() { [ -z "$P" ] && [ -d /run/systemd/system ]; }
 # Daemons that were not running before install.sh started them; --uninstall stops them again.
 STARTED=$BACKUP/started-daemons
+POLICY_DIR=/var/lib/postfwd
+POLICY=$POLICY_DIR/policy
 remember_started() {
     [ $dry_run = 1 ] && return 0
     mkdir -p "$BACKUP"
@@ -425,7 +428,7 @@ if [ $with_postfix = 1 ]; then
     pset $SEC myhostname "$host_fqdn"
     pset $SEC mydestination "$local_domains"
     pset $SEC myorigin "$origin"
-    pset $SEC smtpd_sender_restrictions "check_policy_service inet:127.0.0.1:840"
+    pset $SEC smtpd_sender_restrictions "check_policy_service unix:$POLICY"
     pset $SEC smtpd_relay_restrictions "permit_mynetworks, reject_unauth_destination"
     pset $SEC mynetworks "127.0.0.0/8 [::1]/128"
     pset $SEC relayhost "$relayhost"
@@ -455,22 +458,28 @@ if [ $with_postfix = 1 ]; then
         act postmulti -i postfix-postfwd -e enable
     fi
 
-    # postfwd on 127.0.0.1:840 with the seed's rules.
+    # postfwd with the seed's rules.
     put_file /etc/postfix/postfwd.cf 644 root:root "# postfwd rules (mailgate install.sh): the second line of defence behind mailgate.
 # Mail that bypasses mailgate (direct SMTP to 127.0.0.1:825, Postfix's own sendmail) is
 # limited here per envelope sender, and server-wide.
 id=RATE_HOURLY; action=rate(sender/$pf_hourly/3600/$pf_verb only $pf_hourly messages per hour for \$\$sender)
 id=RATE_DAILY; action=rate(sender/$pf_daily/86400/$pf_verb only $pf_daily messages per day for \$\$sender)
 id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_server messages per hour from this server)"
-    # Port 840, below 1024: a customer cannot listen there while postfwd is down and answer
-    # DUNNO to every policy request (postfwd binds as root, then becomes postfw).
+    # postfwd answers on a Unix socket in a directory only postfw and the postfix group may
+    # enter: no customer can listen in its place while it is down and answer DUNNO to every
+    # policy request (on 127.0.0.1:10040 anyone could; postfwd binds after dropping root, so a
+    # port below 1024 is not possible). The setgid directory gives the socket group postfix.
+    if [ ! -d "$POLICY_DIR" ]; then backup "$POLICY_DIR"; fi
+    put_dir "$POLICY_DIR" 2750 postfw:postfix
     defaults=$(cat /etc/default/postfwd 2>/dev/null || true)
-    new_defaults=$(printf '%s\n' "$defaults" | sed -E 's/^STARTUP=.*/STARTUP=1/; s/^PORT=.*/PORT=840/; s/^INET=.*/INET=127.0.0.1/')
-    grep -q '^PORT=840' <<<"$new_defaults" || new_defaults=$(printf '%s\nPORT=840' "$new_defaults")
+    new_defaults=$(printf '%s\n' "$defaults" | sed -E "s|^STARTUP=.*|STARTUP=1|; s|^PORT=.*|PORT=$POLICY|; s|^INET=.*|INET=127.0.0.1|")
+    grep -q "^PORT=$POLICY" <<<"$new_defaults" || new_defaults=$(printf '%s\nPORT=%s' "$new_defaults" "$POLICY")
+    grep -q -- '--proto=unix' <<<"$new_defaults" ||
+        new_defaults=$(printf '%s\n' "$new_defaults" | sed -E 's|^ARGS="(.*)"|ARGS="\1 --proto=unix --server_umask=0117"|')
     grep -q '^STARTUP=1' <<<"$new_defaults" || new_defaults=$(printf '%s\nSTARTUP=1' "$new_defaults")
     [ "$new_defaults" = "$defaults" ] || put_file /etc/default/postfwd 644 root:root "$new_defaults"
 
-    if [ $changes -gt 0 ] || ! (exec 3<>/dev/tcp/127.0.0.1/840) 2>/dev/null || ! (exec 3<>/dev/tcp/127.0.0.1/825) 2>/dev/null; then
+    if [ $changes -gt 0 ] || [ ! -S "$POLICY" ] || ! (exec 3<>/dev/tcp/127.0.0.1/825) 2>/dev/null; then
         if have_systemd; then
             systemctl is-active --quiet postfwd || remember_started postfwd
             [ $primary_was_running = 1 ] || remember_started postfix
@@ -478,12 +487,14 @@ id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_ser
             act systemctl restart postfwd
             act systemctl restart postfix
         else
+            # A restart, not `postfwd --reload`: after a HUP postfwd cannot bind its socket
+            # again (it runs as postfw by then) and the policy server dies.
             if postfwd_running; then
-                act postfwd --file /etc/postfix/postfwd.cf --pidfile /var/run/postfwd.pid --reload
+                act stop_postfwd
             else
-                act /etc/init.d/postfwd start
                 remember_started postfwd
             fi
+            act /etc/init.d/postfwd start
             # Each instance on its own: "postfix status" fails while either one is down.
             for instance in - postfix-postfwd; do
                 if postmulti -i "$instance" -p status >/dev/null 2>&1; then

@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 const USERS: [&str; 2] = ["mgchain1", "mgchain2"];
 const LOGDIR: &str = "/var/log/mailgate-chain-test";
+/// postfwd's policy socket, in a directory only postfw and group postfix may enter.
+const POLICY: &str = "/var/lib/postfwd/policy";
 
 fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().unwrap()
@@ -41,7 +43,7 @@ fn install(sink_port: u16, extra: &str) -> String {
 /// postfwd answers policy requests (after a start or reload its workers take a moment).
 fn wait_policy() {
     wait_for("postfwd to answer a policy request", || {
-        let mut s = TcpStream::connect(("127.0.0.1", 840)).ok()?;
+        let mut s = std::os::unix::net::UnixStream::connect(POLICY).ok()?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .ok()?;
         s.write_all(b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\nclient_address=127.0.0.2\nsender=probe@example.org\nrecipient=probe@example.net\n\n").ok()?;
@@ -307,9 +309,36 @@ fn php_to_postfwd_chain_end_to_end() {
     wait_for("the relay on 825", || {
         TcpStream::connect(("127.0.0.1", 825)).ok()
     });
-    wait_for("postfwd on 840", || {
-        TcpStream::connect(("127.0.0.1", 840)).ok()
+    wait_for("postfwd on its socket", || {
+        std::os::unix::net::UnixStream::connect(POLICY).ok()
     });
+    // Nothing of the chain listens where a customer could: no 10025/10040, the relay below
+    // 1024, and the policy socket closed to customers.
+    let listening = listeners();
+    assert!(
+        listening.iter().any(|l| l.starts_with("127.0.0.1:825 ")),
+        "{listening:?}"
+    );
+    assert!(
+        !listening
+            .iter()
+            .any(|l| l.contains(":10025 ") || l.contains(":10040 ")),
+        "{listening:?}"
+    );
+    let probe = as_user(
+        USERS[0],
+        "/usr/bin/python3",
+        &[
+            "-c",
+            &format!("import socket; socket.socket(socket.AF_UNIX).connect('{POLICY}')"),
+        ],
+        b"",
+    );
+    assert!(
+        !probe.status.success() && stderr(&probe).contains("Permission denied"),
+        "a customer reached postfwd's socket: {}",
+        stderr(&probe)
+    );
 
     // Alerts go to root (the default), to prove they arrive; a queued message is retried after
     // a second, so that the installed scheduler's next run (cron: once a minute) delivers it.
@@ -625,6 +654,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
         "/var/spool/postfix-postfwd",
         "/var/lib/postfix-postfwd",
         "/etc/postfix-postfwd",
+        "/var/lib/postfwd",
     ] {
         assert!(!Path::new(dir).exists(), "{dir} is left behind");
     }
