@@ -734,3 +734,89 @@ fn a_relayed_message_is_logged_even_when_its_sender_cannot_write_the_log() {
         0
     );
 }
+
+#[test]
+fn hostile_headers_cannot_flood_the_log_or_drive_the_admins_terminal() {
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(
+        rec.port,
+        &format!(
+            "{NOT_EXEMPT}[defaults]\nlimits = [ {{ window = \"1h\", messages = 1, action = \"hold\" }} ]\n"
+        ),
+    );
+    let script = format!(
+        "X-PHP-Originating-Script: 1000:{}\x1b[2J\x07",
+        "a".repeat(1 << 20)
+    );
+    for i in 0..5 {
+        let msg = format!("{script}\nSubject: evil\x1b]0;owned\x07 {i}\n\nb\n");
+        assert_eq!(code(&env.send(&["-i", "x@x.org"], msg.as_bytes())), 0);
+    }
+    // Five attempts with a 1 MiB header: a few KiB of log, no raw escape.
+    let log = env.log_text();
+    assert!(log.len() < 5 * 4096, "{} bytes of log", log.len());
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "{log}");
+    assert!(log.contains("more bytes]"), "cut values are marked");
+    // hold list and hold show escape what the customer wrote.
+    let list = admin(&env, &["hold", "list"], None);
+    assert!(!list.contains('\x1b') && !list.contains('\x07'), "{list:?}");
+    assert!(list.contains("\\x1b]0;owned"), "{list}");
+    let id = json(&env, &["hold", "list"], None)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = admin(&env, &["hold", "show", &id, "--body"], None);
+    assert!(
+        !show.contains('\x1b') && !show.contains('\x07'),
+        "terminal escapes in hold show"
+    );
+}
+
+#[test]
+fn another_accounts_sender_domain_is_refused() {
+    let rec = Recorder::start(Script::default());
+    let env = Env::new(
+        rec.port,
+        &format!(
+            "{LIMITS}[accounts.\"alice.example\"]\nusers = [\"{me}\"]\nallowed_senders = [\"*@alice.example\"]\nsender_policy = \"reject\"\n\
+             [accounts.mallory]\nusers = [\"{me}\"]\n",
+            me = login()
+        ),
+    );
+    let o = env.send(
+        &[
+            "--account",
+            "mallory",
+            "-f",
+            "ceo@alice.example",
+            "-i",
+            "x@x.org",
+        ],
+        b"Subject: s\n\nb\n",
+    );
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("belongs to account alice.example"),
+        "{}",
+        stderr(&o)
+    );
+    let o = env.send(
+        &["--account", "mallory", "-i", "x@x.org"],
+        b"From: CEO <ceo@alice.example>\nSubject: s\n\nb\n",
+    );
+    assert_eq!(code(&o), 77, "From: header too: {}", stderr(&o));
+    // The owner itself sends as its domain.
+    let o = env.send(
+        &[
+            "--account",
+            "alice.example",
+            "-f",
+            "ceo@alice.example",
+            "-i",
+            "x@x.org",
+        ],
+        b"Subject: s\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(rec.received().len(), 1);
+}

@@ -621,3 +621,47 @@ fn a_customer_listening_on_the_relay_port_receives_nothing() {
     let queued = run_with_input(Command::new(&inst.bin).args(["queue", "list"]), b"");
     assert!(String::from_utf8_lossy(&queued.stdout).contains("victim@x.org"));
 }
+
+#[test]
+fn customers_cannot_probe_configs_or_other_accounts() {
+    let (_serial, _sink, inst, _config) = setgid_fixture(&format!(
+        "[alerts]\nadmin = \"\"\n[accounts.\"shop.example\"]\nusers = [\"{}\"]\n",
+        USERS[0]
+    ));
+    // check-config as a customer: 77, whatever path is named (no file probing via setgid).
+    for args in [&["check-config"][..], &["check-config", "/etc/shadow"]] {
+        let o = send(&inst, USERS[1], &[], args, b"");
+        assert_eq!(code(&o), 77, "{args:?}: {}", stderr(&o));
+    }
+    // status of another account: 77, not an empty 0.
+    let o = send(&inst, USERS[1], &[], &["status", "shop.example"], b"");
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    assert_eq!(
+        code(&send(
+            &inst,
+            USERS[0],
+            &[],
+            &["status", "shop.example"],
+            b""
+        )),
+        0
+    );
+    // root checks the PATH it names, even through the setgid binary.
+    let bad = inst.prefix.join("bad.toml");
+    std::fs::write(&bad, "[relay]\nprot = 1\n").unwrap();
+    let o = run_with_input(
+        Command::new(&inst.bin).args(["check-config", bad.to_str().unwrap()]),
+        b"",
+    );
+    assert_eq!(code(&o), 78, "{}", stderr(&o));
+    assert!(stderr(&o).contains("did you mean `port`"), "{}", stderr(&o));
+    // A caller's TZ is not what the setgid process reads (its environment is emptied).
+    let o = send(
+        &inst,
+        USERS[1],
+        &[("TZ", inst.state.join("server").to_str().unwrap())],
+        &["-i", "tz@x.org"],
+        b"Subject: tz\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
