@@ -373,10 +373,20 @@ fn files_check_and_record(
         a.recent = arec.recent.clone();
     }
     arec.windows = awin;
-    locked.account.save(&mut arec)?;
-    if let Some(f) = &locked.server {
-        srec.windows = swin;
-        f.save(&mut srec)?;
+    // Both counters or neither: the server first; if the account's write then fails, the
+    // server gets its previous record back, so a failed write never leaves a phantom count.
+    match &locked.server {
+        Some(f) => {
+            let mut counted = srec.clone();
+            counted.windows = swin;
+            f.save(&mut counted)?;
+            if let Err(e) = locked.account.save(&mut arec) {
+                srec.seq = counted.seq;
+                let _ = f.save(&mut srec);
+                return Err(e);
+            }
+        }
+        None => locked.account.save(&mut arec)?,
     }
     Ok(Decision {
         verdict,
