@@ -4,6 +4,10 @@
 //! headers: display names (quoted or not, with commas inside quotes), comments (nested), angle
 //! addresses with obsolete source routes, groups (`Team: a@x, b@y;`, `undisclosed-recipients:;`)
 //! and domain literals (`a@[IPv6:::1]`). It returns the bare addr-specs in order.
+//! Also the checks an address must pass before it goes into an SMTP command, and the glob
+//! patterns of `allowed_senders`.
+
+use crate::exit::{Exit, Failure};
 
 /// The addr-specs of an (unfolded) address-list header value or argv operand.
 pub fn parse_list(input: &str) -> Vec<String> {
@@ -164,6 +168,67 @@ fn remove_unquoted_whitespace(text: &str) -> String {
         }
     }
     out
+}
+
+/// `*@example.com`, case-insensitive; `*` matches any run of characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p = pattern.to_ascii_lowercase();
+    let t = text.to_ascii_lowercase();
+    let parts: Vec<&str> = p.split('*').collect();
+    if parts.len() == 1 {
+        return p == t;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !t.starts_with(first)
+        || !t[first.len()..].ends_with(last)
+        || t.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &t[first.len()..t.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The sender's address for `-f`/`-r`/`MAIL FROM`: `None` is the null sender.
+pub fn parse_sender(raw: &str) -> Result<Option<String>, Failure> {
+    check_raw_address(raw)
+        .map_err(|why| Failure::new(Exit::NoUser, format!("invalid sender {raw:?}: {why}")))?;
+    let addr = parse_single(raw);
+    if let Some(a) = &addr {
+        check_address(a)
+            .map_err(|why| Failure::new(Exit::NoUser, format!("invalid sender {raw:?}: {why}")))?;
+    }
+    Ok(addr)
+}
+
+/// An address as the caller wrote it (an argv operand, `-f`, an SMTP path) must not hold
+/// control characters: `a@x\r\nRCPT TO:<b@y>` is malformed, never read as a group that
+/// names `b@y`. (Tabs are whitespace in a header-style list.)
+pub fn check_raw_address(raw: &str) -> Result<(), String> {
+    match raw.chars().find(|c| c.is_control() && *c != '\t') {
+        Some(c) => Err(format!("address contains the control character {c:?}")),
+        None => Ok(()),
+    }
+}
+
+/// No control characters or angle brackets: an address goes verbatim into an SMTP command.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    if addr.len() > 512 {
+        return Err("address longer than 512 bytes".into());
+    }
+    if let Some(c) = addr
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '<' | '>'))
+    {
+        return Err(format!("address contains {c:?}"));
+    }
+    Ok(())
 }
 
 /// Where Postfix's cleanup would append `@origin` in an address-list header value: the byte
@@ -329,6 +394,26 @@ mod tests {
         parse_list(s)
     }
 
+    #[test]
+    fn globs() {
+        assert!(glob_match("*@example.com", "info@EXAMPLE.com"));
+        assert!(!glob_match("*@example.com", "info@example.com.evil"));
+        assert!(glob_match("news-*@example.com", "news-2026@example.com"));
+        assert!(!glob_match("a*b*c", "acb"));
+        assert!(glob_match("exact@x", "exact@x"));
+    }
+
+    #[test]
+    fn sender_checks() {
+        assert_eq!(parse_sender("<>").unwrap(), None);
+        assert_eq!(parse_sender("N <a@x>").unwrap().as_deref(), Some("a@x"));
+        assert_eq!(
+            parse_sender("\"a\r\nRSET\"@x").unwrap_err().exit,
+            Exit::NoUser
+        );
+        assert!(check_raw_address("ok@example.com\r\nRCPT TO:<evil2@x.example>").is_err());
+        assert!(check_raw_address("Team:\ta@x, b@y;").is_ok());
+    }
     #[test]
     fn plain_and_named_addresses() {
         assert_eq!(list("a@x, B <b@x>"), ["a@x", "b@x"]);

@@ -55,7 +55,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
     if let Command::CheckConfig { path } = &cli.command {
         return check_config(&cli, path.as_deref(), privileged);
     }
-    let (path, is_default) = crate::sendmail::config_path(cli.config.as_deref(), privileged);
+    let (path, is_default) = crate::config::path_for(cli.config.as_deref(), privileged);
     let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
     let caller = Caller::current();
     if !matches!(cli.command, Command::Status { .. }) {
@@ -124,7 +124,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
 }
 
 fn checked(account: &str) -> Result<&str, Failure> {
-    identity::validate_account_name(account).map_err(|why| Failure::new(Exit::Usage, why))?;
+    crate::config::validate_account_name(account).map_err(|why| Failure::new(Exit::Usage, why))?;
     Ok(account)
 }
 
@@ -184,7 +184,7 @@ fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Result<(), Fail
 /// The context for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
 fn admin_context(config_option: Option<&str>) -> Result<(Context, bool), Failure> {
     let privileged = identity::is_privileged();
-    let (path, is_default) = crate::sendmail::config_path(config_option, privileged);
+    let (path, is_default) = crate::config::path_for(config_option, privileged);
     let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
     let caller = Caller::current();
     let account = identity::Account {
@@ -261,7 +261,7 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
     require_admin(&Caller::current(), privileged)?;
     let path = match path {
         Some(p) => std::path::PathBuf::from(p),
-        None => crate::sendmail::config_path(cli.config.as_deref(), privileged).0,
+        None => crate::config::path_for(cli.config.as_deref(), privileged).0,
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e))?;
@@ -597,7 +597,7 @@ fn status(ctx: &Context, caller: &Caller, only: Option<&str>, json: bool) -> Res
     };
     let mut broken = 0;
     for name in &names {
-        identity::validate_account_name(name).map_err(|why| Failure::new(Exit::Usage, why))?;
+        crate::config::validate_account_name(name).map_err(|why| Failure::new(Exit::Usage, why))?;
         // One damaged counter must not hide the others: it is listed as broken.
         let mut c = match ctx.store()?.read(config, Counter::Account(name), now) {
             Ok(rec) => counter_status(

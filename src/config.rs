@@ -44,7 +44,7 @@ pub struct Config {
 pub struct Relay {
     pub host: String,
     pub port: u16,
-    pub timeout: Duration,
+    pub timeout: TimeSpan,
     /// Who may accept the relay connection when the relay is on this host (login names or
     /// uids; Postfix's smtpd runs as postfix); mail is never handed to anyone else's
     /// process. Empty: no check.
@@ -57,13 +57,13 @@ pub struct Relay {
 #[serde(deny_unknown_fields, default)]
 pub struct Smtp {
     /// A client that sends nothing for this long gets 421 and the session ends.
-    pub idle_timeout: Duration,
+    pub idle_timeout: TimeSpan,
 }
 
 impl Default for Smtp {
     fn default() -> Smtp {
         Smtp {
-            idle_timeout: Duration(300),
+            idle_timeout: TimeSpan(300),
         }
     }
 }
@@ -100,7 +100,7 @@ impl Default for Log {
 #[serde(deny_unknown_fields, default)]
 pub struct State {
     /// How long a sender waits for another sender's lock on the same counter.
-    pub lock_timeout: Duration,
+    pub lock_timeout: TimeSpan,
     /// What to do when a counter file is corrupt or unreadable.
     pub on_error: OnStateError,
 }
@@ -158,10 +158,10 @@ impl Default for Store {
 #[serde(deny_unknown_fields, default)]
 pub struct Spool {
     /// First retry of a queued message after this long; doubles per attempt up to `max_retry`.
-    pub retry: Duration,
-    pub max_retry: Duration,
+    pub retry: TimeSpan,
+    pub max_retry: TimeSpan,
     /// A queued message older than this moves to failed/ and the admin is told.
-    pub max_age: Duration,
+    pub max_age: TimeSpan,
     /// Messages one account may have kept (held + deferred + queued) at once; past it new
     /// ones are refused (exit 69), so no customer can fill the state filesystem.
     pub account_max_messages: u32,
@@ -247,7 +247,7 @@ pub enum SenderPolicy {
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
-    pub window: Duration,
+    pub window: TimeSpan,
     pub messages: Option<u32>,
     pub recipients: Option<u32>,
     #[serde(default)]
@@ -266,14 +266,14 @@ pub enum Action {
 
 /// A length of time written as `"90s"`, `"15m"`, `"1h"`, `"1d"` or `"1h30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Duration(pub u64);
+pub struct TimeSpan(pub u64);
 
-impl Duration {
+impl TimeSpan {
     pub fn secs(self) -> u64 {
         self.0
     }
 
-    pub fn parse(text: &str) -> Result<Duration, String> {
+    pub fn parse(text: &str) -> Result<TimeSpan, String> {
         let mut total: u64 = 0;
         let mut digits = String::new();
         if text.is_empty() {
@@ -313,11 +313,11 @@ impl Duration {
         if total == 0 {
             return Err(format!("duration {text:?} must be longer than zero"));
         }
-        Ok(Duration(total))
+        Ok(TimeSpan(total))
     }
 }
 
-impl fmt::Display for Duration {
+impl fmt::Display for TimeSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;
         for (unit, len) in [("d", 86400), ("h", 3600), ("m", 60)] {
@@ -330,16 +330,16 @@ impl fmt::Display for Duration {
 }
 
 #[cfg(test)]
-impl serde::Serialize for Duration {
+impl serde::Serialize for TimeSpan {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
     }
 }
 
-impl<'de> Deserialize<'de> for Duration {
+impl<'de> Deserialize<'de> for TimeSpan {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Duration::parse(&text).map_err(serde::de::Error::custom)
+        TimeSpan::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -370,13 +370,13 @@ impl Default for Config {
             defaults: Limits {
                 limits: vec![
                     Limit {
-                        window: Duration(3600),
+                        window: TimeSpan(3600),
                         messages: Some(50),
                         recipients: None,
                         action: Action::Reject,
                     },
                     Limit {
-                        window: Duration(86400),
+                        window: TimeSpan(86400),
                         messages: Some(100),
                         recipients: Some(500),
                         action: Action::Hold,
@@ -394,7 +394,7 @@ impl Default for Relay {
         Relay {
             host: "127.0.0.1".into(),
             port: 825,
-            timeout: Duration(30),
+            timeout: TimeSpan(30),
             trusted_owners: vec![
                 UserRef::Name("root".into()),
                 UserRef::Name("postfix".into()),
@@ -414,9 +414,9 @@ impl Default for Identity {
 impl Default for Spool {
     fn default() -> Spool {
         Spool {
-            retry: Duration(300),
-            max_retry: Duration(3600),
-            max_age: Duration(5 * 86400),
+            retry: TimeSpan(300),
+            max_retry: TimeSpan(3600),
+            max_age: TimeSpan(5 * 86400),
             account_max_messages: 1000,
             account_max_bytes: 100 * 1024 * 1024,
             min_free_percent: 5,
@@ -436,10 +436,23 @@ impl Default for Alerts {
 impl Default for State {
     fn default() -> State {
         State {
-            lock_timeout: Duration(10),
+            lock_timeout: TimeSpan(10),
             on_error: OnStateError::FailClosed,
         }
     }
+}
+
+/// `--config` and `MAILGATE_CONFIG` are the caller's: honoured only without setgid.
+pub fn path_for(option: Option<&str>, privileged: bool) -> (PathBuf, bool) {
+    if !privileged {
+        if let Some(p) = option {
+            return (PathBuf::from(p), false);
+        }
+        if let Some(p) = std::env::var_os("MAILGATE_CONFIG").filter(|p| !p.is_empty()) {
+            return (PathBuf::from(p), false);
+        }
+    }
+    (PathBuf::from(DEFAULT_PATH), true)
 }
 
 /// A configuration error, already formatted as `file:line: message`.
@@ -499,7 +512,7 @@ impl Config {
         check_limits("defaults", &self.defaults.limits, &mut out);
         check_limits("server", &self.server.limits, &mut out);
         for (name, account) in &self.accounts {
-            if let Err(why) = crate::identity::validate_account_name(name) {
+            if let Err(why) = validate_account_name(name) {
                 out.push((name.clone(), format!("account {name:?}: {why}")));
             }
             if let Some(limits) = &account.limits {
@@ -577,6 +590,28 @@ impl Config {
     }
 }
 
+/// Account names become file names: no `/`, no `..`, no control bytes, bounded length.
+pub fn validate_account_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("account name is empty".into());
+    }
+    if name.len() > 128 {
+        return Err("account name is longer than 128 bytes".into());
+    }
+    if name.starts_with('.') || name.contains("..") {
+        return Err("account name must not start with '.' or contain '..'".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._@+-".contains(*c)))
+    {
+        return Err(format!(
+            "account name contains {bad:?} (allowed: letters, digits, . _ @ + -)"
+        ));
+    }
+    Ok(())
+}
+
 fn check_limits(owner: &str, limits: &[Limit], out: &mut Vec<(String, String)>) {
     if limits.len() > MAX_WINDOWS {
         out.push((
@@ -612,15 +647,15 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(Duration::parse("90s"), Ok(Duration(90)));
-        assert_eq!(Duration::parse("1h30m"), Ok(Duration(5400)));
-        assert_eq!(Duration::parse("1d"), Ok(Duration(86400)));
-        assert!(Duration::parse("10").is_err());
-        assert!(Duration::parse("0s").is_err());
-        assert!(Duration::parse("1y").is_err());
-        assert!(Duration::parse("99999999999999999999d").is_err());
-        assert_eq!(Duration(5400).to_string(), "90m");
-        assert_eq!(Duration(3600).to_string(), "1h");
+        assert_eq!(TimeSpan::parse("90s"), Ok(TimeSpan(90)));
+        assert_eq!(TimeSpan::parse("1h30m"), Ok(TimeSpan(5400)));
+        assert_eq!(TimeSpan::parse("1d"), Ok(TimeSpan(86400)));
+        assert!(TimeSpan::parse("10").is_err());
+        assert!(TimeSpan::parse("0s").is_err());
+        assert!(TimeSpan::parse("1y").is_err());
+        assert!(TimeSpan::parse("99999999999999999999d").is_err());
+        assert_eq!(TimeSpan(5400).to_string(), "90m");
+        assert_eq!(TimeSpan(3600).to_string(), "1h");
     }
 
     #[test]

@@ -167,28 +167,6 @@ pub fn full_name_from_gecos(gecos: &str, login: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// Account names become file names: no `/`, no `..`, no control bytes, bounded length.
-pub fn validate_account_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("account name is empty".into());
-    }
-    if name.len() > 128 {
-        return Err("account name is longer than 128 bytes".into());
-    }
-    if name.starts_with('.') || name.contains("..") {
-        return Err("account name must not start with '.' or contain '..'".into());
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "._@+-".contains(*c)))
-    {
-        return Err(format!(
-            "account name contains {bad:?} (allowed: letters, digits, . _ @ + -)"
-        ));
-    }
-    Ok(())
-}
-
 /// The account: `--account`, else the configured environment variable, else the login name;
 /// a named account must be declared with the caller among its users (root may use any).
 pub fn resolve_account(
@@ -207,7 +185,7 @@ pub fn resolve_account(
         AccountSource::Env => format!("${}", config.identity.account_env),
         AccountSource::Login => "login name".to_string(),
     };
-    validate_account_name(&name)
+    crate::config::validate_account_name(&name)
         .map_err(|why| Failure::new(Exit::NoPerm, format!("invalid account from {how}: {why}")))?;
     if source == AccountSource::Login || caller.uid == 0 || name == caller.login {
         return Ok(Account { name, source });
@@ -274,10 +252,16 @@ mod tests {
             "a b",
             &"x".repeat(129),
         ] {
-            assert!(validate_account_name(bad).is_err(), "{bad:?}");
+            assert!(
+                crate::config::validate_account_name(bad).is_err(),
+                "{bad:?}"
+            );
         }
         for good in ["example.com", "web1", "user@example.com", "a-b_c+d"] {
-            assert!(validate_account_name(good).is_ok(), "{good:?}");
+            assert!(
+                crate::config::validate_account_name(good).is_ok(),
+                "{good:?}"
+            );
         }
     }
 

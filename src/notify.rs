@@ -7,7 +7,7 @@ use crate::spool::Meta;
 use std::fmt::Write as _;
 
 fn envelope_headers(subject: &str, hostname: &str, admin: &str, origin: &str) -> Vec<Header> {
-    let id = crate::pipeline::queue_id();
+    let id = crate::spool::new_id();
     vec![
         Header::new("From", &format!("mailgate <MAILER-DAEMON@{origin}>")),
         Header::new("To", admin),

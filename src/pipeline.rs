@@ -149,7 +149,7 @@ impl Context {
     }
 
     pub fn submit(&mut self, sub: Submission) -> Report {
-        let id = queue_id();
+        let id = crate::spool::new_id();
         let script = sub
             .message
             .header("X-PHP-Originating-Script")
@@ -564,7 +564,7 @@ impl Context {
             }
             Outcome::Temporary(why) | Outcome::Unreachable(why) => {
                 let meta = Meta {
-                    id: queue_id(),
+                    id: crate::spool::new_id(),
                     account: "mailgate".into(),
                     uid: self.caller.uid,
                     user: self.caller.login.clone(),
@@ -621,7 +621,7 @@ impl Context {
             let Some(owner) = self.config.domain_owner(domain) else {
                 continue;
             };
-            if owner != self.account.name && !own.iter().any(|p| glob_match(p, &addr)) {
+            if owner != self.account.name && !own.iter().any(|p| address::glob_match(p, &addr)) {
                 return Err(Failure::new(
                     Exit::NoPerm,
                     format!(
@@ -651,7 +651,7 @@ impl Context {
             return Ok(sender);
         }
         let allowed = policy.allowed_senders.iter().any(|p| match &sender {
-            Some(s) => glob_match(p, s),
+            Some(s) => address::glob_match(p, s),
             None => p == "<>",
         });
         if allowed {
@@ -675,83 +675,6 @@ impl Context {
     }
 }
 
-/// `*@example.com`, case-insensitive; `*` matches any run of characters.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p = pattern.to_ascii_lowercase();
-    let t = text.to_ascii_lowercase();
-    let parts: Vec<&str> = p.split('*').collect();
-    if parts.len() == 1 {
-        return p == t;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !t.starts_with(first)
-        || !t[first.len()..].ends_with(last)
-        || t.len() < first.len() + last.len()
-    {
-        return false;
-    }
-    let mut rest = &t[first.len()..t.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
-/// The sender's address for `-f`/`-r`/`MAIL FROM`: `None` is the null sender.
-pub fn parse_sender(raw: &str) -> Result<Option<String>, Failure> {
-    check_raw_address(raw)
-        .map_err(|why| Failure::new(Exit::NoUser, format!("invalid sender {raw:?}: {why}")))?;
-    let addr = address::parse_single(raw);
-    if let Some(a) = &addr {
-        check_address(a)
-            .map_err(|why| Failure::new(Exit::NoUser, format!("invalid sender {raw:?}: {why}")))?;
-    }
-    Ok(addr)
-}
-
-/// An address as the caller wrote it (an argv operand, `-f`, an SMTP path) must not hold
-/// control characters: `a@x\r\nRCPT TO:<b@y>` is malformed, never read as a group that
-/// names `b@y`. (Tabs are whitespace in a header-style list.)
-pub fn check_raw_address(raw: &str) -> Result<(), String> {
-    match raw.chars().find(|c| c.is_control() && *c != '\t') {
-        Some(c) => Err(format!("address contains the control character {c:?}")),
-        None => Ok(()),
-    }
-}
-
-/// No control characters or angle brackets: an address goes verbatim into an SMTP command.
-pub fn check_address(addr: &str) -> Result<(), String> {
-    if addr.len() > 512 {
-        return Err("address longer than 512 bytes".into());
-    }
-    if let Some(c) = addr
-        .chars()
-        .find(|c| c.is_control() || matches!(c, '<' | '>'))
-    {
-        return Err(format!("address contains {c:?}"));
-    }
-    Ok(())
-}
-
-/// Unique per host: seconds, microseconds, pid and a per-process counter, in hex (like
-/// Postfix's long queue ids, and safe as a file name).
-pub fn queue_id() -> String {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(
-        "{:08X}{:05X}{:08X}{seq:X}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id()
-    )
-}
-
 /// The test clock: `MAILGATE_NOW` (Unix seconds), honoured only when not running setgid.
 pub fn test_clock(privileged: bool) -> Option<i64> {
     if privileged {
@@ -773,24 +696,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs() {
-        assert!(glob_match("*@example.com", "info@EXAMPLE.com"));
-        assert!(!glob_match("*@example.com", "info@example.com.evil"));
-        assert!(glob_match("news-*@example.com", "news-2026@example.com"));
-        assert!(!glob_match("a*b*c", "acb"));
-        assert!(glob_match("exact@x", "exact@x"));
-    }
-
-    #[test]
-    fn sender_checks() {
-        assert_eq!(parse_sender("<>").unwrap(), None);
-        assert_eq!(parse_sender("N <a@x>").unwrap().as_deref(), Some("a@x"));
-        assert_eq!(
-            parse_sender("\"a\r\nRSET\"@x").unwrap_err().exit,
-            Exit::NoUser
-        );
-        assert!(check_raw_address("ok@example.com\r\nRCPT TO:<evil2@x.example>").is_err());
-        assert!(check_raw_address("Team:\ta@x, b@y;").is_ok());
+    fn relay_queue_ids() {
         assert_eq!(relay_queue_id("2.0.0 Ok: queued as 4Xyz12"), Some("4Xyz12"));
     }
 }

@@ -149,7 +149,7 @@ fn run_queued(
     if expired(ctx, &meta, now) {
         let why = format!(
             "still undeliverable after {} and {} attempts (max_age): {why}",
-            crate::config::Duration((now - meta.time).max(1) as u64),
+            crate::config::TimeSpan((now - meta.time).max(1) as u64),
             meta.attempts
         );
         give_up(ctx, spool, Kind::Queue, &mut meta, &msg, &why)?;

@@ -90,7 +90,23 @@ impl Meta {
     }
 }
 
-/// IDs come from argv in admin commands: only what `pipeline::queue_id` makes is accepted.
+/// Unique per host: seconds, microseconds, pid and a per-process counter, in hex (like
+/// Postfix's long queue ids, and safe as a file name).
+pub fn new_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{:08X}{:05X}{:08X}{seq:X}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id()
+    )
+}
+
+/// IDs come from argv in admin commands: only what `new_id` makes is accepted.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }

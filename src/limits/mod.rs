@@ -368,7 +368,7 @@ fn files_check_and_record(
     if let Some(a) = &mut alert {
         a.usage = awin
             .iter()
-            .map(|w| (crate::config::Duration(w.secs).to_string(), w.usage(t)))
+            .map(|w| (crate::config::TimeSpan(w.secs).to_string(), w.usage(t)))
             .collect();
         a.recent = arec.recent.clone();
     }
@@ -566,11 +566,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Duration;
+    use crate::config::TimeSpan;
 
     fn limit(secs: u64, messages: Option<u32>, recipients: Option<u32>) -> Limit {
         Limit {
-            window: Duration(secs),
+            window: TimeSpan(secs),
             messages,
             recipients,
             action: Action::Reject,

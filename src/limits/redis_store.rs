@@ -230,7 +230,7 @@ impl RedisStore {
                     locked: (!locked.is_empty()).then(|| locked.clone()),
                     usage: windows[..limits.len()]
                         .iter()
-                        .map(|w| (crate::config::Duration(w.secs).to_string(), w.usage(now)))
+                        .map(|w| (crate::config::TimeSpan(w.secs).to_string(), w.usage(now)))
                         .collect(),
                     recent: Vec::new(),
                 });
@@ -251,7 +251,7 @@ impl RedisStore {
     /// A refusal whose details were not computed (only "no" matters to the caller).
     fn placeholder_refusal(&self, limits: &[Limit], server: &[Limit]) -> Refusal {
         let limit = limits.first().or(server.first()).cloned().unwrap_or(Limit {
-            window: crate::config::Duration(1),
+            window: crate::config::TimeSpan(1),
             messages: Some(0),
             recipients: None,
             action: crate::config::Action::Reject,

@@ -4,7 +4,7 @@
 
 use crate::address;
 use crate::message::{self, ReadError, Terminator};
-use crate::pipeline::{self, Submission};
+use crate::pipeline::Submission;
 use std::io::{self, BufRead, Write};
 
 /// Longest command line accepted (RFC 5321 allows 512; extensions make it longer).
@@ -157,7 +157,7 @@ impl Server<'_> {
         {
             return "552 5.3.4 Message size exceeds fixed limit".into();
         }
-        match pipeline::parse_sender(addr) {
+        match address::parse_sender(addr) {
             Ok(sender) => {
                 tx.sender = Some(sender);
                 "250 2.1.0 Ok".into()
@@ -178,13 +178,13 @@ fn rcpt(tx: &mut Transaction, arg: &str) -> String {
         return "452 4.5.3 Error: too many recipients".into();
     }
     let (addr, _params) = split_path(path);
-    if let Err(why) = pipeline::check_raw_address(addr) {
+    if let Err(why) = address::check_raw_address(addr) {
         return format!("501 5.1.3 Bad recipient address syntax: {why}");
     }
     let Some(addr) = address::parse_single(addr) else {
         return "501 5.1.3 Bad recipient address syntax".into();
     };
-    if let Err(why) = pipeline::check_address(&addr) {
+    if let Err(why) = address::check_address(&addr) {
         return format!("501 5.1.3 Bad recipient address syntax: {why}");
     }
     tx.recipients.push(addr);

@@ -10,10 +10,9 @@ use crate::config::{self, Config};
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
 use crate::message::{self, ReadError, Terminator};
-use crate::pipeline::{self, Context, Submission};
+use crate::pipeline::{Context, Submission};
 use args::{Invocation, Mode};
 use std::io::{self, BufReader, Read};
-use std::path::PathBuf;
 
 pub fn run(argv: &[String]) -> Exit {
     let stdin = io::stdin();
@@ -121,21 +120,8 @@ fn setup(inv: &Invocation) -> Result<Context, Failure> {
     Ok(Context::new(config, caller, account, fixed_now))
 }
 
-/// `--config` and `MAILGATE_CONFIG` are the caller's: honoured only without setgid.
-pub fn config_path(option: Option<&str>, privileged: bool) -> (PathBuf, bool) {
-    if !privileged {
-        if let Some(p) = option {
-            return (PathBuf::from(p), false);
-        }
-        if let Some(p) = std::env::var_os("MAILGATE_CONFIG").filter(|p| !p.is_empty()) {
-            return (PathBuf::from(p), false);
-        }
-    }
-    (PathBuf::from(config::DEFAULT_PATH), true)
-}
-
 fn load_config(inv: &Invocation, privileged: bool) -> Result<Config, Failure> {
-    let (path, is_default) = config_path(inv.config.as_deref(), privileged);
+    let (path, is_default) = config::path_for(inv.config.as_deref(), privileged);
     Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))
 }
 
@@ -194,10 +180,10 @@ fn envelope(
     let sender = inv
         .sender
         .as_deref()
-        .map(pipeline::parse_sender)
+        .map(address::parse_sender)
         .transpose()?;
     for op in &inv.recipients {
-        pipeline::check_raw_address(op).map_err(|why| {
+        address::check_raw_address(op).map_err(|why| {
             Failure::new(Exit::NoUser, format!("invalid recipient {op:?}: {why}"))
         })?;
     }
@@ -211,7 +197,7 @@ fn envelope(
     }
     let mut unique = Vec::with_capacity(recipients.len());
     for r in recipients {
-        pipeline::check_address(&r)
+        address::check_address(&r)
             .map_err(|why| Failure::new(Exit::NoUser, format!("invalid recipient {r:?}: {why}")))?;
         let r = context.qualify(&r);
         if !unique.contains(&r) {
