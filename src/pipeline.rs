@@ -183,6 +183,7 @@ impl Context {
         report
     }
 
+    /// One message: prepare, admit, hand over. Each step may end it with a report.
     fn process(
         &mut self,
         mut sub: Submission,
@@ -190,15 +191,35 @@ impl Context {
         script: &str,
         fields: &mut Fields,
     ) -> Report {
+        let meta = match self.prepare(&mut sub, id, script, fields) {
+            Ok(meta) => meta,
+            Err(report) => return report,
+        };
+        let ticket = match self.admit(&meta, &sub.message, fields) {
+            Ok(ticket) => ticket,
+            Err(report) => return report,
+        };
+        self.hand_over(meta, &sub.message, ticket, fields)
+    }
+
+    /// The envelope under the account's sender policy, the headers completed as Postfix
+    /// would, and the bookkeeping every outcome needs.
+    fn prepare(
+        &self,
+        sub: &mut Submission,
+        id: &str,
+        script: &str,
+        fields: &mut Fields,
+    ) -> Result<Meta, Report> {
         let sender = match self.envelope_sender(sub.sender.take(), fields) {
             Ok(s) => s,
-            Err(f) => return Report::failure(&f, "553 5.7.1"),
+            Err(f) => return Err(Report::failure(&f, "553 5.7.1")),
         };
         fields.add("from", format!("<{}>", sender.as_deref().unwrap_or("")));
         if let Err(f) = self.check_domain_ownership(sender.as_deref(), &sub.message) {
-            return Report::failure(&f, "553 5.7.1");
+            return Err(Report::failure(&f, "553 5.7.1"));
         }
-        let recipients = sub.recipients;
+        let recipients = std::mem::take(&mut sub.recipients);
         fields.add("nrcpt", recipients.len());
 
         let date = chrono::Local::now().to_rfc2822();
@@ -242,34 +263,44 @@ impl Context {
             last_error: String::new(),
             internal: false,
         };
+        Ok(meta)
+    }
 
+    /// Count the message against its account (and the server), or keep or refuse it as the
+    /// limits, a lock, a busy counter or the account's deferred mail say.
+    fn admit(
+        &self,
+        meta: &Meta,
+        msg: &Message,
+        fields: &mut Fields,
+    ) -> Result<Option<limits::Ticket>, Report> {
         let attempt = limits::Attempt {
             account: &self.account.name,
             recipients: meta.recipients.len() as u32,
             now: self.now(),
-            sender: sender.as_deref().unwrap_or("<>"),
+            sender: meta.sender.as_deref().unwrap_or("<>"),
             subject: &meta.subject,
             count_refusal: true,
             test_clock: self.fixed_now.is_some(),
         };
         let decision = match self.decide(&attempt) {
             Ok(d) => d,
-            Err(f) => return Report::failure(&f, "451 4.3.0"),
+            Err(f) => return Err(Report::failure(&f, "451 4.3.0")),
         };
         fields.add("lock_wait_us", decision.lock_wait.as_micros());
         if let Some(alert) = &decision.alert {
-            self.send_alert(alert, &meta);
+            self.send_alert(alert, meta);
         }
         let ticket = match decision.verdict {
             Verdict::Accepted(ticket) => ticket,
             Verdict::StoreUnavailable(why) => {
-                return self.keep(
+                return Err(self.keep(
                     Kind::Defer,
-                    meta,
-                    &sub.message,
+                    meta.clone(),
+                    msg,
                     format!("{why}; counted when the store is back"),
                     None,
-                );
+                ));
             }
             Verdict::Busy(busy) => {
                 // A stopped sender holds a counter: nobody else waits for it. The message waits
@@ -278,30 +309,30 @@ impl Context {
                 fields.add("busy", &why);
                 self.logger
                     .log(Severity::Warning, &format!("{why}; deferring"));
-                return self.defer_or_hold(meta, &sub.message, why);
+                return Err(self.defer_or_hold(meta.clone(), msg, why));
             }
             Verdict::Locked(reason) => {
-                return self.keep(
+                return Err(self.keep(
                     Kind::Hold,
-                    meta,
-                    &sub.message,
+                    meta.clone(),
+                    msg,
                     format!("account {} is locked: {reason}", self.account.name),
                     None,
-                );
+                ));
             }
             Verdict::Refused(refusal) => {
                 let text = refusal.describe(&self.account.name, meta.recipients.len() as u32);
                 fields.add("limit", refusal.limit.window);
-                return match refusal.action() {
+                return Err(match refusal.action() {
                     Action::Reject => Report {
                         exit: Exit::Unavailable,
                         status: Status::Refused,
                         smtp: format!("550 5.7.1 {text}"),
                         line: Some(text),
                     },
-                    Action::Hold => self.keep(Kind::Hold, meta, &sub.message, text, None),
-                    Action::Defer => self.defer_or_hold(meta, &sub.message, text),
-                };
+                    Action::Hold => self.keep(Kind::Hold, meta.clone(), msg, text, None),
+                    Action::Defer => self.defer_or_hold(meta.clone(), msg, text),
+                });
             }
         };
         if let Some(waiting) = self.deferred_ahead() {
@@ -313,28 +344,39 @@ impl Context {
                 "{waiting} earlier messages of {} are deferred; this one waits behind them",
                 self.account.name
             );
-            return self.defer_or_hold(meta, &sub.message, text);
+            return Err(self.defer_or_hold(meta.clone(), msg, text));
         }
+        Ok(ticket)
+    }
 
+    /// Give the message to the relay; keep what it puts off, give the count back for what it
+    /// refuses for good.
+    fn hand_over(
+        &mut self,
+        meta: Meta,
+        msg: &Message,
+        ticket: Option<limits::Ticket>,
+        fields: &mut Fields,
+    ) -> Report {
         // From here the relay may take the message: make sure it is logged even if this
         // process dies before the outcome is (root's next queue run logs what is left).
         self.pending = self
             .state()
             .ok()
-            .and_then(|state| journal::begin(state, id, fields.as_str()));
+            .and_then(|state| journal::begin(state, &meta.id, fields.as_str()));
         let outcome = self.relay().send(
             &Envelope {
-                sender: sender.as_deref(),
+                sender: meta.sender.as_deref(),
                 recipients: &meta.recipients,
             },
-            &sub.message,
+            msg,
         );
         match outcome {
             Outcome::Delivered { reply, rejected } => {
                 fields.add("relay", &reply);
                 let queued = format!(
                     "250 2.0.0 Ok: queued as {}",
-                    relay_queue_id(&reply.text).unwrap_or(id)
+                    relay_queue_id(&reply.text).unwrap_or(&meta.id)
                 );
                 if rejected.is_empty() {
                     return Report {
@@ -344,42 +386,7 @@ impl Context {
                         smtp: queued,
                     };
                 }
-                let (deferred, refused): (Vec<_>, Vec<_>) =
-                    rejected.into_iter().partition(|(_, r)| !r.is_permanent());
-                let list = |l: &[(String, crate::relay::Reply)]| {
-                    l.iter()
-                        .map(|(r, reply)| format!("<{r}> ({reply})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                let mut line = String::from("sent");
-                if !refused.is_empty() {
-                    line.push_str(&format!(", but the relay refused {}", list(&refused)));
-                }
-                if !deferred.is_empty() {
-                    // Recipients the relay put off stay queued, just them, for `queue run`.
-                    let mut rest = meta;
-                    rest.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
-                    let why = format!("relay deferred {}", list(&deferred));
-                    fields.add("deferred_rcpts", rest.recipients.len());
-                    let retry = self.now() + self.config.spool.retry.secs() as i64;
-                    let kept = self.keep(Kind::Queue, rest, &sub.message, why, Some(retry));
-                    if kept.exit != Exit::Ok {
-                        return Report {
-                            exit: kept.exit,
-                            status: Status::SentPartly,
-                            smtp: kept.smtp,
-                            line: Some(format!("{line}; {}", kept.line.unwrap_or_default())),
-                        };
-                    }
-                    line.push_str(&format!("; {}", kept.line.unwrap_or_default()));
-                }
-                Report {
-                    exit: Exit::Ok,
-                    status: Status::SentPartly,
-                    line: Some(line),
-                    smtp: queued,
-                }
+                self.partly_sent(meta, msg, rejected, queued, fields)
             }
             Outcome::Permanent(why) => {
                 self.give_back(ticket.as_ref(), fields);
@@ -393,12 +400,60 @@ impl Context {
             Outcome::Temporary(why) | Outcome::Unreachable(why) => {
                 fields.add("relay", &why);
                 let retry = self.now() + self.config.spool.retry.secs() as i64;
-                let report = self.keep(Kind::Queue, meta, &sub.message, why, Some(retry));
+                let report = self.keep(Kind::Queue, meta, msg, why, Some(retry));
                 if report.exit != Exit::Ok {
                     self.give_back(ticket.as_ref(), fields);
                 }
                 report
             }
+        }
+    }
+
+    /// The relay took the message for some recipients: those it refused for good are
+    /// reported, those it put off (4xx) stay queued, just them.
+    fn partly_sent(
+        &self,
+        meta: Meta,
+        msg: &Message,
+        rejected: Vec<(String, crate::relay::Reply)>,
+        queued: String,
+        fields: &mut Fields,
+    ) -> Report {
+        let (deferred, refused): (Vec<_>, Vec<_>) =
+            rejected.into_iter().partition(|(_, r)| !r.is_permanent());
+        let list = |l: &[(String, crate::relay::Reply)]| {
+            l.iter()
+                .map(|(r, reply)| format!("<{r}> ({reply})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut line = String::from("sent");
+        if !refused.is_empty() {
+            line.push_str(&format!(", but the relay refused {}", list(&refused)));
+        }
+        if !deferred.is_empty() {
+            // Recipients the relay put off stay queued, just them, for `queue run`.
+            let mut rest = meta;
+            rest.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
+            let why = format!("relay deferred {}", list(&deferred));
+            fields.add("deferred_rcpts", rest.recipients.len());
+            let retry = self.now() + self.config.spool.retry.secs() as i64;
+            let kept = self.keep(Kind::Queue, rest, msg, why, Some(retry));
+            if kept.exit != Exit::Ok {
+                return Report {
+                    exit: kept.exit,
+                    status: Status::SentPartly,
+                    smtp: kept.smtp,
+                    line: Some(format!("{line}; {}", kept.line.unwrap_or_default())),
+                };
+            }
+            line.push_str(&format!("; {}", kept.line.unwrap_or_default()));
+        }
+        Report {
+            exit: Exit::Ok,
+            status: Status::SentPartly,
+            line: Some(line),
+            smtp: queued,
         }
     }
 
