@@ -1,0 +1,230 @@
+//! The admin's command line: dispatch, the permission check, and the small commands
+//! (`reset`, `lock`, `unlock`, `check-config`, `newaliases`). The spool commands live in
+//! `spools`, `status` in `status`; the clap schema in `cli`.
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::exit::{Exit, Failure};
+use crate::identity::{self, Caller};
+use crate::limits::store::{self, Counter};
+use crate::log::{Fields, Severity};
+use crate::pipeline::Context;
+use crate::spool::Spool;
+use clap::{CommandFactory, Parser};
+use std::ffi::OsString;
+
+mod spools;
+mod status;
+
+pub use spools::{flush, mailq};
+
+/// The subcommand names (and aliases), from the clap definition itself, so that dispatch
+/// and the command line cannot drift apart.
+pub fn subcommand_names() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .flat_map(|c| std::iter::once(c.get_name()).chain(c.get_all_aliases()))
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn run(argv: &[OsString]) -> Exit {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let exit = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+            let _ = e.print();
+            return exit;
+        }
+    };
+    match execute(cli) {
+        Ok(()) => Exit::Ok,
+        Err(f) => {
+            err!("mailgate: {}", f.message);
+            f.exit
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), Failure> {
+    let privileged = identity::is_privileged();
+    if let Command::CheckConfig { path } = &cli.command {
+        return check_config(&cli, path.as_deref(), privileged);
+    }
+    let (path, is_default) = crate::config::path_for(cli.config.as_deref(), privileged);
+    let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
+    let caller = Caller::current();
+    if !matches!(cli.command, Command::Status { .. }) {
+        require_admin(&caller, privileged)?;
+    }
+    let account = identity::Account {
+        name: caller.login.clone(),
+        source: identity::AccountSource::Login,
+    };
+    let fixed_now = crate::pipeline::test_clock(privileged);
+    let ctx = Context::new(config, caller.clone(), account, fixed_now);
+    let state = ctx.state()?;
+    let spool = Spool::new(state);
+    match cli.command {
+        Command::Status { account, json } => {
+            status::status(&ctx, &caller, account.as_deref(), json)
+        }
+        Command::Reset { account } => {
+            let counter = if account == "server" {
+                Counter::Server
+            } else {
+                Counter::Account(checked(&account)?)
+            };
+            let store = ctx.store()?;
+            store.reset(&ctx.config, counter)?;
+            out!("{}: counters reset", store.counter_name(counter));
+            log_admin(&ctx, "reset", &account, "");
+            Ok(())
+        }
+        Command::Lock { account, reason } => {
+            let lock = store::AccountLock {
+                since: ctx.now(),
+                reason: reason.clone(),
+            };
+            let changed = ctx
+                .store()?
+                .set_lock(&ctx.config, checked(&account)?, Some(lock))?;
+            out!(
+                "{account}: {}",
+                if changed {
+                    "locked; everything it sends is held"
+                } else {
+                    "lock reason updated"
+                }
+            );
+            log_admin(&ctx, "lock", &account, &reason);
+            Ok(())
+        }
+        Command::Unlock { account } => {
+            let changed = ctx
+                .store()?
+                .set_lock(&ctx.config, checked(&account)?, None)?;
+            out!(
+                "{account}: {}",
+                if changed {
+                    "unlocked"
+                } else {
+                    "was not locked"
+                }
+            );
+            log_admin(&ctx, "unlock", &account, "");
+            Ok(())
+        }
+        Command::Hold { action } => spools::hold(&ctx, &spool, action),
+        Command::Queue { action } => spools::queue(&ctx, &spool, action),
+        Command::CheckConfig { .. } => unreachable!("handled above"),
+    }
+}
+
+fn checked(account: &str) -> Result<&str, Failure> {
+    crate::config::validate_account_name(account).map_err(|why| Failure::new(Exit::Usage, why))?;
+    Ok(account)
+}
+
+fn log_admin(ctx: &Context, what: &str, target: &str, detail: &str) {
+    let mut f = Fields::default();
+    f.add("admin", what)
+        .add("target", target)
+        .add("by", &ctx.caller.login)
+        .add("uid", ctx.caller.uid);
+    if !detail.is_empty() {
+        f.add("detail", detail);
+    }
+    ctx.logger.log(Severity::Info, f.as_str());
+}
+
+/// The context for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
+fn admin_context(config_option: Option<&str>) -> Result<(Context, bool), Failure> {
+    let privileged = identity::is_privileged();
+    let (path, is_default) = crate::config::path_for(config_option, privileged);
+    let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
+    let caller = Caller::current();
+    let account = identity::Account {
+        name: caller.login.clone(),
+        source: identity::AccountSource::Login,
+    };
+    let fixed_now = crate::pipeline::test_clock(privileged);
+    Ok((Context::new(config, caller, account, fixed_now), privileged))
+}
+
+fn report(result: Result<(), Failure>) -> Exit {
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(f) => {
+            err!("mailgate: {}", f.message);
+            f.exit
+        }
+    }
+}
+
+/// `newaliases`, `sendmail -bi`: there is no alias database here.
+pub fn newaliases() -> Exit {
+    out!(
+        "mailgate: no alias database here: aliases are the relay's business (edit /etc/aliases and run newaliases there)"
+    );
+    Exit::Ok
+}
+
+/// `check-config [PATH]`: every finding with its line; 78 if any. Customers may not probe
+/// files with the setgid binary (77); root and group mailgate check PATH as given.
+fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), Failure> {
+    require_admin(&Caller::current(), privileged)?;
+    let path = match path {
+        Some(p) => std::path::PathBuf::from(p),
+        None => crate::config::path_for(cli.config.as_deref(), privileged).0,
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e))?;
+    let file = path.display().to_string();
+    let findings = crate::config_check::check(
+        &text,
+        &file,
+        &crate::config_check::System {
+            is_login: &identity::is_login,
+        },
+    );
+    if findings.is_empty() {
+        let config = Config::parse(&text, &file).map_err(|e| Failure::new(Exit::Config, e.0))?;
+        out!(
+            "{file}: ok ({} accounts, {} default limits, {} server limits)",
+            config.accounts.len(),
+            config.defaults.limits.len(),
+            config.server.limits.len()
+        );
+        return Ok(());
+    }
+    for f in &findings {
+        err!("{}", crate::log::printable(f, 1024));
+    }
+    Err(Failure::new(
+        Exit::Config,
+        format!("{file}: {} problem(s)", findings.len()),
+    ))
+}
+
+/// Changing state needs root or membership in the group the binary runs setgid to.
+fn require_admin(caller: &Caller, privileged: bool) -> Result<(), Failure> {
+    // SAFETY: getegid cannot fail; getgroups writes at most groups.len() entries.
+    let egid = unsafe { libc::getegid() };
+    if !privileged || caller.uid == 0 {
+        return Ok(());
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    if n > 0 && groups[..n as usize].contains(&egid) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        Exit::NoPerm,
+        "this command needs root or membership in group mailgate",
+    ))
+}

@@ -1,0 +1,315 @@
+//! The admin's spool commands: `hold`, `queue`, `mailq`, `sendmail -q`, and the listings.
+
+use super::{admin_context, log_admin, report, require_admin};
+use crate::cli::{HoldAction, QueueAction};
+use crate::exit::{Exit, Failure};
+use crate::limits;
+use crate::pipeline::Context;
+use crate::queue;
+use crate::spool::{Kind, Meta, Spool};
+use serde::Serialize;
+
+pub(super) fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Result<(), Failure> {
+    match action {
+        HoldAction::List { account, json } => {
+            let entries: Vec<Meta> = spool
+                .list(Kind::Hold)?
+                .into_iter()
+                .filter(|m| account.as_ref().is_none_or(|a| &m.account == a))
+                .collect();
+            print_list(&[(Kind::Hold, entries)], json)
+        }
+        HoldAction::Show { id, body } => show(spool, Kind::Hold, &id, body),
+        HoldAction::Release { ids, account, all } => {
+            let ids = select(spool, Kind::Hold, ids, account.as_deref(), all)?;
+            let mut failed = None;
+            for id in ids {
+                match queue::release(ctx, &id) {
+                    Ok(line) => out!("{line}"),
+                    Err(f) => {
+                        err!("mailgate: {}", f.message);
+                        failed = Some(f);
+                    }
+                }
+                log_admin(ctx, "release", &id, "");
+            }
+            failed.map_or(Ok(()), Err)
+        }
+        HoldAction::Delete { ids, account } => {
+            let mut busy = None;
+            for id in select(spool, Kind::Hold, ids, account.as_deref(), false)? {
+                if spool.delete(Kind::Hold, &id)? {
+                    out!("{id}: deleted");
+                    log_admin(ctx, "delete", &id, "hold");
+                } else {
+                    busy = Some(busy_or_gone(&id));
+                }
+            }
+            busy.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// `mailq` and `sendmail -bp`: queued, deferred and held mail in Postfix's layout. The admin
+/// sees every entry, a customer only the ones they sent.
+pub fn mailq(config_option: Option<&str>) -> Exit {
+    report((|| {
+        let (ctx, privileged) = admin_context(config_option)?;
+        let everyone = require_admin(&ctx.caller, privileged).is_ok();
+        let spool = Spool::new(ctx.state()?);
+        let mut lists = Vec::new();
+        for kind in [Kind::Queue, Kind::Defer, Kind::Hold] {
+            lists.push((kind, spool.list(kind)?));
+        }
+        let mut entries: Vec<(Kind, &Meta)> = lists
+            .iter()
+            .flat_map(|(k, l)| l.iter().map(move |m| (*k, m)))
+            .filter(|(_, m)| everyone || m.uid == ctx.caller.uid)
+            .collect();
+        entries.sort_by(|a, b| (a.1.time, &a.1.id).cmp(&(b.1.time, &b.1.id)));
+        let asctime = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|at| {
+                    at.with_timezone(&chrono::Local)
+                        .format("%a %b %e %H:%M:%S %Y")
+                        .to_string()
+                })
+                .unwrap_or_default()
+        };
+        let text = crate::mailq::render(&entries, &asctime);
+        use std::io::Write as _;
+        let _ = std::io::stdout().write_all(text.as_bytes());
+        Ok(())
+    })())
+}
+
+/// `sendmail -q`: `mailgate queue flush`.
+pub fn flush(config_option: Option<&str>) -> Exit {
+    report((|| {
+        let (ctx, privileged) = admin_context(config_option)?;
+        require_admin(&ctx.caller, privileged)?;
+        queue_run(&ctx, queue::Backoff::Ignore)
+    })())
+}
+
+pub(super) fn queue_run(ctx: &Context, backoff: queue::Backoff) -> Result<(), Failure> {
+    match queue::run(ctx, backoff)? {
+        Some(summary) => {
+            out!("queue run: {summary}");
+            run_result(&summary)
+        }
+        None => {
+            out!("queue run: another queue run is active; nothing done");
+            Ok(())
+        }
+    }
+}
+
+/// An entry another process is delivering (or that went meanwhile) is left alone.
+pub(super) fn busy_or_gone(id: &str) -> Failure {
+    let f = Failure::new(
+        Exit::Unavailable,
+        format!("{id}: another process is handling it, or it is gone; nothing done"),
+    );
+    err!("mailgate: {}", f.message);
+    f
+}
+
+/// A run that could not handle some entries says so in its exit code (74), after it went
+/// on with the others.
+pub(super) fn run_result(summary: &queue::Summary) -> Result<(), Failure> {
+    if summary.errors > 0 {
+        return Err(Failure::new(
+            Exit::IoErr,
+            format!(
+                "{} entries could not be handled (see the log)",
+                summary.errors
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The ids an admin named, or all of an account's, or all.
+pub(super) fn select(
+    spool: &Spool<'_>,
+    kind: Kind,
+    ids: Vec<String>,
+    account: Option<&str>,
+    all: bool,
+) -> Result<Vec<String>, Failure> {
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    if account.is_none() && !all {
+        return Err(Failure::new(
+            Exit::Usage,
+            "name message ids, --account ACCOUNT or --all",
+        ));
+    }
+    Ok(spool
+        .list(kind)?
+        .into_iter()
+        .filter(|m| account.is_none_or(|a| m.account == a))
+        .map(|m| m.id)
+        .collect())
+}
+
+pub(super) fn queue(ctx: &Context, spool: &Spool<'_>, action: QueueAction) -> Result<(), Failure> {
+    match action {
+        QueueAction::List { json } => print_list(
+            &[
+                (Kind::Queue, spool.list(Kind::Queue)?),
+                (Kind::Defer, spool.list(Kind::Defer)?),
+            ],
+            json,
+        ),
+        QueueAction::Run => queue_run(ctx, queue::Backoff::Honour),
+        QueueAction::Flush => queue_run(ctx, queue::Backoff::Ignore),
+        QueueAction::Show { id, body } => show(spool, queued_kind(spool, &id)?, &id, body),
+        QueueAction::Delete { ids } => {
+            let mut busy = None;
+            for id in ids {
+                let kind = queued_kind(spool, &id)?;
+                if spool.delete(kind, &id)? {
+                    out!("{id}: deleted");
+                    log_admin(ctx, "delete", &id, kind.dir());
+                } else {
+                    busy = Some(busy_or_gone(&id));
+                }
+            }
+            busy.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// The spool (queue or defer) that holds `id`.
+pub(super) fn queued_kind(spool: &Spool<'_>, id: &str) -> Result<Kind, Failure> {
+    spool
+        .find(id)
+        .filter(|k| matches!(k, Kind::Queue | Kind::Defer))
+        .ok_or_else(|| Failure::new(Exit::Usage, format!("{id}: not in the queue")))
+}
+
+pub(super) fn print_list(lists: &[(Kind, Vec<Meta>)], json: bool) -> Result<(), Failure> {
+    if json {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            spool: &'static str,
+            #[serde(flatten)]
+            meta: &'a Meta,
+        }
+        let all: Vec<Entry<'_>> = lists
+            .iter()
+            .flat_map(|(k, l)| {
+                l.iter().map(move |m| Entry {
+                    spool: k.dir(),
+                    meta: m,
+                })
+            })
+            .collect();
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&all)
+                .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
+        );
+        return Ok(());
+    }
+    for (kind, list) in lists {
+        for m in list.iter().cloned().map(terminal_safe) {
+            let m = &m;
+            out!(
+                "{:<26} {:<6} {:<20} {:<16} {:>7}  {} -> {}  \"{}\"\n    {}",
+                m.id,
+                kind.dir(),
+                limits::format_time(m.time),
+                m.account,
+                m.size,
+                m.sender.as_deref().unwrap_or("<>"),
+                m.recipients.join(","),
+                m.subject,
+                m.reason
+            );
+            if *kind == Kind::Queue {
+                out!(
+                    "    attempts: {}, next attempt: {}, last error: {}",
+                    m.attempts,
+                    limits::format_time(m.next_attempt),
+                    if m.last_error.is_empty() {
+                        "-"
+                    } else {
+                        &m.last_error
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn show(spool: &Spool<'_>, kind: Kind, id: &str, body: bool) -> Result<(), Failure> {
+    let meta = terminal_safe(spool.read_meta(kind, id)?);
+    out!(
+        "id:         {}\nspool:      {}\naccount:    {}\nuser:       {} (uid {})",
+        meta.id,
+        kind.dir(),
+        meta.account,
+        meta.user,
+        meta.uid
+    );
+    if !meta.script.is_empty() {
+        out!("script:     {}", meta.script);
+    }
+    out!(
+        "sender:     <{}>\nrecipients: {}\ntime:       {}\nreason:     {}\nattempts:   {}",
+        meta.sender.as_deref().unwrap_or(""),
+        meta.recipients.join(", "),
+        limits::format_time(meta.time),
+        meta.reason,
+        meta.attempts
+    );
+    if !meta.last_error.is_empty() {
+        out!("last error: {}", meta.last_error);
+    }
+    out!();
+    let raw = spool.raw(kind, id)?;
+    let end = if body {
+        raw.len()
+    } else {
+        raw.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(raw.len(), |p| p + 2)
+    };
+    use std::io::Write;
+    // The message is the customer's: no ESC, BEL or other control byte reaches the terminal.
+    let text: Vec<u8> = raw[..end]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r')
+        .map(|b| {
+            if b.is_ascii_control() && b != b'\n' && b != b'\t' {
+                b'?'
+            } else {
+                b
+            }
+        })
+        .collect();
+    std::io::stdout()
+        .write_all(&text)
+        .map_err(|e| Failure::io(Exit::IoErr, "cannot write to stdout", &e))
+}
+
+/// A spool entry's fields as the admin's terminal may show them: every field a customer
+/// controls, with control characters escaped and its length capped.
+pub(super) fn terminal_safe(mut m: Meta) -> Meta {
+    let clean = |s: &str| crate::log::printable(s, 512);
+    m.account = clean(&m.account);
+    m.user = clean(&m.user);
+    m.script = clean(&m.script);
+    m.sender = m.sender.as_deref().map(clean);
+    m.recipients = m.recipients.iter().map(|r| clean(r)).collect();
+    m.subject = clean(&m.subject);
+    m.reason = clean(&m.reason);
+    m.last_error = clean(&m.last_error);
+    m
+}
