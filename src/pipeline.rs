@@ -103,7 +103,7 @@ impl Context {
         let names = LocalNames::of_this_host(config.hostname.as_deref(), config.origin.as_deref());
         let logger = Logger::new(&config.log, &config.state_dir);
         let state = StateDir::open(&config.state_dir);
-        let store = limits::Store::open(&config);
+        let store = limits::open_store(&config);
         Context {
             config,
             caller,

@@ -463,102 +463,147 @@ fn files_reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Resul
 
 /// Where the counters live. Everything above the store (decide, refunds, status) is the same
 /// for both: the local locked files, or Redis shared by the nodes of a cluster.
-pub enum Store {
-    Files(StateDir),
-    Redis(Box<redis_store::RedisStore>),
+pub trait CounterStore {
+    /// Check and count one message under the counters' locks (or the Redis script).
+    fn check_and_record(
+        &self,
+        config: &Config,
+        attempt: &Attempt<'_>,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<Decision, Failure>;
+
+    /// Give back a counted message that was not sent after all (the relay refused it).
+    fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure>;
+
+    /// An account's (or the server's) counters, unchanged (status).
+    fn read(&self, config: &Config, counter: Counter<'_>, now: i64) -> Result<Record, Failure>;
+
+    /// Empty an account's (or the server's) counters; a lock stays.
+    fn reset(&self, config: &Config, counter: Counter<'_>) -> Result<(), Failure>;
+
+    /// Lock or unlock an account. Returns whether anything changed.
+    fn set_lock(
+        &self,
+        config: &Config,
+        account: &str,
+        lock: Option<store::AccountLock>,
+    ) -> Result<bool, Failure>;
+
+    /// Accounts that have counters.
+    fn accounts(&self) -> Result<Vec<String>, Failure>;
+
+    /// Where a counter lives, for messages.
+    fn counter_name(&self, counter: Counter<'_>) -> String;
 }
 
-impl Store {
-    /// Opens the state directory (files) or prepares the client (Redis connects on first use).
-    pub fn open(config: &Config) -> Result<Store, Failure> {
-        match config.store.kind {
-            crate::config::StoreKind::Files => Ok(Store::Files(StateDir::open(&config.state_dir)?)),
-            crate::config::StoreKind::Redis => Ok(Store::Redis(Box::new(
-                redis_store::RedisStore::new(config)?,
-            ))),
-        }
-    }
+pub type Store = Box<dyn CounterStore>;
 
-    pub fn check_and_record(
+/// Opens the state directory (files) or prepares the client (Redis connects on first use).
+pub fn open_store(config: &Config) -> Result<Store, Failure> {
+    match config.store.kind {
+        crate::config::StoreKind::Files => {
+            Ok(Box::new(FileStore(StateDir::open(&config.state_dir)?)))
+        }
+        crate::config::StoreKind::Redis => Ok(Box::new(redis_store::RedisStore::new(config)?)),
+    }
+}
+
+/// The counters as locked files in the state directory.
+struct FileStore(StateDir);
+
+impl CounterStore for FileStore {
+    fn check_and_record(
         &self,
         config: &Config,
         attempt: &Attempt<'_>,
         warn: &mut dyn FnMut(&str),
     ) -> Result<Decision, Failure> {
-        match self {
-            Store::Files(state) => files_check_and_record(state, config, attempt, warn),
-            Store::Redis(r) => r.check_and_record(config, attempt, warn),
-        }
+        files_check_and_record(&self.0, config, attempt, warn)
     }
 
-    /// Give back a counted message that was not sent after all (the relay refused it).
-    pub fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
-        match self {
-            Store::Files(state) => files_refund(state, config, ticket),
-            Store::Redis(r) => r.refund(config, ticket),
-        }
+    fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+        files_refund(&self.0, config, ticket)
     }
 
-    /// An account's (or the server's) counters, unchanged (status).
-    pub fn read(&self, config: &Config, counter: Counter<'_>, now: i64) -> Result<Record, Failure> {
-        match self {
-            Store::Files(state) => files_read(state, config, counter),
-            Store::Redis(r) => {
-                let limits = match counter {
-                    Counter::Account(a) => config.limits_for(a),
-                    Counter::Server => &config.server.limits,
-                };
-                r.read(counter, limits, now)
-            }
-        }
+    fn read(&self, config: &Config, counter: Counter<'_>, _now: i64) -> Result<Record, Failure> {
+        files_read(&self.0, config, counter)
     }
 
-    /// Empty an account's (or the server's) counters; a lock stays.
-    pub fn reset(&self, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
-        match self {
-            Store::Files(state) => files_reset(state, config, counter),
-            Store::Redis(r) => r.reset(counter),
-        }
+    fn reset(&self, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+        files_reset(&self.0, config, counter)
     }
 
-    /// Lock or unlock an account. Returns whether anything changed.
-    pub fn set_lock(
+    fn set_lock(
         &self,
         config: &Config,
         account: &str,
         lock: Option<store::AccountLock>,
     ) -> Result<bool, Failure> {
-        match self {
-            Store::Files(state) => files_set_lock(state, config, account, lock),
-            Store::Redis(r) => r.set_lock(account, lock),
-        }
+        files_set_lock(&self.0, config, account, lock)
     }
 
-    /// Accounts that have counters.
-    pub fn accounts(&self) -> Result<Vec<String>, Failure> {
-        match self {
-            Store::Files(state) => {
-                let mut names: Vec<String> = std::fs::read_dir(state.path().join("accounts"))
-                    .map(|rd| {
-                        rd.filter_map(|e| e.ok())
-                            .map(|e| e.file_name().to_string_lossy().into_owned())
-                            // .new-* files being born, .broken-* set aside by reset
-                            .filter(|n| !n.starts_with('.'))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                names.sort();
-                Ok(names)
-            }
-            Store::Redis(r) => r.accounts(),
-        }
+    fn accounts(&self) -> Result<Vec<String>, Failure> {
+        let mut names: Vec<String> = std::fs::read_dir(self.0.path().join("accounts"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // .new-* files being born, .broken-* set aside by reset
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
     }
 
-    pub fn counter_name(&self, counter: Counter<'_>) -> String {
-        match (self, counter) {
-            (Store::Files(state), c) => state.counter_path(c).display().to_string(),
-            (Store::Redis(_), Counter::Account(a)) => format!("redis mailgate:a:{a}:*"),
-            (Store::Redis(_), Counter::Server) => "redis mailgate:s:*".to_string(),
+    fn counter_name(&self, counter: Counter<'_>) -> String {
+        self.0.counter_path(counter).display().to_string()
+    }
+}
+
+impl CounterStore for redis_store::RedisStore {
+    fn check_and_record(
+        &self,
+        config: &Config,
+        attempt: &Attempt<'_>,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<Decision, Failure> {
+        redis_store::RedisStore::check_and_record(self, config, attempt, warn)
+    }
+
+    fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+        redis_store::RedisStore::refund(self, config, ticket)
+    }
+
+    fn read(&self, config: &Config, counter: Counter<'_>, now: i64) -> Result<Record, Failure> {
+        let limits = match counter {
+            Counter::Account(a) => config.limits_for(a),
+            Counter::Server => &config.server.limits,
+        };
+        redis_store::RedisStore::read(self, counter, limits, now)
+    }
+
+    fn reset(&self, _config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+        redis_store::RedisStore::reset(self, counter)
+    }
+
+    fn set_lock(
+        &self,
+        _config: &Config,
+        account: &str,
+        lock: Option<store::AccountLock>,
+    ) -> Result<bool, Failure> {
+        redis_store::RedisStore::set_lock(self, account, lock)
+    }
+
+    fn accounts(&self) -> Result<Vec<String>, Failure> {
+        redis_store::RedisStore::accounts(self)
+    }
+
+    fn counter_name(&self, counter: Counter<'_>) -> String {
+        match counter {
+            Counter::Account(a) => format!("redis mailgate:a:{a}:*"),
+            Counter::Server => "redis mailgate:s:*".to_string(),
         }
     }
 }
