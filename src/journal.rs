@@ -7,46 +7,33 @@
 
 use crate::limits::store::StateDir;
 use crate::log::{Logger, Severity};
-use std::ffi::CString;
+use crate::state_dir::{Dir, flags};
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
 
 const DIR: &str = "pending";
 
 /// A pending record; `finish` removes it once the message's final line is logged.
 pub struct Pending {
-    dir: std::os::fd::OwnedFd,
-    name: CString,
+    dir: Dir,
+    name: String,
 }
 
 /// Record `line` (the log fields known before the hand-over) under `id`. Best effort: the
 /// message goes out either way.
 pub fn begin(state: &StateDir, id: &str, line: &str) -> Option<Pending> {
     let dir = state.subdir(DIR).ok()?;
-    let name = CString::new(id).ok()?;
-    // SAFETY: dir is a directory fd, name a valid C string; the fd is owned by `file`.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o660 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut file = dir.open_file(id, flags::REWRITE).ok()?;
     file.write_all(line.as_bytes()).ok()?;
-    Some(Pending { dir, name })
+    Some(Pending {
+        dir,
+        name: id.to_string(),
+    })
 }
 
 impl Pending {
     pub fn finish(self) {
-        // SAFETY: dir is a directory fd, name a valid C string.
-        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+        let _ = self.dir.unlink(&self.name);
     }
 }
 

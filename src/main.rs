@@ -43,6 +43,7 @@ mod queue;
 mod relay;
 mod sendmail;
 mod spool;
+mod state_dir;
 
 use std::ffi::OsString;
 

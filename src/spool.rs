@@ -10,11 +10,10 @@
 use crate::exit::{Exit, Failure};
 use crate::limits::store::StateDir;
 use crate::message::{self, Message, Terminator};
+use crate::state_dir::{Dir, flags};
 use serde::{Deserialize, Serialize};
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -127,7 +126,7 @@ impl<'a> Spool<'a> {
         Spool { state }
     }
 
-    fn dir(&self, name: &str) -> Result<OwnedFd, Failure> {
+    fn dir(&self, name: &str) -> Result<Dir, Failure> {
         self.state.subdir(name)
     }
 
@@ -159,21 +158,8 @@ impl<'a> Spool<'a> {
         };
         let tmp = self.dir("tmp")?;
         let dest = self.dir(kind.dir())?;
-        let name = cstr(&meta.id)?;
-        // SAFETY: tmp is a directory fd, name a valid C string; the fd is owned below.
-        let fd = unsafe {
-            libc::openat(
-                tmp.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o660 as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(fail(io::Error::last_os_error()));
-        }
-        // SAFETY: fd was just opened and is owned by nobody else.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let name = meta.id.as_str();
+        let file = tmp.open_file(name, flags::REWRITE).map_err(fail)?;
         let written = (|| {
             let mut w = io::BufWriter::with_capacity(64 * 1024, &file);
             serde_json::to_writer(&mut w, meta).map_err(io::Error::other)?;
@@ -183,25 +169,11 @@ impl<'a> Spool<'a> {
             drop(w);
             file.sync_all()
         })();
-        if let Err(e) = written {
-            unlink_at(&tmp, &name);
+        if let Err(e) = written.and_then(|()| tmp.rename(name, &dest, name)) {
+            let _ = tmp.unlink(name);
             return Err(fail(e));
         }
-        // SAFETY: both fds are directories, name a valid C string.
-        if unsafe {
-            libc::renameat(
-                tmp.as_raw_fd(),
-                name.as_ptr(),
-                dest.as_raw_fd(),
-                name.as_ptr(),
-            )
-        } != 0
-        {
-            let e = io::Error::last_os_error();
-            unlink_at(&tmp, &name);
-            return Err(fail(e));
-        }
-        fsync_dir(&dest).map_err(fail)
+        dest.sync().map_err(fail)
     }
 
     /// The ids in `kind`, oldest first (an id begins with its creation time in hex).
@@ -229,20 +201,10 @@ impl<'a> Spool<'a> {
 
     /// Move an entry that cannot be read as it is to failed/, for the admin to look at.
     pub fn quarantine(&self, from: Kind, id: &str, why: &str) -> Result<(), Failure> {
-        let name = checked_name(id)?;
+        checked_name(id)?;
         let src = self.dir(from.dir())?;
         let dest = self.dir(Kind::Failed.dir())?;
-        // SAFETY: both fds are directories, name a valid C string.
-        if unsafe {
-            libc::renameat(
-                src.as_raw_fd(),
-                name.as_ptr(),
-                dest.as_raw_fd(),
-                name.as_ptr(),
-            )
-        } != 0
-        {
-            let e = io::Error::last_os_error();
+        if let Err(e) = src.rename(id, &dest, id) {
             return Err(Failure::io(
                 Exit::IoErr,
                 format!(
@@ -252,7 +214,8 @@ impl<'a> Spool<'a> {
                 &e,
             ));
         }
-        fsync_dir(&dest).map_err(|e| Failure::io(Exit::IoErr, "cannot sync failed/", &e))
+        dest.sync()
+            .map_err(|e| Failure::io(Exit::IoErr, "cannot sync failed/", &e))
     }
 
     /// Delete an entry unless another process is handling it. `false`: busy or gone.
@@ -299,31 +262,17 @@ impl<'a> Spool<'a> {
     }
 
     fn open(&self, kind: Kind, id: &str) -> Result<File, Failure> {
-        let name = checked_name(id)?;
-        let dir = self.dir(kind.dir())?;
-        // SAFETY: as in keep.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            let exit = if e.kind() == io::ErrorKind::NotFound {
-                Exit::Usage
-            } else {
-                Exit::IoErr
-            };
-            return Err(Failure::io(
-                exit,
-                format!("cannot open {}", self.path(kind, id)),
-                &e,
-            ));
-        }
-        // SAFETY: fd was just opened and is owned by nobody else.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        checked_name(id)?;
+        self.dir(kind.dir())?
+            .open_file(id, flags::READ)
+            .map_err(|e| {
+                let exit = if e.kind() == io::ErrorKind::NotFound {
+                    Exit::Usage
+                } else {
+                    Exit::IoErr
+                };
+                Failure::io(exit, format!("cannot open {}", self.path(kind, id)), &e)
+            })
     }
 
     pub fn read_meta(&self, kind: Kind, id: &str) -> Result<Meta, Failure> {
@@ -354,7 +303,7 @@ impl<'a> Spool<'a> {
     /// claimed entry replaces or removes the file, so a claim on an inode that is no longer
     /// the entry is detected and taken again.
     pub fn claim(&self, kind: Kind, id: &str) -> Result<Option<Claim>, Failure> {
-        let name = checked_name(id)?;
+        checked_name(id)?;
         let dir = self.dir(kind.dir())?;
         loop {
             let file = match self.open(kind, id) {
@@ -373,7 +322,7 @@ impl<'a> Spool<'a> {
                     ));
                 }
             }
-            match same_file_at(&dir, &name, &file) {
+            match same_file_at(&dir, id, &file) {
                 Ok(true) => {}
                 // Replaced by its previous holder: take the new file.
                 Ok(false) => continue,
@@ -437,11 +386,9 @@ impl<'a> Spool<'a> {
     }
 
     fn remove_in(&self, dir_name: &str, id: &str) -> Result<(), Failure> {
-        let name = checked_name(id)?;
+        checked_name(id)?;
         let dir = self.dir(dir_name)?;
-        // SAFETY: dir is a directory fd, name a valid C string.
-        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = dir.unlink(id) {
             let path = self.state.path().join(dir_name).join(id);
             return Err(Failure::io(
                 Exit::IoErr,
@@ -449,7 +396,8 @@ impl<'a> Spool<'a> {
                 &e,
             ));
         }
-        fsync_dir(&dir).map_err(|e| Failure::io(Exit::IoErr, "cannot sync the spool directory", &e))
+        dir.sync()
+            .map_err(|e| Failure::io(Exit::IoErr, "cannot sync the spool directory", &e))
     }
 
     /// Move an entry (with updated bookkeeping) to another spool: the new copy is durable
@@ -506,13 +454,7 @@ impl<'a> Spool<'a> {
 
     /// Free space on the state filesystem, in percent of its size (for unprivileged users).
     pub fn free_percent(&self) -> Option<u8> {
-        let path = std::ffi::CString::new(self.state.path().as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: st is plain data written by statvfs; path is a valid C string.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
-            return None;
-        }
-        Some((st.f_bavail as u128 * 100 / st.f_blocks as u128) as u8)
+        crate::state_dir::free_percent(self.state.path())
     }
 
     pub fn count(&self, kind: Kind, account: &str) -> usize {
@@ -521,52 +463,22 @@ impl<'a> Spool<'a> {
     }
 }
 
-/// A message id from argv as a file name, after `valid_id` said it is one.
-fn checked_name(id: &str) -> Result<CString, Failure> {
+/// A message id from argv is a file name only after `valid_id` said it is one.
+fn checked_name(id: &str) -> Result<(), Failure> {
     if !valid_id(id) {
         return Err(Failure::new(
             Exit::Usage,
             format!("invalid message id {id:?}"),
         ));
     }
-    cstr(id)
-}
-
-fn cstr(name: &str) -> Result<CString, Failure> {
-    CString::new(name).map_err(|_| Failure::new(Exit::Software, "NUL in a file name"))
-}
-
-fn unlink_at(dir: &OwnedFd, name: &CString) {
-    // SAFETY: dir is a directory fd, name a valid C string.
-    unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    Ok(())
 }
 
 /// Whether `name` in `dir` is still the file `file` has open.
-fn same_file_at(dir: &OwnedFd, name: &CString, file: &File) -> io::Result<bool> {
+fn same_file_at(dir: &Dir, name: &str, file: &File) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let open = file.metadata()?;
-    // SAFETY: dir is a directory fd, name a valid C string, st is written by fstatat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.st_ino == open.ino() && st.st_dev == open.dev())
-}
-
-fn fsync_dir(dir: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fsync on an owned, open fd.
-    if unsafe { libc::fsync(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(dir.identity(name)? == (open.dev(), open.ino()))
 }
 
 #[cfg(test)]

@@ -5,12 +5,12 @@
 use super::window::{BUCKETS, Bucket, Window};
 use crate::config::MAX_WINDOWS;
 use crate::exit::{Exit, Failure};
-use std::ffi::CString;
+pub use crate::state_dir::StateDir;
+use crate::state_dir::{Dir, flags};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 4] = b"MGS2";
@@ -254,52 +254,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The state directory, opened once; counter files are opened relative to it.
-pub struct StateDir {
-    dir: OwnedFd,
-    path: PathBuf,
-}
-
+/// The counters in the state directory: `accounts/NAME` and `server`.
 impl StateDir {
-    pub fn open(path: &Path) -> Result<StateDir, Failure> {
-        let dir = open_dir_at(libc::AT_FDCWD, path).map_err(|e| {
-            Failure::io(
-                Exit::OsErr,
-                format!("cannot open state directory {}", path.display()),
-                &e,
-            )
-        })?;
-        Ok(StateDir {
-            dir,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn counter_path(&self, counter: Counter<'_>) -> PathBuf {
         match counter {
-            Counter::Account(name) => self.path.join("accounts").join(name),
-            Counter::Server => self.path.join("server"),
-        }
-    }
-
-    /// A lock file in the state directory held by at most one process (e.g. `queue run`);
-    /// `None` when another process holds it.
-    pub fn try_lock_named(&self, name: &str) -> Result<Option<File>, Failure> {
-        let path = self.path.join(name);
-        let file = open_file_at(self.dir.as_raw_fd(), name)
-            .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(Failure::io(
-                Exit::OsErr,
-                format!("cannot lock {}", path.display()),
-                &e,
-            )),
+            Counter::Account(name) => self.path().join("accounts").join(name),
+            Counter::Server => self.path().join("server"),
         }
     }
 
@@ -321,11 +281,8 @@ impl StateDir {
     ) -> Result<Result<CounterFile, Busy>, Failure> {
         let path = self.counter_path(counter);
         let file = match counter {
-            Counter::Account(name) => {
-                let accounts = self.subdir("accounts")?;
-                open_counter_at(accounts.as_raw_fd(), name)
-            }
-            Counter::Server => open_counter_at(self.dir.as_raw_fd(), "server"),
+            Counter::Account(name) => open_counter_at(&self.subdir("accounts")?, name),
+            Counter::Server => open_counter_at(self.top(), "server"),
         }
         .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
         match lock_with_deadline(&file, timeout) {
@@ -350,195 +307,56 @@ impl StateDir {
     /// Move a counter that cannot be opened as a file (a directory, a symlink, a device) out
     /// of the way, to `.broken-NAME-TIME` beside it, so that `reset` can start it afresh.
     pub fn set_aside(&self, counter: Counter<'_>) -> Result<(), Failure> {
+        let accounts;
         let (dir, name) = match counter {
-            Counter::Account(name) => (self.subdir("accounts")?, name),
-            Counter::Server => (
-                open_dir_at(self.dir.as_raw_fd(), Path::new("."))
-                    .map_err(|e| Failure::io(Exit::OsErr, "cannot open the state directory", &e))?,
-                "server",
-            ),
+            Counter::Account(name) => {
+                accounts = self.subdir("accounts")?;
+                (&accounts, name)
+            }
+            Counter::Server => (self.top(), "server"),
         };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let from = CString::new(name).map_err(|_| Failure::new(Exit::Usage, "NUL in a name"))?;
-        let to = CString::new(format!(
-            ".broken-{name}-{}.{:09}",
-            now.as_secs(),
-            now.subsec_nanos()
-        ))
-        .map_err(|_| Failure::new(Exit::Usage, "NUL in a name"))?;
-        // SAFETY: dir is a directory fd; both names are valid C strings.
-        let rc =
-            unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(Failure::io(
-                    Exit::OsErr,
-                    format!("cannot move {} aside", self.counter_path(counter).display()),
-                    &e,
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Open a subdirectory of the state directory, creating it (mode 0770) when missing.
-    pub fn subdir(&self, name: &str) -> Result<OwnedFd, Failure> {
-        let c = CString::new(name)
-            .map_err(|_| Failure::new(Exit::Software, "NUL in directory name"))?;
-        // SAFETY: dir is a valid directory fd, c a valid C string.
-        let rc = unsafe { libc::mkdirat(self.dir.as_raw_fd(), c.as_ptr(), 0o770) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::AlreadyExists {
-                return Err(Failure::io(
-                    Exit::OsErr,
-                    format!("cannot create {}", self.path.join(name).display()),
-                    &e,
-                ));
-            }
-        }
-        let created = rc == 0;
-        let fd = open_dir_at(self.dir.as_raw_fd(), Path::new(name)).map_err(|e| {
-            Failure::io(
+        let aside = format!(".broken-{name}-{}.{:09}", now.as_secs(), now.subsec_nanos());
+        match dir.rename(name, dir, &aside) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Failure::io(
                 Exit::OsErr,
-                format!("cannot open {}", self.path.join(name).display()),
+                format!("cannot move {} aside", self.counter_path(counter).display()),
                 &e,
-            )
-        })?;
-        settle_subdir(&fd, created);
-        Ok(fd)
+            )),
+            _ => Ok(()),
+        }
     }
-}
-
-/// State subdirectories belong to root:mailgate with mode 2770 (install.sh makes them so).
-/// One that a customer's sender had to create is theirs until root's next `queue run` or
-/// `status` hands it back to root; best effort, the directory works either way.
-fn settle_subdir(fd: &OwnedFd, created: bool) {
-    // SAFETY: fd is an open directory; fstat writes into st; the getters cannot fail.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return;
-    }
-    let root = unsafe { libc::geteuid() } == 0;
-    if root && st.st_uid != 0 {
-        // SAFETY: fd is an open directory; -1 keeps the group.
-        unsafe { libc::fchown(fd.as_raw_fd(), 0, u32::MAX) };
-    }
-    if created || (root && st.st_mode & 0o7777 != 0o2770) {
-        // SAFETY: fd is an open directory we own (or we are root).
-        unsafe { libc::fchmod(fd.as_raw_fd(), 0o2770) };
-    }
-}
-
-fn open_dir_at(dir: libc::c_int, path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: c is a valid C string; the returned fd is owned by the OwnedFd below.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by openat and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Open a counter file relative to its directory, never following a symlink.
-fn open_file_at(dir: libc::c_int, name: &str) -> io::Result<File> {
-    let c = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: as in open_dir_at.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            c.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o660 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by openat and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Open a counter file, never following a symlink. A missing one is created whole: a valid
 /// empty record is written under a temporary name and linked into place, so that a counter
 /// file of zero bytes can only be damage (fail-closed applies), never a fresh start.
-fn open_counter_at(dir: libc::c_int, name: &str) -> io::Result<File> {
-    let c = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let open = || -> io::Result<File> {
-        // SAFETY: dir is a directory fd, c a valid C string; the fd is owned below.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                c.as_ptr(),
-                libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by openat and is owned by nobody else.
-        Ok(unsafe { File::from_raw_fd(fd) })
-    };
-    match open() {
+fn open_counter_at(dir: &Dir, name: &str) -> io::Result<File> {
+    match dir.open_file(name, flags::READ_WRITE) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_counter_at(dir, &c)?;
-            open()
+            create_counter_at(dir, name)?;
+            dir.open_file(name, flags::READ_WRITE)
         }
         other => other,
     }
 }
 
-fn create_counter_at(dir: libc::c_int, name: &CString) -> io::Result<()> {
+fn create_counter_at(dir: &Dir, name: &str) -> io::Result<()> {
     // Account names never start with '.', so this cannot be anyone's counter.
-    let tmp = CString::new(format!(
-        ".new-{}-{}",
-        std::process::id(),
-        name.to_string_lossy()
-    ))
-    .map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: as in open_counter_at.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            tmp.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o660 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by openat and is owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
+    let tmp = format!(".new-{}-{name}", std::process::id());
+    let file = dir.open_file(&tmp, flags::READ_WRITE | flags::CREATE | libc::O_TRUNC)?;
     let empty = encode(&Record::default());
-    let written = file
+    let linked = file
         .write_all_at(&empty, 0)
-        .and_then(|()| file.write_all_at(&empty, SLOT_SIZE as u64));
-    // SAFETY: dir is a directory fd; tmp and name are valid C strings.
-    let linked = written.and_then(|()| {
-        if unsafe { libc::linkat(dir, tmp.as_ptr(), dir, name.as_ptr(), 0) } == 0 {
-            Ok(())
-        } else {
-            match io::Error::last_os_error() {
-                // Another sender created it first: theirs is as good.
-                e if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-                e => Err(e),
-            }
-        }
-    });
-    // SAFETY: as above.
-    unsafe { libc::unlinkat(dir, tmp.as_ptr(), 0) };
+        .and_then(|()| file.write_all_at(&empty, SLOT_SIZE as u64))
+        .and_then(|()| match dir.link(&tmp, name) {
+            // Another sender created it first: theirs is as good.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        });
+    let _ = dir.unlink(&tmp);
     linked
 }
 
