@@ -91,12 +91,22 @@ pub fn parse_single(input: &str) -> Option<String> {
     parse_list(trimmed).into_iter().next()
 }
 
-/// `<@relay1,@relay2:user@x>` names `user@x`.
+/// `<@relay1,@relay2:user@x>` names `user@x`. The route ends at the first colon outside a
+/// quoted string.
 fn strip_source_route(angle: &str) -> &str {
-    if angle.starts_with('@')
-        && let Some(colon) = angle.find(':')
-    {
-        return &angle[colon + 1..];
+    if !angle.starts_with('@') {
+        return angle;
+    }
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in angle.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            ':' if !in_quotes => return &angle[i + 1..],
+            _ => {}
+        }
     }
     angle
 }
@@ -134,7 +144,7 @@ impl Item {
 
     fn finish_into(self, out: &mut Vec<String>) {
         let addr = match self.angle {
-            Some(angle) => angle,
+            Some(angle) => angle.trim().to_string(),
             None => remove_unquoted_whitespace(&self.text),
         };
         if !addr.is_empty() {
@@ -503,6 +513,28 @@ mod tests {
             // Offsets are inside the value and ascending, so inserting from the last is safe.
             proptest::prop_assert!(ends.windows(2).all(|w| w[0] < w[1]));
             proptest::prop_assert!(ends.iter().all(|&e| e <= s.len()));
+        }
+
+        /// Every special character of RFC 5322 and line breaks: no panic, no empty member, no
+        /// whitespace outside quotes in what comes out.
+        #[test]
+        fn hostile_lists_give_clean_members(s in "[a-z@<>()\",:;\\[\\]\\\\ \r\n\t.]{0,60}") {
+            for addr in parse_list(&s) {
+                proptest::prop_assert!(!addr.is_empty());
+                let mut in_quotes = false;
+                let mut escaped = false;
+                for c in addr.chars() {
+                    if escaped { escaped = false; continue; }
+                    match c {
+                        '\\' if in_quotes => escaped = true,
+                        '"' => in_quotes = !in_quotes,
+                        c if c.is_whitespace() && !in_quotes => {
+                            proptest::prop_assert!(false, "unquoted whitespace in {:?}", addr);
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
 
         #[test]

@@ -266,4 +266,29 @@ mod tests {
         let later = w.next_room(10, (1, 101), max).unwrap();
         assert!(later >= 86400);
     }
+    proptest::proptest! {
+        /// Never under-counts: whatever the arrival pattern, no interval of the window's length
+        /// holds more accepted messages than the limit.
+        #[test]
+        fn no_interval_of_the_window_exceeds_the_limit(
+            secs in 1u64..5000,
+            limit in 1u32..20,
+            gaps in proptest::collection::vec(0i64..400, 1..300),
+        ) {
+            let mut w = Window::new(secs, 0);
+            let mut t = 1_000_000i64;
+            let mut accepted: Vec<i64> = Vec::new();
+            for gap in gaps {
+                t += gap;
+                if try_send(&mut w, t, limit) {
+                    accepted.push(t);
+                }
+            }
+            for (i, &end) in accepted.iter().enumerate() {
+                let start = end - secs as i64;
+                let inside = accepted[..=i].iter().filter(|&&a| a > start).count();
+                proptest::prop_assert!(inside <= limit as usize, "{} in ({start}, {end}]", inside);
+            }
+        }
+    }
 }

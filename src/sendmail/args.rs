@@ -302,6 +302,42 @@ mod tests {
             let _ = parse(&args);
         }
 
+        /// Arguments as a hostile caller writes them: option clusters with attached values in
+        /// any script, long options, separate values, lone dashes.
+        #[test]
+        fn never_panics_on_option_clusters(
+            args in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "-[A-Za-z]{1,4}.{0,6}",
+                    "--[a-z]{0,8}(=.{0,6})?",
+                    "-[fFrRoOBbNpqVXCeLhA]",
+                    ".{0,8}",
+                    proptest::strategy::Just("--".to_string()),
+                    proptest::strategy::Just("-".to_string()),
+                ],
+                0..8,
+            )
+        ) {
+            let _ = parse(&args);
+        }
+
+        #[test]
+        fn attached_and_separate_values_agree(
+            opt in proptest::sample::select(vec!['f', 'F', 'r']),
+            value in "[^-\\s][^\\s]{0,10}",
+        ) {
+            let attached = parse(&[format!("-{opt}{value}"), "x@y".to_string()]);
+            let separate = parse(&[format!("-{opt}"), value.clone(), "x@y".to_string()]);
+            proptest::prop_assert_eq!(attached, separate);
+        }
+
+        #[test]
+        fn the_last_sender_wins(a in "[a-z]{1,5}@[a-z]{1,5}", b in "[a-z]{1,5}@[a-z]{1,5}") {
+            let inv = parse(&["-f", &a, "-r", &b, "x@y"]).unwrap();
+            proptest::prop_assert_eq!(inv.sender.as_deref(), Some(b.as_str()));
+            proptest::prop_assert_eq!(inv.recipients, vec!["x@y".to_string()]);
+        }
+
         #[test]
         fn flag_clusters_equal_separate_flags(flags in proptest::collection::vec(proptest::sample::select(vec!['t', 'i', 'G', 'U', 'n', 'v', 'x', 'm', 'c']), 1..6)) {
             let cluster = format!("-{}", flags.iter().collect::<String>());
