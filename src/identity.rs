@@ -78,6 +78,54 @@ pub fn caller_env(name: &str) -> Option<String> {
     }
 }
 
+/// Where the mail comes from, as the kernel tells it: the caller's working directory (PHP-FPM
+/// and CGI run a script from its own directory) and, when a PHP-FPM worker called us
+/// (`php-fpm: pool NAME` as its process title, up the chain of parents), the pool. A caller
+/// can only misstate these within its own uid; they are logged, never used for identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub cwd: String,
+    pub pool: Option<String>,
+}
+
+impl Origin {
+    pub fn of_this_process() -> Origin {
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let mut pool = None;
+        let mut pid = std::process::id();
+        for _ in 0..4 {
+            let Some(parent) = parent_pid(pid) else { break };
+            if parent <= 1 {
+                break;
+            }
+            let title = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
+            if let Some(name) = fpm_pool(&title) {
+                pool = Some(name);
+                break;
+            }
+            pid = parent;
+        }
+        Origin { cwd, pool }
+    }
+}
+
+/// The parent of `pid` from /proc/PID/stat (the field after the parenthesised name).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `php-fpm: pool example.com` (PHP-FPM's worker title; NUL or spaces may pad it).
+pub fn fpm_pool(cmdline: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(cmdline);
+    let title = text.split('\0').next()?.trim();
+    let name = title.strip_prefix("php-fpm: pool ")?.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// True when the kernel gave us privileges the caller does not have (setgid `mailgate`).
 /// Every caller-controlled override is ignored then.
 pub fn is_privileged() -> bool {
@@ -263,6 +311,23 @@ mod tests {
                 "{good:?}"
             );
         }
+    }
+
+    #[test]
+    fn php_fpm_pool_titles() {
+        assert_eq!(
+            fpm_pool(b"php-fpm: pool example.com                \0").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            fpm_pool(b"php-fpm: master process (/etc/php/8.2/fpm/php-fpm.conf)"),
+            None
+        );
+        assert_eq!(fpm_pool(b"/bin/sh\0-c\0sendmail -t -i\0"), None);
+        assert_eq!(fpm_pool(b""), None);
+        // This test's own parents are no FPM workers.
+        assert_eq!(Origin::of_this_process().pool, None);
+        assert!(!Origin::of_this_process().cwd.is_empty());
     }
 
     #[test]

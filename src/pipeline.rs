@@ -164,6 +164,11 @@ impl Context {
         if !script.is_empty() {
             fields.add("script", &script);
         }
+        let origin = crate::identity::Origin::of_this_process();
+        fields.add("cwd", &origin.cwd);
+        if let Some(pool) = &origin.pool {
+            fields.add("pool", pool);
+        }
         let report = self.process(sub, &id, &script, &mut fields);
         fields.add("status", report.status.as_str());
         if let Some(line) = &report.line {

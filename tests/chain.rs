@@ -463,6 +463,15 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
             && l.contains("status=sent")),
         "PHPMailer's isSendmail() went through the pool's account: {log}"
     );
+    // Attribution at the source: the FPM pool (from the worker's process title) and the
+    // script's directory (FPM runs a script from it).
+    let www_dir = www.path().display().to_string();
+    assert!(
+        log.lines().any(|l| l.contains("account=site1.example")
+            && l.contains("pool=site1")
+            && l.contains(&format!("cwd={www_dir}"))),
+        "{log}"
+    );
 
     // Bypass attempts meet postfwd: Postfix's own sendmail, and SMTP straight to 825.
     // postfwd allows 5 per sender and hour (above mailgate's 3 per account, so that mail
