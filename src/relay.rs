@@ -182,8 +182,11 @@ impl Relay<'_> {
         } else {
             "/proc/net/tcp6"
         };
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        match socket_owner(&text, peer, local) {
+        // Streamed, stopping at the match: on a busy server the table is long.
+        let owner = std::fs::File::open(table)
+            .ok()
+            .and_then(|f| socket_owner(BufReader::new(f), peer, local));
+        match owner {
             Some(uid) if self.trusted_owners.contains(&uid) => Ok(()),
             Some(uid) => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -354,18 +357,22 @@ impl Relay<'_> {
 
 /// The uid of the socket with this local and remote address in a /proc/net/tcp{,6} table.
 fn socket_owner(
-    table: &str,
+    table: impl BufRead,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
 ) -> Option<u32> {
     let (want_local, want_remote) = (proc_addr(local), proc_addr(remote));
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.get(1)?.eq_ignore_ascii_case(&want_local)
-            && f.get(2)?.eq_ignore_ascii_case(&want_remote))
-        .then(|| f.get(7)?.parse().ok())
-        .flatten()
-    })
+    table
+        .lines()
+        .skip(1)
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1)?.eq_ignore_ascii_case(&want_local)
+                && f.get(2)?.eq_ignore_ascii_case(&want_remote))
+            .then(|| f.get(7)?.parse().ok())
+            .flatten()
+        })
 }
 
 /// An address as /proc/net/tcp writes it: the IP in 32-bit words in host (little-endian)
@@ -556,10 +563,10 @@ mod tests {
         let relay: std::net::SocketAddr = "127.0.0.1:10025".parse().unwrap();
         let me: std::net::SocketAddr = "127.0.0.1:45678".parse().unwrap();
         assert_eq!(proc_addr(relay), "0100007F:2729");
-        assert_eq!(socket_owner(table, relay, me), Some(1001));
-        assert_eq!(socket_owner(table, me, relay), Some(0));
+        assert_eq!(socket_owner(table.as_bytes(), relay, me), Some(1001));
+        assert_eq!(socket_owner(table.as_bytes(), me, relay), Some(0));
         let other: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(socket_owner(table, relay, other), None);
+        assert_eq!(socket_owner(table.as_bytes(), relay, other), None);
         let v6: std::net::SocketAddr = "[::1]:25".parse().unwrap();
         assert_eq!(proc_addr(v6), "00000000000000000000000001000000:0019");
     }
