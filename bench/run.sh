@@ -92,6 +92,10 @@ hostname = "bench.example.org"
 state_dir = "$work/$1/state"
 [relay]
 port = $SINK_PORT
+trusted_owners = ["root", "nobody"]   # smtp-sink accepts as nobody
+[spool]
+account_max_messages = 1000000
+account_max_bytes = 100000000000
 [log]
 file = "$work/$1/mailgate.log"
 [alerts]

@@ -42,6 +42,7 @@ mod pipeline;
 mod queue;
 mod relay;
 mod sendmail;
+mod sockdiag;
 mod spool;
 mod state_dir;
 

@@ -167,7 +167,7 @@ impl Relay<'_> {
 
     /// On this host anyone can listen on an unprivileged port while the relay is down: hand
     /// mail only to a relay process of root or the Postfix user. The connection we just
-    /// opened is looked up from the other end in /proc/net/tcp: the accepted socket belongs
+    /// opened is looked up from the other end with sock_diag: the accepted socket belongs
     /// to the uid of the process that accepted it (Postfix's smtpd runs as postfix), so
     /// there is no race between check and use.
     fn check_owner(&self, stream: &TcpStream) -> io::Result<()> {
@@ -177,15 +177,7 @@ impl Relay<'_> {
         if self.trusted_owners.is_empty() || !peer.ip().is_loopback() {
             return Ok(());
         }
-        let table = if peer.is_ipv4() {
-            "/proc/net/tcp"
-        } else {
-            "/proc/net/tcp6"
-        };
-        // Streamed, stopping at the match: on a busy server the table is long.
-        let owner = std::fs::File::open(table)
-            .ok()
-            .and_then(|f| socket_owner(BufReader::new(f), peer, local));
+        let owner = crate::sockdiag::tcp_owner(peer, local).ok();
         match owner {
             Some(uid) if self.trusted_owners.contains(&uid) => Ok(()),
             Some(uid) => Err(io::Error::new(
@@ -196,9 +188,8 @@ impl Relay<'_> {
             )),
             None => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!(
-                    "cannot tell who owns the relay's socket ({table}): not handing mail to it"
-                ),
+                "cannot tell who owns the relay's socket (sock_diag): not handing mail to it"
+                    .to_string(),
             )),
         }
     }
@@ -353,40 +344,6 @@ impl Relay<'_> {
             classify("end of data", reply)
         })
     }
-}
-
-/// The uid of the socket with this local and remote address in a /proc/net/tcp{,6} table.
-fn socket_owner(
-    table: impl BufRead,
-    local: std::net::SocketAddr,
-    remote: std::net::SocketAddr,
-) -> Option<u32> {
-    let (want_local, want_remote) = (proc_addr(local), proc_addr(remote));
-    table
-        .lines()
-        .skip(1)
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(1)?.eq_ignore_ascii_case(&want_local)
-                && f.get(2)?.eq_ignore_ascii_case(&want_remote))
-            .then(|| f.get(7)?.parse().ok())
-            .flatten()
-        })
-}
-
-/// An address as /proc/net/tcp writes it: the IP in 32-bit words in host (little-endian)
-/// order, each in hex, then ':' and the port in hex.
-fn proc_addr(addr: std::net::SocketAddr) -> String {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
-        std::net::IpAddr::V6(v6) => v6
-            .octets()
-            .chunks(4)
-            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
-            .collect(),
-    };
-    format!("{ip}:{:04X}", addr.port())
 }
 
 /// Recipients refused with 452 (too many recipients, RFC 5321 4.5.3.1.10) go to the next
@@ -545,29 +502,5 @@ impl Conn {
         if self.command("QUIT").is_ok() {
             let _ = self.reply();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_owners_from_proc_net_tcp() {
-        // The accepted side of a connection from 127.0.0.1:45678 to the relay on 127.0.0.1:10025.
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:2729 00000000:0000 0A 00000000:00000000 00:00000000 00000000   107        0 1167 1 0 100 0 0 10 0
-   1: 0100007F:2729 0100007F:B26E 01 00000000:00000000 00:00000000 00000000  1001        0 2222 1 0 20 4 30 10 -1
-   2: 0100007F:B26E 0100007F:2729 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0 20 4 30 10 -1
-";
-        let relay: std::net::SocketAddr = "127.0.0.1:10025".parse().unwrap();
-        let me: std::net::SocketAddr = "127.0.0.1:45678".parse().unwrap();
-        assert_eq!(proc_addr(relay), "0100007F:2729");
-        assert_eq!(socket_owner(table.as_bytes(), relay, me), Some(1001));
-        assert_eq!(socket_owner(table.as_bytes(), me, relay), Some(0));
-        let other: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(socket_owner(table.as_bytes(), relay, other), None);
-        let v6: std::net::SocketAddr = "[::1]:25".parse().unwrap();
-        assert_eq!(proc_addr(v6), "00000000000000000000000001000000:0019");
     }
 }
