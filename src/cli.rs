@@ -1,5 +1,5 @@
 //! The admin command line's schema: one clap definition that `--help`, dispatch
-//! (`admin::subcommand_names`), the man page `mailgate(8)` and the bash completion are all
+//! (`admin::SUBCOMMANDS`, checked against it by a test), the man page `mailgate(8)` and the bash completion are all
 //! generated from, so that none of them can drift from the others.
 
 use clap::{Parser, Subcommand};

@@ -93,10 +93,12 @@ impl Origin {
         let cwd = std::env::current_dir()
             .map(|d| d.display().to_string())
             .unwrap_or_default();
+        // PHP's mail() runs `sh -c sendmail_path`: the worker is the parent or grandparent.
+        // Two levels at most, so that the hot path reads at most three small /proc files.
+        // SAFETY: getppid cannot fail.
+        let mut parent = unsafe { libc::getppid() } as u32;
         let mut pool = None;
-        let mut pid = std::process::id();
-        for _ in 0..4 {
-            let Some(parent) = parent_pid(pid) else { break };
+        for level in 0..2 {
             if parent <= 1 {
                 break;
             }
@@ -105,7 +107,13 @@ impl Origin {
                 pool = Some(name);
                 break;
             }
-            pid = parent;
+            if level == 1 {
+                break;
+            }
+            match parent_pid(parent) {
+                Some(p) => parent = p,
+                None => break,
+            }
         }
         Origin { cwd, pool }
     }

@@ -76,11 +76,15 @@ fn main() {
     if program == "newaliases" {
         std::process::exit(admin::newaliases().code());
     }
-    let subcommands = admin::subcommand_names();
-    let names: Vec<&str> = subcommands.iter().map(String::as_str).collect();
     // SAFETY: isatty only inspects the descriptor.
     let stdin_is_tty = unsafe { libc::isatty(0) } == 1;
-    let exit = match dispatch::route(&program, &rest, &names, stdin_is_tty, &identity::is_login) {
+    let exit = match dispatch::route(
+        &program,
+        &rest,
+        admin::SUBCOMMANDS,
+        stdin_is_tty,
+        &identity::is_login,
+    ) {
         dispatch::Route::Admin => admin::run(&argv),
         dispatch::Route::Sendmail => sendmail::run(&rest),
         dispatch::Route::Typo(why) => {
