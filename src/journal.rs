@@ -40,29 +40,18 @@ impl Pending {
 /// Log the records that their senders never finished (older than `age`) and remove them.
 /// Returns how many there were.
 pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
-    let path = state.path().join(DIR);
-    let Ok(entries) = std::fs::read_dir(&path) else {
-        return 0;
-    };
     let mut recovered = 0;
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|elapsed| elapsed > age);
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !old || !crate::spool::valid_id(&name) {
+    for (name, path) in crate::state_dir::older_than(&state.path().join(DIR), age) {
+        if !crate::spool::valid_id(&name) {
             continue;
         }
-        let fields = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let fields = std::fs::read_to_string(&path).unwrap_or_default();
         let line = format!(
             "{} status=unknown reason=\"the sender ended between handing the message to the relay and logging the outcome; the relay may have it\"",
             crate::log::printable(fields.trim(), 4096)
         );
         if logger.log(Severity::Warning, &line) {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = std::fs::remove_file(&path);
             recovered += 1;
         }
     }

@@ -232,24 +232,8 @@ impl<'a> Spool<'a> {
     /// All entries of `kind`, oldest first. A damaged entry is listed with account
     /// `(damaged)` and the reason, so that it never goes unseen.
     pub fn list(&self, kind: Kind) -> Result<Vec<Meta>, Failure> {
-        let dir = self.state.path().join(kind.dir());
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(Failure::io(
-                    Exit::IoErr,
-                    format!("cannot list {}", dir.display()),
-                    &e,
-                ));
-            }
-        };
         let mut metas = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !valid_id(&name) {
-                continue;
-            }
+        for name in self.ids(kind)? {
             // An entry removed meanwhile (another queue run) is simply gone.
             match self.read_meta(kind, &name) {
                 Ok(meta) => metas.push(meta),
@@ -416,20 +400,9 @@ impl<'a> Spool<'a> {
     /// Remove files in tmp/ older than `age`: writes that never reached their rename (the
     /// sender was killed, so its caller got no exit 0). Returns how many went.
     pub fn remove_stale_tmp(&self, age: std::time::Duration) -> usize {
-        let dir = self.state.path().join("tmp");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return 0;
-        };
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|elapsed| elapsed > age);
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if old && valid_id(&name) && self.remove_in("tmp", &name).is_ok() {
+        for (name, _) in crate::state_dir::older_than(&self.state.path().join("tmp"), age) {
+            if valid_id(&name) && self.remove_in("tmp", &name).is_ok() {
                 removed += 1;
             }
         }

@@ -178,6 +178,31 @@ pub fn free_percent(path: &Path) -> Option<u8> {
     Some((st.f_bavail as u128 * 100 / st.f_blocks as u128) as u8)
 }
 
+/// The files in `dir` last changed more than `age` ago, as (name, path): what a process that
+/// died left behind (a write in tmp/, a pending record).
+pub fn older_than(dir: &Path, age: std::time::Duration) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|elapsed| elapsed > age)
+        })
+        .map(|entry| {
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            )
+        })
+        .collect()
+}
+
 /// The state directory, opened once.
 pub struct StateDir {
     dir: Dir,

@@ -475,26 +475,9 @@ fn within_an_account_mail_leaves_in_order() {
 
 #[test]
 fn on_a_full_disk_one_stuck_entry_does_not_stop_the_others() {
-    assert!(
-        is_root(),
-        "this test mounts a tmpfs; run it as root (.ci/run)"
-    );
     let env = Env::new(free_port(), LIMITS);
-    let small = env.dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs failed");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let disk = SmallDisk::mount(env.dir.path(), "256k");
+    let small = disk.0.clone();
     let config = std::fs::read_to_string(&env.config).unwrap().replace(
         &env.state.display().to_string(),
         &small.display().to_string(),
@@ -607,10 +590,6 @@ fn any_damaged_counter_is_shown_as_broken_and_repaired_by_reset() {
 
 #[test]
 fn one_account_cannot_fill_the_spools_or_the_disk() {
-    assert!(
-        is_root(),
-        "this test mounts a tmpfs; run it as root (.ci/run)"
-    );
     let rec = Recorder::start(Script::default());
     let env = Env::new(
         rec.port,
@@ -621,21 +600,8 @@ fn one_account_cannot_fill_the_spools_or_the_disk() {
             me = login()
         ),
     );
-    let small = env.dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs failed");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let disk = SmallDisk::mount(env.dir.path(), "1m");
+    let small = disk.0.clone();
     let config = std::fs::read_to_string(&env.config).unwrap().replace(
         &env.state.display().to_string(),
         &small.display().to_string(),

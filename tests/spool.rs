@@ -250,26 +250,9 @@ fn sigkill_during_send_and_queue_run_loses_nothing() {
 
 #[test]
 fn full_disk_is_a_failure_not_a_success() {
-    assert!(
-        is_root(),
-        "this test mounts a tmpfs; run it as root (.ci/run)"
-    );
     let env = Env::new(free_port(), "");
-    let small = env.dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs failed");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let disk = SmallDisk::mount(env.dir.path(), "64k");
+    let small = disk.0.clone();
     std::fs::write(
         &env.config,
         std::fs::read_to_string(&env.config).unwrap().replace(

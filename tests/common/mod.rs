@@ -480,6 +480,44 @@ impl Env {
     }
 }
 
+/// A tmpfs of `size` (e.g. "64k") mounted at `dir/small`, unmounted when dropped. Needs root.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &Path, size: &str) -> SmallDisk {
+        assert!(
+            is_root(),
+            "this test mounts a tmpfs; run it as root (.ci/run)"
+        );
+        let path = dir.join("small");
+        std::fs::create_dir(&path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount tmpfs failed");
+        SmallDisk(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+impl Env {
+    /// Point the configuration's state directory at `dir` (a small disk, say).
+    pub fn move_state_to(&self, dir: &Path) {
+        let config = std::fs::read_to_string(&self.config).unwrap().replace(
+            &self.state.display().to_string(),
+            &dir.display().to_string(),
+        );
+        std::fs::write(&self.config, config).unwrap();
+    }
+}
+
 /// Run to completion with `stdin`, within the deadline.
 pub fn run_with_input(cmd: &mut Command, stdin: &[u8]) -> Output {
     let mut child = cmd
