@@ -237,6 +237,49 @@ mod tests {
     }
 
     #[test]
+    fn bucket_lengths() {
+        assert_eq!(Window::new(3600, 0).bucket_len(), 190);
+        assert_eq!(Window::new(60, 0).bucket_len(), 4);
+        assert_eq!(Window::new(190, 0).bucket_len(), 10);
+        assert_eq!(Window::new(1, 0).bucket_len(), 1);
+    }
+
+    #[test]
+    fn a_step_back_of_exactly_one_window_keeps_the_counts() {
+        // 190 s = 19 buckets of 10 s: going back exactly one window is "standing still".
+        let mut w = Window::new(190, 10_000);
+        assert!(try_send(&mut w, 10_000, 5));
+        let decided_at = w.advance(10_000 - 190);
+        assert_eq!(
+            decided_at, 10_000,
+            "decides at the start of the newest bucket"
+        );
+        assert_eq!(w.usage(decided_at).messages, 1);
+        // One bucket further back is more than a window: the window starts over.
+        let t = w.advance(10_000 - 200);
+        assert_eq!(w.usage(t).messages, 0);
+    }
+
+    #[test]
+    fn next_room_is_when_the_oldest_blocking_bucket_leaves() {
+        let mut w = Window::new(3600, 0);
+        let max = (Some(2), None);
+        let t = w.advance(0);
+        w.record(t, 1);
+        w.record(t, 1);
+        let t = w.advance(1000);
+        // Full: room when bucket 0 ([0, 190)) has left the window, at 190 + 3600.
+        assert_eq!(w.next_room(t, (1, 1), max), Some(3790));
+        // Recipients too: 2 + 3 > 4 until the same moment.
+        assert_eq!(w.next_room(t, (0, 3), (None, Some(4))), Some(3790));
+        w.record(t, 1);
+        // For three messages under a limit of 3 both buckets must leave: bucket 5
+        // ([950, 1140)) at 1140 + 3600.
+        assert_eq!(w.next_room(t, (3, 1), (Some(3), None)), Some(4740));
+        assert_eq!(w.next_room(t, (1, 1), (Some(3), None)), Some(3790));
+    }
+
+    #[test]
     fn clock_going_backwards() {
         let mut w = Window::new(3600, 100_000);
         for _ in 0..3 {

@@ -227,6 +227,18 @@ mod tests {
     }
 
     #[test]
+    fn own_long_options_and_errors_name_the_option() {
+        let inv = p(&["--config", "/tmp/m.toml", "--account=shop", "a@x"]);
+        assert_eq!(inv.config.as_deref(), Some("/tmp/m.toml"));
+        assert_eq!(inv.account.as_deref(), Some("shop"));
+        assert_eq!(p(&["--config=/x", "a@x"]).config.as_deref(), Some("/x"));
+        let UsageError(why) = parse(&["-Z", "a@x"]).unwrap_err();
+        assert!(why.contains("-Z"), "{why}");
+        let UsageError(why) = parse(&["-ti\u{e9}"]).unwrap_err();
+        assert!(why.contains('\u{e9}'), "{why}");
+    }
+
+    #[test]
     fn modes() {
         assert_eq!(p(&["-bs"]).mode, Mode::Smtp);
         assert_eq!(p(&["-bm", "a@x"]).mode, Mode::Deliver);

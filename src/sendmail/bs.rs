@@ -250,6 +250,88 @@ mod tests {
         (String::from_utf8(out).unwrap(), got)
     }
 
+    fn codes(out: &str) -> Vec<&str> {
+        out.lines()
+            .filter(|l| l.as_bytes().get(3) != Some(&b'-'))
+            .map(|l| &l[..3])
+            .collect()
+    }
+
+    #[test]
+    fn every_command_gets_its_own_reply() {
+        let long = "x".repeat(MAX_LINE + 10);
+        let (out, got) = run(&format!(
+            "HELO c\r\nNOOP\r\nHELP\r\n\r\nMAIL FROM:<a@x> SIZE=1000\r\nRSET\r\n\
+             MAIL FROM:<a@x> SIZE=1001\r\n{long}\r\nVRFY a\r\nBOGUS\r\nQUIT\r\n"
+        ));
+        assert_eq!(
+            codes(&out),
+            [
+                "220", "250", "250", "214", "500", "250", "250", "552", "500", "252", "502", "221"
+            ],
+            "{out}"
+        );
+        assert!(out.contains("250 web1.example\r\n"), "{out}");
+        assert!(out.contains("500 5.5.2 Line too long"), "{out}");
+        assert!(got.is_empty());
+    }
+
+    /// Reads the script, then fails with `kind` (a client gone quiet, or a broken pipe).
+    struct Then<'a> {
+        script: &'a [u8],
+        kind: io::ErrorKind,
+    }
+
+    impl io::Read for Then<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.script.is_empty() {
+                return Err(io::Error::new(self.kind, "test"));
+            }
+            let n = buf.len().min(self.script.len());
+            buf[..n].copy_from_slice(&self.script[..n]);
+            self.script = &self.script[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_idle_client_gets_421_and_other_errors_end_the_session() {
+        let server = Server {
+            hostname: "h",
+            max_size: 1000,
+            unavailable: None,
+        };
+        for (script, kind, idle) in [
+            (&b"EHLO c\r\n"[..], io::ErrorKind::TimedOut, true),
+            (
+                b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\nSubject: x\r\n",
+                io::ErrorKind::TimedOut,
+                true,
+            ),
+            (b"EHLO c\r\n", io::ErrorKind::BrokenPipe, false),
+        ] {
+            let mut input = io::BufReader::new(Then { script, kind });
+            let mut out = Vec::new();
+            let mut delivered = 0;
+            let result = server.run(&mut input, &mut out, &mut |_| {
+                delivered += 1;
+                "250 2.0.0 Ok".into()
+            });
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(delivered, 0);
+            if idle {
+                assert!(result.is_ok(), "{out}");
+                assert!(
+                    out.ends_with("421 4.4.2 h Error: timeout exceeded\r\n"),
+                    "{out}"
+                );
+            } else {
+                assert_eq!(result.unwrap_err().kind(), kind);
+                assert!(!out.contains("421"), "{out}");
+            }
+        }
+    }
+
     #[test]
     fn end_of_input_inside_data_delivers_nothing() {
         for tail in ["", "Subject: cut\r\n\r\nhalf a bo", "x\r\nQUIT\r\n"] {
