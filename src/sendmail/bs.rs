@@ -258,6 +258,17 @@ mod tests {
     }
 
     #[test]
+    fn paths_and_their_parameters() {
+        assert_eq!(
+            split_path("<a@x> SIZE=10 BODY=8BITMIME"),
+            ("<a@x>", "SIZE=10 BODY=8BITMIME")
+        );
+        assert_eq!(split_path("<a@x>"), ("<a@x>", ""));
+        assert_eq!(split_path("a@x SIZE=10"), ("a@x", "SIZE=10"));
+        assert_eq!(split_path("a@x"), ("a@x", ""));
+    }
+
+    #[test]
     fn every_command_gets_its_own_reply() {
         let long = "x".repeat(MAX_LINE + 10);
         let (out, got) = run(&format!(
