@@ -227,6 +227,13 @@ mod tests {
     }
 
     #[test]
+    fn only_oi_means_ignore_dots() {
+        assert!(p(&["-oi", "a@x"]).ignore_dots);
+        assert!(!p(&["-oem", "a@x"]).ignore_dots);
+        assert!(!p(&["-o", "e", "a@x"]).ignore_dots);
+    }
+
+    #[test]
     fn own_long_options_and_errors_name_the_option() {
         let inv = p(&["--config", "/tmp/m.toml", "--account=shop", "a@x"]);
         assert_eq!(inv.config.as_deref(), Some("/tmp/m.toml"));

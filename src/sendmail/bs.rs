@@ -285,6 +285,9 @@ mod tests {
         assert!(out.contains("250 web1.example\r\n"), "{out}");
         assert!(out.contains("500 5.5.2 Line too long"), "{out}");
         assert!(got.is_empty());
+        // A last command without its line ending is a command, not an overlong line.
+        let (out, _) = run("HELO c\r\nQUIT");
+        assert_eq!(codes(&out), ["220", "250", "221"], "{out}");
     }
 
     /// Reads the script, then fails with `kind` (a client gone quiet, or a broken pipe).
