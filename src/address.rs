@@ -433,6 +433,14 @@ mod tests {
     }
 
     #[test]
+    fn comments_nest_and_escape() {
+        assert_eq!(list("a@x (the (nested) one), b@y"), ["a@x", "b@y"]);
+        assert_eq!(list("(comment \\) still) a@x"), ["a@x"]);
+        // A backslash escapes only inside quotes; a route ends at its first colon.
+        assert_eq!(list("<@a\\:b:u@x>"), ["b:u@x"]);
+    }
+
+    #[test]
     fn groups_and_empty_members() {
         assert_eq!(list("undisclosed-recipients:;"), Vec::<String>::new());
         assert_eq!(list("Team: a@x, B <b@y>;, c@z"), ["a@x", "b@y", "c@z"]);
