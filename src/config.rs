@@ -46,8 +46,9 @@ pub struct Relay {
     pub port: u16,
     pub timeout: TimeSpan,
     /// Who may accept the relay connection when the relay is on this host (login names or
-    /// uids; Postfix's smtpd runs as postfix); mail is never handed to anyone else's
-    /// process. Empty: no check.
+    /// uids; Postfix's smtpd runs as postfix), besides the caller itself (whose own listener
+    /// may have the caller's own mail); mail is never handed to anyone else's process.
+    /// Empty: no check.
     pub trusted_owners: Vec<UserRef>,
 }
 

@@ -43,7 +43,7 @@ const KEYS: &[(&str, &str)] = &[
     ),
     (
         "relay.trusted_owners",
-        "When the relay is on this host: the logins or uids that may accept the connection (Postfix's smtpd runs as postfix). Mail is never handed to another user's listener on the relay port; it stays queued with the reason. Empty: no check.",
+        "When the relay is on this host: the logins or uids that may accept the connection (Postfix's smtpd runs as postfix), besides the sender itself. Mail is never handed to another user's listener on the relay port; it stays queued with the reason. Empty: no check.",
     ),
     (
         "smtp.idle_timeout",

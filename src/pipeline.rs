@@ -94,12 +94,17 @@ impl Context {
         account: Account,
         fixed_now: Option<i64>,
     ) -> Context {
-        let trusted_owners = config
+        let mut trusted_owners: Vec<u32> = config
             .relay
             .trusted_owners
             .iter()
             .filter_map(crate::identity::uid_of_ref)
             .collect();
+        // The caller's own listener may have the caller's own mail: that hurts nobody else
+        // (root's queue run is uid 0, which only root and postfix match by default).
+        if !trusted_owners.is_empty() {
+            trusted_owners.push(caller.uid);
+        }
         let names = LocalNames::of_this_host(config.hostname.as_deref(), config.origin.as_deref());
         let logger = Logger::new(&config.log, &config.state_dir);
         let state = StateDir::open(&config.state_dir);
