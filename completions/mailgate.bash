@@ -28,6 +28,9 @@ _mailgate() {
             mailgate,lock)
                 cmd="mailgate__subcmd__lock"
                 ;;
+            mailgate,metrics)
+                cmd="mailgate__subcmd__metrics"
+                ;;
             mailgate,queue)
                 cmd="mailgate__subcmd__queue"
                 ;;
@@ -36,6 +39,9 @@ _mailgate() {
                 ;;
             mailgate,status)
                 cmd="mailgate__subcmd__status"
+                ;;
+            mailgate,top)
+                cmd="mailgate__subcmd__top"
                 ;;
             mailgate,unlock)
                 cmd="mailgate__subcmd__unlock"
@@ -52,6 +58,9 @@ _mailgate() {
             mailgate__subcmd__help,lock)
                 cmd="mailgate__subcmd__help__subcmd__lock"
                 ;;
+            mailgate__subcmd__help,metrics)
+                cmd="mailgate__subcmd__help__subcmd__metrics"
+                ;;
             mailgate__subcmd__help,queue)
                 cmd="mailgate__subcmd__help__subcmd__queue"
                 ;;
@@ -60,6 +69,9 @@ _mailgate() {
                 ;;
             mailgate__subcmd__help,status)
                 cmd="mailgate__subcmd__help__subcmd__status"
+                ;;
+            mailgate__subcmd__help,top)
+                cmd="mailgate__subcmd__help__subcmd__top"
                 ;;
             mailgate__subcmd__help,unlock)
                 cmd="mailgate__subcmd__help__subcmd__unlock"
@@ -164,7 +176,7 @@ _mailgate() {
 
     case "${cmd}" in
         mailgate)
-            opts="-h -V --config --help --version status hold queue reset lock unlock check-config help"
+            opts="-h -V --config --help --version status top metrics hold queue reset lock unlock check-config help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -200,7 +212,7 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__help)
-            opts="status hold queue reset lock unlock check-config help"
+            opts="status top metrics hold queue reset lock unlock check-config help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -325,6 +337,20 @@ _mailgate() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mailgate__subcmd__help__subcmd__metrics)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mailgate__subcmd__help__subcmd__queue)
             opts="list run flush show delete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -424,6 +450,20 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__help__subcmd__top)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -648,6 +688,24 @@ _mailgate() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__metrics)
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -890,6 +948,32 @@ _mailgate() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__top)
+            opts="-h --since --account --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --account)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -33,6 +33,7 @@ pub struct Config {
     pub store: Store,
     pub spool: Spool,
     pub alerts: Alerts,
+    pub metrics: Metrics,
     pub defaults: Limits,
     pub server: Limits,
     pub accounts: BTreeMap<String, Account>,
@@ -171,6 +172,9 @@ pub struct Spool {
     /// Below this share of free space (percent) on the state filesystem no customer message
     /// is kept; counters, alerts and the admin's commands go on working.
     pub min_free_percent: u8,
+    /// Customers may release their own held messages (`mailgate hold release`); listing,
+    /// showing and deleting them they always may.
+    pub customer_release: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +187,15 @@ pub struct Alerts {
     /// Lock an account once its refused + held attempts within one of its windows reach
     /// this many; 0 never locks. An account's own `lock_after` overrides it.
     pub lock_after: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Every `queue run` writes `mailgate metrics` here (atomically), for node_exporter's
+    /// textfile collector; unset writes nothing.
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -223,6 +236,9 @@ pub struct Account {
     /// Deferred messages kept at most; past it they are held. Default: the largest
     /// message limit of the account's windows.
     pub max_deferred: Option<u32>,
+    /// Addresses (the customer's) told once per window when a limit or a lock stops this
+    /// account's mail.
+    pub notify: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -368,6 +384,7 @@ impl Default for Config {
             store: Store::default(),
             spool: Spool::default(),
             alerts: Alerts::default(),
+            metrics: Metrics::default(),
             defaults: Limits {
                 limits: vec![
                     Limit {
@@ -421,6 +438,7 @@ impl Default for Spool {
             account_max_messages: 1000,
             account_max_bytes: 100 * 1024 * 1024,
             min_free_percent: 5,
+            customer_release: false,
         }
     }
 }

@@ -105,12 +105,20 @@ const KEYS: &[(&str, &str)] = &[
         "Below this share of free space on the state filesystem no customer message is kept (exit 69); counters, alerts and admin commands go on working.",
     ),
     (
+        "spool.customer_release",
+        "Customers may release their own held messages with mailgate hold release (listing, showing and deleting them they always may). Default false.",
+    ),
+    (
         "alerts.admin",
         "Address of alert mails (limit exceeded, account locked, message failed); empty disables them.",
     ),
     (
         "alerts.lock_after",
         "Lock an account after this many refused and held attempts within one window; 0 never locks.",
+    ),
+    (
+        "metrics.textfile",
+        "Every queue run writes mailgate metrics to this file (replaced whole) for node_exporter's textfile collector, e.g. /var/lib/prometheus/node-exporter/mailgate.prom. Unset: none.",
     ),
     (
         "defaults.limits",
@@ -164,6 +172,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "accounts.NAME.max_deferred",
         "Deferred messages kept at most; past it new ones are held. Default: the largest message limit of the account's windows.",
+    ),
+    (
+        "accounts.NAME.notify",
+        "The customer's addresses: the first time in a window that a limit or a lock stops the account's mail, each gets one notice (null sender, not counted) with what happened, the limit, the top scripts and what to do.",
     ),
 ];
 

@@ -36,6 +36,7 @@ mod limits;
 mod log;
 mod mailq;
 mod message;
+mod metrics;
 mod notify;
 mod origin;
 mod pipeline;
@@ -45,6 +46,7 @@ mod sendmail;
 mod sockdiag;
 mod spool;
 mod state_dir;
+mod stats;
 
 use std::ffi::OsString;
 

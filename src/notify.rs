@@ -1,5 +1,7 @@
-//! The admin's mail: an account exceeded a limit (once per account per window), an account was
-//! locked, a queued message was given up. Pure: builds the message, the caller relays it.
+//! mailgate's own mail. To the admin: an account exceeded a limit (once per account per
+//! window), an account was locked, a queued message was given up. To an account's `notify`
+//! addresses: the customer's notice (once per window). Pure: builds the message, the caller
+//! relays it.
 
 use crate::limits::{Alert, format_time};
 use crate::message::{Header, Message};
@@ -155,6 +157,103 @@ pub fn damaged_message(
     );
     Message {
         headers: envelope_headers(&subject, hostname, admin, origin),
+        body: body(&text),
+    }
+}
+
+/// Why a customer hears from mailgate: a limit or a lock stopped a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The line the sending program got (the refusal or the lock).
+    pub what: String,
+    /// The limit that stopped it; `None` for a locked account.
+    pub limit: Option<crate::config::Limit>,
+    /// No second notice before this much time has passed.
+    pub window_secs: u64,
+}
+
+/// Where a notice goes.
+pub struct Envelope<'a> {
+    pub hostname: &'a str,
+    pub to: &'a str,
+    pub origin: &'a str,
+}
+
+/// The customer's notice: what happened, the limit, where the mail came from, what to do.
+pub fn notice_message(
+    account: &str,
+    notice: &Notice,
+    rows: &[crate::stats::Row],
+    env: &Envelope<'_>,
+    customer_release: bool,
+) -> Message {
+    use crate::config::Action;
+    let fate = match notice.limit.as_ref().map(|l| l.action) {
+        Some(Action::Reject) => "refused: the program that sent it got an error",
+        Some(Action::Defer) => "deferred: it is sent automatically once the account has room",
+        Some(Action::Hold) | None => "held: it waits for you or the administrator to release it",
+    };
+    let subject = format!(
+        "Mail from your account {account} is being stopped on {}",
+        env.hostname
+    );
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "Mail sent through your hosting account {account} on {} has reached a limit.\n",
+        env.hostname
+    );
+    let _ = writeln!(text, "What happened:  {}", notice.what);
+    if let Some(l) = &notice.limit {
+        let mut parts = Vec::new();
+        if let Some(m) = l.messages {
+            parts.push(format!("{m} messages"));
+        }
+        if let Some(r) = l.recipients {
+            parts.push(format!("{r} recipients"));
+        }
+        let _ = writeln!(
+            text,
+            "The limit:      {} per {}",
+            parts.join(" and "),
+            l.window
+        );
+    }
+    let _ = writeln!(text, "The message:    {fate}");
+    let _ = writeln!(
+        text,
+        "\nYou get this notice once per {}; more mail stopped meanwhile is not announced again.",
+        crate::config::TimeSpan(notice.window_secs)
+    );
+    let _ = writeln!(
+        text,
+        "\nWhere the mail came from (last {}):\n",
+        crate::config::TimeSpan(notice.window_secs)
+    );
+    let _ = writeln!(text, "{}", crate::stats::render_rows(rows, 10));
+    let _ = writeln!(
+        text,
+        "What to do:\n\
+         - If you did not send this much mail, a script of your site is probably being misused\n\
+         \x20 (a contact form, an outdated plugin, a hacked CMS): check the scripts above, update\n\
+         \x20 or remove them, and change the site's passwords.\n\
+         - If the mail is wanted, ask your hosting provider to raise the limit.\n\
+         - `mailgate hold list` shows your held messages; `mailgate hold delete ID` removes one{}.\n\
+         - `mailgate top` shows which scripts send how much.",
+        if customer_release {
+            ", `mailgate hold release ID` sends it"
+        } else {
+            " (the administrator releases them)"
+        }
+    );
+    let mut headers = envelope_headers(&subject, env.hostname, env.to, env.origin);
+    headers.retain(|h| !h.is("Message-ID"));
+    headers.push(Header::new(
+        "Message-ID",
+        &format!("<{}.notice@{}>", crate::spool::new_id(), env.hostname),
+    ));
+    Message {
+        headers,
         body: body(&text),
     }
 }

@@ -13,7 +13,12 @@ use crate::notify;
 use crate::origin::LocalNames;
 use crate::relay::{Envelope, Outcome, Relay};
 use crate::spool::{Kind, Meta, Spool};
+use crate::stats;
 use std::time::Duration;
+
+/// How long recording a message's statistics waits for their lock (a stopped sender of the
+/// same account may hold it); past it the statistics miss that message, the log has it.
+const STATS_LOCK_WAIT: Duration = Duration::from_millis(200);
 
 /// Everything about this run that does not change from message to message.
 pub struct Context {
@@ -39,6 +44,19 @@ pub struct Submission {
     pub recipients: Vec<String>,
     pub full_name: Option<String>,
     pub message: Message,
+}
+
+/// What is known about one message on its way: the log line's fields, and the facts its
+/// statistics and the customer's notice need.
+#[derive(Default)]
+struct Trail {
+    fields: Fields,
+    lock_wait_us: Option<u64>,
+    lock_busy: bool,
+    relay_error: Option<stats::RelayError>,
+    /// A limit or a lock stopped the message: what the account's `notify` addresses hear
+    /// (once per window).
+    notice: Option<notify::Notice>,
 }
 
 /// What became of a message, for the log.
@@ -160,37 +178,110 @@ impl Context {
             .header("X-PHP-Originating-Script")
             .map(|h| h.value())
             .unwrap_or_default();
-        let mut fields = Fields::default();
-        fields
+        let mut trail = Trail::default();
+        trail
+            .fields
             .add("id", &id)
             .add("account", &self.account.name)
             .add("uid", self.caller.uid)
             .add("user", &self.caller.login);
         if !script.is_empty() {
-            fields.add("script", &script);
+            trail.fields.add("script", &script);
         }
         let origin = crate::identity::Origin::of_this_process();
-        fields.add("cwd", &origin.cwd);
+        trail.fields.add("cwd", &origin.cwd);
         if let Some(pool) = &origin.pool {
-            fields.add("pool", pool);
+            trail.fields.add("pool", pool);
         }
-        let report = self.process(sub, &id, &script, &mut fields);
-        fields.add("status", report.status.as_str());
+        let nrcpt = sub.recipients.len() as u64;
+        let report = self.process(sub, &id, &script, &origin.cwd, &mut trail);
+        trail.fields.add("status", report.status.as_str());
         if let Some(line) = &report.line {
-            fields.add("reason", line);
+            trail.fields.add("reason", line);
         }
         let severity = if report.status == Status::Sent {
             Severity::Info
         } else {
             Severity::Warning
         };
-        let logged = self.logger.log(severity, fields.as_str());
+        let logged = self.logger.log(severity, trail.fields.as_str());
         if let Some(pending) = self.pending.take()
             && logged
         {
             pending.finish();
         }
+        let event = stats::Event {
+            now: self.now(),
+            outcome: stats::Outcome::from_status(report.status.as_str())
+                .unwrap_or(stats::Outcome::Refused),
+            recipients: nrcpt,
+            script: &script,
+            cwd: &origin.cwd,
+            lock_wait_us: trail.lock_wait_us,
+            lock_busy: trail.lock_busy,
+            relay_error: trail.relay_error,
+        };
+        let account = self.account.name.clone();
+        self.record(&account, &event, trail.notice.take());
         report
+    }
+
+    /// Count a logged outcome in the account's statistics; with a notice, tell the account's
+    /// `notify` addresses, unless they heard one in this window already.
+    pub fn record(&self, account: &str, event: &stats::Event<'_>, notice: Option<notify::Notice>) {
+        let Ok(state) = self.state() else { return };
+        let wants_notice = notice
+            .as_ref()
+            .filter(|_| !self.notify_addresses(account).is_empty());
+        let updated = stats::file::update(state, account, STATS_LOCK_WAIT, |s| {
+            s.record(event);
+            let n = wants_notice?;
+            s.claim_notice(event.now, n.window_secs as i64)
+                .then(|| s.since(event.now - n.window_secs as i64).0)
+        });
+        let note = |line: String| {
+            self.logger.log(Severity::Warning, &line);
+        };
+        match updated {
+            Ok((stats::file::Updated::Done(rows), damaged)) => {
+                if let Some(why) = damaged {
+                    note(why);
+                }
+                if let (Some(rows), Some(n)) = (rows, &notice) {
+                    self.send_notice(account, n, &rows);
+                }
+            }
+            Ok((stats::file::Updated::Busy, _)) => note(format!(
+                "statistics of {account} busy (another sender holds them); not counted there"
+            )),
+            Err(f) => note(f.message),
+        }
+    }
+
+    fn notify_addresses(&self, account: &str) -> &[String] {
+        self.config
+            .accounts
+            .get(account)
+            .map_or(&[][..], |a| a.notify.as_slice())
+    }
+
+    /// The customer's notice, to each `notify` address (null sender, never counted).
+    fn send_notice(&self, account: &str, notice: &notify::Notice, rows: &[stats::Row]) {
+        for to in self.notify_addresses(account) {
+            let to = self.qualify(to);
+            let msg = notify::notice_message(
+                account,
+                notice,
+                rows,
+                &notify::Envelope {
+                    hostname: &self.names.hostname,
+                    to: &to,
+                    origin: &self.names.origin,
+                },
+                self.config.spool.customer_release,
+            );
+            self.send_internal(msg, &to, "notice");
+        }
     }
 
     /// One message: prepare, admit, hand over. Each step may end it with a report.
@@ -199,17 +290,18 @@ impl Context {
         mut sub: Submission,
         id: &str,
         script: &str,
-        fields: &mut Fields,
+        cwd: &str,
+        trail: &mut Trail,
     ) -> Report {
-        let meta = match self.prepare(&mut sub, id, script, fields) {
+        let meta = match self.prepare(&mut sub, id, script, cwd, &mut trail.fields) {
             Ok(meta) => meta,
             Err(report) => return report,
         };
-        let ticket = match self.admit(&meta, &sub.message, fields) {
+        let ticket = match self.admit(&meta, &sub.message, trail) {
             Ok(ticket) => ticket,
             Err(report) => return report,
         };
-        self.hand_over(meta, &sub.message, ticket, fields)
+        self.hand_over(meta, &sub.message, ticket, trail)
     }
 
     /// The envelope under the account's sender policy, the headers completed as Postfix
@@ -219,6 +311,7 @@ impl Context {
         sub: &mut Submission,
         id: &str,
         script: &str,
+        cwd: &str,
         fields: &mut Fields,
     ) -> Result<Meta, Report> {
         let sender = match self.envelope_sender(sub.sender.take(), fields) {
@@ -262,6 +355,7 @@ impl Context {
             uid: self.caller.uid,
             user: self.caller.login.clone(),
             script: script.to_string(),
+            cwd: cwd.to_string(),
             sender: sender.clone(),
             recipients,
             subject,
@@ -282,8 +376,9 @@ impl Context {
         &self,
         meta: &Meta,
         msg: &Message,
-        fields: &mut Fields,
+        trail: &mut Trail,
     ) -> Result<Option<limits::Ticket>, Report> {
+        let fields = &mut trail.fields;
         let attempt = limits::Attempt {
             account: &self.account.name,
             recipients: meta.recipients.len() as u32,
@@ -298,6 +393,7 @@ impl Context {
             Err(f) => return Err(Report::failure(&f, "451 4.3.0")),
         };
         fields.add("lock_wait_us", decision.lock_wait.as_micros());
+        trail.lock_wait_us = Some(decision.lock_wait.as_micros() as u64);
         if let Some(alert) = &decision.alert {
             self.send_alert(alert, meta);
         }
@@ -317,11 +413,17 @@ impl Context {
                 // in defer/ and is counted when `queue run` releases it.
                 let why = busy.describe();
                 fields.add("busy", &why);
+                trail.lock_busy = true;
                 self.logger
                     .log(Severity::Warning, &format!("{why}; deferring"));
                 return Err(self.defer_or_hold(meta.clone(), msg, why));
             }
             Verdict::Locked(reason) => {
+                trail.notice = Some(notify::Notice {
+                    what: format!("account {} is locked: {reason}", self.account.name),
+                    limit: None,
+                    window_secs: self.notice_window(),
+                });
                 return Err(self.keep(
                     Kind::Hold,
                     meta.clone(),
@@ -333,6 +435,11 @@ impl Context {
             Verdict::Refused(refusal) => {
                 let text = refusal.describe(&self.account.name, meta.recipients.len() as u32);
                 fields.add("limit", refusal.limit.window);
+                trail.notice = Some(notify::Notice {
+                    what: text.clone(),
+                    limit: Some(refusal.limit.clone()),
+                    window_secs: refusal.limit.window.secs(),
+                });
                 return Err(match refusal.action() {
                     Action::Reject => Report {
                         exit: Exit::Unavailable,
@@ -349,7 +456,7 @@ impl Context {
             // Within an account mail leaves in order: while some of it waits in defer/, a new
             // message waits behind it; `queue run` releases (and counts) them oldest first.
             // A lock or a refusal above still decides first; a count is given back.
-            self.give_back(ticket.as_ref(), fields);
+            self.give_back(ticket.as_ref(), &mut trail.fields);
             let text = format!(
                 "{waiting} earlier messages of {} are deferred; this one waits behind them",
                 self.account.name
@@ -366,8 +473,9 @@ impl Context {
         meta: Meta,
         msg: &Message,
         ticket: Option<limits::Ticket>,
-        fields: &mut Fields,
+        trail: &mut Trail,
     ) -> Report {
+        let fields = &mut trail.fields;
         // From here the relay may take the message: make sure it is logged even if this
         // process dies before the outcome is (root's next queue run logs what is left).
         self.pending = self
@@ -381,6 +489,7 @@ impl Context {
             },
             msg,
         );
+        trail.relay_error = relay_error(&outcome);
         match outcome {
             Outcome::Delivered { reply, rejected } => {
                 fields.add("relay", &reply);
@@ -583,6 +692,17 @@ impl Context {
         }
     }
 
+    /// How long one customer notice about a lock holds: the account's shortest window (an
+    /// hour when it has none).
+    fn notice_window(&self) -> u64 {
+        self.config
+            .limits_for(&self.account.name)
+            .iter()
+            .map(|l| l.window.secs())
+            .min()
+            .unwrap_or(3600)
+    }
+
     fn decide(&self, attempt: &limits::Attempt<'_>) -> Result<limits::Decision, Failure> {
         let logger = &self.logger;
         self.store()?
@@ -634,6 +754,7 @@ impl Context {
                     uid: self.caller.uid,
                     user: self.caller.login.clone(),
                     script: String::new(),
+                    cwd: String::new(),
                     sender: None,
                     recipients: rcpts.clone(),
                     subject: msg.header("Subject").map(|h| h.value()).unwrap_or_default(),
@@ -748,6 +869,24 @@ pub fn test_clock(privileged: bool) -> Option<i64> {
     std::env::var("MAILGATE_NOW")
         .ok()
         .and_then(|v| v.parse().ok())
+}
+
+/// The relay's trouble with a message, for the statistics: a refusal of some recipients
+/// counts as permanent only when all of them were refused for good.
+pub fn relay_error(outcome: &Outcome) -> Option<stats::RelayError> {
+    match outcome {
+        Outcome::Delivered { rejected, .. } if rejected.is_empty() => None,
+        Outcome::Delivered { rejected, .. } => {
+            Some(if rejected.iter().all(|(_, r)| r.is_permanent()) {
+                stats::RelayError::Permanent
+            } else {
+                stats::RelayError::Temporary
+            })
+        }
+        Outcome::Permanent(_) => Some(stats::RelayError::Permanent),
+        Outcome::Temporary(_) => Some(stats::RelayError::Temporary),
+        Outcome::Unreachable(_) => Some(stats::RelayError::Unreachable),
+    }
 }
 
 /// "Ok: queued as 4Xyz" → "4Xyz".

@@ -15,6 +15,7 @@ use crate::notify;
 use crate::pipeline::Context;
 use crate::relay::{Envelope, Outcome, Reply};
 use crate::spool::{Kind, Meta, Spool};
+use crate::stats;
 use std::collections::BTreeSet;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -356,7 +357,13 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome
         .add("from_spool", from)
         .add("by", &ctx.caller.login)
         .add("nrcpt", meta.recipients.len());
-    match &outcome {
+    if !meta.script.is_empty() {
+        fields.add("script", &meta.script);
+    }
+    if !meta.cwd.is_empty() {
+        fields.add("cwd", &meta.cwd);
+    }
+    let status = match &outcome {
         Outcome::Delivered { reply, rejected } => {
             fields.add("status", "sent").add("relay", reply);
             if !rejected.is_empty() {
@@ -369,15 +376,31 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome
                         .join(","),
                 );
             }
+            stats::Outcome::Sent
         }
         Outcome::Permanent(why) => {
             fields.add("status", "refused").add("reason", why);
+            stats::Outcome::Refused
         }
         Outcome::Temporary(why) | Outcome::Unreachable(why) => {
             fields.add("status", "deferred").add("reason", why);
+            stats::Outcome::Deferred
         }
-    }
+    };
     ctx.logger.log(Severity::Info, fields.as_str());
+    if !meta.internal {
+        let event = stats::Event {
+            now: ctx.now(),
+            outcome: status,
+            recipients: meta.recipients.len() as u64,
+            script: &meta.script,
+            cwd: &meta.cwd,
+            lock_wait_us: None,
+            lock_busy: false,
+            relay_error: crate::pipeline::relay_error(&outcome),
+        };
+        ctx.record(&meta.account, &event, None);
+    }
     outcome
 }
 

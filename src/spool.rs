@@ -45,6 +45,9 @@ pub struct Meta {
     pub user: String,
     #[serde(default)]
     pub script: String,
+    /// The caller's working directory (where the mail came from when there is no script).
+    #[serde(default)]
+    pub cwd: String,
     /// `None` is the null sender.
     pub sender: Option<String>,
     pub recipients: Vec<String>,
@@ -85,6 +88,7 @@ impl Meta {
             next_attempt: 0,
             last_error: why.to_string(),
             internal: false,
+            cwd: String::new(),
         }
     }
 }
@@ -487,6 +491,7 @@ mod tests {
             next_attempt: 0,
             last_error: String::new(),
             internal: false,
+            cwd: String::new(),
         };
         spool.keep(Kind::Hold, &meta, &msg).unwrap();
         assert_eq!(spool.list(Kind::Hold).unwrap(), vec![meta.clone()]);

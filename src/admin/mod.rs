@@ -13,6 +13,7 @@ use crate::spool::Spool;
 use clap::Parser;
 use std::ffi::OsString;
 
+mod report;
 mod spools;
 mod status;
 
@@ -23,6 +24,8 @@ pub use spools::{flush, mailq};
 /// test checks them against the clap definition, so the two cannot drift apart.
 pub const SUBCOMMANDS: &[&str] = &[
     "status",
+    "top",
+    "metrics",
     "hold",
     "queue",
     "reset",
@@ -61,15 +64,26 @@ fn execute(cli: Cli) -> Result<(), Failure> {
     let (path, is_default) = crate::config::path_for(cli.config.as_deref(), privileged);
     let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
     let caller = Caller::current();
-    if !matches!(cli.command, Command::Status { .. }) {
-        require_admin(&caller, privileged)?;
+    let admin = require_admin(&caller, privileged);
+    // Customers may look at their own accounts (status, top) and their own held mail.
+    if !matches!(
+        cli.command,
+        Command::Status { .. } | Command::Top { .. } | Command::Hold { .. }
+    ) {
+        admin.clone()?;
     }
+
     let account = identity::Account {
         name: caller.login.clone(),
         source: identity::AccountSource::Login,
     };
     let fixed_now = crate::pipeline::test_clock(privileged);
     let ctx = Context::new(config, caller.clone(), account, fixed_now);
+    let viewer = Viewer {
+        admin: admin.is_ok(),
+        caller: &ctx.caller,
+        config: &ctx.config,
+    };
     let state = ctx.state()?;
     let spool = Spool::new(state);
     match cli.command {
@@ -122,9 +136,38 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             log_admin(&ctx, "unlock", &account, "");
             Ok(())
         }
-        Command::Hold { action } => spools::hold(&ctx, &spool, action),
+        Command::Top {
+            since,
+            account,
+            json,
+        } => report::top(&ctx, &since, account.as_deref(), json, &|a| {
+            viewer.may_see(a)
+        }),
+        Command::Metrics => report::print_metrics(&ctx),
+        Command::Hold { action } => spools::hold(&ctx, &spool, action, &viewer),
         Command::Queue { action } => spools::queue(&ctx, &spool, action),
         Command::CheckConfig { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Which accounts the caller may see and act on: an admin every one, a customer the ones
+/// they may send as.
+pub(super) struct Viewer<'a> {
+    pub admin: bool,
+    caller: &'a Caller,
+    config: &'a Config,
+}
+
+impl Viewer<'_> {
+    pub fn may_see(&self, account: &str) -> bool {
+        self.admin
+            || account == self.caller.login
+            || identity::resolve_account(self.caller, Some(account), None, self.config).is_ok()
+    }
+
+    /// A customer may release held mail only where the admin allows it.
+    pub fn may_release(&self) -> bool {
+        self.admin || self.config.spool.customer_release
     }
 }
 

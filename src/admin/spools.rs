@@ -1,6 +1,6 @@
 //! The admin's spool commands: `hold`, `queue`, `mailq`, `sendmail -q`, and the listings.
 
-use super::{admin_context, log_admin, report, require_admin};
+use super::{Viewer, admin_context, log_admin, report, require_admin};
 use crate::cli::{HoldAction, QueueAction};
 use crate::exit::{Exit, Failure};
 use crate::limits;
@@ -9,19 +9,58 @@ use crate::queue;
 use crate::spool::{Kind, Meta, Spool};
 use serde::Serialize;
 
-pub(super) fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Result<(), Failure> {
+pub(super) fn hold(
+    ctx: &Context,
+    spool: &Spool<'_>,
+    action: HoldAction,
+    viewer: &Viewer<'_>,
+) -> Result<(), Failure> {
+    // A customer names only their own accounts and messages; someone else's id is "not
+    // yours", exactly like an account.
+    let own_account = |account: &Option<String>| match account {
+        Some(a) if !viewer.may_see(a) => Err(not_yours(&format!("account {a:?}"))),
+        _ => Ok(()),
+    };
+    let own_ids = |ids: &[String]| {
+        for id in ids {
+            match spool.read_meta(Kind::Hold, id) {
+                Ok(m) if !viewer.may_see(&m.account) => {
+                    return Err(not_yours(&format!("message {id}")));
+                }
+                Err(_) if !viewer.admin => {
+                    // Whether an id exists elsewhere is none of a customer's business.
+                    return Err(Failure::new(Exit::Usage, format!("{id}: not held")));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
     match action {
         HoldAction::List { account, json } => {
+            own_account(&account)?;
             let entries: Vec<Meta> = spool
                 .list(Kind::Hold)?
                 .into_iter()
                 .filter(|m| account.as_ref().is_none_or(|a| &m.account == a))
+                .filter(|m| viewer.may_see(&m.account))
                 .collect();
             print_list(&[(Kind::Hold, entries)], json)
         }
-        HoldAction::Show { id, body } => show(spool, Kind::Hold, &id, body),
+        HoldAction::Show { id, body } => {
+            own_ids(std::slice::from_ref(&id))?;
+            show(spool, Kind::Hold, &id, body)
+        }
         HoldAction::Release { ids, account, all } => {
-            let ids = select(spool, Kind::Hold, ids, account.as_deref(), all)?;
+            if !viewer.may_release() {
+                return Err(Failure::new(
+                    Exit::NoPerm,
+                    "releasing held mail needs the administrator (or `customer_release = true` in [spool])",
+                ));
+            }
+            own_account(&account)?;
+            own_ids(&ids)?;
+            let ids = select(spool, Kind::Hold, ids, account.as_deref(), all, viewer)?;
             let mut failed = None;
             for id in ids {
                 match queue::release(ctx, &id) {
@@ -36,8 +75,10 @@ pub(super) fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Resu
             failed.map_or(Ok(()), Err)
         }
         HoldAction::Delete { ids, account } => {
+            own_account(&account)?;
+            own_ids(&ids)?;
             let mut busy = None;
-            for id in select(spool, Kind::Hold, ids, account.as_deref(), false)? {
+            for id in select(spool, Kind::Hold, ids, account.as_deref(), false, viewer)? {
                 if spool.delete(Kind::Hold, &id)? {
                     out!("{id}: deleted");
                     log_admin(ctx, "delete", &id, "hold");
@@ -48,6 +89,13 @@ pub(super) fn hold(ctx: &Context, spool: &Spool<'_>, action: HoldAction) -> Resu
             busy.map_or(Ok(()), Err)
         }
     }
+}
+
+fn not_yours(what: &str) -> Failure {
+    Failure::new(
+        Exit::NoPerm,
+        format!("{what}: you may not see it (it is not yours)"),
+    )
 }
 
 /// `mailq` and `sendmail -bp`: queued, deferred and held mail in Postfix's layout. The admin
@@ -96,7 +144,8 @@ pub(super) fn queue_run(ctx: &Context, backoff: queue::Backoff) -> Result<(), Fa
     match queue::run(ctx, backoff)? {
         Some(summary) => {
             out!("queue run: {summary}");
-            run_result(&summary)
+            let metrics = super::report::write_textfile(ctx);
+            run_result(&summary).and(metrics)
         }
         None => {
             out!("queue run: another queue run is active; nothing done");
@@ -130,13 +179,14 @@ pub(super) fn run_result(summary: &queue::Summary) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The ids an admin named, or all of an account's, or all.
+/// The ids named, or all of an account's, or all (all the caller may see).
 pub(super) fn select(
     spool: &Spool<'_>,
     kind: Kind,
     ids: Vec<String>,
     account: Option<&str>,
     all: bool,
+    viewer: &Viewer<'_>,
 ) -> Result<Vec<String>, Failure> {
     if !ids.is_empty() {
         return Ok(ids);
@@ -151,6 +201,7 @@ pub(super) fn select(
         .list(kind)?
         .into_iter()
         .filter(|m| account.is_none_or(|a| m.account == a))
+        .filter(|m| viewer.may_see(&m.account))
         .map(|m| m.id)
         .collect())
 }

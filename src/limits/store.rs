@@ -361,7 +361,7 @@ fn create_counter_at(dir: &Dir, name: &str) -> io::Result<()> {
 }
 
 /// `File::lock` has no timeout: poll `try_lock` with a short, growing pause.
-fn lock_with_deadline(file: &File, timeout: Duration) -> io::Result<()> {
+pub(crate) fn lock_with_deadline(file: &File, timeout: Duration) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_micros(50);
     loop {

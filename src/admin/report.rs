@@ -1,0 +1,305 @@
+//! Who sends what: `mailgate top` (from the per-account statistics) and `mailgate metrics`
+//! (Prometheus text; also written to `[metrics] textfile` by every queue run).
+
+use crate::config::TimeSpan;
+use crate::exit::{Exit, Failure};
+use crate::limits::{reconcile, store::Counter};
+use crate::metrics;
+use crate::pipeline::Context;
+use crate::spool::{Kind, Spool};
+use crate::stats::{self, Counts, Row};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Serialize)]
+struct Top {
+    /// What was asked (seconds back from now) and where the counts really begin.
+    since_seconds: u64,
+    begins: Option<i64>,
+    accounts: Vec<AccountTop>,
+}
+
+#[derive(Serialize)]
+struct AccountTop {
+    account: String,
+    #[serde(flatten)]
+    totals: Counts,
+    sources: Vec<SourceTop>,
+}
+
+#[derive(Serialize)]
+struct SourceTop {
+    kind: &'static str,
+    source: String,
+    #[serde(flatten)]
+    counts: Counts,
+}
+
+/// `mailgate top [--since SPAN] [--account A] [--json]`. `visible` says which accounts the
+/// caller may see (an admin all, a customer their own).
+pub(super) fn top(
+    ctx: &Context,
+    since: &str,
+    only: Option<&str>,
+    json: bool,
+    visible: &dyn Fn(&str) -> bool,
+) -> Result<(), Failure> {
+    let span = TimeSpan::parse(since)
+        .map_err(|why| Failure::new(Exit::Usage, format!("--since: {why}")))?;
+    if span.secs() as i64 > stats::KEEP {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--since {span}: the statistics go back {} only",
+                TimeSpan(stats::KEEP as u64)
+            ),
+        ));
+    }
+    let state = ctx.state()?;
+    let now = ctx.now();
+    let from = now - span.secs() as i64;
+    let mut names = match only {
+        Some(a) => vec![super::checked(a)?.to_string()],
+        None => stats::file::accounts(state),
+    };
+    names.retain(|n| visible(n));
+    if let (Some(a), true) = (only, names.is_empty()) {
+        return Err(Failure::new(
+            Exit::NoPerm,
+            format!("account {a:?}: you may not see it (it is not yours)"),
+        ));
+    }
+    let mut begins: Option<i64> = None;
+    let mut accounts = Vec::new();
+    let mut damaged = Vec::new();
+    for name in names {
+        if crate::config::validate_account_name(&name).is_err() {
+            continue;
+        }
+        let stats = match stats::file::read(state, &name) {
+            Ok(s) => s,
+            Err(f) => {
+                damaged.push(f.message);
+                continue;
+            }
+        };
+        let (rows, b) = stats.since(from);
+        if rows.is_empty() {
+            continue;
+        }
+        begins = match (begins, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        let mut totals = Counts::default();
+        rows.iter().for_each(|r| totals.merge(&r.counts));
+        accounts.push((name, totals, rows));
+    }
+    accounts.sort_by(|a, b| {
+        b.1.messages()
+            .cmp(&a.1.messages())
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    if json {
+        let top = Top {
+            since_seconds: span.secs(),
+            begins,
+            accounts: accounts
+                .into_iter()
+                .map(|(account, totals, rows)| AccountTop {
+                    account,
+                    totals,
+                    sources: rows.into_iter().map(source_top).collect(),
+                })
+                .collect(),
+        };
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&top)
+                .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
+        );
+    } else {
+        let shown = begins.unwrap_or(from);
+        out!(
+            "mailgate top: the last {span} (counted since {})",
+            crate::limits::format_time(shown)
+        );
+        if accounts.is_empty() {
+            out!("no mail");
+        }
+        for (name, t, rows) in &accounts {
+            out!(
+                "\n{name}: {} messages (sent {}, queued {}, deferred {}, held {}, refused {}), {} recipients",
+                t.messages(),
+                t.sent,
+                t.queued,
+                t.deferred,
+                t.held,
+                t.refused,
+                t.recipients
+            );
+            let table = stats::render_rows(rows, usize::MAX);
+            for line in table.lines() {
+                out!("  {line}");
+            }
+        }
+    }
+    for why in &damaged {
+        err!("mailgate: {why}");
+    }
+    if damaged.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Exit::OsErr,
+            format!(
+                "{} statistics file(s) cannot be read (the next message rewrites them)",
+                damaged.len()
+            ),
+        ))
+    }
+}
+
+fn source_top(r: Row) -> SourceTop {
+    SourceTop {
+        kind: r.key.kind(),
+        source: crate::log::printable(r.key.text(), stats::MAX_KEY),
+        counts: r.counts,
+    }
+}
+
+/// Everything `metrics` shows, gathered from the statistics, the counters and the spools.
+pub fn snapshot(ctx: &Context) -> Result<metrics::Snapshot, Failure> {
+    let state = ctx.state()?;
+    let spool = Spool::new(state);
+    let now = ctx.now();
+    let config = &ctx.config;
+    let mut names: std::collections::BTreeSet<String> =
+        stats::file::accounts(state).into_iter().collect();
+    names.extend(ctx.store()?.accounts().unwrap_or_default());
+    let mut kept: BTreeMap<(String, &'static str), (u64, u64)> = BTreeMap::new();
+    let mut oldest: Option<i64> = None;
+    for kind in Kind::ALL {
+        for m in spool.list(kind)? {
+            if matches!(kind, Kind::Queue | Kind::Defer) {
+                oldest = Some(oldest.map_or(m.time, |o| o.min(m.time)));
+            }
+            if m.internal {
+                continue;
+            }
+            let e = kept.entry((m.account.clone(), kind.dir())).or_default();
+            e.0 += 1;
+            e.1 += m.size;
+            names.insert(m.account);
+        }
+    }
+    let usage = |counter: Counter<'_>, limits: &[crate::config::Limit]| {
+        let Ok(rec) = ctx.store().and_then(|s| s.read(config, counter, now)) else {
+            return (Vec::new(), false);
+        };
+        let mut windows = reconcile(&rec, limits, now);
+        let mut out = Vec::new();
+        for (w, l) in windows.iter_mut().zip(limits) {
+            let t = w.advance(now);
+            let u = w.usage(t);
+            if let Some(m) = l.messages.filter(|&m| m > 0) {
+                out.push((
+                    l.window.to_string(),
+                    "messages",
+                    u.messages as f64 / f64::from(m),
+                ));
+            }
+            if let Some(r) = l.recipients.filter(|&r| r > 0) {
+                out.push((
+                    l.window.to_string(),
+                    "recipients",
+                    u.recipients as f64 / f64::from(r),
+                ));
+            }
+        }
+        (out, rec.lock.is_some())
+    };
+    let mut accounts = Vec::new();
+    for name in names {
+        if crate::config::validate_account_name(&name).is_err() {
+            continue;
+        }
+        let totals = stats::file::read(state, &name)
+            .map(|s| s.totals)
+            .unwrap_or_default();
+        let (usage, locked) = usage(Counter::Account(&name), config.limits_for(&name));
+        let spools = [Kind::Hold, Kind::Defer, Kind::Queue, Kind::Failed]
+            .into_iter()
+            .map(|k| {
+                let (n, bytes) = kept
+                    .get(&(name.clone(), k.dir()))
+                    .copied()
+                    .unwrap_or_default();
+                (k.dir(), n, bytes)
+            })
+            .collect();
+        accounts.push(metrics::Account {
+            name,
+            totals,
+            usage,
+            locked,
+            spools,
+        });
+    }
+    let server_usage = if config.server.limits.is_empty() {
+        Vec::new()
+    } else {
+        usage(Counter::Server, &config.server.limits).0
+    };
+    Ok(metrics::Snapshot {
+        accounts,
+        server_usage,
+        oldest_waiting: oldest.map(|t| now - t),
+    })
+}
+
+/// `mailgate metrics`.
+pub(super) fn print_metrics(ctx: &Context) -> Result<(), Failure> {
+    let text = metrics::render(&snapshot(ctx)?);
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    Ok(())
+}
+
+/// `[metrics] textfile`: written beside its final name and renamed into place, so
+/// node_exporter never reads half a file.
+pub(super) fn write_textfile(ctx: &Context) -> Result<(), Failure> {
+    let Some(path) = &ctx.config.metrics.textfile else {
+        return Ok(());
+    };
+    let fail = |e: std::io::Error| {
+        Failure::io(
+            Exit::IoErr,
+            format!("cannot write metrics textfile {}", path.display()),
+            &e,
+        )
+    };
+    let text = metrics::render(&snapshot(ctx)?);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    use std::io::Write as _;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            use std::os::unix::fs::PermissionsExt;
+            f.write_all(text.as_bytes())?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    Ok(())
+}

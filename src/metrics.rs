@@ -1,0 +1,247 @@
+//! `mailgate metrics`: the Prometheus text exposition format (version 0.0.4, which
+//! node_exporter's textfile collector and `promtool check metrics` read). Pure: renders a
+//! snapshot that `admin::report` gathers.
+
+use crate::stats::{Outcome, RelayError, Totals};
+use std::fmt::Write as _;
+
+/// One account as the metrics see it.
+#[derive(Debug, Clone, Default)]
+pub struct Account {
+    pub name: String,
+    pub totals: Totals,
+    /// (window, "messages"/"recipients", used / limit).
+    pub usage: Vec<(String, &'static str, f64)>,
+    pub locked: bool,
+    /// (spool, entries, bytes) for hold, defer, queue and failed.
+    pub spools: Vec<(&'static str, u64, u64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub accounts: Vec<Account>,
+    /// The server-wide cap's windows, like `Account::usage`.
+    pub server_usage: Vec<(String, &'static str, f64)>,
+    /// Age of the oldest entry waiting in queue/ or defer/, seconds.
+    pub oldest_waiting: Option<i64>,
+}
+
+/// A label value with `\`, `"` and line feeds escaped, as the format requires.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.0, "{name}");
+        if !labels.is_empty() {
+            let inner: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", inner.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut o = Out(String::with_capacity(4096 + s.accounts.len() * 2048));
+    o.family(
+        "mailgate_messages_total",
+        "counter",
+        "Messages by account and outcome (sent, queued, deferred, held, refused) since the account's statistics began.",
+    );
+    for a in &s.accounts {
+        for out in Outcome::ALL {
+            o.sample(
+                "mailgate_messages_total",
+                &[("account", &a.name), ("outcome", out.as_str())],
+                a.totals.messages(out),
+            );
+        }
+    }
+    o.family(
+        "mailgate_recipients_total",
+        "counter",
+        "Recipients of those messages, by account and outcome.",
+    );
+    for a in &s.accounts {
+        for out in Outcome::ALL {
+            o.sample(
+                "mailgate_recipients_total",
+                &[("account", &a.name), ("outcome", out.as_str())],
+                a.totals.recipients(out),
+            );
+        }
+    }
+    o.family(
+        "mailgate_window_usage_ratio",
+        "gauge",
+        "Use of each limit window as a fraction of its limit (1 = full).",
+    );
+    for a in &s.accounts {
+        for (window, what, ratio) in &a.usage {
+            o.sample(
+                "mailgate_window_usage_ratio",
+                &[("account", &a.name), ("window", window), ("limit", what)],
+                ratio,
+            );
+        }
+    }
+    o.family(
+        "mailgate_server_window_usage_ratio",
+        "gauge",
+        "Use of each window of the server-wide cap as a fraction of its limit.",
+    );
+    for (window, what, ratio) in &s.server_usage {
+        o.sample(
+            "mailgate_server_window_usage_ratio",
+            &[("window", window), ("limit", what)],
+            ratio,
+        );
+    }
+    o.family(
+        "mailgate_account_locked",
+        "gauge",
+        "1 while the account is locked (everything it sends is held).",
+    );
+    for a in &s.accounts {
+        o.sample(
+            "mailgate_account_locked",
+            &[("account", &a.name)],
+            u8::from(a.locked),
+        );
+    }
+    o.family(
+        "mailgate_spool_messages",
+        "gauge",
+        "Messages kept, by account and spool (hold, defer, queue, failed).",
+    );
+    for a in &s.accounts {
+        for (spool, n, _) in &a.spools {
+            o.sample(
+                "mailgate_spool_messages",
+                &[("account", &a.name), ("spool", spool)],
+                n,
+            );
+        }
+    }
+    o.family(
+        "mailgate_spool_bytes",
+        "gauge",
+        "Bytes kept, by account and spool.",
+    );
+    for a in &s.accounts {
+        for (spool, _, bytes) in &a.spools {
+            o.sample(
+                "mailgate_spool_bytes",
+                &[("account", &a.name), ("spool", spool)],
+                bytes,
+            );
+        }
+    }
+    o.family(
+        "mailgate_queue_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest message waiting in the queue or in defer/ (0 when none waits).",
+    );
+    o.sample(
+        "mailgate_queue_oldest_age_seconds",
+        &[],
+        s.oldest_waiting.unwrap_or(0).max(0),
+    );
+    let sum = |f: &dyn Fn(&Totals) -> u64| s.accounts.iter().map(|a| f(&a.totals)).sum::<u64>();
+    o.family(
+        "mailgate_lock_wait_seconds_total",
+        "counter",
+        "Time senders waited for the counter locks, summed.",
+    );
+    o.sample(
+        "mailgate_lock_wait_seconds_total",
+        &[],
+        sum(&|t| t.lock_wait_us) as f64 / 1e6,
+    );
+    o.family(
+        "mailgate_decisions_total",
+        "counter",
+        "Limit decisions taken (each waited for the counter locks).",
+    );
+    o.sample("mailgate_decisions_total", &[], sum(&|t| t.decisions));
+    o.family(
+        "mailgate_lock_busy_total",
+        "counter",
+        "Decisions that gave up waiting for a counter lock (a stopped sender held it); the message was deferred.",
+    );
+    o.sample("mailgate_lock_busy_total", &[], sum(&|t| t.lock_busy));
+    o.family(
+        "mailgate_relay_errors_total",
+        "counter",
+        "Relay hand-overs that failed, by kind (temporary 4xx, permanent 5xx, unreachable).",
+    );
+    for kind in RelayError::ALL {
+        o.sample(
+            "mailgate_relay_errors_total",
+            &[("kind", kind.as_str())],
+            sum(&|t| t.relay_errors(kind)),
+        );
+    }
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_declared_once_and_labels_are_escaped() {
+        let mut totals = Totals::default();
+        totals.messages[0] = 3;
+        totals.lock_wait_us = 1_500_000;
+        totals.relay_errors[2] = 2;
+        let snap = Snapshot {
+            accounts: vec![Account {
+                name: "we\"ird\\acc".into(),
+                totals,
+                usage: vec![("1h".into(), "messages", 0.5)],
+                locked: true,
+                spools: vec![("hold", 2, 300)],
+            }],
+            server_usage: vec![],
+            oldest_waiting: Some(42),
+        };
+        let text = render(&snap);
+        assert!(
+            text.contains(r#"mailgate_messages_total{account="we\"ird\\acc",outcome="sent"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains("mailgate_lock_wait_seconds_total 1.5\n"));
+        assert!(text.contains("mailgate_relay_errors_total{kind=\"unreachable\"} 2\n"));
+        assert!(text.contains("mailgate_queue_oldest_age_seconds 42\n"));
+        assert!(text.contains(r#"mailgate_window_usage_ratio{account="we\"ird\\acc",window="1h",limit="messages"} 0.5"#));
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(seen.insert(line.to_string()), "declared twice: {line}");
+        }
+        // Every sample belongs to the family declared last.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, family, "{line}");
+            }
+        }
+    }
+}

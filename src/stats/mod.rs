@@ -1,0 +1,1009 @@
+//! Who sent what: bounded per-account statistics for `mailgate top` and `mailgate metrics`.
+//!
+//! Every message whose fate is logged (`status=` in a log line with `account=`) is counted
+//! here too, under its source: the `X-PHP-Originating-Script` it carried, else the working
+//! directory of the process that called mailgate. Per account the file holds
+//!
+//! - totals since the statistics began (messages and recipients by outcome, lock waits, relay
+//!   errors): the monotonic counters Prometheus wants;
+//! - per source, counts in time slots: 5-minute slots for the last hour (so that `--since 1h`
+//!   is exact to 5 minutes) and hourly slots back to `KEEP`; older slots are dropped;
+//! - at most `MAX_SOURCES` sources: a new one pushes the smallest into "(other)", so totals
+//!   stay exact while the heavy senders keep their own rows.
+//!
+//! Its size therefore has a fixed bound whatever the traffic (`MAX_FILE`). This module is
+//! pure (the model and its text codec); `file` reads and writes it in the state directory.
+
+pub mod file;
+
+use std::fmt::Write as _;
+
+/// Sources with their own row per account; the rest are summed in "(other)".
+pub const MAX_SOURCES: usize = 20;
+/// Longest source key kept (bytes); a longer script path is cut.
+pub const MAX_KEY: usize = 200;
+/// Slot length for the most recent `FINE_SPAN`.
+pub const FINE: i64 = 300;
+pub const FINE_SPAN: i64 = 3600;
+/// Slot length beyond it.
+pub const COARSE: i64 = 3600;
+/// How far back the slots go.
+pub const KEEP: i64 = 25 * 3600;
+/// Upper bound of an encoded statistics file (bytes), proven by a test: header and totals,
+/// plus per source (20 and "(other)") its key line and at most 13 fine and 26 coarse slot
+/// lines, with every count at 10 digits (10^10 messages in one slot are out of reach).
+pub const MAX_FILE: usize = 96 * 1024;
+
+const MAGIC: &str = "mailgate-stats 1";
+
+/// What became of a message, as the log's `status=` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Sent,
+    Queued,
+    Deferred,
+    Held,
+    Refused,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Sent,
+        Outcome::Queued,
+        Outcome::Deferred,
+        Outcome::Held,
+        Outcome::Refused,
+    ];
+
+    /// The log's status word; "sent-partly" is sent (the rest is counted when it goes).
+    pub fn from_status(status: &str) -> Option<Outcome> {
+        Some(match status {
+            "sent" | "sent-partly" => Outcome::Sent,
+            "queued" => Outcome::Queued,
+            "deferred" => Outcome::Deferred,
+            "held" => Outcome::Held,
+            "refused" => Outcome::Refused,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Queued => "queued",
+            Outcome::Deferred => "deferred",
+            Outcome::Held => "held",
+            Outcome::Refused => "refused",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Messages by outcome, and the recipients of those sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub sent: u64,
+    pub queued: u64,
+    pub deferred: u64,
+    pub held: u64,
+    pub refused: u64,
+    /// Recipients of the messages sent.
+    pub recipients: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, outcome: Outcome, recipients: u64) {
+        let n = match outcome {
+            Outcome::Sent => {
+                self.recipients = self.recipients.saturating_add(recipients);
+                &mut self.sent
+            }
+            Outcome::Queued => &mut self.queued,
+            Outcome::Deferred => &mut self.deferred,
+            Outcome::Held => &mut self.held,
+            Outcome::Refused => &mut self.refused,
+        };
+        *n = n.saturating_add(1);
+    }
+
+    pub fn merge(&mut self, o: &Counts) {
+        self.sent = self.sent.saturating_add(o.sent);
+        self.queued = self.queued.saturating_add(o.queued);
+        self.deferred = self.deferred.saturating_add(o.deferred);
+        self.held = self.held.saturating_add(o.held);
+        self.refused = self.refused.saturating_add(o.refused);
+        self.recipients = self.recipients.saturating_add(o.recipients);
+    }
+
+    /// Every message, whatever its outcome: what `top` sorts by.
+    pub fn messages(&self) -> u64 {
+        self.sent
+            .saturating_add(self.queued)
+            .saturating_add(self.deferred)
+            .saturating_add(self.held)
+            .saturating_add(self.refused)
+    }
+
+    fn fields(&self) -> [u64; 6] {
+        [
+            self.sent,
+            self.queued,
+            self.deferred,
+            self.held,
+            self.refused,
+            self.recipients,
+        ]
+    }
+
+    fn from_fields(f: [u64; 6]) -> Counts {
+        Counts {
+            sent: f[0],
+            queued: f[1],
+            deferred: f[2],
+            held: f[3],
+            refused: f[4],
+            recipients: f[5],
+        }
+    }
+}
+
+/// Where a message came from, within its account.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceKey {
+    /// `X-PHP-Originating-Script` (PHP's `mail.add_x_header`): "uid:path".
+    Script(String),
+    /// The caller's working directory, when no script header was given.
+    Cwd(String),
+    /// Sources pushed out of the table, summed.
+    Other,
+}
+
+impl SourceKey {
+    /// The script when there is one, else the working directory; cut to `MAX_KEY` bytes.
+    pub fn of(script: &str, cwd: &str) -> SourceKey {
+        if script.is_empty() {
+            SourceKey::Cwd(cut(cwd, MAX_KEY))
+        } else {
+            SourceKey::Script(cut(script, MAX_KEY))
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceKey::Script(_) => "script",
+            SourceKey::Cwd(_) => "cwd",
+            SourceKey::Other => "other",
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            SourceKey::Script(s) | SourceKey::Cwd(s) => s,
+            SourceKey::Other => "(other)",
+        }
+    }
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Counts of one time slot `[start, start + secs)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub start: i64,
+    pub secs: i64,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub key: SourceKey,
+    pub last_seen: i64,
+    /// The weight of the source it replaced in a full table (the Space-Saving algorithm): a
+    /// newcomer ranks above it for eviction, so a source sending more than 1/`MAX_SOURCES` of
+    /// the account's mail is never pushed out by a crowd of small ones. Never reported.
+    pub inherited: u64,
+    /// Oldest first.
+    pub slots: Vec<Slot>,
+}
+
+impl Source {
+    fn volume(&self) -> u64 {
+        self.slots.iter().map(|s| s.counts.messages()).sum()
+    }
+
+    fn weight(&self) -> u64 {
+        self.volume().saturating_add(self.inherited)
+    }
+
+    fn add(&mut self, now: i64, outcome: Outcome, recipients: u64) {
+        let start = now.div_euclid(FINE) * FINE;
+        match self
+            .slots
+            .iter_mut()
+            .find(|s| s.start == start && s.secs == FINE)
+        {
+            Some(s) => s.counts.add(outcome, recipients),
+            None => {
+                let mut counts = Counts::default();
+                counts.add(outcome, recipients);
+                self.slots.push(Slot {
+                    start,
+                    secs: FINE,
+                    counts,
+                });
+                self.slots.sort_by_key(|s| (s.start, s.secs));
+            }
+        }
+        self.last_seen = self.last_seen.max(now);
+    }
+
+    fn merge_slots(&mut self, slots: &[Slot]) {
+        for s in slots {
+            match self
+                .slots
+                .iter_mut()
+                .find(|t| t.start == s.start && t.secs == s.secs)
+            {
+                Some(t) => t.counts.merge(&s.counts),
+                None => self.slots.push(s.clone()),
+            }
+        }
+        self.slots.sort_by_key(|s| (s.start, s.secs));
+    }
+
+    /// Fine slots older than `FINE_SPAN` go into their hour; slots older than `KEEP` go.
+    fn age(&mut self, now: i64) {
+        let mut aged: Vec<Slot> = Vec::new();
+        self.slots.retain(|s| {
+            if s.start + s.secs <= now - KEEP {
+                return false;
+            }
+            if s.secs == FINE && s.start < now - FINE_SPAN {
+                aged.push(Slot {
+                    start: s.start.div_euclid(COARSE) * COARSE,
+                    secs: COARSE,
+                    counts: s.counts,
+                });
+                return false;
+            }
+            true
+        });
+        self.merge_slots(&aged);
+    }
+}
+
+/// Totals since the statistics began: what `mailgate metrics` exports as counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Messages and recipients by outcome (`Outcome::index`).
+    pub messages: [u64; 5],
+    pub recipients: [u64; 5],
+    /// Time senders waited for the counter locks, in microseconds, and how many decisions.
+    pub lock_wait_us: u64,
+    pub decisions: u64,
+    /// Decisions that gave up waiting for a lock (a stopped holder).
+    pub lock_busy: u64,
+    /// Relay answers that were not a 250 for everything: temporary, permanent, unreachable.
+    pub relay_errors: [u64; 3],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayError {
+    Temporary,
+    Permanent,
+    Unreachable,
+}
+
+impl RelayError {
+    pub const ALL: [RelayError; 3] = [
+        RelayError::Temporary,
+        RelayError::Permanent,
+        RelayError::Unreachable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayError::Temporary => "temporary",
+            RelayError::Permanent => "permanent",
+            RelayError::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl Totals {
+    pub fn messages(&self, o: Outcome) -> u64 {
+        self.messages[o.index()]
+    }
+
+    pub fn recipients(&self, o: Outcome) -> u64 {
+        self.recipients[o.index()]
+    }
+
+    pub fn relay_errors(&self, e: RelayError) -> u64 {
+        self.relay_errors[e as usize]
+    }
+}
+
+/// One logged message outcome.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub now: i64,
+    pub outcome: Outcome,
+    pub recipients: u64,
+    pub script: &'a str,
+    pub cwd: &'a str,
+    /// The wait for the counter locks, when this message was decided (not for a queue run's
+    /// delivery of a message decided before).
+    pub lock_wait_us: Option<u64>,
+    pub lock_busy: bool,
+    pub relay_error: Option<RelayError>,
+}
+
+/// One account's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub totals: Totals,
+    /// Until when no further notice goes to the account's `notify` addresses.
+    pub notice_until: i64,
+    pub sources: Vec<Source>,
+}
+
+/// One row of `top`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub key: SourceKey,
+    pub counts: Counts,
+}
+
+impl Stats {
+    pub fn record(&mut self, e: &Event<'_>) {
+        let t = &mut self.totals;
+        let i = e.outcome.index();
+        t.messages[i] = t.messages[i].saturating_add(1);
+        t.recipients[i] = t.recipients[i].saturating_add(e.recipients);
+        if let Some(us) = e.lock_wait_us {
+            t.lock_wait_us = t.lock_wait_us.saturating_add(us);
+            t.decisions = t.decisions.saturating_add(1);
+        }
+        if e.lock_busy {
+            t.lock_busy = t.lock_busy.saturating_add(1);
+        }
+        if let Some(r) = e.relay_error {
+            t.relay_errors[r as usize] = t.relay_errors[r as usize].saturating_add(1);
+        }
+        self.age(e.now);
+        let key = SourceKey::of(e.script, e.cwd);
+        let at = match self.sources.iter().position(|s| s.key == key) {
+            Some(at) => at,
+            None => self.make_room_for(key, e.now),
+        };
+        self.sources[at].add(e.now, e.outcome, e.recipients);
+    }
+
+    /// A row for a new source; when the table is full the smallest source (the least recently
+    /// seen among equals) is summed into "(other)" first. Returns its index.
+    fn make_room_for(&mut self, key: SourceKey, now: i64) -> usize {
+        let named = self
+            .sources
+            .iter()
+            .filter(|s| s.key != SourceKey::Other)
+            .count();
+        let mut inherited = 0;
+        if named >= MAX_SOURCES {
+            let smallest = self
+                .sources
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.key != SourceKey::Other)
+                .min_by_key(|(_, s)| (s.weight(), s.last_seen))
+                .map(|(i, _)| i)
+                .expect("a full table has a named source");
+            let gone = self.sources.remove(smallest);
+            inherited = gone.weight();
+            let other = match self.sources.iter().position(|s| s.key == SourceKey::Other) {
+                Some(i) => i,
+                None => {
+                    self.sources.push(Source {
+                        key: SourceKey::Other,
+                        last_seen: gone.last_seen,
+                        inherited: 0,
+                        slots: Vec::new(),
+                    });
+                    self.sources.len() - 1
+                }
+            };
+            let other = &mut self.sources[other];
+            other.merge_slots(&gone.slots);
+            other.last_seen = other.last_seen.max(gone.last_seen);
+        }
+        self.sources.push(Source {
+            key,
+            last_seen: now,
+            inherited,
+            slots: Vec::new(),
+        });
+        self.sources.len() - 1
+    }
+
+    /// Fold and drop old slots; a source with nothing left goes.
+    pub fn age(&mut self, now: i64) {
+        for s in &mut self.sources {
+            s.age(now);
+        }
+        self.sources.retain(|s| !s.slots.is_empty());
+    }
+
+    /// Each source's counts in the slots that overlap `[from, ...)`, largest first, and where
+    /// they really begin (a slot's start; at most one slot length before `from`).
+    pub fn since(&self, from: i64) -> (Vec<Row>, Option<i64>) {
+        let mut begins: Option<i64> = None;
+        let mut rows: Vec<Row> = Vec::new();
+        for s in &self.sources {
+            let mut counts = Counts::default();
+            for slot in s.slots.iter().filter(|sl| sl.start + sl.secs > from) {
+                counts.merge(&slot.counts);
+                begins = Some(begins.map_or(slot.start, |b| b.min(slot.start)));
+            }
+            if counts != Counts::default() {
+                rows.push(Row {
+                    key: s.key.clone(),
+                    counts,
+                });
+            }
+        }
+        rows.sort_by(|a, b| {
+            b.counts
+                .messages()
+                .cmp(&a.counts.messages())
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        (rows, begins)
+    }
+
+    /// The first notice in a window: `true` (and no other until `now + secs`) when none was
+    /// sent since `notice_until`.
+    pub fn claim_notice(&mut self, now: i64, secs: i64) -> bool {
+        if now < self.notice_until {
+            return false;
+        }
+        self.notice_until = now.saturating_add(secs.max(1));
+        true
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(256 + self.sources.len() * 256);
+        let t = &self.totals;
+        let _ = writeln!(out, "{MAGIC}");
+        let _ = writeln!(
+            out,
+            "totals {} {} {} {} {} {} {}",
+            t.lock_wait_us,
+            t.decisions,
+            t.lock_busy,
+            t.relay_errors[0],
+            t.relay_errors[1],
+            t.relay_errors[2],
+            self.notice_until
+        );
+        for o in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "outcome {} {} {}",
+                o.as_str(),
+                t.messages(o),
+                t.recipients(o)
+            );
+        }
+        for s in &self.sources {
+            let _ = writeln!(
+                out,
+                "source {} {} {} {}",
+                s.key.kind(),
+                s.last_seen,
+                s.inherited,
+                escape(s.key.text())
+            );
+            for sl in &s.slots {
+                let f = sl.counts.fields();
+                let _ = writeln!(
+                    out,
+                    "slot {} {} {} {} {} {} {} {}",
+                    sl.start, sl.secs, f[0], f[1], f[2], f[3], f[4], f[5]
+                );
+            }
+        }
+        out.push_str("end\n");
+        out
+    }
+
+    /// The statistics in `text`; an empty text is a new file. Anything malformed (a file cut
+    /// short, edited, or not ours) is an error: the caller starts afresh and says so.
+    pub fn decode(text: &str) -> Result<Stats, String> {
+        if text.is_empty() {
+            return Ok(Stats::default());
+        }
+        let mut lines = text.lines();
+        if lines.next() != Some(MAGIC) {
+            return Err("not a mailgate statistics file".into());
+        }
+        let mut stats = Stats::default();
+        let mut ended = false;
+        for (n, line) in lines.enumerate() {
+            if ended {
+                return Err(format!("line {}: text after the end", n + 2));
+            }
+            let bad = |what: &str| format!("line {}: {what}", n + 2);
+            let mut words = line.split(' ');
+            let tag = words.next().unwrap_or_default();
+            let nums = |words: &mut std::str::Split<'_, char>, count: usize| {
+                let v: Vec<i128> = words
+                    .take(count)
+                    .map(|w| w.parse::<i128>().map_err(|_| bad("not a number")))
+                    .collect::<Result<_, _>>()?;
+                if v.len() != count {
+                    return Err(bad("too few fields"));
+                }
+                Ok::<_, String>(v)
+            };
+            let count = |v: i128| u64::try_from(v).map_err(|_| bad("count out of range"));
+            let time = |v: i128| i64::try_from(v).map_err(|_| bad("time out of range"));
+            match tag {
+                "totals" => {
+                    let v = nums(&mut words, 7)?;
+                    stats.totals.lock_wait_us = count(v[0])?;
+                    stats.totals.decisions = count(v[1])?;
+                    stats.totals.lock_busy = count(v[2])?;
+                    stats.totals.relay_errors = [count(v[3])?, count(v[4])?, count(v[5])?];
+                    stats.notice_until = time(v[6])?;
+                }
+                "outcome" => {
+                    let name = words.next().unwrap_or_default();
+                    let o = Outcome::ALL
+                        .into_iter()
+                        .find(|o| o.as_str() == name)
+                        .ok_or_else(|| bad("unknown outcome"))?;
+                    let v = nums(&mut words, 2)?;
+                    stats.totals.messages[o.index()] = count(v[0])?;
+                    stats.totals.recipients[o.index()] = count(v[1])?;
+                }
+                "source" => {
+                    let kind = words.next().unwrap_or_default();
+                    let v = nums(&mut words, 2)?;
+                    let (last_seen, inherited) = (time(v[0])?, count(v[1])?);
+                    let text = unescape(words.next().unwrap_or_default())
+                        .ok_or_else(|| bad("bad escape"))?;
+                    let key = match kind {
+                        "script" => SourceKey::Script(cut(&text, MAX_KEY)),
+                        "cwd" => SourceKey::Cwd(cut(&text, MAX_KEY)),
+                        "other" => SourceKey::Other,
+                        _ => return Err(bad("unknown source kind")),
+                    };
+                    if stats.sources.len() > MAX_SOURCES {
+                        return Err(bad("too many sources"));
+                    }
+                    stats.sources.push(Source {
+                        key,
+                        last_seen,
+                        inherited,
+                        slots: Vec::new(),
+                    });
+                }
+                "slot" => {
+                    let v = nums(&mut words, 8)?;
+                    let (start, secs) = (time(v[0])?, time(v[1])?);
+                    if secs != FINE && secs != COARSE {
+                        return Err(bad("bad slot length"));
+                    }
+                    let source = stats
+                        .sources
+                        .last_mut()
+                        .ok_or_else(|| bad("slot before any source"))?;
+                    if source.slots.len() >= (FINE_SPAN / FINE + KEEP / COARSE + 2) as usize {
+                        return Err(bad("too many slots"));
+                    }
+                    let mut f = [0u64; 6];
+                    for (slot, &n) in f.iter_mut().zip(&v[2..]) {
+                        *slot = count(n)?;
+                    }
+                    source.slots.push(Slot {
+                        start,
+                        secs,
+                        counts: Counts::from_fields(f),
+                    });
+                }
+                "end" => ended = true,
+                _ => return Err(bad("unknown line")),
+            }
+            if words.next().is_some() {
+                return Err(bad("too many fields"));
+            }
+        }
+        if !ended {
+            return Err("cut short (no end line)".into());
+        }
+        for s in &mut stats.sources {
+            s.slots.sort_by_key(|s| (s.start, s.secs));
+        }
+        Ok(stats)
+    }
+}
+
+/// `top`'s table of one account's rows (at most `max`, the rest summed), for a terminal or a
+/// mail: every key escaped and cut.
+pub fn render_rows(rows: &[Row], max: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  SOURCE",
+        "SENT", "QUEUED", "DEFERRED", "HELD", "REFUSED", "RCPTS"
+    );
+    let mut rest = Counts::default();
+    for (i, r) in rows.iter().enumerate() {
+        if i >= max {
+            rest.merge(&r.counts);
+            continue;
+        }
+        let c = &r.counts;
+        let source = match &r.key {
+            SourceKey::Script(s) => crate::log::printable(s, MAX_KEY),
+            SourceKey::Cwd(d) => format!("cwd {}", crate::log::printable(d, MAX_KEY)),
+            SourceKey::Other => "(other sources)".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {source}",
+            c.sent, c.queued, c.deferred, c.held, c.refused, c.recipients
+        );
+    }
+    if rows.len() > max {
+        let c = &rest;
+        let _ = writeln!(
+            out,
+            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  ({} more)",
+            c.sent,
+            c.queued,
+            c.deferred,
+            c.held,
+            c.refused,
+            c.recipients,
+            rows.len() - max
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("       (no mail)\n");
+    }
+    out
+}
+
+/// Keys are written as one word: `%`, space, control characters and non-ASCII bytes become
+/// `%XX`; an empty key is `%`.
+fn escape(text: &str) -> String {
+    if text.is_empty() {
+        return "%".into();
+    }
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn unescape(word: &str) -> Option<String> {
+    if word == "%" {
+        return Some(String::new());
+    }
+    let bytes = word.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = word.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(now: i64, outcome: Outcome, script: &'a str) -> Event<'a> {
+        Event {
+            now,
+            outcome,
+            recipients: 2,
+            script,
+            cwd: "/var/www/site",
+            lock_wait_us: Some(10),
+            lock_busy: false,
+            relay_error: None,
+        }
+    }
+
+    const T0: i64 = 1_800_000_000;
+
+    #[test]
+    fn rows_add_up_by_source_and_outcome() {
+        let mut s = Stats::default();
+        for _ in 0..3 {
+            s.record(&event(T0, Outcome::Sent, "33:/var/www/a/contact.php"));
+        }
+        s.record(&event(
+            T0 + 10,
+            Outcome::Refused,
+            "33:/var/www/a/contact.php",
+        ));
+        s.record(&event(T0 + 20, Outcome::Held, ""));
+        let (rows, begins) = s.since(T0 - 3600);
+        assert_eq!(begins, Some(T0.div_euclid(FINE) * FINE));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[0].key,
+            SourceKey::Script("33:/var/www/a/contact.php".into())
+        );
+        assert_eq!(
+            rows[0].counts,
+            Counts {
+                sent: 3,
+                refused: 1,
+                recipients: 6,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(rows[1].key, SourceKey::Cwd("/var/www/site".into()));
+        assert_eq!(rows[1].counts.held, 1);
+        assert_eq!(s.totals.messages(Outcome::Sent), 3);
+        assert_eq!(s.totals.recipients(Outcome::Refused), 2);
+        assert_eq!((s.totals.decisions, s.totals.lock_wait_us), (5, 50));
+    }
+
+    #[test]
+    fn since_is_exact_to_five_minutes_for_the_last_hour_and_to_the_hour_beyond() {
+        let mut s = Stats::default();
+        // One message every 10 minutes for 3 hours.
+        for i in 0..18 {
+            s.record(&event(T0 + i * 600, Outcome::Sent, "x"));
+        }
+        let now = T0 + 17 * 600;
+        s.age(now);
+        let (rows, begins) = s.since(now - 1800);
+        assert_eq!(rows[0].counts.sent, 4, "the last 30 minutes: 4 messages");
+        assert_eq!(begins, Some((now - 1800).div_euclid(FINE) * FINE));
+        let (rows, begins) = s.since(now - 2 * 3600);
+        let begins = begins.unwrap();
+        assert!(
+            begins <= now - 2 * 3600 && begins > now - 3 * 3600,
+            "{begins}"
+        );
+        assert_eq!(
+            rows[0].counts.sent as i64,
+            (now - begins) / 600 + 1,
+            "every message since the reported start"
+        );
+        // Older than KEEP: gone.
+        s.age(now + KEEP + 2 * COARSE);
+        assert!(s.sources.is_empty());
+        assert_eq!(s.totals.messages(Outcome::Sent), 18, "totals stay");
+    }
+
+    #[test]
+    fn a_full_table_pushes_the_smallest_into_other_and_keeps_every_count() {
+        let mut s = Stats::default();
+        // A heavy script first, then many small ones, then a new heavy one.
+        for _ in 0..50 {
+            s.record(&event(T0, Outcome::Sent, "heavy-1"));
+        }
+        for i in 0..100 {
+            s.record(&event(T0 + i, Outcome::Refused, &format!("small-{i}")));
+        }
+        for _ in 0..30 {
+            s.record(&event(T0 + 200, Outcome::Refused, "heavy-2"));
+        }
+        let (rows, _) = s.since(T0 - 60);
+        assert!(rows.len() <= MAX_SOURCES + 1);
+        let total: u64 = rows.iter().map(|r| r.counts.messages()).sum();
+        assert_eq!(total, 180, "no message lost from the sums");
+        let row = |name: &str| {
+            rows.iter()
+                .find(|r| r.key == SourceKey::Script(name.into()))
+                .map(|r| r.counts)
+        };
+        assert_eq!(row("heavy-1").map(|c| c.sent), Some(50), "{rows:?}");
+        let other = rows.iter().find(|r| r.key == SourceKey::Other).unwrap();
+        assert_eq!(other.counts.refused, 100 - (MAX_SOURCES as u64 - 2));
+        assert_eq!(
+            row("heavy-2").map(|c| c.refused),
+            Some(30),
+            "the new heavy sender has its own row"
+        );
+    }
+
+    #[test]
+    fn the_file_stays_under_its_bound_after_100000_messages_from_1000_scripts() {
+        let mut s = Stats::default();
+        let mut largest = 0;
+        let long = "/".repeat(400);
+        for i in 0..100_000i64 {
+            // Two days, 1000 scripts with long names, every outcome.
+            let now = T0 + i * 2;
+            // Half from 20 steady scripts (every slot of every row filled), half from 1000
+            // that come and go.
+            let script = if i % 2 == 0 {
+                format!("1000:/var/www/steady{}/{long}.php", (i / 2) % 20)
+            } else {
+                format!("1000:/var/www/site{}/{long}.php", i % 1000)
+            };
+            let outcome = Outcome::ALL[(i % 5) as usize];
+            s.record(&event(now, outcome, &script));
+            if i % 97 == 0 {
+                largest = largest.max(s.encode().len());
+            }
+        }
+        largest = largest.max(s.encode().len());
+        eprintln!(
+            "largest statistics file: {largest} bytes; {} sources, {} slots",
+            s.sources.len(),
+            s.sources.iter().map(|x| x.slots.len()).sum::<usize>()
+        );
+        assert!(largest <= MAX_FILE, "{largest} > {MAX_FILE}");
+        assert_eq!(
+            Outcome::ALL
+                .iter()
+                .map(|&o| s.totals.messages(o))
+                .sum::<u64>(),
+            100_000
+        );
+        let (rows, _) = s.since(T0 + 200_000 - KEEP);
+        assert!(rows.len() <= MAX_SOURCES + 1);
+    }
+
+    #[test]
+    fn the_worst_case_file_stays_under_its_bound() {
+        // 20 sources with the longest keys (every byte escaped), each active in every slot
+        // for KEEP, every count at 10 digits, and "(other)" as full.
+        let mut s = Stats::default();
+        let now = T0 + KEEP;
+        let big = 9_999_999_999;
+        let full = Counts::from_fields([big; 6]);
+        for i in 0..=MAX_SOURCES {
+            let key = if i == MAX_SOURCES {
+                SourceKey::Other
+            } else {
+                SourceKey::Script(format!("{i:02}{}", "\u{7f}".repeat(MAX_KEY - 2)))
+            };
+            let mut slots = Vec::new();
+            let mut t = (now - KEEP).div_euclid(COARSE) * COARSE;
+            while t < now - FINE_SPAN {
+                slots.push(Slot {
+                    start: t,
+                    secs: COARSE,
+                    counts: full,
+                });
+                t += COARSE;
+            }
+            while t <= now {
+                slots.push(Slot {
+                    start: t,
+                    secs: FINE,
+                    counts: full,
+                });
+                t += FINE;
+            }
+            s.sources.push(Source {
+                key,
+                last_seen: now,
+                inherited: big,
+                slots,
+            });
+        }
+        s.totals.messages = [u64::MAX; 5];
+        s.totals.recipients = [u64::MAX; 5];
+        s.age(now);
+        let size = s.encode().len();
+        eprintln!("worst-case statistics file: {size} bytes");
+        assert!(size <= MAX_FILE, "{size} > {MAX_FILE}");
+        assert_eq!(Stats::decode(&s.encode()).unwrap(), s);
+    }
+
+    #[test]
+    fn notices_once_per_window() {
+        let mut s = Stats::default();
+        assert!(s.claim_notice(T0, 3600));
+        assert!(!s.claim_notice(T0 + 10, 3600));
+        assert!(!s.claim_notice(T0 + 3599, 3600));
+        assert!(s.claim_notice(T0 + 3600, 3600));
+    }
+
+    #[test]
+    fn codec_round_trips_and_rejects_damage() {
+        let mut s = Stats::default();
+        s.record(&event(
+            T0,
+            Outcome::Sent,
+            "1000:/var/www/a b/100%.php\x1b[2J",
+        ));
+        s.record(&event(T0 + 4000, Outcome::Deferred, ""));
+        s.record(&Event {
+            relay_error: Some(RelayError::Unreachable),
+            lock_busy: true,
+            ..event(T0 + 4001, Outcome::Queued, "ü")
+        });
+        s.claim_notice(T0, 60);
+        let text = s.encode();
+        assert_eq!(Stats::decode(&text).unwrap(), s);
+        assert_eq!(Stats::decode("").unwrap(), Stats::default());
+        let cut = &text[..text.len() - 4];
+        assert!(Stats::decode(cut).is_err(), "a file cut short");
+        assert!(Stats::decode("garbage\n").is_err());
+        assert!(Stats::decode(&text.replace("slot", "slat")).is_err());
+        assert!(Stats::decode(&format!("{text}end\n")).is_err());
+        assert!(Stats::decode(&text.replace(" 300 ", " 301 ")).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        /// Any text: decoding never panics, and what decodes re-encodes to itself.
+        fn decode_never_panics_and_round_trips(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::string::string_regex("(totals|outcome|source|slot|end)( [-0-9a-z%]{0,12}){0,9}").unwrap(),
+                    proptest::string::string_regex("slot [0-9]{1,10} (300|3600)( [0-9]{1,5}){6}").unwrap(),
+                    proptest::string::string_regex("source (script|cwd|other) [0-9]{1,3} [0-9]{1,3} [^ \n]{0,20}").unwrap(),
+                    ".{0,30}",
+                ],
+                0..20,
+            ),
+        ) {
+            let text = format!("{MAGIC}\n{}\nend\n", lines.join("\n"));
+            if let Ok(s) = Stats::decode(&text) {
+                proptest::prop_assert_eq!(Stats::decode(&s.encode()).unwrap(), s);
+            }
+        }
+
+        #[test]
+        /// Recorded events are never lost from the sums, whatever the keys and times.
+        fn sums_never_lose_a_message(
+            events in proptest::collection::vec((0i64..20_000, 0usize..5, "[a-c]{0,2}", 0u64..5), 1..200),
+        ) {
+            let mut s = Stats::default();
+            let mut t = T0;
+            let mut times = Vec::new();
+            for (dt, o, script, rcpts) in &events {
+                t += dt;
+                times.push(t);
+                s.record(&Event { recipients: *rcpts, ..event(t, Outcome::ALL[*o], script) });
+            }
+            let total: u64 = Outcome::ALL.iter().map(|&o| s.totals.messages(o)).sum();
+            proptest::prop_assert_eq!(total, events.len() as u64);
+            // Every message of the last KEEP is in the rows (and none older than its hour).
+            let (rows, _) = s.since(t - KEEP);
+            let in_rows = rows.iter().map(|r| r.counts.messages()).sum::<u64>() as usize;
+            let surely = times.iter().filter(|&&at| at > t - KEEP).count();
+            let at_most = times.iter().filter(|&&at| at > t - KEEP - COARSE).count();
+            proptest::prop_assert!(surely <= in_rows && in_rows <= at_most, "{} <= {} <= {}", surely, in_rows, at_most);
+            let s2 = Stats::decode(&s.encode()).unwrap();
+            proptest::prop_assert_eq!(s2, s);
+        }
+    }
+}
