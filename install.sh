@@ -139,6 +139,7 @@ put_dir() { # dir mode owner
 have_systemd() { [ -z "$P" ] && [ -d /run/systemd/system ]; }
 # Daemons that were not running before install.sh started them; --uninstall stops them again.
 STARTED=$BACKUP/started-daemons
+TEXTFILE_DIR=$P/var/lib/prometheus/node-exporter
 POLICY_DIR=/var/lib/postfwd
 POLICY=$POLICY_DIR/policy
 remember_started() {
@@ -208,7 +209,7 @@ if [ $uninstall = 1 ]; then
     fi
     # install.sh's own files; one with a backup record is handled by the restore below.
     own_files=()
-    for f in "$SBIN" "$LINKDIR/sendmail" "$P/etc/cron.d/mailgate" \
+    for f in "$SBIN" "$LINKDIR/sendmail" "$P/etc/cron.d/mailgate" "$TEXTFILE_DIR/mailgate.prom" \
              "$P/etc/systemd/system/mailgate-queue.service" "$P/etc/systemd/system/mailgate-queue.timer"; do
         key=$BACKUP/$(printf '%s' "${f#"$P"}" | sed 's|/|%|g')
         if [ -e "$key" ] || [ -e "$key.absent" ]; then continue; fi
@@ -262,7 +263,7 @@ if [ ! -f "$ETC/mailgate.toml" ]; then
 fi
 put_dir "$STATE" 770 root:mailgate
 # Made here, owned by root: a customer's sender must never be the first to create them.
-for sub in accounts queue defer hold failed tmp pending; do
+for sub in accounts queue defer hold failed tmp pending stats; do
     put_dir "$STATE/$sub" 2770 root:mailgate
 done
 if [ ! -f "$STATE/mailgate.log" ] || [ "$(stat -c '%a %U:%G' "$STATE/mailgate.log")" != "660 root:mailgate" ]; then
@@ -271,6 +272,15 @@ if [ ! -f "$STATE/mailgate.log" ] || [ "$(stat -c '%a %U:%G' "$STATE/mailgate.lo
     act chmod 660 "$STATE/mailgate.log"
 fi
 put_link "$LINKDIR/sendmail" /usr/sbin/mailgate
+# node_exporter's textfile collector (Debian's prometheus-node-exporter reads this directory):
+# every queue run writes mailgate's metrics there. An admin's own [metrics] section stays.
+if [ -d "$TEXTFILE_DIR" ] && ! grep -q '^\[metrics\]' "$ETC/mailgate.toml" 2>/dev/null; then
+    current=$(cat "$ETC/mailgate.toml" 2>/dev/null || cat "$here/mailgate.toml.example")
+    put_file "$ETC/mailgate.toml" 644 root:root "$current
+
+[metrics]
+textfile = \"$TEXTFILE_DIR/mailgate.prom\"      # node_exporter's textfile collector"
+fi
 # Man pages and the bash completion, generated from the code (src/docs.rs).
 put_file "$P/usr/share/man/man8/mailgate.8" 644 root:root "$(cat "$here/man/mailgate.8")"
 put_file "$P/usr/share/man/man5/mailgate.toml.5" 644 root:root "$(cat "$here/man/mailgate.toml.5")"

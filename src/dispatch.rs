@@ -74,37 +74,49 @@ fn first_after_global_options(args: &[String]) -> Option<&str> {
     None
 }
 
-/// The candidate within edit distance 2 of `word`, the closest first.
+/// The candidate within edit distance 2 of `word` (1 for a command of four letters or
+/// fewer), the closest first.
 pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, _)| *d <= 2)
+        // A short command is near too many short words ("joe" is 2 from "top"): one edit.
+        .filter(|(d, c)| *d <= if c.len() <= 4 { 1 } else { 2 })
         .min()
         .map(|(_, c)| c)
 }
 
-/// Levenshtein distance over chars.
+/// Edit distance over chars where swapping two neighbours is one edit, like a single
+/// insertion, deletion or substitution (optimal string alignment): "prot" is 1 from "port".
 fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SUBS: &[&str] = &["status", "hold", "queue", "reset", "check-config"];
+    const SUBS: &[&str] = crate::admin::SUBCOMMANDS;
 
     fn r(args: &[&str], tty: bool) -> Route {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -131,6 +143,8 @@ mod tests {
             &["statu"],
             &["qeue", "list"],
             &["rest", "web1"],
+            &["mtrics"],
+            &["tp", "--json"],
         ] {
             match r(typo, false) {
                 Route::Typo(why) => assert!(why.contains("did you mean"), "{why}"),
@@ -142,6 +156,7 @@ mod tests {
         assert_eq!(r(&["stats@example.org"], false), Route::Sendmail);
         assert_eq!(r(&["-i", "alice@example.org"], false), Route::Sendmail);
         assert_eq!(r(&["somebody-else"], false), Route::Sendmail);
+        assert_eq!(r(&["joe"], false), Route::Sendmail, "2 edits from top");
     }
 
     #[test]
@@ -161,6 +176,9 @@ mod tests {
         assert_eq!(edit_distance("stats", "status"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("prot", "port"), 1);
+        assert_eq!(edit_distance("tpo", "top"), 1);
+        assert_eq!(edit_distance("joe", "top"), 2);
         assert_eq!(closest("qeue", SUBS), Some("queue"));
         assert_eq!(closest("alice", SUBS), None);
     }

@@ -714,6 +714,9 @@ fn install_into_a_prefix_dry_run_and_non_root_refusal() {
         std::fs::read_dir(prefix.path()).unwrap().next().is_none(),
         "the dry run changed something"
     );
+    // node_exporter's textfile directory exists: install.sh points [metrics] textfile there.
+    let textfile_dir = format!("{p}/var/lib/prometheus/node-exporter");
+    std::fs::create_dir_all(&textfile_dir).unwrap();
     // The real thing, twice.
     let first = must(&format!(
         "{repo}/install.sh --binary {BIN} --prefix {p} --as-sendmail"
@@ -739,7 +742,17 @@ fn install_into_a_prefix_dry_run_and_non_root_refusal() {
         must(&format!("readlink {p}/usr/lib/mailgate/sendmail")).trim(),
         "/usr/sbin/mailgate"
     );
-    assert!(Path::new(&format!("{p}/etc/mailgate/mailgate.toml")).exists());
+    let config = std::fs::read_to_string(format!("{p}/etc/mailgate/mailgate.toml")).unwrap();
+    assert!(
+        config.contains(&format!(
+            "[metrics]\ntextfile = \"{textfile_dir}/mailgate.prom\""
+        )),
+        "{config}"
+    );
+    let checked = must(&format!(
+        "{BIN} check-config {p}/etc/mailgate/mailgate.toml"
+    ));
+    assert!(checked.contains(": ok"), "{checked}");
     // The man pages render without a warning; the completion is in bash's directory.
     for page in ["man8/mailgate.8", "man5/mailgate.toml.5"] {
         let o = sh(&format!(

@@ -665,3 +665,132 @@ fn customers_cannot_probe_configs_or_other_accounts() {
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
+
+/// `mailgate ARGS --json` as `user` (exit 0 asserted).
+fn json_as(inst: &Install, user: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let o = as_user(user, &[], &inst.bin, &all, b"");
+    assert_eq!(code(&o), 0, "{user} {args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn held_ids(list: &serde_json::Value, account: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["account"] == account)
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn customers_see_and_manage_only_their_own_held_mail_and_statistics() {
+    let limits = "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 1, action = \"hold\" } ]\n";
+    let (_serial, sink, inst, _config) = setgid_fixture(limits);
+    let (one, two) = (USERS[0], USERS[1]);
+    for (user, n) in [(one, 3), (two, 2)] {
+        for i in 0..n {
+            let o = send(
+                &inst,
+                user,
+                &[],
+                &["-i", "to@x.org"],
+                format!(
+                    "Subject: {user} {i}\nX-PHP-Originating-Script: 1:/home/{user}/send.php\n\nb\n"
+                )
+                .as_bytes(),
+            );
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+        }
+    }
+    sink.wait_count(2);
+    // Each customer lists only their own held mail.
+    let list1 = json_as(&inst, one, &["hold", "list"]);
+    let list2 = json_as(&inst, two, &["hold", "list"]);
+    let (own1, own2) = (held_ids(&list1, one), held_ids(&list2, two));
+    assert_eq!((own1.len(), own2.len()), (2, 1), "{list1} {list2}");
+    assert_eq!(list1.as_array().unwrap().len(), 2, "{list1}");
+    assert_eq!(list2.as_array().unwrap().len(), 1, "{list2}");
+    // Someone else's: neither shown, deleted, released nor listed by account.
+    for args in [
+        vec!["hold", "show", own1[0].as_str()],
+        vec!["hold", "delete", own1[0].as_str()],
+        vec!["hold", "list", "--account", one],
+        vec!["hold", "delete", "--account", one],
+    ] {
+        let o = as_user(two, &[], &inst.bin, &args, b"");
+        assert_eq!(code(&o), 77, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("not yours"), "{}", stderr(&o));
+    }
+    assert_eq!(
+        held_ids(&json_as(&inst, "root", &["hold", "list"]), one).len(),
+        2
+    );
+    // Their own: shown and deleted; released only when the admin allows it.
+    let o = as_user(one, &[], &inst.bin, &["hold", "show", &own1[0]], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("Subject: {one} ")));
+    let o = as_user(one, &[], &inst.bin, &["hold", "release", &own1[1]], b"");
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    assert!(stderr(&o).contains("customer_release"), "{}", stderr(&o));
+    let o = as_user(one, &[], &inst.bin, &["hold", "delete", &own1[0]], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        held_ids(&json_as(&inst, one, &["hold", "list"]), one),
+        vec![own1[1].clone()]
+    );
+    // With customer_release, `--all` releases the caller's own and nobody else's.
+    std::fs::write(
+        SYSTEM_CONFIG,
+        std::fs::read_to_string(SYSTEM_CONFIG)
+            .unwrap()
+            .replace("[alerts]", "[spool]\ncustomer_release = true\n[alerts]"),
+    )
+    .unwrap();
+    let o = as_user(two, &[], &inst.bin, &["hold", "release", "--all"], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let got = sink.wait_count(3);
+    assert!(
+        got[2].text().contains(&format!("Subject: {two} 1")),
+        "{}",
+        got[2].text()
+    );
+    assert_eq!(
+        held_ids(&json_as(&inst, "root", &["hold", "list"]), one),
+        vec![own1[1].clone()]
+    );
+    let o = as_user(one, &[], &inst.bin, &["hold", "release", &own1[1]], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    sink.wait_count(4);
+    assert_eq!(sink.received().len(), 4);
+
+    // top: a customer sees their own account, root every one; metrics are the admin's.
+    let top1 = json_as(&inst, one, &["top"]);
+    let accounts: Vec<&str> = top1["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts, [one], "{top1}");
+    assert_eq!(
+        top1["accounts"][0]["sources"][0]["source"],
+        format!("1:/home/{one}/send.php")
+    );
+    let o = as_user(one, &[], &inst.bin, &["top", "--account", two], b"");
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    let all = json_as(&inst, "root", &["top"]);
+    assert_eq!(all["accounts"].as_array().unwrap().len(), 2, "{all}");
+    let o = as_user(one, &[], &inst.bin, &["metrics"], b"");
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    // The statistics are the state directory's, out of the customers' reach.
+    let o = as_user(
+        one,
+        &[],
+        Path::new("/bin/sh"),
+        &["-c", &format!("cat {}/stats/{one}", inst.state.display())],
+        b"",
+    );
+    assert_ne!(code(&o), 0, "a customer read the statistics file directly");
+}
