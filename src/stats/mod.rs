@@ -446,7 +446,8 @@ impl Stats {
     }
 
     /// Each source's counts in the slots that overlap `[from, ...)`, largest first, and where
-    /// they really begin (a slot's start; at most one slot length before `from`).
+    /// they really begin: `from`, or the start of a slot that began before it (at most one
+    /// slot length earlier); `None` without any.
     pub fn since(&self, from: i64) -> (Vec<Row>, Option<i64>) {
         let mut begins: Option<i64> = None;
         let mut rows: Vec<Row> = Vec::new();
@@ -454,7 +455,9 @@ impl Stats {
             let mut counts = Counts::default();
             for slot in s.slots.iter().filter(|sl| sl.start + sl.secs > from) {
                 counts.merge(&slot.counts);
-                begins = Some(begins.map_or(slot.start, |b| b.min(slot.start)));
+                // A slot that began before `from` is counted whole: the counts begin there.
+                let start = slot.start.min(from);
+                begins = Some(begins.map_or(start, |b| b.min(start)));
             }
             if counts != Counts::default() {
                 rows.push(Row {
@@ -756,7 +759,8 @@ mod tests {
         ));
         s.record(&event(T0 + 20, Outcome::Held, ""));
         let (rows, begins) = s.since(T0 - 3600);
-        assert_eq!(begins, Some(T0.div_euclid(FINE) * FINE));
+        assert_eq!(begins, Some(T0 - 3600), "nothing before: counted from where asked");
+        assert_eq!(s.since(T0 + 1).1, Some(T0.div_euclid(FINE) * FINE), "a slot counted whole");
         assert_eq!(rows.len(), 2);
         assert_eq!(
             rows[0].key,
