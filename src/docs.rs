@@ -314,8 +314,9 @@ mailgate never exits 75: PHP 8.5's mail() reports 75 as success.
 The configuration, see mailgate.toml(5).
 .TP
 \fB/var/lib/mailgate/\fR
-Counters (accounts/, server) and spools (queue/, defer/, hold/, failed/, tmp/);
-mailgate.log when syslog cannot take a line.
+Counters (accounts/, server), spools (queue/, defer/, hold/, failed/, tmp/), the
+per\-account statistics behind \fBmailgate top\fR and \fBmailgate metrics\fR (stats/, at most
+96 KiB per account); mailgate.log when syslog cannot take a line.
 .SH "SEE ALSO"
 mailgate.toml(5), sendmail(1), postfix(1), postfwd(8)
 "#;
