@@ -405,6 +405,45 @@ mod tests {
     }
 
     #[test]
+    fn globs_match_an_empty_star_and_middle_parts_in_order() {
+        assert!(glob_match("a*b", "ab"), "a star may match nothing");
+        assert!(glob_match("*@x.org", "@x.org"));
+        assert!(glob_match("a*x*x*c", "axxc"));
+        assert!(!glob_match("a*x*x*c", "axc"), "each middle part needs its own place");
+        assert!(!glob_match("ab*ba", "aba"), "prefix and suffix may not overlap");
+    }
+
+    #[test]
+    fn checked_addresses_have_no_brackets_controls_or_excess() {
+        assert!(check_address("a@b").is_ok());
+        assert!(check_address("<a@b").is_err());
+        assert!(check_address("a@b>").is_err());
+        assert!(check_address("a\\b@c").is_ok(), "a backslash is text");
+        assert!(check_address("a\u{7}@b").is_err());
+        let long = |n: usize| format!("{}@x", "a".repeat(n - 2));
+        assert!(check_address(&long(512)).is_ok());
+        assert!(check_address(&long(513)).is_err());
+    }
+
+    #[test]
+    fn unqualified_ends_respect_quotes_escapes_literals_and_brackets() {
+        // A quoted local part may hold @, an escaped quote, a comma.
+        assert_eq!(unqualified_ends(b"\"a@b\""), vec![5]);
+        assert_eq!(unqualified_ends(b"\"a\\\"b\""), vec![6]);
+        assert_eq!(unqualified_ends(b"\"x\\\",y\""), vec![7]);
+        // A backslash outside quotes escapes nothing: `a\@b` has a domain.
+        assert_eq!(unqualified_ends(b"a\\@b"), Vec::<usize>::new());
+        // A domain literal is skipped whole, commas included.
+        assert_eq!(unqualified_ends(b"[a,b,c]"), Vec::<usize>::new());
+        assert_eq!(unqualified_ends(b"[a,]"), Vec::<usize>::new());
+        // Inside brackets a quoted `>` or a commented one does not end the address.
+        assert_eq!(unqualified_ends(b"<\"a>b\">"), vec![6]);
+        assert_eq!(unqualified_ends(b"<root (x>y)>"), Vec::<usize>::new());
+        // Whitespace inside the brackets is no local part.
+        assert_eq!(unqualified_ends(b"<a b>"), Vec::<usize>::new());
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("*@example.com", "info@EXAMPLE.com"));
         assert!(!glob_match("*@example.com", "info@example.com.evil"));
