@@ -409,8 +409,14 @@ mod tests {
         assert!(glob_match("a*b", "ab"), "a star may match nothing");
         assert!(glob_match("*@x.org", "@x.org"));
         assert!(glob_match("a*x*x*c", "axxc"));
-        assert!(!glob_match("a*x*x*c", "axc"), "each middle part needs its own place");
-        assert!(!glob_match("ab*ba", "aba"), "prefix and suffix may not overlap");
+        assert!(
+            !glob_match("a*x*x*c", "axc"),
+            "each middle part needs its own place"
+        );
+        assert!(
+            !glob_match("ab*ba", "aba"),
+            "prefix and suffix may not overlap"
+        );
     }
 
     #[test]

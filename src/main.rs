@@ -14,10 +14,14 @@ macro_rules! out {
 }
 
 /// `eprintln!` that never panics, for the same reason (PHP may close the pipe it reads).
+/// The line is formatted first and written at once: unbuffered stderr would otherwise take
+/// one system call per piece, and concurrent writers could interleave them.
 macro_rules! err {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 

@@ -26,8 +26,9 @@ pub struct Context {
     pub caller: Caller,
     pub account: Account,
     pub names: LocalNames,
-    /// `[relay] trusted_owners` as uids (names that do not exist are left out).
-    trusted_owners: Vec<u32>,
+    /// `[relay] trusted_owners` as uids (names that do not exist are left out), resolved at
+    /// the first hand-over: a refused message never reads the password database for them.
+    trusted_owners: std::cell::OnceCell<Vec<u32>>,
     pub logger: Logger,
     /// Test clock (`MAILGATE_NOW`), honoured only when not running setgid.
     pub fixed_now: Option<i64>,
@@ -112,17 +113,6 @@ impl Context {
         account: Account,
         fixed_now: Option<i64>,
     ) -> Context {
-        let mut trusted_owners: Vec<u32> = config
-            .relay
-            .trusted_owners
-            .iter()
-            .filter_map(crate::identity::uid_of_ref)
-            .collect();
-        // The caller's own listener may have the caller's own mail: that hurts nobody else
-        // (root's queue run is uid 0, which only root and postfix match by default).
-        if !trusted_owners.is_empty() {
-            trusted_owners.push(caller.uid);
-        }
         let names = LocalNames::of_this_host(config.hostname.as_deref(), config.origin.as_deref());
         let logger = Logger::new(&config.log, &config.state_dir);
         let state = StateDir::open(&config.state_dir);
@@ -132,7 +122,7 @@ impl Context {
             caller,
             account,
             names,
-            trusted_owners,
+            trusted_owners: std::cell::OnceCell::new(),
             logger,
             fixed_now,
             state,
@@ -162,12 +152,27 @@ impl Context {
     }
 
     pub fn relay(&self) -> Relay<'_> {
+        let trusted_owners = self.trusted_owners.get_or_init(|| {
+            let mut uids: Vec<u32> = self
+                .config
+                .relay
+                .trusted_owners
+                .iter()
+                .filter_map(crate::identity::uid_of_ref)
+                .collect();
+            // The caller's own listener may have the caller's own mail: that hurts nobody
+            // else (root's queue run is uid 0, which only root and postfix match by default).
+            if !uids.is_empty() {
+                uids.push(self.caller.uid);
+            }
+            uids
+        });
         Relay {
             host: &self.config.relay.host,
             port: self.config.relay.port,
             timeout: Duration::from_secs(self.config.relay.timeout.secs()),
             helo: &self.names.hostname,
-            trusted_owners: &self.trusted_owners,
+            trusted_owners,
         }
     }
 

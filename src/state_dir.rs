@@ -242,8 +242,19 @@ impl StateDir {
                 &e,
             )
         };
-        let created = self.dir.mkdir(name, 0o770).map_err(|e| fail("create", e))?;
-        let sub = self.dir.open_dir(name).map_err(|e| fail("open", e))?;
+        // Open first: the directory exists on every run but the first, and a failed mkdir
+        // would cost a system call on the hot path every time.
+        let (sub, created) = match self.dir.open_dir(name) {
+            Ok(sub) => (sub, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let created = self.dir.mkdir(name, 0o770).map_err(|e| fail("create", e))?;
+                (
+                    self.dir.open_dir(name).map_err(|e| fail("open", e))?,
+                    created,
+                )
+            }
+            Err(e) => return Err(fail("open", e)),
+        };
         sub.settle(created);
         Ok(sub)
     }

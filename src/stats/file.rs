@@ -120,6 +120,8 @@ pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
 /// A statistics file is never larger than `MAX_FILE`: one that is was not written by us, and
 /// is not read further.
 fn bounded_read(file: &mut std::fs::File, text: &mut String) -> std::io::Result<()> {
+    // Room for a typical file up front: one read instead of a doubling series of them.
+    text.reserve(8192);
     file.take(super::MAX_FILE as u64 + 1).read_to_string(text)?;
     if text.len() > super::MAX_FILE {
         return Err(std::io::Error::new(

@@ -759,8 +759,16 @@ mod tests {
         ));
         s.record(&event(T0 + 20, Outcome::Held, ""));
         let (rows, begins) = s.since(T0 - 3600);
-        assert_eq!(begins, Some(T0 - 3600), "nothing before: counted from where asked");
-        assert_eq!(s.since(T0 + 1).1, Some(T0.div_euclid(FINE) * FINE), "a slot counted whole");
+        assert_eq!(
+            begins,
+            Some(T0 - 3600),
+            "nothing before: counted from where asked"
+        );
+        assert_eq!(
+            s.since(T0 + 1).1,
+            Some(T0.div_euclid(FINE) * FINE),
+            "a slot counted whole"
+        );
         assert_eq!(rows.len(), 2);
         assert_eq!(
             rows[0].key,
