@@ -28,6 +28,7 @@ pub fn update<T>(
     wait: Duration,
     change: impl FnOnce(&mut Stats) -> T,
 ) -> Result<(Updated<T>, Option<String>), Failure> {
+    checked(account)?;
     let dir = state.subdir(DIR)?;
     let path = state.path().join(DIR).join(account);
     let fail = |what: &str, e: std::io::Error| {
@@ -70,6 +71,11 @@ pub fn update<T>(
     Ok((Updated::Done(result), note))
 }
 
+/// An account name is a file name here: never one with a `/` or a `..`.
+fn checked(account: &str) -> Result<(), Failure> {
+    crate::config::validate_account_name(account).map_err(|why| Failure::new(Exit::Software, why))
+}
+
 /// Open and lock the file that is in place now: after waiting for the lock, a file that was
 /// replaced meanwhile is opened again.
 fn lock_current(dir: &Dir, name: &str, wait: Duration) -> std::io::Result<Option<std::fs::File>> {
@@ -95,6 +101,7 @@ fn lock_current(dir: &Dir, name: &str, wait: Duration) -> std::io::Result<Option
 /// An account's statistics as they are (no lock: files are replaced whole). A missing file is
 /// empty statistics; a damaged one an error naming it.
 pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
+    checked(account)?;
     let path = state.path().join(DIR).join(account);
     let dir = state.subdir(DIR)?;
     let mut text = String::new();
@@ -178,6 +185,11 @@ mod tests {
             3
         );
         assert_eq!(accounts(&state), vec!["acc".to_string()]);
+        assert!(
+            update(&state, "../acc", wait, |_| ()).is_err(),
+            "no path as a name"
+        );
+        assert!(read(&state, "a/b").is_err());
         // A held lock: the update is skipped within the wait.
         let held = std::fs::File::open(base.join("stats/acc")).unwrap();
         held.lock().unwrap();
