@@ -264,9 +264,20 @@ impl Source {
     }
 
     /// Fine slots older than `FINE_SPAN` go into their hour; slots older than `KEEP` go.
+    /// Slots from a clock that was ahead (they begin after the current slot) are counted in
+    /// the current slot, so that a clock stepped back never grows the file.
     fn age(&mut self, now: i64) {
+        let current = now.div_euclid(FINE) * FINE;
         let mut aged: Vec<Slot> = Vec::new();
         self.slots.retain(|s| {
+            if s.start > current {
+                aged.push(Slot {
+                    start: current,
+                    secs: FINE,
+                    counts: s.counts,
+                });
+                return false;
+            }
             if s.start + s.secs <= now - KEEP {
                 return false;
             }
@@ -478,7 +489,8 @@ impl Stats {
     /// The first notice in a window: `true` (and no other until `now + secs`) when none was
     /// sent since `notice_until`.
     pub fn claim_notice(&mut self, now: i64, secs: i64) -> bool {
-        if now < self.notice_until {
+        // Further ahead than one window: set by a clock that was ahead, not by this window.
+        if now < self.notice_until && self.notice_until <= now.saturating_add(secs.max(1)) {
             return false;
         }
         self.notice_until = now.saturating_add(secs.max(1));
@@ -945,6 +957,24 @@ mod tests {
         assert!(!s.claim_notice(T0 + 10, 3600));
         assert!(!s.claim_notice(T0 + 3599, 3600));
         assert!(s.claim_notice(T0 + 3600, 3600));
+        // The clock stepped back a day: the next stop is announced, not a day later.
+        assert!(s.claim_notice(T0 - 86_400, 3600));
+        assert!(!s.claim_notice(T0 - 86_400 + 1, 3600));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_and_forth_never_grows_the_file() {
+        let mut s = Stats::default();
+        let mut largest = 0;
+        for i in 0..2000i64 {
+            // Every other message a day ahead, then back: a clock that cannot decide.
+            let now = T0 + i * 7 + if i % 2 == 0 { 86_400 } else { 0 };
+            s.record(&event(now, Outcome::Sent, "s.php"));
+            largest = largest.max(s.sources[0].slots.len());
+            assert_eq!(Stats::decode(&s.encode()).unwrap(), s);
+        }
+        assert!(largest <= 39, "{largest} slots");
+        assert_eq!(s.totals.messages(Outcome::Sent), 2000);
     }
 
     #[test]
