@@ -480,6 +480,7 @@ mod tests {
         assert_eq!(m.headers.len(), 1);
         assert_eq!(m.headers[0].raw, b"To: a@x,\r\n  b@y");
         assert_eq!(m.header_recipients(), ["a@x", "b@y"]);
+        assert_eq!(m.headers[0].value(), "a@x,  b@y", "unfolded: no CR or LF left");
         assert_eq!(m.body, b"body without blank\r\n");
         assert_eq!(
             wire(&m),
