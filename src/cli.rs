@@ -32,9 +32,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Who sends how much: accounts and, within each, scripts (or the working directory when
-    /// a message names no script), with sent, queued, deferred, held and refused counts and
-    /// recipients, largest first. Root sees every account, a customer their own.
+    /// Who sends how much: accounts and their scripts, largest first.
+    ///
+    /// Within each account, its scripts (or the working directory when a message names no
+    /// script), with sent, queued, deferred, held and refused counts and recipients. Root sees
+    /// every account, a customer their own.
     Top {
         /// How far back: 1h is exact to 5 minutes, longer spans to the hour; at most 25h.
         #[arg(long, default_value = "1h", value_name = "SPAN")]
@@ -46,11 +48,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print Prometheus metrics: messages and recipients by account and outcome, window use,
-    /// kept messages and bytes, queue age, lock waits, relay errors.
+    /// Print Prometheus metrics (node_exporter textfile format).
+    ///
+    /// Messages and recipients by account and outcome, window use, kept messages and bytes,
+    /// queue age, lock waits, relay errors.
     Metrics,
-    /// Messages kept over a limit (action hold) or from a locked account. Customers list,
-    /// show and delete their own (and release them when `customer_release` is set).
+    /// Messages kept over a limit (action hold) or from a locked account.
+    ///
+    /// Customers list, show and delete their own (and release them when `customer_release`
+    /// is set).
     Hold {
         #[command(subcommand)]
         action: HoldAction,
