@@ -447,6 +447,10 @@ mod tests {
         assert_eq!(unqualified_ends(b"<root (x>y)>"), Vec::<usize>::new());
         // Whitespace inside the brackets is no local part.
         assert_eq!(unqualified_ends(b"<a b>"), Vec::<usize>::new());
+        // The brackets themselves are not part of the address: a literal inside stays one.
+        assert_eq!(unqualified_ends(b"<[x]>"), Vec::<usize>::new());
+        // An empty pair ends where it ends.
+        assert_eq!(unqualified_ends(b"<>, root"), vec![8]);
     }
 
     #[test]

@@ -480,7 +480,11 @@ mod tests {
         assert_eq!(m.headers.len(), 1);
         assert_eq!(m.headers[0].raw, b"To: a@x,\r\n  b@y");
         assert_eq!(m.header_recipients(), ["a@x", "b@y"]);
-        assert_eq!(m.headers[0].value(), "a@x,  b@y", "unfolded: no CR or LF left");
+        assert_eq!(
+            m.headers[0].value(),
+            "a@x,  b@y",
+            "unfolded: no CR or LF left"
+        );
         assert_eq!(m.body, b"body without blank\r\n");
         assert_eq!(
             wire(&m),
@@ -593,6 +597,53 @@ mod tests {
             m.header("From").unwrap().raw,
             b"From: \"EvilBcc: x@y\" <web1@h>".to_vec()
         );
+    }
+
+    #[test]
+    fn an_empty_full_name_gives_a_bare_from() {
+        let mut m = read(b"To: a@x\n\nbody\n", Terminator::Eof);
+        m.complete_headers(&Trace {
+            host: "h",
+            uid: 1,
+            date: "d",
+            message_id: "<m@h>",
+            from_addr: "web1@h",
+            full_name: Some("\r\n"),
+        });
+        assert_eq!(m.header("From").unwrap().raw, b"From: web1@h".to_vec());
+    }
+
+    #[test]
+    fn size_is_the_wire_size_and_the_limit_is_exact() {
+        let input = b"A: b\nC: d\n\nx\nyz\n";
+        let m = read(input, Terminator::Eof);
+        // Headers with CRLF, the empty line, the body: what goes out before the final dot.
+        assert_eq!(m.size(), 6 + 6 + 2 + 3 + 4);
+        assert_eq!(m.size() as usize, wire(&m).len() - 3);
+        assert!(read_message(&mut &input[..], Terminator::Eof, 21).is_ok());
+        assert!(matches!(
+            read_message(&mut &input[..], Terminator::Eof, 20),
+            Err(ReadError::TooBig { limit: 20 })
+        ));
+    }
+
+    #[test]
+    fn drain_reads_everything() {
+        let mut rest = std::io::Cursor::new(vec![7u8; 100_000]);
+        drain(&mut rest);
+        assert_eq!(rest.position(), 100_000);
+    }
+
+    #[test]
+    fn header_names_are_printable_and_not_empty() {
+        assert!(is_header_field(b"Subject: x"));
+        assert!(
+            is_header_field(b"Subject : x"),
+            "obsolete space before the colon"
+        );
+        assert!(!is_header_field(b": x"));
+        assert!(!is_header_field(b"a b: x"));
+        assert!(!is_header_field(b"no colon"));
     }
 
     #[test]
