@@ -580,6 +580,56 @@ mod tests {
     }
 
     #[test]
+    fn the_on_disk_layout_is_fixed() {
+        // State files outlive binaries: a changed layout needs a new MAGIC, never a silent
+        // shift. The offsets are written out as numbers on purpose.
+        let mut rec = sample();
+        rec.windows = (0..5).map(|i| Window::new(60 * (i + 1), 9)).collect();
+        for i in 0..4 {
+            rec.remember(100 + i, "s", "t");
+        }
+        let slot = encode(&rec);
+        assert_eq!(slot.len(), 2048);
+        assert_eq!(&slot[..4], b"MGS2");
+        assert_eq!(&slot[4..12], &rec.seq.to_le_bytes());
+        assert_eq!(&slot[12..16], &5u32.to_le_bytes());
+        // Each window: secs, head, alerted_until, then 20 buckets of 3 x u32 (264 bytes).
+        assert_eq!(&slot[16 + 264..16 + 264 + 8], &120u64.to_le_bytes());
+        // The recent messages at 16 + 5 x 264, each 8 + 1 + 56 + 1 + 72 bytes.
+        assert_eq!(slot[1336], 4);
+        assert_eq!(&slot[1337..1345], &100i64.to_le_bytes());
+        assert_eq!(&slot[1345..1347], &[1, b's']);
+        assert_eq!(&slot[1402..1404], &[1, b't']);
+        assert_eq!(
+            &slot[1337 + 3 * 138..1337 + 3 * 138 + 8],
+            &103i64.to_le_bytes()
+        );
+        // The lock after them, the checksum in the last 8 bytes.
+        assert_eq!(slot[1889], 1);
+        assert_eq!(&slot[1890..1898], &1_000_002i64.to_le_bytes());
+        assert_eq!(
+            &slot[1898..1907],
+            &[8, b's', b'p', b'a', b'm', b' ', b'r', b'u', b'n']
+        );
+        assert_eq!(&slot[2040..], &fnv1a(&slot[..2040]).to_le_bytes());
+        // Full and empty records round-trip; a slot cut short is no record.
+        assert_eq!(decode(&slot), Some(rec));
+        let empty = Record::default();
+        assert_eq!(decode(&encode(&empty)), Some(empty));
+        assert_eq!(decode(&slot[..100]), None);
+        assert_eq!(FILE_SIZE, 4096);
+    }
+
+    #[test]
+    fn remembered_texts_are_cut_at_a_character_boundary() {
+        let mut rec = Record::default();
+        // 1 + 2 x 40 bytes: byte 56 is inside a character.
+        rec.remember(1, &format!("a{}", "\u{fc}".repeat(40)), "s");
+        assert_eq!(rec.recent[0].sender.len(), 55);
+        assert!(rec.recent[0].sender.ends_with('\u{fc}'));
+    }
+
+    #[test]
     fn lock_holders_from_proc() {
         let locks = "1: POSIX  ADVISORY  WRITE 77 fd:01:99 0 EOF\n\
                      2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF\n\
