@@ -451,6 +451,14 @@ mod tests {
         assert_eq!(unqualified_ends(b"<[x]>"), Vec::<usize>::new());
         // An empty pair ends where it ends.
         assert_eq!(unqualified_ends(b"<>, root"), vec![8]);
+        // A comment inside the brackets may hold `>` and `,`.
+        assert_eq!(unqualified_ends(b"<a(x>,root)>"), Vec::<usize>::new());
+        // An escaped quote right after the opening one does not close the string.
+        assert_eq!(unqualified_ends(b"\"\\\",x\""), vec![6]);
+        // Comments end at their (unescaped, outermost) parenthesis; the list goes on after.
+        assert_eq!(unqualified_ends(b"root (c), admin"), vec![4, 15]);
+        assert_eq!(unqualified_ends(b"root (a\\) b), x"), vec![4, 15]);
+        assert_eq!(unqualified_ends(b"root (a (b) c), x"), vec![4, 17]);
     }
 
     #[test]

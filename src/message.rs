@@ -682,6 +682,86 @@ mod tests {
     }
 
     #[test]
+    fn seven_bit_conversion_keeps_the_other_headers_and_blank_lines() {
+        let m = read(
+            "Subject: x\nContent-Transfer-Encoding: 8bit\n\nGr\u{fc}\u{df}e\n\nend\n".as_bytes(),
+            Terminator::Eof,
+        );
+        let seven = m.to_seven_bit().unwrap();
+        let text = String::from_utf8(wire(&seven)).unwrap();
+        assert!(text.starts_with("Subject: x\r\n"), "{text}");
+        assert_eq!(
+            seven
+                .headers
+                .iter()
+                .filter(|h| h.is("Content-Transfer-Encoding"))
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\nGr=C3=BC=C3=9Fe\r\n\r\nend\r\n.\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn quoted_printable_lines_hold_76_characters_at_most() {
+        let exactly = quoted_printable(format!("{}\r\n", "x".repeat(75)).as_bytes());
+        assert_eq!(exactly, format!("{}\r\n", "x".repeat(75)).into_bytes());
+        let over = quoted_printable(format!("{}\r\n", "x".repeat(76)).as_bytes());
+        assert_eq!(over, format!("{}=\r\nx\r\n", "x".repeat(75)).into_bytes());
+    }
+
+    #[test]
+    fn phrases_are_quoted_only_when_needed() {
+        assert_eq!(quote_phrase("Cron Daemon"), "Cron Daemon");
+        assert_eq!(quote_phrase("O'Brien-Smith!"), "O'Brien-Smith!");
+        assert_eq!(quote_phrase("J\u{f6}rg"), "J\u{f6}rg");
+        assert_eq!(quote_phrase("Doe, John"), "\"Doe, John\"");
+        assert_eq!(quote_phrase("a \"b\" \\c"), "\"a \\\"b\\\" \\\\c\"");
+    }
+
+    #[test]
+    fn eight_bit_is_found_in_headers_and_body() {
+        assert!(!read(b"A: b\n\nc\n", Terminator::Eof).has_8bit());
+        assert!(read("A: b\n\n\u{e9}\n".as_bytes(), Terminator::Eof).has_8bit());
+        assert!(read("A: \u{e9}\n\nc\n".as_bytes(), Terminator::Eof).has_8bit());
+    }
+
+    /// A writer that records what it gets and how often it is flushed.
+    #[derive(Default)]
+    struct Recording {
+        bytes: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl Write for Recording {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.flushes += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_dot_stuffer_is_a_whole_writer() {
+        let mut inner = Recording::default();
+        let mut stuffer = DotStuffer {
+            inner: &mut inner,
+            at_line_start: true,
+        };
+        assert_eq!(stuffer.write(b".a\r\n.b").unwrap(), 6);
+        write!(stuffer, "\r\n.{}", "c").unwrap();
+        stuffer.flush().unwrap();
+        assert_eq!(inner.bytes, b"..a\r\n..b\r\n..c");
+        assert_eq!(inner.flushes, 1);
+    }
+
+    #[test]
     fn what_cannot_be_converted_says_why() {
         let header = read("Subject: Grüße\n\nx\n".as_bytes(), Terminator::Eof);
         assert!(header.to_seven_bit().unwrap_err().contains("header"));

@@ -951,6 +951,16 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_are_the_log_status_words() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_status(o.as_str()), Some(o));
+        }
+        assert_eq!(Outcome::from_status("sent-partly"), Some(Outcome::Sent));
+        assert_eq!(Outcome::from_status("error"), None);
+        assert_eq!(Outcome::from_status("Sent"), None);
+    }
+
+    #[test]
     fn notices_once_per_window() {
         let mut s = Stats::default();
         assert!(s.claim_notice(T0, 3600));
