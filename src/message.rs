@@ -755,7 +755,8 @@ mod tests {
             at_line_start: true,
         };
         assert_eq!(stuffer.write(b".a\r\n.b").unwrap(), 6);
-        write!(stuffer, "\r\n.{}", "c").unwrap();
+        let last = 'c';
+        write!(stuffer, "\r\n.{last}").unwrap();
         stuffer.flush().unwrap();
         assert_eq!(inner.bytes, b"..a\r\n..b\r\n..c");
         assert_eq!(inner.flushes, 1);
