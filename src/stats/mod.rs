@@ -951,6 +951,88 @@ mod tests {
     }
 
     #[test]
+    fn long_keys_are_cut_at_a_character_boundary() {
+        let long = format!("a{}", "\u{fc}".repeat(150));
+        let SourceKey::Script(k) = SourceKey::of(&long, "/") else {
+            panic!("a script key")
+        };
+        assert_eq!(k.len(), MAX_KEY - 1);
+        assert_eq!(SourceKey::of("", "/x"), SourceKey::Cwd("/x".into()));
+        assert_eq!(SourceKey::of("s", "/x"), SourceKey::Script("s".into()));
+    }
+
+    #[test]
+    fn each_message_lands_in_its_own_slot() {
+        let mut s = Stats::default();
+        s.record(&event(T0, Outcome::Sent, "x"));
+        s.record(&event(T0 + 1, Outcome::Sent, "x"));
+        assert_eq!(s.sources[0].slots.len(), 1, "one 5-minute slot");
+        s.record(&event(T0 + FINE, Outcome::Refused, "x"));
+        assert_eq!(s.sources[0].slots.len(), 2);
+        let (rows, _) = s.since(T0 + FINE);
+        assert_eq!((rows[0].counts.sent, rows[0].counts.refused), (0, 1));
+        // A slot that ended when the span begins is not in it.
+        let (rows, _) = s.since(T0 + 2 * FINE);
+        assert!(rows.is_empty(), "{rows:?}");
+    }
+
+    #[test]
+    fn fine_slots_become_hourly_after_an_hour_and_the_count_stays_bounded() {
+        let t = T0.div_euclid(COARSE) * COARSE;
+        let mut s = Stats::default();
+        s.record(&event(t, Outcome::Sent, "x"));
+        s.age(t + FINE_SPAN);
+        assert_eq!(s.sources[0].slots[0].secs, FINE, "still within the hour");
+        s.age(t + FINE_SPAN + 1);
+        assert_eq!(s.sources[0].slots[0].secs, COARSE);
+        // One steady sender for two days: 13 fine and 26 hourly slots at most.
+        let mut s = Stats::default();
+        for i in 0..(2 * 86_400 / 60) {
+            s.record(&event(t + i * 60, Outcome::Sent, "x"));
+            assert!(
+                s.sources[0].slots.len() <= 39,
+                "{}",
+                s.sources[0].slots.len()
+            );
+        }
+        assert!(
+            s.sources[0].slots.len() >= 36,
+            "{}",
+            s.sources[0].slots.len()
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_for_good_keeps_the_file_bounded() {
+        let mut s = Stats::default();
+        // 30 hours a day ahead, then the clock is set right and 30 hours go by.
+        for start in [T0 + 86_400, T0] {
+            for i in 0..(30 * 3600 / 120) {
+                s.record(&event(start + i * 120, Outcome::Sent, "x"));
+                assert!(
+                    s.sources[0].slots.len() <= 39,
+                    "{}",
+                    s.sources[0].slots.len()
+                );
+            }
+        }
+        assert_eq!(Stats::decode(&s.encode()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_file_with_more_slots_than_possible_is_damaged() {
+        let slots = |n: usize| {
+            let mut text = format!("{MAGIC}\nsource script 1 0 x\n");
+            for i in 0..n {
+                text.push_str(&format!("slot {} 300 1 0 0 0 0 1\n", T0 + i as i64 * 300));
+            }
+            text + "end\n"
+        };
+        assert!(Stats::decode(&slots(39)).is_ok());
+        assert!(Stats::decode(&slots(40)).is_err());
+    }
+
+    #[test]
     fn outcomes_are_the_log_status_words() {
         for o in Outcome::ALL {
             assert_eq!(Outcome::from_status(o.as_str()), Some(o));
