@@ -1033,6 +1033,47 @@ mod tests {
     }
 
     #[test]
+    fn the_table_shows_max_rows_then_sums_the_rest() {
+        let row = |key: SourceKey, sent: u64| Row {
+            key,
+            counts: Counts {
+                sent,
+                recipients: sent * 2,
+                ..Counts::default()
+            },
+        };
+        let rows = vec![
+            row(SourceKey::Script("a.php\x1b[2J".into()), 5),
+            row(SourceKey::Cwd("/var/www".into()), 3),
+            row(SourceKey::Other, 2),
+            row(SourceKey::Script("b.php".into()), 1),
+        ];
+        let text = render_rows(&rows, 2);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].ends_with("RCPTS  SOURCE"), "{text}");
+        assert!(
+            lines[1].ends_with("       10  a.php\\x1b[2J"),
+            "escaped: {text}"
+        );
+        assert!(lines[1].trim_start().starts_with("5 "), "{text}");
+        assert!(lines[2].ends_with("  cwd /var/www"), "{text}");
+        assert!(
+            lines[3].trim_start().starts_with("3 "),
+            "the rest summed: {text}"
+        );
+        assert!(lines[3].ends_with("(2 more)"), "{text}");
+        let all = render_rows(&rows, 4);
+        assert_eq!(all.lines().count(), 5, "{all}");
+        assert!(
+            all.contains("(other sources)") && !all.contains("more)"),
+            "{all}"
+        );
+        assert!(render_rows(&[], 10).contains("(no mail)"));
+        assert!(!all.contains("(no mail)"));
+    }
+
+    #[test]
     fn outcomes_are_the_log_status_words() {
         for o in Outcome::ALL {
             assert_eq!(Outcome::from_status(o.as_str()), Some(o));
