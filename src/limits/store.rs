@@ -248,7 +248,8 @@ pub fn decode(slot: &[u8]) -> Option<Record> {
     })
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a, the checksum of counter slots and statistics files.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -1,12 +1,15 @@
-//! The statistics files: `stats/ACCOUNT` in the state directory. A writer locks the current
-//! file, writes the new content beside it and renames it into place, so a reader never sees
-//! half a file and a sender killed at any instant leaves the previous one whole.
+//! The statistics files: `stats/ACCOUNT` in the state directory. A writer takes the file's
+//! lock, reads it, and writes the new content over it in place (one `pwrite` and a truncate:
+//! no new inode, no directory change on the hot path). The content ends in a checksum line, so
+//! a file left half-written by a sender killed at that instant is recognised and started
+//! afresh; readers take a shared lock.
 
 use super::Stats;
 use crate::exit::{Exit, Failure};
-use crate::state_dir::{Dir, StateDir, flags};
-use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use crate::limits::store::fnv1a;
+use crate::state_dir::{StateDir, flags};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 const DIR: &str = "stats";
@@ -34,41 +37,64 @@ pub fn update<T>(
     let fail = |what: &str, e: std::io::Error| {
         Failure::io(Exit::OsErr, format!("cannot {what} {}", path.display()), &e)
     };
-    let Some(mut file) = lock_current(&dir, account, wait).map_err(|e| fail("lock", e))? else {
-        return Ok((Updated::Busy, None));
-    };
+    let mut file = dir
+        .open_file(account, flags::READ_WRITE | flags::CREATE)
+        .map_err(|e| fail("open", e))?;
+    match crate::limits::store::lock_with_deadline(&file, wait) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok((Updated::Busy, None)),
+        Err(e) => return Err(fail("lock", e)),
+    }
     let mut text = String::new();
     let mut note = None;
-    let mut stats = match bounded_read(&mut file, &mut text) {
-        Ok(()) => Stats::decode(&text).unwrap_or_else(|why| {
+    let mut stats = match bounded_read(&mut file, &mut text)
+        .map_err(|e| e.to_string())
+        .and_then(|()| unseal(&text).map(str::to_owned))
+        .and_then(|body| Stats::decode(&body))
+    {
+        Ok(stats) => stats,
+        Err(why) => {
             note = Some(format!(
                 "{} was damaged ({why}); started afresh",
-                path.display()
-            ));
-            Stats::default()
-        }),
-        Err(e) => {
-            note = Some(format!(
-                "cannot read {}: {e}; started afresh",
                 path.display()
             ));
             Stats::default()
         }
     };
     let result = change(&mut stats);
-    let new = format!(".new-{account}-{}", std::process::id());
-    let mut out = dir
-        .open_file(&new, flags::REWRITE)
+    let content = seal(stats.encode());
+    file.write_all_at(content.as_bytes(), 0)
+        .and_then(|()| file.set_len(content.len() as u64))
         .map_err(|e| fail("write", e))?;
-    if let Err(e) = out.write_all(stats.encode().as_bytes()) {
-        let _ = dir.unlink(&new);
-        return Err(fail("write", e));
-    }
-    dir.rename(&new, &dir, account)
-        .map_err(|e| fail("replace", e))?;
-    // The lock (on the replaced file) goes with `file`, after the new one is in place.
-    drop(file);
     Ok((Updated::Done(result), note))
+}
+
+/// The text with its checksum line: `sum` and the FNV-1a hash of everything before it.
+fn seal(mut text: String) -> String {
+    let sum = fnv1a(text.as_bytes());
+    text.push_str(&format!("sum {sum:016x}\n"));
+    text
+}
+
+/// The text of a sealed file; an empty file is empty statistics.
+fn unseal(content: &str) -> Result<&str, String> {
+    if content.is_empty() {
+        return Ok("");
+    }
+    let body_end = content
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let (body, last) = content.split_at(body_end);
+    let sum = last
+        .strip_prefix("sum ")
+        .and_then(|s| s.strip_suffix('\n'))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or("no checksum line (written only in part?)")?;
+    if sum != fnv1a(body.as_bytes()) {
+        return Err("checksum mismatch (written only in part?)".into());
+    }
+    Ok(body)
 }
 
 /// An account name is a file name here: never one with a `/` or a `..`.
@@ -76,30 +102,9 @@ fn checked(account: &str) -> Result<(), Failure> {
     crate::config::validate_account_name(account).map_err(|why| Failure::new(Exit::Software, why))
 }
 
-/// Open and lock the file that is in place now: after waiting for the lock, a file that was
-/// replaced meanwhile is opened again.
-fn lock_current(dir: &Dir, name: &str, wait: Duration) -> std::io::Result<Option<std::fs::File>> {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        let file = dir.open_file(name, flags::READ_WRITE | flags::CREATE)?;
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match crate::limits::store::lock_with_deadline(&file, left) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let meta = file.metadata()?;
-        if dir.identity(name)? == (meta.dev(), meta.ino()) {
-            return Ok(Some(file));
-        }
-        if std::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-    }
-}
-
-/// An account's statistics as they are (no lock: files are replaced whole). A missing file is
-/// empty statistics; a damaged one an error naming it.
+/// An account's statistics as they are, read under a shared lock (after 0.5 s without it,
+/// read anyway: a half-written file then shows as damaged). A missing file is empty
+/// statistics; a damaged one an error naming it.
 pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
     checked(account)?;
     let path = state.path().join(DIR).join(account);
@@ -107,6 +112,10 @@ pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
     let mut text = String::new();
     match dir.open_file(account, flags::READ) {
         Ok(mut f) => {
+            let deadline = std::time::Instant::now() + Duration::from_millis(500);
+            while f.try_lock_shared().is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
             bounded_read(&mut f, &mut text).map_err(|e| {
                 Failure::io(Exit::OsErr, format!("cannot read {}", path.display()), &e)
             })?;
@@ -120,7 +129,8 @@ pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
             ));
         }
     }
-    Stats::decode(&text)
+    unseal(&text)
+        .and_then(Stats::decode)
         .map_err(|why| Failure::new(Exit::OsErr, format!("{}: {why}", path.display())))
 }
 
@@ -212,5 +222,19 @@ mod tests {
             "no temporary file left"
         );
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_file_written_only_in_part_is_recognised() {
+        let sealed = seal("mailgate-stats 1\nend\n".to_string());
+        assert_eq!(unseal(&sealed), Ok("mailgate-stats 1\nend\n"));
+        assert_eq!(unseal(""), Ok(""));
+        assert!(unseal(&sealed[..sealed.len() - 3]).is_err(), "cut short");
+        assert!(
+            unseal(&format!("{sealed}end\n")).is_err(),
+            "an older tail left behind"
+        );
+        assert!(unseal(&sealed.replace("end", "emd")).is_err(), "changed");
+        assert!(unseal("mailgate-stats 1\nend\n").is_err(), "no checksum");
     }
 }
