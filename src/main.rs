@@ -45,6 +45,7 @@ mod notify;
 mod origin;
 mod pipeline;
 mod queue;
+mod record;
 mod relay;
 mod sendmail;
 mod sockdiag;

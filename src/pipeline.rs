@@ -16,10 +16,6 @@ use crate::spool::{Kind, Meta, Spool};
 use crate::stats;
 use std::time::Duration;
 
-/// How long recording a message's statistics waits for their lock (a stopped sender of the
-/// same account may hold it); past it the statistics miss that message, the log has it.
-const STATS_LOCK_WAIT: Duration = Duration::from_millis(200);
-
 /// Everything about this run that does not change from message to message.
 pub struct Context {
     pub config: Config,
@@ -229,64 +225,6 @@ impl Context {
         let account = self.account.name.clone();
         self.record(&account, &event, trail.notice.take());
         report
-    }
-
-    /// Count a logged outcome in the account's statistics; with a notice, tell the account's
-    /// `notify` addresses, unless they heard one in this window already.
-    pub fn record(&self, account: &str, event: &stats::Event<'_>, notice: Option<notify::Notice>) {
-        let Ok(state) = self.state() else { return };
-        let wants_notice = notice
-            .as_ref()
-            .filter(|_| !self.notify_addresses(account).is_empty());
-        let updated = stats::file::update(state, account, STATS_LOCK_WAIT, |s| {
-            s.record(event);
-            let n = wants_notice?;
-            s.claim_notice(event.now, n.window_secs as i64)
-                .then(|| s.since(event.now - n.window_secs as i64).0)
-        });
-        let note = |line: String| {
-            self.logger.log(Severity::Warning, &line);
-        };
-        match updated {
-            Ok((stats::file::Updated::Done(rows), damaged)) => {
-                if let Some(why) = damaged {
-                    note(why);
-                }
-                if let (Some(rows), Some(n)) = (rows, &notice) {
-                    self.send_notice(account, n, &rows);
-                }
-            }
-            Ok((stats::file::Updated::Busy, _)) => note(format!(
-                "statistics of {account} busy (another sender holds them); not counted there"
-            )),
-            Err(f) => note(f.message),
-        }
-    }
-
-    fn notify_addresses(&self, account: &str) -> &[String] {
-        self.config
-            .accounts
-            .get(account)
-            .map_or(&[][..], |a| a.notify.as_slice())
-    }
-
-    /// The customer's notice, to each `notify` address (null sender, never counted).
-    fn send_notice(&self, account: &str, notice: &notify::Notice, rows: &[stats::Row]) {
-        for to in self.notify_addresses(account) {
-            let to = self.qualify(to);
-            let msg = notify::notice_message(
-                account,
-                notice,
-                rows,
-                &notify::Envelope {
-                    hostname: &self.names.hostname,
-                    to: &to,
-                    origin: &self.names.origin,
-                },
-                self.config.spool.customer_release,
-            );
-            self.send_internal(msg, &to, "notice");
-        }
     }
 
     /// One message: prepare, admit, hand over. Each step may end it with a report.
