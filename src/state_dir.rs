@@ -259,6 +259,21 @@ impl StateDir {
         Ok(sub)
     }
 
+    /// The names in a subdirectory, sorted, without the hidden ones (files being born or set
+    /// aside start with a dot); none when it does not exist.
+    pub fn names_in(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path.join(sub))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// A lock file in the state directory held by at most one process (e.g. `queue run`);
     /// `None` when another process holds it.
     pub fn try_lock_named(&self, name: &str) -> Result<Option<File>, Failure> {

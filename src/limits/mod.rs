@@ -543,17 +543,8 @@ impl CounterStore for FileStore {
     }
 
     fn accounts(&self) -> Result<Vec<String>, Failure> {
-        let mut names: Vec<String> = std::fs::read_dir(self.0.path().join("accounts"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    // .new-* files being born, .broken-* set aside by reset
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        Ok(names)
+        // Without .new-* files being born and .broken-* set aside by reset.
+        Ok(self.0.names_in("accounts"))
     }
 
     fn counter_name(&self, counter: Counter<'_>) -> String {

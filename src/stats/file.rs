@@ -151,16 +151,7 @@ fn bounded_read(file: &mut std::fs::File, text: &mut String) -> std::io::Result<
 
 /// Accounts with statistics.
 pub fn accounts(state: &StateDir) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(state.path().join(DIR))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    state.names_in(DIR)
 }
 
 #[cfg(test)]
