@@ -150,6 +150,14 @@ fn execute(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// What a customer hears about an account or message that is not theirs (exit 77).
+pub(super) fn not_yours(what: &str) -> Failure {
+    Failure::new(
+        Exit::NoPerm,
+        format!("{what}: you may not see it (it is not yours)"),
+    )
+}
+
 /// Which accounts the caller may see and act on: an admin every one, a customer the ones
 /// they may send as.
 pub(super) struct Viewer<'a> {

@@ -64,10 +64,7 @@ pub(super) fn top(
     };
     names.retain(|n| visible(n));
     if let (Some(a), true) = (only, names.is_empty()) {
-        return Err(Failure::new(
-            Exit::NoPerm,
-            format!("account {a:?}: you may not see it (it is not yours)"),
-        ));
+        return Err(super::not_yours(&format!("account {a:?}")));
     }
     let mut begins: Option<i64> = None;
     let mut accounts = Vec::new();

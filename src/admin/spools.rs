@@ -1,6 +1,6 @@
 //! The admin's spool commands: `hold`, `queue`, `mailq`, `sendmail -q`, and the listings.
 
-use super::{Viewer, admin_context, log_admin, report, require_admin};
+use super::{Viewer, admin_context, log_admin, not_yours, report, require_admin};
 use crate::cli::{HoldAction, QueueAction};
 use crate::exit::{Exit, Failure};
 use crate::limits;
@@ -89,13 +89,6 @@ pub(super) fn hold(
             busy.map_or(Ok(()), Err)
         }
     }
-}
-
-fn not_yours(what: &str) -> Failure {
-    Failure::new(
-        Exit::NoPerm,
-        format!("{what}: you may not see it (it is not yours)"),
-    )
 }
 
 /// `mailq` and `sendmail -bp`: queued, deferred and held mail in Postfix's layout. The admin

@@ -109,10 +109,7 @@ pub(super) fn status(
         out.accounts.push(c);
     }
     if let (Some(a), true) = (only, names.is_empty()) {
-        return Err(Failure::new(
-            Exit::NoPerm,
-            format!("account {a:?}: you may not see it (it is not yours)"),
-        ));
+        return Err(super::not_yours(&format!("account {a:?}")));
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
         out.server = Some(match ctx.store()?.read(config, Counter::Server, now) {
