@@ -68,6 +68,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// What the statistics count it as: a message sent in part is sent (the rest is counted
+    /// when it goes).
+    pub fn outcome(self) -> stats::Outcome {
+        match self {
+            Status::Sent | Status::SentPartly => stats::Outcome::Sent,
+            Status::Queued => stats::Outcome::Queued,
+            Status::Held => stats::Outcome::Held,
+            Status::Deferred => stats::Outcome::Deferred,
+            Status::Refused => stats::Outcome::Refused,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Sent => "sent",
@@ -213,8 +225,7 @@ impl Context {
         }
         let event = stats::Event {
             now: self.now(),
-            outcome: stats::Outcome::from_status(report.status.as_str())
-                .unwrap_or(stats::Outcome::Refused),
+            outcome: report.status.outcome(),
             recipients: nrcpt,
             script: &script,
             cwd: &origin.cwd,
@@ -222,8 +233,7 @@ impl Context {
             lock_busy: trail.lock_busy,
             relay_error: trail.relay_error,
         };
-        let account = self.account.name.clone();
-        self.record(&account, &event, trail.notice.take());
+        self.record(&self.account.name, &event, trail.notice.take());
         report
     }
 
@@ -841,6 +851,15 @@ fn relay_queue_id(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_count_as_the_outcome_the_log_names() {
+        use Status::*;
+        for s in [Sent, SentPartly, Queued, Held, Deferred, Refused] {
+            let word = if s == SentPartly { "sent" } else { s.as_str() };
+            assert_eq!(s.outcome().as_str(), word);
+        }
+    }
 
     #[test]
     fn relay_queue_ids() {

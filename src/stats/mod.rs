@@ -55,18 +55,6 @@ impl Outcome {
         Outcome::Refused,
     ];
 
-    /// The log's status word; "sent-partly" is sent (the rest is counted when it goes).
-    pub fn from_status(status: &str) -> Option<Outcome> {
-        Some(match status {
-            "sent" | "sent-partly" => Outcome::Sent,
-            "queued" => Outcome::Queued,
-            "deferred" => Outcome::Deferred,
-            "held" => Outcome::Held,
-            "refused" => Outcome::Refused,
-            _ => return None,
-        })
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Sent => "sent",
@@ -1071,16 +1059,6 @@ mod tests {
         );
         assert!(render_rows(&[], 10).contains("(no mail)"));
         assert!(!all.contains("(no mail)"));
-    }
-
-    #[test]
-    fn outcomes_are_the_log_status_words() {
-        for o in Outcome::ALL {
-            assert_eq!(Outcome::from_status(o.as_str()), Some(o));
-        }
-        assert_eq!(Outcome::from_status("sent-partly"), Some(Outcome::Sent));
-        assert_eq!(Outcome::from_status("error"), None);
-        assert_eq!(Outcome::from_status("Sent"), None);
     }
 
     #[test]
