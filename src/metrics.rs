@@ -13,9 +13,12 @@ pub struct Account {
     /// (window, "messages"/"recipients", used / limit).
     pub usage: Vec<(String, &'static str, f64)>,
     pub locked: bool,
-    /// (spool, entries, bytes) for hold, defer, queue and failed.
-    pub spools: Vec<(&'static str, u64, u64)>,
+    /// Hold, defer, queue and failed.
+    pub spools: Vec<SpoolUse>,
 }
+
+/// (spool, entries, bytes).
+pub type SpoolUse = (&'static str, u64, u64);
 
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -57,32 +60,29 @@ impl Out {
 
 pub fn render(s: &Snapshot) -> String {
     let mut o = Out(String::with_capacity(4096 + s.accounts.len() * 2048));
-    o.family(
-        "mailgate_messages_total",
-        "counter",
-        "Messages by account and outcome (sent, queued, deferred, held, refused) since the account's statistics began.",
-    );
-    for a in &s.accounts {
-        for out in Outcome::ALL {
-            o.sample(
-                "mailgate_messages_total",
-                &[("account", &a.name), ("outcome", out.as_str())],
-                a.totals.messages(out),
-            );
-        }
-    }
-    o.family(
-        "mailgate_recipients_total",
-        "counter",
-        "Recipients of those messages, by account and outcome.",
-    );
-    for a in &s.accounts {
-        for out in Outcome::ALL {
-            o.sample(
-                "mailgate_recipients_total",
-                &[("account", &a.name), ("outcome", out.as_str())],
-                a.totals.recipients(out),
-            );
+    type ByOutcome = fn(&Totals, Outcome) -> u64;
+    let by_outcome: [(&str, &str, ByOutcome); 2] = [
+        (
+            "mailgate_messages_total",
+            "Messages by account and outcome (sent, queued, deferred, held, refused) since the account's statistics began.",
+            Totals::messages,
+        ),
+        (
+            "mailgate_recipients_total",
+            "Recipients of those messages, by account and outcome.",
+            Totals::recipients,
+        ),
+    ];
+    for (name, help, count) in by_outcome {
+        o.family(name, "counter", help);
+        for a in &s.accounts {
+            for out in Outcome::ALL {
+                o.sample(
+                    name,
+                    &[("account", &a.name), ("outcome", out.as_str())],
+                    count(&a.totals, out),
+                );
+            }
         }
     }
     o.family(
@@ -123,32 +123,29 @@ pub fn render(s: &Snapshot) -> String {
             u8::from(a.locked),
         );
     }
-    o.family(
-        "mailgate_spool_messages",
-        "gauge",
-        "Messages kept, by account and spool (hold, defer, queue, failed).",
-    );
-    for a in &s.accounts {
-        for (spool, n, _) in &a.spools {
-            o.sample(
-                "mailgate_spool_messages",
-                &[("account", &a.name), ("spool", spool)],
-                n,
-            );
-        }
-    }
-    o.family(
-        "mailgate_spool_bytes",
-        "gauge",
-        "Bytes kept, by account and spool.",
-    );
-    for a in &s.accounts {
-        for (spool, _, bytes) in &a.spools {
-            o.sample(
-                "mailgate_spool_bytes",
-                &[("account", &a.name), ("spool", spool)],
-                bytes,
-            );
+    type OfSpool = fn(&SpoolUse) -> u64;
+    let kept: [(&str, &str, OfSpool); 2] = [
+        (
+            "mailgate_spool_messages",
+            "Messages kept, by account and spool (hold, defer, queue, failed).",
+            |&(_, n, _)| n,
+        ),
+        (
+            "mailgate_spool_bytes",
+            "Bytes kept, by account and spool.",
+            |&(_, _, bytes)| bytes,
+        ),
+    ];
+    for (name, help, value) in kept {
+        o.family(name, "gauge", help);
+        for a in &s.accounts {
+            for entry in &a.spools {
+                o.sample(
+                    name,
+                    &[("account", &a.name), ("spool", entry.0)],
+                    value(entry),
+                );
+            }
         }
     }
     o.family(
