@@ -36,7 +36,12 @@ pub struct Config {
     pub metrics: Metrics,
     pub defaults: Limits,
     pub server: Limits,
+    /// The accounts written in the main file, plus those loaded from `accounts.d/`.
     pub accounts: BTreeMap<String, Account>,
+    /// `accounts.d/` beside the main file: one `NAME.toml` per account (what hosting panels
+    /// write). A message loads only its own account's file; see `load_account`.
+    #[serde(skip)]
+    pub accounts_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -403,6 +408,7 @@ impl Default for Config {
             },
             server: Limits::default(),
             accounts,
+            accounts_dir: None,
         }
     }
 }
@@ -484,29 +490,75 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The drop-in directory beside a main file: `/etc/mailgate/accounts.d`.
+pub fn accounts_dir_of(main: &Path) -> PathBuf {
+    main.parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(ACCOUNTS_DIR)
+}
+
+pub const ACCOUNTS_DIR: &str = "accounts.d";
+
 impl Config {
-    /// Load `path`; a missing file at the default path means the built-in defaults.
+    /// Load `path` (the main file only; accounts in `accounts.d/` are loaded on demand); a
+    /// missing file at the default path means the built-in defaults.
     pub fn load(path: &Path, missing_is_default: bool) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, &path.display().to_string()),
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &path.display().to_string())?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing_is_default => {
-                Ok(Config::default())
+                Config::default()
             }
-            Err(e) => Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+        };
+        config.accounts_dir = Some(accounts_dir_of(path));
+        Ok(config)
+    }
+
+    /// The drop-in file of account `name`, if there is a drop-in directory.
+    pub fn account_file(&self, name: &str) -> Option<PathBuf> {
+        validate_account_name(name).ok()?;
+        Some(self.accounts_dir.as_ref()?.join(format!("{name}.toml")))
+    }
+
+    /// Load account `name` from `accounts.d/NAME.toml` when that file exists: the one file a
+    /// message needs, whatever the number of accounts. An invalid name or a missing file
+    /// changes nothing (identity decides what they mean); a broken file is an error for
+    /// this account alone.
+    pub fn load_account(&mut self, name: &str) -> Result<(), ConfigError> {
+        let Some(path) = self.account_file(name) else {
+            return Ok(());
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
+        };
+        let account = parse_account(&text, &path.display().to_string(), name)?;
+        if self.accounts.contains_key(name) {
+            return Err(ConfigError(format!(
+                "{}: account {name:?} is also defined in the main file; keep one of the two",
+                path.display()
+            )));
         }
+        self.accounts.insert(name.to_string(), account);
+        Ok(())
+    }
+
+    /// Load every file of `accounts.d/` (admin commands and the queue run, which see all
+    /// accounts). A file that does not load is left out and returned as an error; the
+    /// others load regardless.
+    pub fn load_all_accounts(&mut self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for name in account_file_names(self.accounts_dir.as_deref(), &mut errors) {
+            if let Err(e) = self.load_account(&name) {
+                errors.push(e);
+            }
+        }
+        errors
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let msg = e.message().trim().to_string();
-            match line {
-                Some(l) => ConfigError(format!("{file}:{l}: {msg}")),
-                None => ConfigError(format!("{file}: {msg}")),
-            }
-        })?;
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
         config.validate().map_err(|(key, msg)| {
             ConfigError(format!(
                 "{file}:{}: {msg}",
@@ -531,23 +583,7 @@ impl Config {
         check_limits("defaults", &self.defaults.limits, &mut out);
         check_limits("server", &self.server.limits, &mut out);
         for (name, account) in &self.accounts {
-            if let Err(why) = validate_account_name(name) {
-                out.push((name.clone(), format!("account {name:?}: {why}")));
-            }
-            if let Some(limits) = &account.limits {
-                check_limits(name, limits, &mut out);
-            }
-            if account.sender_policy == SenderPolicy::Rewrite
-                && !account.allowed_senders.is_empty()
-                && account.default_sender.is_none()
-            {
-                out.push((
-                    name.clone(),
-                    format!(
-                        "account {name:?}: sender_policy \"rewrite\" needs default_sender (or use sender_policy = \"reject\")"
-                    ),
-                ));
-            }
+            out.extend(account_problems(name, account));
         }
         if self.relay.host.is_empty() {
             out.push(("host".into(), "relay host must not be empty".into()));
@@ -587,11 +623,7 @@ impl Config {
     /// The account that owns `domain`: the one whose `allowed_senders` names it literally
     /// (`*@alice.example`, `news-*@alice.example`), unless the domain is shared.
     pub fn domain_owner(&self, domain: &str) -> Option<&str> {
-        if self
-            .shared_domains
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain))
-        {
+        if self.is_shared_domain(domain) {
             return None;
         }
         self.accounts.iter().find_map(|(name, account)| {
@@ -604,9 +636,97 @@ impl Config {
         })
     }
 
+    pub fn is_shared_domain(&self, domain: &str) -> bool {
+        self.shared_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
     pub fn is_exempt(&self, account: &str) -> bool {
         self.accounts.get(account).is_some_and(|a| a.exempt)
     }
+}
+
+/// What serde cannot check in one account: its name, its limits, its sender policy.
+pub fn account_problems(name: &str, account: &Account) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Err(why) = validate_account_name(name) {
+        out.push((name.to_string(), format!("account {name:?}: {why}")));
+    }
+    if let Some(limits) = &account.limits {
+        check_limits(name, limits, &mut out);
+    }
+    if account.sender_policy == SenderPolicy::Rewrite
+        && !account.allowed_senders.is_empty()
+        && account.default_sender.is_none()
+    {
+        out.push((
+            "allowed_senders".to_string(),
+            format!(
+                "account {name:?}: sender_policy \"rewrite\" needs default_sender (or use sender_policy = \"reject\")"
+            ),
+        ));
+    }
+    out
+}
+
+/// One account's drop-in file: the keys of `[accounts.NAME]`, without the table header.
+pub fn parse_account(text: &str, file: &str, name: &str) -> Result<Account, ConfigError> {
+    let account: Account = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+    if let Some((key, msg)) = account_problems(name, &account).into_iter().next() {
+        return Err(ConfigError(format!(
+            "{file}:{}: {msg}",
+            crate::config_check::line_of_key(text, &key)
+        )));
+    }
+    Ok(account)
+}
+
+/// A TOML or schema error as `file:line: message`.
+fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().trim().to_string();
+    match line {
+        Some(l) => ConfigError(format!("{file}:{l}: {msg}")),
+        None => ConfigError(format!("{file}: {msg}")),
+    }
+}
+
+/// The account names of the `NAME.toml` files in `dir`, sorted; other entries are ignored
+/// (editor backups, dotfiles), names that are no account names are errors.
+pub fn account_file_names(dir: Option<&Path>, errors: &mut Vec<ConfigError>) -> Vec<String> {
+    let Some(dir) = dir else {
+        return Vec::new();
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            errors.push(ConfigError(format!("cannot read {}: {e}", dir.display())));
+            return Vec::new();
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        match validate_account_name(name) {
+            Ok(()) => names.push(name.to_string()),
+            Err(why) => errors.push(ConfigError(format!(
+                "{}: {why}; the file is ignored",
+                dir.join(&file).display()
+            ))),
+        }
+    }
+    names.sort();
+    names
 }
 
 /// Account names become file names: no `/`, no `..`, no control bytes, bounded length.

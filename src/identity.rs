@@ -223,6 +223,21 @@ pub fn full_name_from_gecos(gecos: &str, login: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
+/// The account name the caller asks for, before any check: `--account`, else the configured
+/// environment variable, else the login name. Its `accounts.d` file is loaded before
+/// `resolve_account` judges it.
+pub fn requested_account(
+    caller: &Caller,
+    option: Option<&str>,
+    env_value: Option<&str>,
+) -> (String, AccountSource) {
+    match (option, env_value.filter(|v| !v.is_empty())) {
+        (Some(n), _) => (n.to_string(), AccountSource::Option),
+        (None, Some(n)) => (n.to_string(), AccountSource::Env),
+        (None, None) => (caller.login.clone(), AccountSource::Login),
+    }
+}
+
 /// The account: `--account`, else the configured environment variable, else the login name;
 /// a named account must be declared with the caller among its users (root may use any).
 pub fn resolve_account(
@@ -231,11 +246,7 @@ pub fn resolve_account(
     env_value: Option<&str>,
     config: &Config,
 ) -> Result<Account, Failure> {
-    let (name, source) = match (option, env_value.filter(|v| !v.is_empty())) {
-        (Some(n), _) => (n.to_string(), AccountSource::Option),
-        (None, Some(n)) => (n.to_string(), AccountSource::Env),
-        (None, None) => (caller.login.clone(), AccountSource::Login),
-    };
+    let (name, source) = requested_account(caller, option, env_value);
     let how = match source {
         AccountSource::Option => "--account".to_string(),
         AccountSource::Env => format!("${}", config.identity.account_env),

@@ -33,6 +33,7 @@ mod config_check;
 mod dispatch;
 #[cfg(test)]
 mod docs;
+mod domain_index;
 mod exit;
 mod identity;
 mod journal;

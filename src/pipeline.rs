@@ -757,7 +757,7 @@ impl Context {
             let Some((_, domain)) = addr.rsplit_once('@') else {
                 continue;
             };
-            let Some(owner) = self.config.domain_owner(domain) else {
+            let Some(owner) = self.domain_owner(domain) else {
                 continue;
             };
             if owner != self.account.name && !own.iter().any(|p| address::glob_match(p, &addr)) {
@@ -771,6 +771,27 @@ impl Context {
             }
         }
         Ok(())
+    }
+
+    /// The account that owns `domain`: the first by name among those in the main file and
+    /// those in `accounts.d/` (through the domain index, one lookup).
+    fn domain_owner(&self, domain: &str) -> Option<String> {
+        if self.config.is_shared_domain(domain) {
+            return None;
+        }
+        let inline = self.config.domain_owner(domain).map(str::to_string);
+        let dropin = self.state().ok().and_then(|state| {
+            crate::domain_index::DomainIndex {
+                config: &self.config,
+                state,
+                logger: &self.logger,
+            }
+            .owner(domain)
+        });
+        match (inline, dropin) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn envelope_sender(

@@ -61,8 +61,15 @@ fn execute(cli: Cli) -> Result<(), Failure> {
     if let Command::CheckConfig { path } = &cli.command {
         return check_config(&cli, path.as_deref(), privileged);
     }
-    let (path, is_default) = crate::config::path_for(cli.config.as_deref(), privileged);
-    let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
+    // `status ACCOUNT` reads that account alone; every other command sees all of them.
+    let only = match &cli.command {
+        Command::Status {
+            account: Some(name),
+            ..
+        } => Some(name.as_str()),
+        _ => None,
+    };
+    let config = load_config(cli.config.as_deref(), privileged, only)?;
     let caller = Caller::current();
     let admin = require_admin(&caller, privileged);
     // Customers may look at their own accounts (status, top) and their own held mail.
@@ -199,8 +206,7 @@ fn log_admin(ctx: &Context, what: &str, target: &str, detail: &str) {
 /// The context for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
 fn admin_context(config_option: Option<&str>) -> Result<(Context, bool), Failure> {
     let privileged = identity::is_privileged();
-    let (path, is_default) = crate::config::path_for(config_option, privileged);
-    let config = Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
+    let config = load_config(config_option, privileged, None)?;
     let caller = Caller::current();
     let account = identity::Account {
         name: caller.login.clone(),
@@ -208,6 +214,29 @@ fn admin_context(config_option: Option<&str>) -> Result<(Context, bool), Failure
     };
     let fixed_now = crate::pipeline::test_clock(privileged);
     Ok((Context::new(config, caller, account, fixed_now), privileged))
+}
+
+/// The main file and the accounts an admin command needs: `only` that one, else every file
+/// of `accounts.d/`. A drop-in file that does not load is named on stderr and in the log and
+/// left out; the command goes on with the others.
+fn load_config(option: Option<&str>, privileged: bool, only: Option<&str>) -> Result<Config, Failure> {
+    let (path, is_default) = crate::config::path_for(option, privileged);
+    let mut config =
+        Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
+    let errors = match only {
+        Some(name) => config.load_account(name).err().into_iter().collect(),
+        None => config.load_all_accounts(),
+    };
+    if !errors.is_empty() {
+        let logger = crate::log::Logger::new(&config.log, &config.state_dir);
+        for e in errors {
+            err!("mailgate: warning: {}", crate::log::printable(&e.0, 1024));
+            let mut fields = Fields::default();
+            fields.add("config-error", &e.0);
+            logger.log(Severity::Warning, fields.as_str());
+        }
+    }
+    Ok(config)
 }
 
 fn report(result: Result<(), Failure>) -> Exit {

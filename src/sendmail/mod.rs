@@ -105,17 +105,22 @@ fn drain_unless_tty<R: Read>(input: &mut R) {
 /// Config, caller and account: everything needed before a message can be decided on.
 fn setup(inv: &Invocation) -> Result<Context, Failure> {
     let privileged = identity::is_privileged();
-    let config = load_config(inv, privileged)?;
+    let mut config = load_config(inv, privileged)?;
     let caller = Caller::current();
-    let env_account = identity::caller_env(&config.identity.account_env);
-    let account = identity::resolve_account(
-        &caller,
-        inv.account.as_deref(),
-        env_account
-            .as_deref()
-            .filter(|_| !config.identity.account_env.is_empty()),
-        &config,
-    )?;
+    let env_account = identity::caller_env(&config.identity.account_env)
+        .filter(|_| !config.identity.account_env.is_empty());
+    let option = inv.account.as_deref();
+    let (requested, _) = identity::requested_account(&caller, option, env_account.as_deref());
+    // Only this account's drop-in file is read: the cost does not grow with the server.
+    if let Err(e) = config.load_account(&requested) {
+        let mut fields = crate::log::Fields::default();
+        fields.add("account", &requested).add("config-error", &e.0);
+        crate::log::Logger::new(&config.log, &config.state_dir)
+            .log(crate::log::Severity::Warning, fields.as_str());
+        return Err(Failure::new(Exit::Config, e.0));
+    }
+    let account =
+        identity::resolve_account(&caller, option, env_account.as_deref(), &config)?;
     let fixed_now = crate::pipeline::test_clock(privileged);
     Ok(Context::new(config, caller, account, fixed_now))
 }
