@@ -3,83 +3,134 @@
 //! loads but cannot be meant: unknown users, accounts nobody can use, windows that can never
 //! bind. Pure apart from the password/group lookups passed in.
 
-use crate::config::{Config, Limit};
+use crate::config::{Account, Config, Limit};
 
 /// Lookups the checks need from the system.
 pub struct System<'a> {
     pub is_login: &'a dyn Fn(&str) -> bool,
 }
 
-/// All findings, each `file:line: message`; empty when the file is good.
-pub fn check(text: &str, file: &str, system: &System<'_>) -> Vec<String> {
-    let mut findings = Vec::new();
-    // A syntax error leaves nothing reliable to check further.
-    if let Err(e) = toml::from_str::<toml::Table>(text) {
-        findings.push(format_error(text, file, &e));
-        return findings;
-    }
-    // Schema errors: report one, neutralise its line, and look again, so that every unknown
-    // key and every wrong value is reported in one run.
-    let mut work: Vec<String> = text.lines().map(str::to_string).collect();
-    let mut config = None;
-    for _ in 0..100 {
-        let joined = work.join("\n");
-        match toml::from_str::<Config>(&joined) {
-            Ok(c) => {
-                config = Some(c);
-                break;
-            }
-            Err(e) => {
-                findings.push(format_error(&joined, file, &e));
-                let Some(line) = e.span().map(|s| line_index(&joined, s.start)) else {
-                    break;
-                };
-                if !neutralise(&mut work, line) {
-                    break;
-                }
-            }
+/// One finding: an error (the file would stop or misdirect mail: `check-config` exits 78) or
+/// a warning (harmless, but not what anyone means: exit 0), as `postfix check` separates them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub warning: bool,
+    /// `file:line: message`, or `file:line: warning: message`.
+    pub text: String,
+}
+
+impl Finding {
+    fn error(text: String) -> Finding {
+        Finding {
+            warning: false,
+            text,
         }
     }
-    let Some(config) = config else {
+
+    fn warning(file: &str, line: usize, message: &str) -> Finding {
+        Finding {
+            warning: true,
+            text: format!("{file}:{line}: warning: {message}"),
+        }
+    }
+}
+
+/// All findings of the main file; empty when the file is good.
+pub fn check(text: &str, file: &str, system: &System<'_>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let Some(config) = schema::<Config>(text, file, &mut findings) else {
         return findings;
     };
     for (key, message) in config.problems() {
-        findings.push(format!("{file}:{}: {message}", line_of_key(text, &key)));
+        let line = line_of_key(text, &key);
+        findings.push(Finding::error(format!("{file}:{line}: {message}")));
     }
-    for (key, message) in lint(&config, system) {
-        findings.push(format!("{file}:{}: {message}", line_of_key(text, &key)));
+    for (name, account) in &config.accounts {
+        for (key, message) in lint_account(name, account, system) {
+            findings.push(Finding::warning(file, line_of_key(text, &key), &message));
+        }
+    }
+    for (owner, limits) in [
+        ("defaults", &config.defaults.limits),
+        ("server", &config.server.limits),
+    ] {
+        for (key, message) in unreachable_windows(owner, limits) {
+            findings.push(Finding::warning(file, line_of_key(text, &key), &message));
+        }
     }
     findings
 }
 
-/// What loads but cannot be what the admin meant.
-fn lint(config: &Config, system: &System<'_>) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (name, account) in &config.accounts {
-        for user in &account.users {
-            if let crate::config::UserRef::Name(login) = user
-                && !(system.is_login)(login)
-            {
-                out.push((
-                    format!("\"{login}\""),
-                    format!("account {name:?}: user {login:?} does not exist"),
-                ));
+/// All findings of one `accounts.d/NAME.toml` file.
+pub fn check_account(text: &str, file: &str, name: &str, system: &System<'_>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let Some(account) = schema::<Account>(text, file, &mut findings) else {
+        return findings;
+    };
+    for (key, message) in crate::config::account_problems(name, &account) {
+        let line = line_of_key(text, &key);
+        findings.push(Finding::error(format!("{file}:{line}: {message}")));
+    }
+    for (key, message) in lint_account(name, &account, system) {
+        findings.push(Finding::warning(file, line_of_key(text, &key), &message));
+    }
+    findings
+}
+
+/// The file as `T`, with every syntax and schema error pushed: one error is reported, its
+/// line neutralised, and the file parsed again, so that every unknown key and every wrong
+/// value shows in one run. `None` when it does not load.
+fn schema<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    findings: &mut Vec<Finding>,
+) -> Option<T> {
+    // A syntax error leaves nothing reliable to check further.
+    if let Err(e) = toml::from_str::<toml::Table>(text) {
+        findings.push(Finding::error(format_error(text, file, &e)));
+        return None;
+    }
+    let mut work: Vec<String> = text.lines().map(str::to_string).collect();
+    for _ in 0..100 {
+        let joined = work.join("\n");
+        match toml::from_str::<T>(&joined) {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                findings.push(Finding::error(format_error(&joined, file, &e)));
+                let line = e.span().map(|s| line_index(&joined, s.start))?;
+                if !neutralise(&mut work, line) {
+                    return None;
+                }
             }
         }
-        if account.users.is_empty() && !(system.is_login)(name) {
+    }
+    None
+}
+
+/// What loads in one account but cannot be what the admin meant.
+fn lint_account(name: &str, account: &Account, system: &System<'_>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for user in &account.users {
+        if let crate::config::UserRef::Name(login) = user
+            && !(system.is_login)(login)
+        {
             out.push((
-                name.clone(),
-                format!(
-                    "account {name:?} has no users and is no login name: nobody can send as it (add users = [\"LOGIN\"])"
-                ),
+                format!("\"{login}\""),
+                format!("account {name:?}: user {login:?} does not exist"),
             ));
         }
-        if let Some(limits) = &account.limits {
-            out.extend(unreachable_windows(name, limits));
-        }
     }
-    out.extend(unreachable_windows("defaults", &config.defaults.limits));
-    out.extend(unreachable_windows("server", &config.server.limits));
+    if account.users.is_empty() && !(system.is_login)(name) {
+        out.push((
+            name.to_string(),
+            format!(
+                "account {name:?} has no users and is no login name: nobody can send as it (add users = [\"LOGIN\"])"
+            ),
+        ));
+    }
+    if let Some(limits) = &account.limits {
+        out.extend(unreachable_windows(name, limits));
+    }
     out
 }
 
@@ -174,6 +225,9 @@ mod tests {
                 is_login: &|l| matches!(l, "root" | "web1" | "www-data"),
             },
         )
+        .into_iter()
+        .map(|f| f.text)
+        .collect()
     }
 
     #[test]
@@ -214,9 +268,14 @@ exempt = false
                 && joined.contains("did you mean `limits`?"),
             "{joined}"
         );
-        assert!(joined.contains("user \"ghost\" does not exist"), "{joined}");
         assert!(
-            joined.contains("m.toml:9: account \"nobody.example\" has no users"),
+            joined.contains(
+                "m.toml:6: warning: account \"example.com\": user \"ghost\" does not exist"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("m.toml:9: warning: account \"nobody.example\" has no users"),
             "{joined}"
         );
         assert_eq!(found.len(), 5, "{joined}");
@@ -243,5 +302,30 @@ exempt = false
         let found = run("[relay\nport = 1\n");
         assert_eq!(found.len(), 1);
         assert!(found[0].starts_with("m.toml:1:"), "{found:?}");
+    }
+
+    #[test]
+    fn an_account_file_is_checked_like_its_table() {
+        let system = System {
+            is_login: &|l| l == "web1",
+        };
+        let found = check_account(
+            "users = [\"web1\"]\nlimts = 1\nlimits = [ { window = \"1h\", messages = 9 }, { window = \"1d\", messages = 5 } ]\n",
+            "a.toml",
+            "shop",
+            &system,
+        );
+        let texts: Vec<&str> = found.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(found.len(), 2, "{texts:?}");
+        assert!(
+            !found[0].warning && texts[0].starts_with("a.toml:2: unknown field `limts`"),
+            "{texts:?}"
+        );
+        assert!(
+            found[1].warning && texts[1].starts_with("a.toml:3: warning: shop: the 1h limit"),
+            "{texts:?}"
+        );
+        let broken = check_account("users = [", "b.toml", "shop", &system);
+        assert!(broken.len() == 1 && !broken[0].warning, "{broken:?}");
     }
 }

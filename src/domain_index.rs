@@ -208,7 +208,11 @@ impl DomainIndex<'_> {
 
     /// The owner from the published index, or why the index cannot be used.
     fn lookup(&self, stamp: &str, domain: &str) -> Result<Option<String>, &'static str> {
-        let file = match self.state.top().open_file(FILE, flags::READ | libc::O_NONBLOCK) {
+        let file = match self
+            .state
+            .top()
+            .open_file(FILE, flags::READ | libc::O_NONBLOCK)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("missing"),
             Err(_) => return Err("unreadable"),
@@ -223,7 +227,8 @@ impl DomainIndex<'_> {
         };
         let header = std::str::from_utf8(&head[..nl]).map_err(|_| "damaged")?;
         let mut parts = header.rsplitn(3, ' ');
-        let (Some(len), Some(their_stamp), Some(magic)) = (parts.next(), parts.next(), parts.next())
+        let (Some(len), Some(their_stamp), Some(magic)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err("damaged");
         };
@@ -277,7 +282,9 @@ impl DomainIndex<'_> {
         let top = self.state.top();
         let tmp = format!(".{FILE}.{}", std::process::id());
         let mut file = top.open_file(&tmp, flags::REWRITE)?;
-        let written = file.write_all(text).and_then(|()| top.rename(&tmp, top, FILE));
+        let written = file
+            .write_all(text)
+            .and_then(|()| top.rename(&tmp, top, FILE));
         if written.is_err() {
             let _ = top.unlink(&tmp);
         }

@@ -154,6 +154,13 @@ impl Context {
         self.state.as_ref().map_err(Clone::clone)
     }
 
+    /// The spools, as a sender uses them: its account's ledger record is waited for as long
+    /// as its counters.
+    fn spool(&self) -> Result<Spool<'_>, Failure> {
+        let wait = Duration::from_secs(self.config.state.lock_timeout.secs());
+        Ok(Spool::new(self.state()?).waiting(wait))
+    }
+
     /// Where the counters live.
     pub fn store(&self) -> Result<&limits::Store, Failure> {
         self.store.as_ref().map_err(Clone::clone)
@@ -536,7 +543,7 @@ impl Context {
         if meta.internal || self.config.is_exempt(&meta.account) {
             return Ok(());
         }
-        let spool = Spool::new(self.state().map_err(|f| f.message)?);
+        let spool = self.spool().map_err(|f| f.message)?;
         let limits = &self.config.spool;
         if let Some(free) = spool.free_percent()
             && free < limits.min_free_percent
@@ -546,7 +553,8 @@ impl Context {
                 limits.min_free_percent
             ));
         }
-        let (messages, bytes) = spool.usage(&meta.account);
+        let usage = spool.usage_of(&meta.account);
+        let (messages, bytes) = (usage.messages, usage.bytes);
         if messages >= u64::from(limits.account_max_messages)
             || bytes + meta.size > limits.account_max_bytes
         {
@@ -563,20 +571,17 @@ impl Context {
         if self.config.is_exempt(&self.account.name) {
             return None;
         }
-        let spool = Spool::new(self.state().ok()?);
-        // The common case is an empty defer/: one readdir, no file opened.
-        if spool.ids(Kind::Defer).ok()?.is_empty() {
-            return None;
-        }
-        Some(spool.count(Kind::Defer, &self.account.name)).filter(|n| *n > 0)
+        // The account's own ledger record: no other account's spool is looked at.
+        let deferred = self.spool().ok()?.usage_of(&self.account.name).deferred;
+        Some(deferred as usize).filter(|n| *n > 0)
     }
 
     /// Defer, unless the account already has `max_deferred` waiting: then hold.
     fn defer_or_hold(&self, meta: Meta, msg: &Message, text: String) -> Report {
         let cap = self.config.max_deferred(&self.account.name) as usize;
         let deferred = self
-            .state()
-            .map(|s| Spool::new(s).count(Kind::Defer, &self.account.name));
+            .spool()
+            .map(|s| s.usage_of(&self.account.name).deferred as usize);
         if deferred.is_ok_and(|n| n < cap) {
             self.keep(Kind::Defer, meta, msg, text, None)
         } else {
@@ -617,9 +622,7 @@ impl Context {
             meta.last_error = reason.clone();
         }
         meta.next_attempt = next_attempt.unwrap_or(0);
-        let kept = self
-            .state()
-            .and_then(|state| Spool::new(state).keep(kind, &meta, msg));
+        let kept = self.spool().and_then(|spool| spool.keep(kind, &meta, msg));
         if let Err(f) = kept {
             let text = format!("{reason}; and the message could not be kept: {f}");
             return Report {
@@ -720,8 +723,8 @@ impl Context {
                     internal: true,
                 };
                 let kept = self
-                    .state()
-                    .and_then(|s| Spool::new(s).keep(Kind::Queue, &meta, &msg));
+                    .spool()
+                    .and_then(|spool| spool.keep(Kind::Queue, &meta, &msg));
                 fields
                     .add("status", if kept.is_ok() { "queued" } else { "lost" })
                     .add("id", &meta.id);

@@ -26,6 +26,8 @@ pub struct Summary {
     pub failed: usize,
     pub still_deferred: usize,
     pub stale_removed: usize,
+    /// Accounts whose spool ledger record did not match the spools and was set right.
+    pub ledgers_repaired: Vec<String>,
     /// Entries that could not be handled (damaged, disk full); each was logged.
     pub errors: usize,
     /// The relay did not answer; the rest of the run left it alone.
@@ -44,6 +46,13 @@ impl std::fmt::Display for Summary {
                 f,
                 "; removed {} unfinished files from tmp/",
                 self.stale_removed
+            )?;
+        }
+        if !self.ledgers_repaired.is_empty() {
+            write!(
+                f,
+                "; set the spool count of {} account(s) right",
+                self.ledgers_repaired.len()
             )?;
         }
         if self.errors > 0 {
@@ -97,6 +106,14 @@ pub fn run(ctx: &Context, backoff: Backoff) -> Result<Option<Summary>, Failure> 
         }
     }
     release_deferred(ctx, &spool, now, &mut summary)?;
+    // Each account's spool count, kept per change, is compared with the spools and repaired
+    // (a sender killed between its rename and its count leaves it off by one).
+    summary.ledgers_repaired = spool.repair_ledgers();
+    if !summary.ledgers_repaired.is_empty() {
+        let mut fields = Fields::default();
+        fields.add("spool-count-repaired", summary.ledgers_repaired.join(","));
+        ctx.logger.log(Severity::Warning, fields.as_str());
+    }
     Ok(Some(summary))
 }
 

@@ -219,7 +219,11 @@ fn admin_context(config_option: Option<&str>) -> Result<(Context, bool), Failure
 /// The main file and the accounts an admin command needs: `only` that one, else every file
 /// of `accounts.d/`. A drop-in file that does not load is named on stderr and in the log and
 /// left out; the command goes on with the others.
-fn load_config(option: Option<&str>, privileged: bool, only: Option<&str>) -> Result<Config, Failure> {
+fn load_config(
+    option: Option<&str>,
+    privileged: bool,
+    only: Option<&str>,
+) -> Result<Config, Failure> {
     let (path, is_default) = crate::config::path_for(option, privileged);
     let mut config =
         Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
@@ -257,9 +261,12 @@ pub fn newaliases() -> Exit {
     Exit::Ok
 }
 
-/// `check-config [PATH]`: every finding with its line; 78 if any. Customers may not probe
-/// files with the setgid binary (77); root and group mailgate check PATH as given.
+/// `check-config [PATH]`: the main file and every file of `accounts.d/` beside it, each
+/// finding with its file and line. Errors (what would stop or misdirect mail) exit 78;
+/// warnings alone exit 0. Customers may not probe files with the setgid binary (77); root
+/// and group mailgate check PATH as given.
 fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), Failure> {
+    use crate::config_check::{self, Finding};
     require_admin(&Caller::current(), privileged)?;
     let path = match path {
         Some(p) => std::path::PathBuf::from(p),
@@ -268,30 +275,97 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e))?;
     let file = path.display().to_string();
-    let findings = crate::config_check::check(
-        &text,
-        &file,
-        &crate::config_check::System {
-            is_login: &identity::is_login,
-        },
-    );
-    if findings.is_empty() {
-        let config = Config::parse(&text, &file).map_err(|e| Failure::new(Exit::Config, e.0))?;
-        out!(
-            "{file}: ok ({} accounts, {} default limits, {} server limits)",
-            config.accounts.len(),
-            config.defaults.limits.len(),
-            config.server.limits.len()
-        );
-        return Ok(());
+    let system = config_check::System {
+        is_login: &identity::is_login,
+    };
+    let mut findings = config_check::check(&text, &file, &system);
+    let main = Config::parse(&text, &file).ok();
+    let dir = crate::config::accounts_dir_of(&path);
+    let mut listing_errors = Vec::new();
+    let names = crate::config::account_file_names(Some(&dir), &mut listing_errors);
+    findings.extend(listing_errors.into_iter().map(|e| Finding {
+        warning: false,
+        text: e.0,
+    }));
+    // Domain → the accounts that name it, to warn where one domain has two owners.
+    let mut owners: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    if let Some(main) = &main {
+        for (name, account) in &main.accounts {
+            for d in crate::domain_index::owned_domains(account) {
+                owners.entry(d).or_default().push(name.clone());
+            }
+        }
+    }
+    for name in &names {
+        let account_path = dir.join(format!("{name}.toml"));
+        let account_file = account_path.display().to_string();
+        let account_text = match std::fs::read_to_string(&account_path) {
+            Ok(t) => t,
+            Err(e) => {
+                findings.push(Finding {
+                    warning: false,
+                    text: format!("{account_file}: cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        findings.extend(config_check::check_account(
+            &account_text,
+            &account_file,
+            name,
+            &system,
+        ));
+        if main.as_ref().is_some_and(|m| m.accounts.contains_key(name)) {
+            findings.push(Finding {
+                warning: false,
+                text: format!("{account_file}:1: account {name:?} is also defined in {file}; keep one of the two"),
+            });
+        }
+        if let Ok(account) = crate::config::parse_account(&account_text, &account_file, name) {
+            for d in crate::domain_index::owned_domains(&account) {
+                owners.entry(d).or_default().push(name.clone());
+            }
+        }
+    }
+    for (domain, mut accounts) in owners.into_iter().filter(|(_, a)| a.len() > 1) {
+        accounts.sort();
+        findings.push(Finding {
+            warning: true,
+            text: format!(
+                "{}: warning: the domain {domain} is named by accounts {}; it belongs to {} alone",
+                dir.display(),
+                accounts.join(", "),
+                accounts[0]
+            ),
+        });
     }
     for f in &findings {
-        err!("{}", crate::log::printable(f, 1024));
+        err!("{}", crate::log::printable(&f.text, 1024));
     }
-    Err(Failure::new(
-        Exit::Config,
-        format!("{file}: {} problem(s)", findings.len()),
-    ))
+    let errors = findings.iter().filter(|f| !f.warning).count();
+    let warnings = findings.len() - errors;
+    if errors > 0 {
+        return Err(Failure::new(
+            Exit::Config,
+            format!("{file}: {errors} error(s), {warnings} warning(s)"),
+        ));
+    }
+    let config =
+        main.ok_or_else(|| Failure::new(Exit::Config, format!("{file}: does not load")))?;
+    out!(
+        "{file}: ok ({} accounts in the file, {} in {}, {} default limits, {} server limits{})",
+        config.accounts.len(),
+        names.len(),
+        dir.display(),
+        config.defaults.limits.len(),
+        config.server.limits.len(),
+        if warnings > 0 {
+            format!("; {warnings} warning(s)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 /// Changing state needs root or membership in the group the binary runs setgid to.

@@ -119,8 +119,7 @@ fn setup(inv: &Invocation) -> Result<Context, Failure> {
             .log(crate::log::Severity::Warning, fields.as_str());
         return Err(Failure::new(Exit::Config, e.0));
     }
-    let account =
-        identity::resolve_account(&caller, option, env_account.as_deref(), &config)?;
+    let account = identity::resolve_account(&caller, option, env_account.as_deref(), &config)?;
     let fixed_now = crate::pipeline::test_clock(privileged);
     Ok(Context::new(config, caller, account, fixed_now))
 }

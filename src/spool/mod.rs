@@ -7,13 +7,19 @@
 //! Each entry is one file: a JSON line with the envelope and bookkeeping, then the message
 //! exactly as it goes to the relay (CRLF lines, not dot-stuffed).
 
+pub mod ledger;
+
 use crate::exit::{Exit, Failure};
 use crate::limits::store::StateDir;
 use crate::message::{self, Message, Terminator};
 use crate::state_dir::{Dir, flags};
+use ledger::{Ledger, Usage};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -34,6 +40,11 @@ impl Kind {
     }
 
     pub const ALL: [Kind; 4] = [Kind::Queue, Kind::Defer, Kind::Hold, Kind::Failed];
+
+    /// The spools that count against an account's share (failed/ is the admin's).
+    pub fn counted(self) -> bool {
+        self != Kind::Failed
+    }
 }
 
 /// An entry's envelope and bookkeeping.
@@ -123,11 +134,28 @@ pub struct Claim {
 
 pub struct Spool<'a> {
     state: &'a StateDir,
+    /// How long to wait for an account's ledger record that another process holds.
+    ledger_wait: Duration,
+    /// Accounts whose record stayed busy past `ledger_wait`: not waited for again by this
+    /// process, so one stopped customer process costs a run one wait, not one per message.
+    ledger_busy: RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Spool<'a> {
+    /// The spools as root's commands and the queue run use them: a busy ledger record is
+    /// waited for briefly, once per account.
     pub fn new(state: &'a StateDir) -> Spool<'a> {
-        Spool { state }
+        Spool {
+            state,
+            ledger_wait: Duration::from_millis(20),
+            ledger_busy: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// A sender waits for its own account's record as long as for its counters.
+    pub fn waiting(mut self, wait: Duration) -> Spool<'a> {
+        self.ledger_wait = wait;
+        self
     }
 
     fn dir(&self, name: &str) -> Result<Dir, Failure> {
@@ -163,6 +191,8 @@ impl<'a> Spool<'a> {
         let tmp = self.dir("tmp")?;
         let dest = self.dir(kind.dir())?;
         let name = meta.id.as_str();
+        // An entry rewritten with new bookkeeping is already counted.
+        let replaces = kind.counted() && dest.identity(name).is_ok();
         let file = tmp.open_file(name, flags::REWRITE).map_err(fail)?;
         let written = (|| {
             let mut w = io::BufWriter::with_capacity(64 * 1024, &file);
@@ -177,7 +207,96 @@ impl<'a> Spool<'a> {
             let _ = tmp.unlink(name);
             return Err(fail(e));
         }
-        dest.sync().map_err(fail)
+        dest.sync().map_err(fail)?;
+        if kind.counted() && !replaces {
+            self.count(&meta.account, 1, meta.size, kind);
+        }
+        Ok(())
+    }
+
+    /// Adjust the account's ledger record for one entry of `kind` added (1) or gone (-1).
+    /// A record that stays busy or is damaged is left for `queue run` to repair.
+    fn count(&self, account: &str, sign: i8, size: u64, kind: Kind) {
+        let wait = if self.ledger_busy.borrow().contains(account) {
+            Duration::ZERO
+        } else {
+            self.ledger_wait
+        };
+        let ledger = Ledger { state: self.state };
+        let changed = ledger.update(account, wait, |u| {
+            u.adjusted(sign, size, kind == Kind::Defer)
+        });
+        if !matches!(changed, Ok(true)) {
+            self.ledger_busy.borrow_mut().insert(account.to_string());
+        }
+    }
+
+    /// The envelope of an entry about to leave `kind`, to count it out afterwards.
+    fn counted_meta(&self, kind: Kind, id: &str) -> Option<Meta> {
+        kind.counted()
+            .then(|| self.read_meta(kind, id).ok())
+            .flatten()
+    }
+
+    fn uncount(&self, kind: Kind, meta: Option<Meta>) {
+        if let Some(m) = meta {
+            self.count(&m.account, -1, m.size, kind);
+        }
+    }
+
+    /// An account's share of the spools, from its ledger record (one small file); counted
+    /// from the spools only when the record is damaged.
+    pub fn usage_of(&self, account: &str) -> Usage {
+        match (Ledger { state: self.state }).read(account) {
+            Ok(Some(u)) => u,
+            _ => self.counted_usage().remove(account).unwrap_or_default(),
+        }
+    }
+
+    /// Every account's share as the spools hold it now (reads every entry's envelope).
+    pub fn counted_usage(&self) -> BTreeMap<String, Usage> {
+        let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
+        for kind in [Kind::Queue, Kind::Defer, Kind::Hold] {
+            for m in self.list(kind).unwrap_or_default() {
+                let u = usage.entry(m.account.clone()).or_default();
+                *u = u.adjusted(1, m.size, kind == Kind::Defer);
+            }
+        }
+        usage
+    }
+
+    /// `queue run`'s repair: every ledger record set to what the spools hold. A record busy
+    /// at that instant is skipped (never waited for). Only a record that disagrees with two
+    /// listings in a row is set, so that a sender's change between a listing and the
+    /// comparison is not mistaken for damage. Returns the accounts repaired.
+    pub fn repair_ledgers(&self) -> Vec<String> {
+        let ledger = Ledger { state: self.state };
+        let disagreeing = |actual: &BTreeMap<String, Usage>,
+                           names: &mut dyn Iterator<Item = String>| {
+            names
+                .filter(|n| crate::config::validate_account_name(n).is_ok())
+                .filter(|n| {
+                    let want = actual.get(n).copied().unwrap_or_default();
+                    !matches!(ledger.read(n), Ok(Some(u)) if u == want)
+                })
+                .collect::<BTreeSet<String>>()
+        };
+        let first = self.counted_usage();
+        let mut names: BTreeSet<String> = ledger.accounts().into_iter().collect();
+        names.extend(first.keys().cloned());
+        let suspects = disagreeing(&first, &mut names.into_iter());
+        if suspects.is_empty() {
+            return Vec::new();
+        }
+        let second = self.counted_usage();
+        let mut repaired = Vec::new();
+        for name in disagreeing(&second, &mut suspects.into_iter()) {
+            let want = second.get(&name).copied().unwrap_or_default();
+            if matches!(ledger.set(&name, want), Ok(true)) {
+                repaired.push(name);
+            }
+        }
+        repaired
     }
 
     /// The ids in `kind`, oldest first (an id begins with its creation time in hex).
@@ -208,6 +327,7 @@ impl<'a> Spool<'a> {
         checked_name(id)?;
         let src = self.dir(from.dir())?;
         let dest = self.dir(Kind::Failed.dir())?;
+        let counted = self.counted_meta(from, id);
         if let Err(e) = src.rename(id, &dest, id) {
             return Err(Failure::io(
                 Exit::IoErr,
@@ -218,6 +338,7 @@ impl<'a> Spool<'a> {
                 &e,
             ));
         }
+        self.uncount(from, counted);
         dest.sync()
             .map_err(|e| Failure::io(Exit::IoErr, "cannot sync failed/", &e))
     }
@@ -370,7 +491,10 @@ impl<'a> Spool<'a> {
     }
 
     pub fn remove(&self, kind: Kind, id: &str) -> Result<(), Failure> {
-        self.remove_in(kind.dir(), id)
+        let counted = self.counted_meta(kind, id);
+        self.remove_in(kind.dir(), id)?;
+        self.uncount(kind, counted);
+        Ok(())
     }
 
     fn remove_in(&self, dir_name: &str, id: &str) -> Result<(), Failure> {
@@ -420,23 +544,9 @@ impl<'a> Spool<'a> {
             .find(|k| self.read_meta(*k, id).is_ok())
     }
 
-    /// Messages and bytes that `account` has kept in queue/, defer/ and hold/.
-    pub fn usage(&self, account: &str) -> (u64, u64) {
-        [Kind::Queue, Kind::Defer, Kind::Hold]
-            .into_iter()
-            .flat_map(|k| self.list(k).unwrap_or_default())
-            .filter(|m| m.account == account)
-            .fold((0, 0), |(n, bytes), m| (n + 1, bytes + m.size))
-    }
-
     /// Free space on the state filesystem, in percent of its size (for unprivileged users).
     pub fn free_percent(&self) -> Option<u8> {
         crate::state_dir::free_percent(self.state.path())
-    }
-
-    pub fn count(&self, kind: Kind, account: &str) -> usize {
-        self.list(kind)
-            .map_or(0, |l| l.iter().filter(|m| m.account == account).count())
     }
 }
 
@@ -495,6 +605,15 @@ mod tests {
         };
         spool.keep(Kind::Hold, &meta, &msg).unwrap();
         assert_eq!(spool.list(Kind::Hold).unwrap(), vec![meta.clone()]);
+        let one = |deferred| Usage {
+            messages: 1,
+            bytes: msg.size(),
+            deferred,
+        };
+        assert_eq!(spool.usage_of("a"), one(0), "counted once kept");
+        // Rewriting an entry's bookkeeping does not count it again.
+        spool.keep(Kind::Hold, &meta, &msg).unwrap();
+        assert_eq!(spool.usage_of("a"), one(0));
         let claim = spool.claim(Kind::Hold, "ABC123").unwrap().expect("free");
         assert_eq!((&claim.meta, &claim.msg), (&meta, &msg));
         // Held by this claim: a second claimant (another process's flock) gets nothing.
@@ -506,10 +625,24 @@ mod tests {
             .unwrap();
         assert_eq!(spool.find("ABC123"), Some(Kind::Queue));
         assert!(spool.list(Kind::Hold).unwrap().is_empty());
-        assert_eq!(spool.count(Kind::Queue, "a"), 1);
+        assert_eq!(spool.usage_of("a"), one(0), "moved, not added");
+        spool
+            .move_entry(Kind::Queue, Kind::Defer, &meta, &msg)
+            .unwrap();
+        assert_eq!(spool.usage_of("a"), one(1), "now deferred");
+        spool
+            .move_entry(Kind::Defer, Kind::Queue, &meta, &msg)
+            .unwrap();
         assert!(spool.claim(Kind::Queue, "../x").is_err());
+        // A record that went wrong (a sender killed between rename and count) is repaired.
+        Ledger { state: &state }.set("a", Usage::default()).unwrap();
+        assert_eq!(spool.usage_of("a"), Usage::default());
+        assert_eq!(spool.repair_ledgers(), ["a"]);
+        assert_eq!(spool.usage_of("a"), one(0));
+        assert!(spool.repair_ledgers().is_empty(), "nothing left to repair");
         spool.remove(Kind::Queue, "ABC123").unwrap();
         assert_eq!(spool.find("ABC123"), None);
+        assert_eq!(spool.usage_of("a"), Usage::default(), "counted out");
         // An unfinished write in tmp/ goes once it is old enough, not before.
         std::fs::write(dir.join("tmp").join("DEAD01"), b"half").unwrap();
         assert_eq!(
