@@ -44,6 +44,12 @@ pub enum Command {
         /// Only this account.
         #[arg(long, value_name = "ACCOUNT")]
         account: Option<String>,
+        /// Show the N accounts with the most messages; the rest are summed in one line.
+        #[arg(short = 'n', long = "limit", value_name = "N", default_value_t = 20)]
+        limit: usize,
+        /// Show every account that sent in the span.
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

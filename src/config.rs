@@ -194,13 +194,25 @@ pub struct Alerts {
     pub lock_after: u32,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     /// Every `queue run` writes `mailgate metrics` here (atomically), for node_exporter's
     /// textfile collector; unset writes nothing.
     pub textfile: Option<PathBuf>,
+    /// Accounts with series of their own: the ones with the most messages; the others are
+    /// summed as account "(other)". 0: only the sum.
+    pub accounts: usize,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            textfile: None,
+            accounts: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -61,11 +61,16 @@ pub fn check(text: &str, file: &str, system: &System<'_>) -> Vec<Finding> {
     findings
 }
 
-/// All findings of one `accounts.d/NAME.toml` file.
-pub fn check_account(text: &str, file: &str, name: &str, system: &System<'_>) -> Vec<Finding> {
+/// All findings of one `accounts.d/NAME.toml` file, and the account when it loads.
+pub fn check_account(
+    text: &str,
+    file: &str,
+    name: &str,
+    system: &System<'_>,
+) -> (Vec<Finding>, Option<Account>) {
     let mut findings = Vec::new();
     let Some(account) = schema::<Account>(text, file, &mut findings) else {
-        return findings;
+        return (findings, None);
     };
     for (key, message) in crate::config::account_problems(name, &account) {
         let line = line_of_key(text, &key);
@@ -74,7 +79,8 @@ pub fn check_account(text: &str, file: &str, name: &str, system: &System<'_>) ->
     for (key, message) in lint_account(name, &account, system) {
         findings.push(Finding::warning(file, line_of_key(text, &key), &message));
     }
-    findings
+    let loads = findings.iter().all(|f| f.warning);
+    (findings, loads.then_some(account))
 }
 
 /// The file as `T`, with every syntax and schema error pushed: one error is reported, its
@@ -309,7 +315,7 @@ exempt = false
         let system = System {
             is_login: &|l| l == "web1",
         };
-        let found = check_account(
+        let (found, _) = check_account(
             "users = [\"web1\"]\nlimts = 1\nlimits = [ { window = \"1h\", messages = 9 }, { window = \"1d\", messages = 5 } ]\n",
             "a.toml",
             "shop",
@@ -325,7 +331,8 @@ exempt = false
             found[1].warning && texts[1].starts_with("a.toml:3: warning: shop: the 1h limit"),
             "{texts:?}"
         );
-        let broken = check_account("users = [", "b.toml", "shop", &system);
+        let (broken, account) = check_account("users = [", "b.toml", "shop", &system);
+        assert!(account.is_none());
         assert!(broken.len() == 1 && !broken[0].warning, "{broken:?}");
     }
 }

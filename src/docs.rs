@@ -121,6 +121,10 @@ const KEYS: &[(&str, &str)] = &[
         "Every queue run writes mailgate metrics to this file (replaced whole) for node_exporter's textfile collector, e.g. /var/lib/prometheus/node-exporter/mailgate.prom. Unset: none.",
     ),
     (
+        "metrics.accounts",
+        "Accounts with series of their own in mailgate metrics: the ones with the most messages; all others are summed as account=\"(other)\". 0: only the sum. Keeps the number of series bounded on a server with thousands of accounts.",
+    ),
+    (
         "defaults.limits",
         "Limits of every account without its own: a list of { window, messages, recipients, action }.",
     ),
@@ -313,10 +317,17 @@ mailgate never exits 75: PHP 8.5's mail() reports 75 as success.
 \fB/etc/mailgate/mailgate.toml\fR
 The configuration, see mailgate.toml(5).
 .TP
+\fB/etc/mailgate/accounts.d/NAME.toml\fR
+One account per file (the keys of [accounts.NAME] without the header), as a hosting panel
+writes them: replace a file by writing a new one beside it and renaming it over the old.
+A message reads only its own account's file.
+.TP
 \fB/var/lib/mailgate/\fR
 Counters (accounts/, server), spools (queue/, defer/, hold/, failed/, tmp/), the
 per\-account statistics behind \fBmailgate top\fR and \fBmailgate metrics\fR (stats/, at most
-96 KiB per account); mailgate.log when syslog cannot take a line.
+96 KiB per account), each account's share of the spools (spooled/), the index of the sender
+domains that accounts.d/ files own (domains.index, rebuilt whenever accounts.d/ changes);
+mailgate.log when syslog cannot take a line.
 .SH "SEE ALSO"
 mailgate.toml(5), sendmail(1), postfix(1), postfwd(8)
 "#;
@@ -329,6 +340,8 @@ pub fn man5() -> String {
          .SH DESCRIPTION\n\
          /etc/mailgate/mailgate.toml is a TOML file. Every key is optional; a missing key has \
          the default shown. \\fBmailgate check\\-config\\fR reports every error with its line.\n\
+         Accounts may also live one per file in /etc/mailgate/accounts.d/NAME.toml, each \
+         holding the keys of accounts.NAME below without the table header.\n\
          .SH KEYS\n",
     );
     let defaults = defaults();

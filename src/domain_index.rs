@@ -115,8 +115,7 @@ fn split_line(line: &[u8]) -> Option<(&[u8], String)> {
     Some((&line[..sp], owner.to_string()))
 }
 
-/// The index's text: its header, then `domain account` lines sorted by domain. The first
-/// account (by name) that names a domain owns it, as `Config::domain_owner` decides.
+/// The index's text: its header, then `domain account` lines sorted by domain.
 pub fn render(stamp: &str, owners: &BTreeMap<String, String>) -> Vec<u8> {
     let mut body = Vec::with_capacity(owners.len() * 32);
     for (domain, account) in owners {
@@ -137,7 +136,7 @@ pub fn owned_domains(account: &config::Account) -> impl Iterator<Item = String> 
             !d.is_empty()
                 && d.len() <= 255
                 && !d.contains('*')
-                && d.bytes().all(|b| b.is_ascii_graphic())
+                && d.bytes().all(|b| b.is_ascii_graphic() && b != b',')
         })
         .map(|d| d.to_ascii_lowercase())
 }
@@ -165,18 +164,87 @@ fn stamp_of(dir: &std::path::Path) -> io::Result<Option<(String, bool)>> {
     Ok(Some((stamp, racy)))
 }
 
+/// What the builder knew of one drop-in file: its identity and the domains it owns
+/// (`domains.files`, so that a rebuild parses only the files that changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub identity: String,
+    /// `None`: the file did not load (it owns nothing until it is fixed).
+    pub domains: Option<Vec<String>>,
+}
+
+/// `name identity domain,domain…` lines (`!` for a file that did not load, `-` for none).
+pub fn render_files(files: &BTreeMap<String, FileEntry>) -> String {
+    let mut out = String::with_capacity(files.len() * 64);
+    for (name, f) in files {
+        let domains = match &f.domains {
+            None => "!".to_string(),
+            Some(d) if d.is_empty() => "-".to_string(),
+            Some(d) => d.join(","),
+        };
+        out.push_str(&format!("{name} {} {domains}\n", f.identity));
+    }
+    out
+}
+
+/// The table `render_files` wrote; lines that are not its own are dropped (they are parsed
+/// again).
+pub fn parse_files(text: &str) -> BTreeMap<String, FileEntry> {
+    let mut files = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.split(' ');
+        let (Some(name), Some(identity), Some(domains), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let domains = match domains {
+            "!" => None,
+            "-" => Some(Vec::new()),
+            d => Some(d.split(',').map(str::to_string).collect()),
+        };
+        files.insert(
+            name.to_string(),
+            FileEntry {
+                identity: identity.to_string(),
+                domains,
+            },
+        );
+    }
+    files
+}
+
+/// Domain → the first account (by name) that names it, as `Config::domain_owner` decides.
+pub fn owners_of(files: &BTreeMap<String, FileEntry>) -> BTreeMap<String, String> {
+    let mut owners = BTreeMap::new();
+    for (name, f) in files {
+        for domain in f.domains.iter().flatten() {
+            owners.entry(domain.clone()).or_insert_with(|| name.clone());
+        }
+    }
+    owners
+}
+
+const FILES: &str = "domains.files";
+
 /// Looks up domain owners among the drop-in accounts.
 pub struct DomainIndex<'a> {
     pub config: &'a Config,
     pub state: &'a StateDir,
     pub logger: &'a Logger,
+    /// The table this process built, when the published one could not be used: the other
+    /// addresses of the same message use it too.
+    pub built: std::cell::OnceCell<BTreeMap<String, String>>,
 }
 
 impl DomainIndex<'_> {
     /// The drop-in account that owns `domain`, if any.
     pub fn owner(&self, domain: &str) -> Option<String> {
-        let dir = self.config.accounts_dir.as_deref()?;
         let domain = domain.to_ascii_lowercase();
+        if let Some(owners) = self.built.get() {
+            return owners.get(&domain).cloned();
+        }
+        let dir = self.config.accounts_dir.as_deref()?;
         let (stamp, racy) = match stamp_of(dir) {
             Ok(Some(s)) => s,
             Ok(None) => return None,
@@ -189,21 +257,27 @@ impl DomainIndex<'_> {
             Ok(found) => return found,
             Err(why) => why,
         };
-        let owners = self.build(dir);
-        // A racy stamp is published as such: the next lookup builds again, until the
-        // directory has been still for a second.
+        let (files, parsed) = self.build(dir);
+        let owners = owners_of(&files);
+        // A racy stamp is published as such: the next lookup builds again (parsing only what
+        // changed), until the directory has been still for a second.
         let published = if racy { "racy" } else { stamp.as_str() };
-        let publish = self.publish(&render(published, &owners));
+        let saved = self
+            .publish(FILES, render_files(&files).as_bytes())
+            .and_then(|()| self.publish(FILE, &render(published, &owners)));
         self.note(&format!(
-            "{FILE} {why}: built from {} ({} domains){}",
+            "{FILE} {why}: rebuilt from {} ({} files, {parsed} read again, {} domains){}",
             dir.display(),
+            files.len(),
             owners.len(),
-            match publish {
+            match saved {
                 Ok(()) => String::new(),
                 Err(e) => format!("; not saved: {e}"),
             }
         ));
-        owners.get(&domain).cloned()
+        let found = owners.get(&domain).cloned();
+        let _ = self.built.set(owners);
+        found
     }
 
     /// The owner from the published index, or why the index cannot be used.
@@ -249,42 +323,74 @@ impl DomainIndex<'_> {
         }
     }
 
-    /// Every drop-in file read: domain → the first account (by name) that names it. A file
-    /// that does not load is logged and owns nothing until it is fixed.
-    fn build(&self, dir: &std::path::Path) -> BTreeMap<String, String> {
+    /// Every drop-in file's entry: from the previous build when the file is the same file
+    /// (inode, size, modification time), else read and parsed now. Returns the table and how
+    /// many files were parsed. A file that does not load is logged and owns nothing.
+    fn build(&self, dir: &std::path::Path) -> (BTreeMap<String, FileEntry>, usize) {
+        let previous = self.read_previous();
         let mut errors = Vec::new();
-        let mut owners = BTreeMap::new();
+        let mut files = BTreeMap::new();
+        let mut parsed = 0;
         for name in config::account_file_names(Some(dir), &mut errors) {
             let path = dir.join(format!("{name}.toml"));
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue; // removed meanwhile
+            };
+            let identity = format!(
+                "{}:{}:{}.{:09}:{}",
+                meta.ino(),
+                meta.size(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime_nsec()
+            );
+            if let Some(known) = previous.get(&name).filter(|f| f.identity == identity) {
+                files.insert(name, known.clone());
+                continue;
+            }
+            parsed += 1;
+            let domains = std::fs::read_to_string(&path)
+                .map_err(|e| config::ConfigError(format!("cannot read {}: {e}", path.display())))
+                .and_then(|text| config::parse_account(&text, &path.display().to_string(), &name))
+                .map(|account| owned_domains(&account).collect::<Vec<_>>());
+            let domains = match domains {
+                Ok(d) => Some(d),
                 Err(e) => {
-                    self.note(&format!("cannot read {}: {e}", path.display()));
-                    continue;
+                    errors.push(e);
+                    None
                 }
             };
-            match config::parse_account(&text, &path.display().to_string(), &name) {
-                Ok(account) => {
-                    for domain in owned_domains(&account) {
-                        owners.entry(domain).or_insert_with(|| name.clone());
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
+            files.insert(name, FileEntry { identity, domains });
         }
         for e in errors {
             self.note(&e.0);
         }
-        owners
+        (files, parsed)
     }
 
-    fn publish(&self, text: &[u8]) -> io::Result<()> {
+    fn read_previous(&self) -> BTreeMap<String, FileEntry> {
+        use std::io::Read;
+        let Ok(mut file) = self
+            .state
+            .top()
+            .open_file(FILES, flags::READ | libc::O_NONBLOCK)
+        else {
+            return BTreeMap::new();
+        };
+        let mut text = String::new();
+        if !file.metadata().is_ok_and(|m| m.is_file()) || file.read_to_string(&mut text).is_err() {
+            return BTreeMap::new();
+        }
+        parse_files(&text)
+    }
+
+    fn publish(&self, name: &str, text: &[u8]) -> io::Result<()> {
         let top = self.state.top();
-        let tmp = format!(".{FILE}.{}", std::process::id());
+        let tmp = format!(".{name}.{}", std::process::id());
         let mut file = top.open_file(&tmp, flags::REWRITE)?;
         let written = file
             .write_all(text)
-            .and_then(|()| top.rename(&tmp, top, FILE));
+            .and_then(|()| top.rename(&tmp, top, name));
         if written.is_err() {
             let _ = top.unlink(&tmp);
         }
@@ -332,6 +438,37 @@ mod tests {
         let long = vec![b'x'; 3 * SCAN as usize];
         let got = look(long.as_slice(), 0, long.len() as u64, "x").unwrap();
         assert_eq!(got, Err(Damaged));
+    }
+
+    #[test]
+    fn the_file_table_round_trips() {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "alice".to_string(),
+            FileEntry {
+                identity: "1:2:3.000000004:5".into(),
+                domains: Some(vec!["a.example".into(), "b.example".into()]),
+            },
+        );
+        files.insert(
+            "broken".to_string(),
+            FileEntry {
+                identity: "9:9:9.000000009:9".into(),
+                domains: None,
+            },
+        );
+        files.insert(
+            "none".to_string(),
+            FileEntry {
+                identity: "7:7:7.000000007:7".into(),
+                domains: Some(Vec::new()),
+            },
+        );
+        assert_eq!(parse_files(&render_files(&files)), files);
+        assert!(parse_files("junk\nx y\n").is_empty());
+        let owners = owners_of(&files);
+        assert_eq!(owners.get("b.example").map(String::as_str), Some("alice"));
+        assert_eq!(owners.len(), 2);
     }
 
     #[test]

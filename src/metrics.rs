@@ -29,6 +29,39 @@ pub struct Snapshot {
     pub oldest_waiting: Option<i64>,
 }
 
+/// The name under which the accounts beyond `[metrics] accounts` are summed.
+pub const OTHER: &str = "(other)";
+
+/// Bound the series: the `keep` accounts with the most messages keep their own series, the
+/// rest are summed into one account named `(other)` (no window use, not locked). The order
+/// is by all-time messages, so an account rarely moves across the line.
+pub fn bound_accounts(accounts: &mut Vec<Account>, keep: usize) {
+    if accounts.len() <= keep {
+        return;
+    }
+    accounts.sort_by(|a, b| {
+        b.totals
+            .all_messages()
+            .cmp(&a.totals.all_messages())
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut other = Account {
+        name: OTHER.to_string(),
+        ..Account::default()
+    };
+    for a in accounts.drain(keep..) {
+        other.totals.add(&a.totals);
+        if other.spools.is_empty() {
+            other.spools = a.spools.iter().map(|(k, _, _)| (*k, 0, 0)).collect();
+        }
+        for (sum, (_, n, bytes)) in other.spools.iter_mut().zip(&a.spools) {
+            sum.1 += n;
+            sum.2 += bytes;
+        }
+    }
+    accounts.push(other);
+}
+
 /// A label value with `\`, `"` and line feeds escaped, as the format requires.
 fn label(value: &str) -> String {
     value

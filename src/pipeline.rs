@@ -756,11 +756,21 @@ impl Context {
             .filter(|h| h.is("From") || h.is("Sender"))
             .flat_map(|h| address::parse_list(&h.value()))
             .collect();
+        // One index for the message's addresses: built at most once if it is stale.
+        let index = self
+            .state()
+            .ok()
+            .map(|state| crate::domain_index::DomainIndex {
+                config: &self.config,
+                state,
+                logger: &self.logger,
+                built: Default::default(),
+            });
         for addr in sender.into_iter().map(str::to_string).chain(from_header) {
             let Some((_, domain)) = addr.rsplit_once('@') else {
                 continue;
             };
-            let Some(owner) = self.domain_owner(domain) else {
+            let Some(owner) = self.domain_owner(index.as_ref(), domain) else {
                 continue;
             };
             if owner != self.account.name && !own.iter().any(|p| address::glob_match(p, &addr)) {
@@ -778,19 +788,16 @@ impl Context {
 
     /// The account that owns `domain`: the first by name among those in the main file and
     /// those in `accounts.d/` (through the domain index, one lookup).
-    fn domain_owner(&self, domain: &str) -> Option<String> {
+    fn domain_owner(
+        &self,
+        index: Option<&crate::domain_index::DomainIndex<'_>>,
+        domain: &str,
+    ) -> Option<String> {
         if self.config.is_shared_domain(domain) {
             return None;
         }
         let inline = self.config.domain_owner(domain).map(str::to_string);
-        let dropin = self.state().ok().and_then(|state| {
-            crate::domain_index::DomainIndex {
-                config: &self.config,
-                state,
-                logger: &self.logger,
-            }
-            .owner(domain)
-        });
+        let dropin = index.and_then(|index| index.owner(domain));
         match (inline, dropin) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

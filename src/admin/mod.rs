@@ -146,10 +146,17 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Top {
             since,
             account,
+            limit,
+            all,
             json,
-        } => report::top(&ctx, &since, account.as_deref(), json, &|a| {
-            viewer.may_see(a)
-        }),
+        } => report::top(
+            &ctx,
+            &since,
+            account.as_deref(),
+            json,
+            (!all).then_some(limit),
+            &|a| viewer.may_see(a),
+        ),
         Command::Metrics => report::print_metrics(&ctx),
         Command::Hold { action } => spools::hold(&ctx, &spool, action, &viewer),
         Command::Queue { action } => spools::queue(&ctx, &spool, action),
@@ -275,8 +282,16 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e))?;
     let file = path.display().to_string();
+    // Thousands of account files name thousands of users: each looked up once.
+    let logins = std::cell::RefCell::new(std::collections::HashMap::<String, bool>::new());
+    let is_login = |name: &str| {
+        *logins
+            .borrow_mut()
+            .entry(name.to_string())
+            .or_insert_with(|| identity::is_login(name))
+    };
     let system = config_check::System {
-        is_login: &identity::is_login,
+        is_login: &is_login,
     };
     let mut findings = config_check::check(&text, &file, &system);
     let main = Config::parse(&text, &file).ok();
@@ -309,19 +324,16 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
                 continue;
             }
         };
-        findings.extend(config_check::check_account(
-            &account_text,
-            &account_file,
-            name,
-            &system,
-        ));
+        let (found, account) =
+            config_check::check_account(&account_text, &account_file, name, &system);
+        findings.extend(found);
         if main.as_ref().is_some_and(|m| m.accounts.contains_key(name)) {
             findings.push(Finding {
                 warning: false,
                 text: format!("{account_file}:1: account {name:?} is also defined in {file}; keep one of the two"),
             });
         }
-        if let Ok(account) = crate::config::parse_account(&account_text, &account_file, name) {
+        if let Some(account) = account {
             for d in crate::domain_index::owned_domains(&account) {
                 owners.entry(d).or_default().push(name.clone());
             }

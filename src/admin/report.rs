@@ -17,6 +17,9 @@ struct Top {
     since_seconds: u64,
     begins: Option<i64>,
     accounts: Vec<AccountTop>,
+    /// Accounts beyond `-n` that sent in the span, and their messages.
+    left_out: usize,
+    left_out_messages: u64,
 }
 
 #[derive(Serialize)]
@@ -42,6 +45,7 @@ pub(super) fn top(
     since: &str,
     only: Option<&str>,
     json: bool,
+    limit: Option<usize>,
     visible: &dyn Fn(&str) -> bool,
 ) -> Result<(), Failure> {
     let span = TimeSpan::parse(since)
@@ -97,10 +101,19 @@ pub(super) fn top(
             .cmp(&a.1.messages())
             .then_with(|| a.0.cmp(&b.0))
     });
+    // The largest senders; the rest are counted, not printed.
+    let left_out: Vec<_> = match limit {
+        Some(n) if accounts.len() > n => accounts.split_off(n),
+        _ => Vec::new(),
+    };
+    let mut rest = Counts::default();
+    left_out.iter().for_each(|(_, t, _)| rest.merge(t));
     if json {
         let top = Top {
             since_seconds: span.secs(),
             begins,
+            left_out: left_out.len(),
+            left_out_messages: rest.messages(),
             accounts: accounts
                 .into_iter()
                 .map(|(account, totals, rows)| AccountTop {
@@ -139,6 +152,13 @@ pub(super) fn top(
             for line in table.lines() {
                 out!("  {line}");
             }
+        }
+        if !left_out.is_empty() {
+            out!(
+                "\n{} more accounts with {} messages left out (`--all` shows every one, `-n N` the N largest)",
+                left_out.len(),
+                rest.messages()
+            );
         }
     }
     for why in &damaged {
@@ -243,6 +263,7 @@ pub fn snapshot(ctx: &Context) -> Result<metrics::Snapshot, Failure> {
             spools,
         });
     }
+    metrics::bound_accounts(&mut accounts, config.metrics.accounts);
     let server_usage = if config.server.limits.is_empty() {
         Vec::new()
     } else {

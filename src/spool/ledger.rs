@@ -116,13 +116,14 @@ impl Ledger<'_> {
         Ok(None)
     }
 
-    /// Apply `change` to the account's record under its lock, waiting at most `wait`.
-    /// `Ok(false)`: the lock stayed busy or the record was damaged; left for `queue run`.
+    /// Apply `change` to the account's record under its lock, waiting at most `wait`; the
+    /// change sees `None` for a damaged record and may leave it (`None`). `Ok(false)`: the
+    /// lock stayed busy or nothing was written; left for `queue run`.
     pub fn update(
         &self,
         account: &str,
         wait: Duration,
-        change: impl FnOnce(Usage) -> Usage,
+        change: impl FnOnce(Option<Usage>) -> Option<Usage>,
     ) -> Result<bool, Failure> {
         let dir = self.state.subdir(DIR)?;
         let file = dir
@@ -144,20 +145,20 @@ impl Ledger<'_> {
             .read_at(&mut buf, 0)
             .map_err(|e| self.fail("read", account, &e))?;
         let current = match n {
-            0 => Usage::default(),
-            _ => match decode(&buf[..n]) {
-                Some(u) => u,
-                None => return Ok(false),
-            },
+            0 => Some(Usage::default()),
+            _ => decode(&buf[..n]),
         };
-        file.write_all_at(&encode(change(current)), 0)
+        let Some(new) = change(current) else {
+            return Ok(false);
+        };
+        file.write_all_at(&encode(new), 0)
             .map_err(|e| self.fail("write", account, &e))?;
         Ok(true)
     }
 
     /// Set the record to what the spools hold (`queue run`'s repair); never waits.
     pub fn set(&self, account: &str, usage: Usage) -> Result<bool, Failure> {
-        self.update(account, Duration::ZERO, |_| usage)
+        self.update(account, Duration::ZERO, |_| Some(usage))
     }
 
     /// The accounts that have a record.

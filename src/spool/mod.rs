@@ -224,7 +224,7 @@ impl<'a> Spool<'a> {
         };
         let ledger = Ledger { state: self.state };
         let changed = ledger.update(account, wait, |u| {
-            u.adjusted(sign, size, kind == Kind::Defer)
+            u.map(|u| u.adjusted(sign, size, kind == Kind::Defer))
         });
         if !matches!(changed, Ok(true)) {
             self.ledger_busy.borrow_mut().insert(account.to_string());

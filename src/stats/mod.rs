@@ -322,6 +322,22 @@ impl RelayError {
 }
 
 impl Totals {
+    /// Add another account's totals (the metrics' "(other)" sum).
+    pub fn add(&mut self, other: &Totals) {
+        let add_all = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        add_all(&mut self.messages, &other.messages);
+        add_all(&mut self.recipients, &other.recipients);
+        add_all(&mut self.relay_errors, &other.relay_errors);
+        self.lock_wait_us += other.lock_wait_us;
+        self.decisions += other.decisions;
+        self.lock_busy += other.lock_busy;
+    }
+
+    /// Messages over every outcome.
+    pub fn all_messages(&self) -> u64 {
+        self.messages.iter().sum()
+    }
+
     pub fn messages(&self, o: Outcome) -> u64 {
         self.messages[o.index()]
     }
