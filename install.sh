@@ -257,13 +257,15 @@ if [ ! -f "$SBIN" ] || ! cmp -s "$binary" "$SBIN" || [ "$(stat -c '%a %U:%G' "$S
     act install -D -o root -g mailgate -m 2755 "$binary" "$SBIN"
 fi
 put_dir "$ETC" 755 root:root
+# One file per account (NAME.toml), written by the hosting panel; see README "Accounts".
+put_dir "$ETC/accounts.d" 755 root:root
 if [ ! -f "$ETC/mailgate.toml" ]; then
     # The admin's configuration from now on: --uninstall keeps it.
     act install -o root -g root -m 644 "$here/mailgate.toml.example" "$ETC/mailgate.toml"
 fi
 put_dir "$STATE" 770 root:mailgate
 # Made here, owned by root: a customer's sender must never be the first to create them.
-for sub in accounts queue defer hold failed tmp pending stats; do
+for sub in accounts queue defer hold failed tmp pending stats spooled; do
     put_dir "$STATE/$sub" 2770 root:mailgate
 done
 if [ ! -f "$STATE/mailgate.log" ] || [ "$(stat -c '%a %U:%G' "$STATE/mailgate.log")" != "660 root:mailgate" ]; then

@@ -6,9 +6,12 @@
 //! The index is never trusted when it may be stale: its first line carries the identity of
 //! `accounts.d/` (device, inode, modification time), which every file renamed into, created
 //! in or removed from the directory changes. A mismatch, a damaged file or a stamp taken
-//! within a second of a change (a later change in the same clock tick would not show, as in
-//! git's "racy" index) means this message builds the table from the files itself, logs it, and
-//! publishes it for the next ones (write, rename; concurrent builders produce the same).
+//! within 100 ms of a change (a later change in the same clock tick would not show, as in
+//! git's "racy" index) means this message builds the table itself, logs it, and publishes it
+//! for the next ones (write, rename; concurrent builders produce the same). A build lists
+//! `accounts.d/` and parses only the files whose identity (inode, size, times) differs from
+//! the previous build's `domains.files`: after a panel replaced one file, the next message
+//! pays one directory listing and one parse, not a parse of every account.
 //! Accounts in the main file are not indexed: `Config::domain_owner` sees them directly.
 
 use crate::config::{self, Config};
@@ -23,6 +26,8 @@ const FILE: &str = "domains.index";
 const MAGIC: &str = "mailgate-domains 1";
 /// A line is `domain account\n`: a domain of at most 255 bytes, an account of at most 128.
 const MAX_LINE: usize = 255 + 1 + 128 + 1;
+/// How long after a change of `accounts.d/` its stamp is not trusted (`stamp_of`).
+const RACY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Below this span the rest is read at once and scanned.
 const SCAN: u64 = 4096;
 
@@ -142,7 +147,10 @@ pub fn owned_domains(account: &config::Account) -> impl Iterator<Item = String> 
 }
 
 /// The identity of `accounts.d/`, or `None` when there is no such directory. A stamp taken
-/// within a second of the directory's last change is not trusted later (`racy`).
+/// within `RACY` of the directory's last change is not trusted later (`racy`): a second
+/// change within the same clock tick (file times advance by the kernel's tick, up to 10 ms)
+/// would leave the same stamp. A modification time ahead of the clock (the clock was set
+/// back) is not racy: a later change then gets an earlier, different time.
 fn stamp_of(dir: &std::path::Path) -> io::Result<Option<(String, bool)>> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
@@ -153,7 +161,8 @@ fn stamp_of(dir: &std::path::Path) -> io::Result<Option<(String, bool)>> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let changed_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    let racy = (now.as_nanos() as i128) - changed_ns < 1_000_000_000;
+    let age = (now.as_nanos() as i128) - changed_ns;
+    let racy = (0..RACY.as_nanos() as i128).contains(&age);
     let stamp = format!(
         "{}:{}:{}.{:09}",
         meta.dev(),
@@ -260,7 +269,7 @@ impl DomainIndex<'_> {
         let (files, parsed) = self.build(dir);
         let owners = owners_of(&files);
         // A racy stamp is published as such: the next lookup builds again (parsing only what
-        // changed), until the directory has been still for a second.
+        // changed), until the directory has been still for `RACY`.
         let published = if racy { "racy" } else { stamp.as_str() };
         let saved = self
             .publish(FILES, render_files(&files).as_bytes())

@@ -23,10 +23,13 @@ fn must(cmd: &str) {
 /// Tests of this file share the system config path and the users: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+const SYSTEM_ACCOUNTS: &str = "/etc/mailgate/accounts.d";
+
 /// Puts the test's config at the system path and restores what was there before.
 struct SystemConfig {
     backup: Option<Vec<u8>>,
     made_dir: bool,
+    made_accounts: bool,
 }
 
 impl SystemConfig {
@@ -35,12 +38,38 @@ impl SystemConfig {
         let made_dir = !Path::new("/etc/mailgate").exists();
         std::fs::create_dir_all("/etc/mailgate").unwrap();
         std::fs::write(SYSTEM_CONFIG, text).unwrap();
-        SystemConfig { backup, made_dir }
+        SystemConfig {
+            backup,
+            made_dir,
+            made_accounts: false,
+        }
+    }
+
+    /// Drop-in account files at the system path. A real install's accounts.d is never
+    /// touched: the test refuses to run over one.
+    fn with_accounts(mut self, files: &[(String, String)]) -> SystemConfig {
+        assert!(
+            !Path::new(SYSTEM_ACCOUNTS).exists(),
+            "{SYSTEM_ACCOUNTS} exists: this test does not run over a real install"
+        );
+        std::fs::create_dir(SYSTEM_ACCOUNTS).unwrap();
+        self.made_accounts = true;
+        for (name, text) in files {
+            std::fs::write(
+                Path::new(SYSTEM_ACCOUNTS).join(format!("{name}.toml")),
+                text,
+            )
+            .unwrap();
+        }
+        self
     }
 }
 
 impl Drop for SystemConfig {
     fn drop(&mut self) {
+        if self.made_accounts {
+            let _ = std::fs::remove_dir_all(SYSTEM_ACCOUNTS);
+        }
         match &self.backup {
             Some(b) => std::fs::write(SYSTEM_CONFIG, b).unwrap(),
             None => {
@@ -793,4 +822,118 @@ fn customers_see_and_manage_only_their_own_held_mail_and_statistics() {
         b"",
     );
     assert_ne!(code(&o), 0, "a customer read the statistics file directly");
+}
+
+/// 10,000 accounts in accounts.d under setgid: bindings, limits and domains come from each
+/// account's own file; an attacker's config (and an accounts.d beside it) changes nothing.
+#[test]
+fn ten_thousand_drop_in_accounts_under_setgid() {
+    let (_serial, sink, inst, config) = setgid_fixture(
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 50 } ]\n",
+    );
+    let mut files: Vec<(String, String)> = (1..=10_000)
+        .map(|i| {
+            (
+                format!("site{i}"),
+                format!(
+                    "users = [\"web{i}\"]\nnotify = [\"owner@site{i}.example\"]\n\
+                     allowed_senders = [\"*@site{i}.example\"]\nsender_policy = \"reject\"\n\
+                     limits = [ {{ window = \"1h\", messages = 100 }}, {{ window = \"1d\", messages = 1000 }} ]\n"
+                ),
+            )
+        })
+        .collect();
+    files.push((
+        "shop".into(),
+        "users = [\"mgtest1\"]\nlimits = [ { window = \"1h\", messages = 1 } ]\n".into(),
+    ));
+    files.push((
+        "mgtest2".into(),
+        "limits = [ { window = \"1h\", messages = 1 } ]\n".into(),
+    ));
+    let _config = config.with_accounts(&files);
+    let msg = |from: &str| format!("From: {from}\nSubject: dropin\n\nbody\n").into_bytes();
+
+    // --account binding from the account's own file.
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[],
+        &["--account", "shop", "-i", "to@x.org"],
+        &msg("a@x.org"),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = send(
+        &inst,
+        "mgtest2",
+        &[],
+        &["--account", "shop", "-i", "to@x.org"],
+        &msg("a@x.org"),
+    );
+    assert_eq!(code(&o), 77, "not among shop's users: {}", stderr(&o));
+    // The account variable names it too, and shop's own limit (1/h) holds.
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[("MAILGATE_ACCOUNT", "shop")],
+        &["-i", "to@x.org"],
+        &msg("a@x.org"),
+    );
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("shop exceeded 1 messages per 1h"),
+        "{}",
+        stderr(&o)
+    );
+    // A plain login with a file of its own gets that file's limits.
+    let o = send(&inst, "mgtest2", &[], &["-i", "to@x.org"], &msg("a@x.org"));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = send(&inst, "mgtest2", &[], &["-i", "to@x.org"], &msg("a@x.org"));
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    // A login without a file: the defaults.
+    let o = send(&inst, "mgtest1", &[], &["-i", "to@x.org"], &msg("a@x.org"));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // A domain one of the 10,000 owns is not anyone else's.
+    let o = send(
+        &inst,
+        "mgtest1",
+        &[],
+        &["-i", "to@x.org"],
+        &msg("ceo@site9876.example"),
+    );
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("belongs to account site9876"),
+        "{}",
+        stderr(&o)
+    );
+    // The attacker's own config and accounts.d beside it are ignored under setgid.
+    let evil_dir = inst.prefix.join("evil");
+    std::fs::create_dir_all(evil_dir.join("accounts.d")).unwrap();
+    std::fs::write(evil_dir.join("mailgate.toml"), "[alerts]\nadmin = \"\"\n").unwrap();
+    std::fs::write(
+        evil_dir.join("accounts.d").join("shop.toml"),
+        "users = [\"mgtest1\", \"mgtest2\"]\nexempt = true\n",
+    )
+    .unwrap();
+    let evil = evil_dir.join("mailgate.toml");
+    let o = send(
+        &inst,
+        "mgtest2",
+        &[("MAILGATE_CONFIG", evil.to_str().unwrap())],
+        &["--account", "shop", "-i", "to@x.org"],
+        &msg("a@x.org"),
+    );
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    // The domain index lives in the state directory, which no customer can write.
+    let index = inst.state.join("domains.index");
+    let o = as_user(
+        "mgtest1",
+        &[],
+        Path::new("/bin/sh"),
+        &["-c", &format!("echo x >> {}", index.display())],
+        b"",
+    );
+    assert_ne!(code(&o), 0, "a customer wrote the domain index");
+    sink.wait_count(3);
 }
