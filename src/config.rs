@@ -180,6 +180,10 @@ pub struct Spool {
     /// Customers may release their own held messages (`mailgate hold release`); listing,
     /// showing and deleting them they always may.
     pub customer_release: bool,
+    /// A customer's release may pass the account's limits (the message was held for them);
+    /// by default it counts like a new message and stays held past them. The admin's lock
+    /// holds either way.
+    pub customer_release_past_limits: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +307,10 @@ pub enum Action {
 pub struct TimeSpan(pub u64);
 
 impl TimeSpan {
+    /// 100 years: every span plus any Unix time of this era fits an i64, so no arithmetic on
+    /// a span can wrap (`top --since 9223372036854775808s` is refused, not wrapped around).
+    pub const MAX: TimeSpan = TimeSpan(100 * 365 * 86400);
+
     pub fn secs(self) -> u64 {
         self.0
     }
@@ -346,6 +354,12 @@ impl TimeSpan {
         }
         if total == 0 {
             return Err(format!("duration {text:?} must be longer than zero"));
+        }
+        if total > TimeSpan::MAX.0 {
+            return Err(format!(
+                "duration {text:?} is too long (at most {})",
+                TimeSpan::MAX
+            ));
         }
         Ok(TimeSpan(total))
     }
@@ -457,6 +471,7 @@ impl Default for Spool {
             account_max_bytes: 100 * 1024 * 1024,
             min_free_percent: 5,
             customer_release: false,
+            customer_release_past_limits: false,
         }
     }
 }
@@ -805,6 +820,10 @@ mod tests {
         assert!(TimeSpan::parse("0s").is_err());
         assert!(TimeSpan::parse("1y").is_err());
         assert!(TimeSpan::parse("99999999999999999999d").is_err());
+        assert!(TimeSpan::parse("9223372036854775808s").is_err());
+        assert!(TimeSpan::parse("18446744073709551615s").is_err());
+        assert!(TimeSpan::parse("36501d").is_err());
+        assert_eq!(TimeSpan::parse("36500d"), Ok(TimeSpan::MAX));
         assert_eq!(TimeSpan(5400).to_string(), "90m");
         assert_eq!(TimeSpan(3600).to_string(), "1h");
     }

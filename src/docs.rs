@@ -121,6 +121,10 @@ const KEYS: &[(&str, &str)] = &[
         "Every queue run writes mailgate metrics to this file (replaced whole) for node_exporter's textfile collector, e.g. /var/lib/prometheus/node-exporter/mailgate.prom. Unset: none.",
     ),
     (
+        "spool.customer_release_past_limits",
+        "With customer_release: a customer's release may pass the limits the message was held for. Default: it counts like a new message and stays held past them. A locked account's mail is released by the admin only, either way.",
+    ),
+    (
         "metrics.accounts",
         "Accounts with series of their own in mailgate metrics: the ones with the most messages; all others are summed as account=\"(other)\". 0: only the sum. Keeps the number of series bounded on a server with thousands of accounts.",
     ),

@@ -291,11 +291,7 @@ impl DomainIndex<'_> {
 
     /// The owner from the published index, or why the index cannot be used.
     fn lookup(&self, stamp: &str, domain: &str) -> Result<Option<String>, &'static str> {
-        let file = match self
-            .state
-            .top()
-            .open_file(FILE, flags::READ | libc::O_NONBLOCK)
-        {
+        let file = match self.state.top().open_file(FILE, flags::READ) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("missing"),
             Err(_) => return Err("unreadable"),
@@ -379,11 +375,7 @@ impl DomainIndex<'_> {
 
     fn read_previous(&self) -> BTreeMap<String, FileEntry> {
         use std::io::Read;
-        let Ok(mut file) = self
-            .state
-            .top()
-            .open_file(FILES, flags::READ | libc::O_NONBLOCK)
-        else {
+        let Ok(mut file) = self.state.top().open_file(FILES, flags::READ) else {
             return BTreeMap::new();
         };
         let mut text = String::new();

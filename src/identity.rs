@@ -104,7 +104,11 @@ impl Origin {
             }
             let title = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
             if let Some(name) = fpm_pool(&title) {
-                pool = Some(name);
+                // Any user can start PHP-FPM's binary with a pool name of their choosing; the
+                // system's pools are the workers of a master that runs as root.
+                if parent_pid(parent).is_some_and(is_root_fpm_master) {
+                    pool = Some(name);
+                }
                 break;
             }
             if level == 1 {
@@ -117,6 +121,20 @@ impl Origin {
         }
         Origin { cwd, pool }
     }
+}
+
+/// Whether `pid` is a PHP-FPM master process whose real uid is root.
+fn is_root_fpm_master(pid: u32) -> bool {
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !title.starts_with(b"php-fpm: master process") {
+        return false;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        == Some("0")
 }
 
 /// The parent of `pid` from /proc/PID/stat (the field after the parenthesised name).

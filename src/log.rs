@@ -76,10 +76,19 @@ fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
         // way the size stays bounded and no line is written into a file that is gone.
         let _ = std::fs::rename(path, old);
     }
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never blocks on a FIFO put in its place; anything but a regular file is refused.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
     // One write per line: O_APPEND keeps concurrent writers' lines whole.
     f.write_all(format!("{stamp} mailgate[{}]: {line}\n", std::process::id()).as_bytes())
 }
@@ -89,7 +98,9 @@ fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
 pub const MAX_FIELD: usize = 256;
 
 /// `text` safe for a log line or an admin's terminal: control characters (ESC, BEL, CR, LF,
-/// NUL ...) become `\xNN` escapes, and at most `max` bytes are kept, marked when cut.
+/// NUL ...) become `\xNN` escapes, the Unicode line and paragraph separators and the
+/// bidirectional overrides (which break or reorder what the admin reads) `\u{NNNN}`, and at
+/// most `max` bytes are kept, marked when cut.
 pub fn printable(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max) + 16);
     for (i, c) in text.char_indices() {
@@ -99,11 +110,18 @@ pub fn printable(text: &str, max: usize) -> String {
         }
         if c.is_control() {
             let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else if is_layout_control(c) {
+            let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that are not control characters but end a line or reorder text on a terminal.
+fn is_layout_control(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Builds `key=value` pairs, quoting values that contain spaces, quotes or `=`. Values are
@@ -150,6 +168,14 @@ mod tests {
             f.as_str().ends_with("...[44744 more bytes]\""),
             "{}",
             f.as_str()
+        );
+    }
+
+    #[test]
+    fn line_separators_and_bidi_overrides_are_escaped() {
+        assert_eq!(
+            printable("a\u{2028}b\u{2029}c\u{202e}d\u{2066}e", 256),
+            "a\\u{2028}b\\u{2029}c\\u{202e}d\\u{2066}e"
         );
     }
 

@@ -24,7 +24,8 @@ pub struct Context {
     pub names: LocalNames,
     /// `[relay] trusted_owners` as uids (names that do not exist are left out), resolved at
     /// the first hand-over: a refused message never reads the password database for them.
-    trusted_owners: std::cell::OnceCell<Vec<u32>>,
+    /// (the configured owners, the same plus the caller).
+    trusted_owners: std::cell::OnceCell<(Vec<u32>, Vec<u32>)>,
     pub logger: Logger,
     /// Test clock (`MAILGATE_NOW`), honoured only when not running setgid.
     pub fixed_now: Option<i64>,
@@ -166,9 +167,21 @@ impl Context {
         self.store.as_ref().map_err(Clone::clone)
     }
 
+    /// The relay for the caller's own mail: its listener may also be the caller's own.
     pub fn relay(&self) -> Relay<'_> {
-        let trusted_owners = self.trusted_owners.get_or_init(|| {
-            let mut uids: Vec<u32> = self
+        self.relay_trusting(true)
+    }
+
+    /// The relay for mailgate's own mail (alerts and notices about an account): only the
+    /// configured owners, never the caller, so that an alert about a customer's account
+    /// cannot be caught by a listener that customer put on the relay's port.
+    pub fn relay_internal(&self) -> Relay<'_> {
+        self.relay_trusting(false)
+    }
+
+    fn relay_trusting(&self, caller_too: bool) -> Relay<'_> {
+        let (configured, with_caller) = self.trusted_owners.get_or_init(|| {
+            let uids: Vec<u32> = self
                 .config
                 .relay
                 .trusted_owners
@@ -177,11 +190,13 @@ impl Context {
                 .collect();
             // The caller's own listener may have the caller's own mail: that hurts nobody
             // else (root's queue run is uid 0, which only root and postfix match by default).
+            let mut with_caller = uids.clone();
             if !uids.is_empty() {
-                uids.push(self.caller.uid);
+                with_caller.push(self.caller.uid);
             }
-            uids
+            (uids, with_caller)
         });
+        let trusted_owners = if caller_too { with_caller } else { configured };
         Relay {
             host: &self.config.relay.host,
             port: self.config.relay.port,
@@ -687,7 +702,7 @@ impl Context {
     /// counted, queued when the relay is down.
     pub fn send_internal(&self, msg: Message, to: &str, what: &str) {
         let rcpts = vec![to.to_string()];
-        let outcome = self.relay().send(
+        let outcome = self.relay_internal().send(
             &Envelope {
                 sender: None,
                 recipients: &rcpts,

@@ -85,6 +85,8 @@ pub fn run(ctx: &Context, backoff: Backoff) -> Result<Option<Summary>, Failure> 
     let Some(_running) = state.try_lock_named("queue.lock")? else {
         return Ok(None);
     };
+    // Subdirectories a customer's sender had to create become root's again.
+    state.settle_all();
     let spool = Spool::new(state);
     let now = ctx.now();
     // A sender killed between writing tmp/ and the rename leaves a file nobody was told about.
@@ -358,9 +360,58 @@ fn release_one(
     Ok(())
 }
 
+/// A customer's release is a send like any other: the admin's lock holds it, and it counts
+/// against the account's limits (past them it stays held, unless the admin set
+/// `customer_release_past_limits`). The admin's release is neither checked nor counted:
+/// deciding past the limits is the admin's to make.
+fn counted_release(ctx: &Context, meta: &Meta) -> Result<(), Failure> {
+    let attempt = limits::Attempt {
+        account: &meta.account,
+        recipients: meta.recipients.len() as u32,
+        now: ctx.now(),
+        sender: meta.sender.as_deref().unwrap_or("<>"),
+        subject: &meta.subject,
+        count_refusal: false,
+        test_clock: ctx.fixed_now.is_some(),
+    };
+    let decision = ctx
+        .store()?
+        .check_and_record(&ctx.config, &attempt, &mut |w| {
+            ctx.logger.log(Severity::Warning, w);
+        })?;
+    let id = &meta.id;
+    match decision.verdict {
+        Verdict::Accepted(_) => Ok(()),
+        Verdict::Refused(_) if ctx.config.spool.customer_release_past_limits => Ok(()),
+        Verdict::Locked(reason) => Err(Failure::new(
+            Exit::NoPerm,
+            format!(
+                "{id}: account {} is locked by the administrator ({reason}); only the administrator can release its mail",
+                meta.account
+            ),
+        )),
+        Verdict::Refused(r) => Err(Failure::new(
+            Exit::Unavailable,
+            format!(
+                "{id}: stays held: {}",
+                r.describe(&meta.account, meta.recipients.len() as u32)
+            ),
+        )),
+        Verdict::Busy(_) | Verdict::StoreUnavailable(_) => Err(Failure::new(
+            Exit::Unavailable,
+            format!("{id}: stays held: the account's counters are busy; try again"),
+        )),
+    }
+}
+
 /// Relay a kept message and log the outcome.
 pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome {
-    let outcome = ctx.relay().send(
+    let relay = if meta.internal {
+        ctx.relay_internal()
+    } else {
+        ctx.relay()
+    };
+    let outcome = relay.send(
         &Envelope {
             sender: meta.sender.as_deref(),
             recipients: &meta.recipients,
@@ -451,7 +502,7 @@ fn backoff_delay(ctx: &Context, attempts: u32) -> i64 {
 }
 
 /// `hold release`: deliver now, bypassing limits. Temporary trouble moves it to the queue.
-pub fn release(ctx: &Context, id: &str) -> Result<String, Failure> {
+pub fn release(ctx: &Context, id: &str, by_customer: bool) -> Result<String, Failure> {
     let state = ctx.state()?;
     let spool = Spool::new(state);
     let Some(claim) = spool.claim(Kind::Hold, id)? else {
@@ -461,6 +512,9 @@ pub fn release(ctx: &Context, id: &str) -> Result<String, Failure> {
         ));
     };
     let (mut meta, msg) = (claim.meta, claim.msg);
+    if by_customer {
+        counted_release(ctx, &meta)?;
+    }
     match deliver(ctx, &meta, &msg, "hold") {
         Outcome::Delivered { reply, rejected } => {
             let deferred = deferred_recipients(rejected);

@@ -77,7 +77,9 @@ impl Dir {
         }
     }
 
-    /// Open a file (mode 0660 when created), never following a symlink.
+    /// Open a regular file (mode 0660 when created), never following a symlink and never
+    /// blocking: a FIFO or a device put in place of a state file (by root or group mailgate)
+    /// is an error (`InvalidData`, "not a regular file"), not a sender that hangs.
     pub fn open_file(&self, name: &str, flags: i32) -> io::Result<File> {
         let c = c_name(name)?;
         // SAFETY: fd is a directory, c a valid C string; the fd is owned by the File below.
@@ -85,12 +87,26 @@ impl Dir {
             libc::openat(
                 self.fd.as_raw_fd(),
                 c.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
                 0o660 as libc::c_uint,
             )
         })?;
         // SAFETY: fd was just returned by openat and is owned by nobody else.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let file = unsafe { File::from_raw_fd(fd) };
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        // O_NONBLOCK has no effect on a regular file's reads and writes; cleared anyway so
+        // that nothing downstream depends on it.
+        // SAFETY: fd is open; F_GETFL/F_SETFL only change its status flags.
+        unsafe {
+            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+        Ok(file)
     }
 
     /// Rename `from` here to `to` in `dest` (replacing it atomically).
@@ -147,7 +163,7 @@ impl Dir {
     /// State subdirectories belong to root:mailgate with mode 2770 (install.sh makes them
     /// so). One that a customer's sender had to create is theirs until root opens it next;
     /// best effort, the directory works either way.
-    fn settle(&self, created: bool) {
+    fn settle(&self, created: bool, group: Option<u32>) {
         let fd = self.fd.as_raw_fd();
         // SAFETY: fd is an open directory; fstat writes into st; the getters cannot fail.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -158,6 +174,11 @@ impl Dir {
         if root && st.st_uid != 0 {
             // SAFETY: fd is an open directory; -1 keeps the group.
             unsafe { libc::fchown(fd, 0, u32::MAX) };
+        }
+        // The group of the state directory itself (mailgate), whoever made this one.
+        if let Some(gid) = group.filter(|&g| root && st.st_gid != g) {
+            // SAFETY: fd is an open directory; -1 keeps the owner.
+            unsafe { libc::fchown(fd, u32::MAX, gid) };
         }
         if created || (root && st.st_mode & 0o7777 != 0o2770) {
             // SAFETY: fd is an open directory we own (or we are root).
@@ -202,6 +223,11 @@ pub fn older_than(dir: &Path, age: std::time::Duration) -> Vec<(String, PathBuf)
         })
         .collect()
 }
+
+/// Every subdirectory of the state directory (each made on first use, `StateDir::subdir`).
+pub const SUBDIRS: [&str; 9] = [
+    "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
+];
 
 /// The state directory, opened once.
 pub struct StateDir {
@@ -255,8 +281,23 @@ impl StateDir {
             }
             Err(e) => return Err(fail("open", e)),
         };
-        sub.settle(created);
+        sub.settle(created, None);
         Ok(sub)
+    }
+
+    /// Every state subdirectory there is, given back to root and the state directory's group
+    /// with mode 2770 (root's `queue run`): one that a customer's sender created stays
+    /// theirs only until then.
+    pub fn settle_all(&self) {
+        let fd = self.dir.fd.as_raw_fd();
+        // SAFETY: fd is an open directory; fstat writes into st.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let group = (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_gid);
+        for name in SUBDIRS {
+            if let Ok(sub) = self.dir.open_dir(name) {
+                sub.settle(false, group);
+            }
+        }
     }
 
     /// The names in a subdirectory, sorted, without the hidden ones (files being born or set

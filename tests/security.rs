@@ -769,14 +769,48 @@ fn customers_see_and_manage_only_their_own_held_mail_and_statistics() {
         held_ids(&json_as(&inst, one, &["hold", "list"]), one),
         vec![own1[1].clone()]
     );
-    // With customer_release, `--all` releases the caller's own and nobody else's.
+    // With customer_release, a release counts like a new message: past the limit it was held
+    // for, it stays held.
+    let base_config = std::fs::read_to_string(SYSTEM_CONFIG).unwrap();
     std::fs::write(
         SYSTEM_CONFIG,
-        std::fs::read_to_string(SYSTEM_CONFIG)
-            .unwrap()
-            .replace("[alerts]", "[spool]\ncustomer_release = true\n[alerts]"),
+        base_config.replace("[alerts]", "[spool]\ncustomer_release = true\n[alerts]"),
     )
     .unwrap();
+    let o = as_user(two, &[], &inst.bin, &["hold", "release", "--all"], b"");
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    assert!(stderr(&o).contains("stays held"), "{}", stderr(&o));
+    assert_eq!(
+        held_ids(&json_as(&inst, two, &["hold", "list"]), two).len(),
+        1
+    );
+    // The admin's lock beats every release a customer makes, past_limits or not.
+    let o = as_user(
+        "root",
+        &[],
+        &inst.bin,
+        &["lock", two, "--reason", "spam"],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    std::fs::write(
+        SYSTEM_CONFIG,
+        base_config.replace(
+            "[alerts]",
+            "[spool]\ncustomer_release = true\ncustomer_release_past_limits = true\n[alerts]",
+        ),
+    )
+    .unwrap();
+    let o = as_user(two, &[], &inst.bin, &["hold", "release", "--all"], b"");
+    assert_eq!(code(&o), 77, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("locked by the administrator"),
+        "{}",
+        stderr(&o)
+    );
+    let o = as_user("root", &[], &inst.bin, &["unlock", two], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // With customer_release_past_limits, `--all` releases the caller's own and nobody else's.
     let o = as_user(two, &[], &inst.bin, &["hold", "release", "--all"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let got = sink.wait_count(3);

@@ -50,7 +50,7 @@ pub(super) fn top(
 ) -> Result<(), Failure> {
     let span = TimeSpan::parse(since)
         .map_err(|why| Failure::new(Exit::Usage, format!("--since: {why}")))?;
-    if span.secs() as i64 > stats::KEEP {
+    if span.secs() > stats::KEEP.unsigned_abs() {
         return Err(Failure::new(
             Exit::Usage,
             format!(

@@ -63,7 +63,7 @@ pub(super) fn hold(
             let ids = select(spool, Kind::Hold, ids, account.as_deref(), all, viewer)?;
             let mut failed = None;
             for id in ids {
-                match queue::release(ctx, &id) {
+                match queue::release(ctx, &id, !viewer.admin) {
                     Ok(line) => out!("{line}"),
                     Err(f) => {
                         err!("mailgate: {}", f.message);

@@ -94,7 +94,7 @@ impl Ledger<'_> {
     /// counts the spools instead), zero when the account never kept anything.
     pub fn read(&self, account: &str) -> Result<Option<Usage>, Failure> {
         let dir = self.state.subdir(DIR)?;
-        let file = match dir.open_file(account, flags::READ | libc::O_NONBLOCK) {
+        let file = match dir.open_file(account, flags::READ) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(Usage::default())),
             Err(e) => return Err(self.fail("open", account, &e)),
@@ -127,10 +127,7 @@ impl Ledger<'_> {
     ) -> Result<bool, Failure> {
         let dir = self.state.subdir(DIR)?;
         let file = dir
-            .open_file(
-                account,
-                flags::READ_WRITE | flags::CREATE | libc::O_NONBLOCK,
-            )
+            .open_file(account, flags::READ_WRITE | flags::CREATE)
             .map_err(|e| self.fail("open", account, &e))?;
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Ok(false);
