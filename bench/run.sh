@@ -39,17 +39,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-    echo "bench: nothing listens on port $1" >&2; exit 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # --- the sink -----------------------------------------------------------------------------
-SINK_PORT=$(free_port)
-smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$SINK_PORT"
+start_sink
 
 # --- the messages: a typical 4 KiB PHP mail, and 10 MiB ------------------------------------
 python3 - "$work" <<'PY'
@@ -137,7 +131,6 @@ hf() { # name command...
     hyperfine -N -i --style none --warmup 20 --runs "$RUNS" --export-json "$work/$1.json" "${@:2}" >/dev/null 2>&1 || \
     hyperfine -i --style none --warmup 20 --runs "$RUNS" --export-json "$work/$1.json" "${@:2}" >/dev/null
 }
-median_ms() { python3 -c "import json,sys; r=json.load(open('$1'))['results']; print(' '.join('%.3f' % (x['median']*1000) for x in r))"; }
 
 echo "bench: accepted path ($RUNS runs each)..." >&2
 hf accepted \
@@ -228,7 +221,6 @@ size=$(stat -c %s "$BIN")
 libs=$(ldd "$BIN" | awk '{print $1}' | grep -v vdso | tr '\n' ' ')
 openssl=no; ldd "$BIN" | grep -qiE 'ssl|crypto' && openssl=YES
 state_size=$(stat -c %s "$work/accepted/state/accounts/root")
-ratio() { python3 -c "print('%.2f' % ($1/$2))"; }
 net() { python3 -c "print('%.2f' % (($1-$sh_acc)/($2-$sh_acc)))"; }
 
 report=$(cat <<MD
@@ -257,3 +249,10 @@ MD
 )
 echo "$report"
 echo "$report" >bench/results.md
+
+# The rows at a hosting server's size (1, 1,000 and 10,000 accounts); SCALE=0 leaves them out.
+if [ "${SCALE:-1}" = 1 ]; then
+    scale=$(RUNS=$(( RUNS < 100 ? RUNS : 100 )) bench/scale.sh)
+    echo "$scale"
+    printf '\n%s\n' "$scale" >>bench/results.md
+fi

@@ -24,15 +24,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-    echo "bench: nothing listens on port $1" >&2; exit 1
-}
-SINK_PORT=$(free_port)
-smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$SINK_PORT"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+start_sink
 DEAD_PORT=$(free_port)   # nothing listens: every message is queued
 
 python3 - "$work" <<'PY'
@@ -77,8 +71,6 @@ for i in range(1, n + 1):
         f'limits = [ {{ window = "1h", messages = {per_hour} }}, {{ window = "1d", messages = 100000000 }} ]\n')
 PY
 }
-median_ms() { python3 -c "import json,sys; r=json.load(open('$1'))['results']; print(' '.join('%.3f' % (x['median']*1000) for x in r))"; }
-ratio() { python3 -c "print('%.2f' % ($1/$2))"; }
 send() { # config account message
     MAILGATE_CONFIG=$work/$1/mailgate.toml "$BIN" --account "$2" -t -i <"$work/$3.eml"
 }

@@ -286,20 +286,7 @@ fn release_one(
         summary.still_deferred += 1;
         return Ok(());
     }
-    let attempt = limits::Attempt {
-        account: &meta.account,
-        recipients: meta.recipients.len() as u32,
-        now,
-        sender: meta.sender.as_deref().unwrap_or("<>"),
-        subject: &meta.subject,
-        count_refusal: false,
-        test_clock: ctx.fixed_now.is_some(),
-    };
-    let decision = ctx
-        .store()?
-        .check_and_record(&ctx.config, &attempt, &mut |w| {
-            ctx.logger.log(Severity::Warning, w);
-        })?;
+    let decision = count_kept(ctx, &meta, now)?;
     let ticket = match decision.verdict {
         Verdict::Accepted(t) => t,
         Verdict::Refused(_) | Verdict::StoreUnavailable(_) => {
@@ -360,25 +347,30 @@ fn release_one(
     Ok(())
 }
 
-/// A customer's release is a send like any other: the admin's lock holds it, and it counts
-/// against the account's limits (past them it stays held, unless the admin set
-/// `customer_release_past_limits`). The admin's release is neither checked nor counted:
-/// deciding past the limits is the admin's to make.
-fn counted_release(ctx: &Context, meta: &Meta) -> Result<(), Failure> {
+/// A kept message checked against its account's limits and counted when it fits (a refusal
+/// is not counted: the message is still kept).
+fn count_kept(ctx: &Context, meta: &Meta, now: i64) -> Result<limits::Decision, Failure> {
     let attempt = limits::Attempt {
         account: &meta.account,
         recipients: meta.recipients.len() as u32,
-        now: ctx.now(),
+        now,
         sender: meta.sender.as_deref().unwrap_or("<>"),
         subject: &meta.subject,
         count_refusal: false,
         test_clock: ctx.fixed_now.is_some(),
     };
-    let decision = ctx
-        .store()?
+    ctx.store()?
         .check_and_record(&ctx.config, &attempt, &mut |w| {
             ctx.logger.log(Severity::Warning, w);
-        })?;
+        })
+}
+
+/// A customer's release is a send like any other: the admin's lock holds it, and it counts
+/// against the account's limits (past them it stays held, unless the admin set
+/// `customer_release_past_limits`). The admin's release is neither checked nor counted:
+/// deciding past the limits is the admin's to make.
+fn counted_release(ctx: &Context, meta: &Meta) -> Result<(), Failure> {
+    let decision = count_kept(ctx, meta, ctx.now())?;
     let id = &meta.id;
     match decision.verdict {
         Verdict::Accepted(_) => Ok(()),
