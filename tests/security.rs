@@ -971,3 +971,103 @@ fn ten_thousand_drop_in_accounts_under_setgid() {
     assert_ne!(code(&o), 0, "a customer wrote the domain index");
     sink.wait_count(3);
 }
+
+/// The alert about a customer's account never reaches a listener that customer put on the
+/// relay's port (her own mail may: it is hers), and state subdirectories she made first are
+/// root's again after root's queue run.
+#[test]
+fn the_alert_about_a_customer_never_goes_to_her_listener() {
+    let (_serial, _sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let eve = USERS[0];
+    let port = free_port();
+    let squat = "import socket, sys\n\
+                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(16)\n\
+                 print('listening', flush=True)\n\
+                 def serve(c):\n\
+                 \x20   c.sendall(b'220 squat ESMTP\\r\\n')\n\
+                 \x20   for line in c.makefile('rb'):\n\
+                 \x20       print(line.decode(errors='replace').strip(), flush=True)\n\
+                 \x20       c.sendall(b'250 ok\\r\\n' if not line.startswith(b'DATA') else b'354 go\\r\\n')\n\
+                 while True:\n\
+                 \x20   c, _ = s.accept()\n\
+                 \x20   try:\n\
+                 \x20       serve(c)\n\
+                 \x20   except OSError:\n\
+                 \x20       print('reset', flush=True)\n";
+    let mut squatter = Command::new("setpriv")
+        .args([
+            &format!("--reuid={eve}"),
+            &format!("--regid={eve}"),
+            "--init-groups",
+            "/usr/bin/python3",
+            "-c",
+            squat,
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(squatter.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let _config = SystemConfig::install(&format!(
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {port}\n[log]\nfile = \"{}\"\n\
+         [alerts]\nadmin = \"postmaster-alerts@example.org\"\n\
+         [defaults]\nlimits = [ {{ window = \"1h\", messages = 1 }} ]\n",
+        inst.state.display(),
+        inst.log.display()
+    ));
+    // Her first message is hers to catch; the second is over the limit: the admin is alerted.
+    let o = send(
+        &inst,
+        eve,
+        &[],
+        &["-i", "friend@x.org"],
+        b"Subject: one\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = send(
+        &inst,
+        eve,
+        &[],
+        &["-i", "friend@x.org"],
+        b"Subject: two\n\nb\n",
+    );
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    let log = std::fs::read_to_string(&inst.log).unwrap_or_default();
+    assert!(
+        log.contains("internal=alert") && log.contains("postmaster-alerts@example.org"),
+        "an alert was due: {log}"
+    );
+    // Root's queue run retries the queued alert: still not to her listener.
+    let _ = run_with_input(Command::new(&inst.bin).args(["queue", "flush"]), b"");
+    // SAFETY: our own child.
+    unsafe { libc::kill(squatter.id() as i32, libc::SIGKILL) };
+    let _ = squatter.wait();
+    let mut heard = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut heard);
+    assert!(
+        heard.contains("Subject: one"),
+        "her own mail reached her: {heard}"
+    );
+    assert!(
+        !heard.contains("postmaster-alerts"),
+        "the alert about her went to her listener: {heard}"
+    );
+    // The subdirectories her senders created first are root's after root's queue run.
+    for sub in ["accounts", "pending", "stats", "spooled", "queue"] {
+        let path = inst.state.join(sub);
+        if !path.exists() {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777),
+            (0, 0o2770),
+            "{sub} after root's queue run"
+        );
+    }
+    assert!(inst.state.join("pending").exists() && inst.state.join("stats").exists());
+}
