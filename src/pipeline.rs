@@ -33,6 +33,9 @@ pub struct Context {
     store: Result<limits::Store, Failure>,
     /// The current message's record in pending/, from the hand-over until its line is logged.
     pending: Option<journal::Pending>,
+    /// Accounts whose statistics lock another process held past the wait: not waited for
+    /// again by this process (`record`).
+    pub(crate) stats_busy: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 /// A message with its envelope as the caller gave it.
@@ -137,6 +140,7 @@ impl Context {
             state,
             store,
             pending: None,
+            stats_busy: Default::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use crate::stats;
 use std::time::Duration;
 
 /// How long recording a message's statistics waits for their lock (a stopped sender of the
-/// same account may hold it); past it the statistics miss that message, the log has it.
+/// same account may hold it); past it the message goes to the account's backlog.
 const STATS_LOCK_WAIT: Duration = Duration::from_millis(200);
 
 impl Context {
@@ -21,8 +21,15 @@ impl Context {
         let wants_notice = notice
             .as_ref()
             .filter(|_| !self.notify_addresses(account).is_empty());
-        let updated = stats::file::update(state, account, STATS_LOCK_WAIT, |s| {
-            s.record(event);
+        // One wait per account and process: once a stopped process of this account held the
+        // lock past it, this process writes to the backlog at once (a queue run with 1,000 of
+        // that account's messages waits once, not 1,000 times).
+        let wait = if self.stats_busy.borrow().contains(account) {
+            Duration::ZERO
+        } else {
+            STATS_LOCK_WAIT
+        };
+        let updated = stats::file::update(state, account, wait, event, |s| {
             let n = wants_notice?;
             s.claim_notice(event.now, n.window_secs as i64)
                 .then(|| s.since(event.now - n.window_secs as i64).0)
@@ -39,9 +46,12 @@ impl Context {
                     self.send_notice(account, n, &rows);
                 }
             }
-            Ok((stats::file::Updated::Busy, _)) => note(format!(
-                "statistics of {account} busy (another sender holds them); not counted there"
-            )),
+            Ok((stats::file::Updated::Busy, _)) => {
+                self.stats_busy.borrow_mut().insert(account.to_string());
+                note(format!(
+                    "statistics of {account} busy (another process holds them); the message is in its backlog"
+                ));
+            }
             Err(f) => note(f.message),
         }
     }

@@ -225,8 +225,17 @@ pub fn older_than(dir: &Path, age: std::time::Duration) -> Vec<(String, PathBuf)
 }
 
 /// Every subdirectory of the state directory (each made on first use, `StateDir::subdir`).
-pub const SUBDIRS: [&str; 9] = [
-    "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
+pub const SUBDIRS: [&str; 10] = [
+    "accounts",
+    "queue",
+    "defer",
+    "hold",
+    "failed",
+    "tmp",
+    "pending",
+    "stats",
+    "stats-backlog",
+    "spooled",
 ];
 
 /// The state directory, opened once.

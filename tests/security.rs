@@ -1071,3 +1071,68 @@ fn the_alert_about_a_customer_never_goes_to_her_listener() {
     }
     assert!(inst.state.join("pending").exists() && inst.state.join("stats").exists());
 }
+
+/// A process that holds a customer's statistics lock (as her sender stopped at that instant
+/// would) neither hides her messages from `top` nor makes root's queue run wait once per
+/// message of hers.
+#[test]
+fn a_held_statistics_lock_neither_blinds_top_nor_stalls_the_queue_run() {
+    let (_serial, sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let eve = USERS[0];
+    let o = send(
+        &inst,
+        eve,
+        &[],
+        &["-i", "to@x.org"],
+        b"Subject: first\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let held = std::fs::File::open(inst.state.join("stats").join(eve)).unwrap();
+    held.lock().unwrap();
+    // Relay down: her next ten are queued, each counted while the lock is held.
+    let config = std::fs::read_to_string(SYSTEM_CONFIG).unwrap();
+    let dead = config.replace(
+        &format!("port = {}", sink.port),
+        &format!("port = {}", free_port()),
+    );
+    std::fs::write(SYSTEM_CONFIG, &dead).unwrap();
+    for i in 0..10 {
+        let msg = format!("Subject: queued {i}\n\nb\n");
+        let o = send(&inst, eve, &[], &["-i", "to@x.org"], msg.as_bytes());
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let top = json_as(&inst, "root", &["top"]);
+    let eves = top["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == eve)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (eves["sent"].as_u64(), eves["queued"].as_u64()),
+        (Some(1), Some(10)),
+        "top sees every message of hers: {top}"
+    );
+    // Root's queue run delivers her ten, waiting for her statistics once, not ten times.
+    std::fs::write(SYSTEM_CONFIG, &config).unwrap();
+    let started = std::time::Instant::now();
+    let o = run_with_input(Command::new(&inst.bin).args(["queue", "flush"]), b"");
+    let took = started.elapsed();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    sink.wait_count(11);
+    assert!(
+        took < std::time::Duration::from_millis(1500),
+        "queue flush took {took:?} (0.2 s per message would be 2 s)"
+    );
+    let top = json_as(&inst, "root", &["top"]);
+    let eves = top["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == eve)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(eves["sent"].as_u64(), Some(11), "{top}");
+    drop(held);
+}

@@ -3,8 +3,14 @@
 //! no new inode, no directory change on the hot path). The content ends in a checksum line, so
 //! a file left half-written by a sender killed at that instant is recognised and started
 //! afresh; readers take a shared lock.
+//!
+//! A writer that cannot get the lock (another process holds it: a customer's sender stopped at
+//! that instant) appends the message to the account's backlog instead (`backlog`), and from
+//! then on does not wait for that account again; readers add the backlog's unfolded lines,
+//! the next writer with the lock folds them in, root's queue run empties it. The file records
+//! how much of the backlog it has folded (`folded N`, before the checksum line).
 
-use super::Stats;
+use super::{Event, Stats, backlog};
 use crate::exit::{Exit, Failure};
 use crate::limits::store::fnv1a;
 use crate::state_dir::{StateDir, flags};
@@ -19,7 +25,7 @@ const DIR: &str = "stats";
 pub enum Updated<T> {
     Done(T),
     /// Another process held the file's lock past the deadline (a stopped sender of the same
-    /// account): the update is skipped; the log line stays the record.
+    /// account): the message went to the backlog, counted by readers and folded later.
     Busy,
 }
 
@@ -29,6 +35,7 @@ pub fn update<T>(
     state: &StateDir,
     account: &str,
     wait: Duration,
+    event: &Event<'_>,
     change: impl FnOnce(&mut Stats) -> T,
 ) -> Result<(Updated<T>, Option<String>), Failure> {
     checked(account)?;
@@ -42,42 +49,87 @@ pub fn update<T>(
         .map_err(|e| fail("open", e))?;
     match crate::limits::store::lock_with_deadline(&file, wait) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok((Updated::Busy, None)),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            backlog::append(state, account, event)
+                .map_err(|e| fail("append to the backlog of", e))?;
+            return Ok((Updated::Busy, None));
+        }
         Err(e) => return Err(fail("lock", e)),
     }
     let mut text = String::new();
     let mut note = None;
-    let mut stats = match bounded_read(&mut file, &mut text)
+    let (mut stats, folded) = match bounded_read(&mut file, &mut text)
         .map_err(|e| e.to_string())
-        .and_then(|()| unseal(&text).map(str::to_owned))
-        .and_then(|body| Stats::decode(&body))
+        .and_then(|()| unseal(&text))
+        .and_then(|(body, folded)| Ok((Stats::decode(body)?, folded)))
     {
-        Ok(stats) => stats,
+        Ok(read) => read,
         Err(why) => {
             note = Some(format!(
                 "{} was damaged ({why}); started afresh",
                 path.display()
             ));
-            Stats::default()
+            (Stats::default(), 0)
         }
     };
+    // What other processes could not write while this lock was held by someone else.
+    let (pending, folded) =
+        backlog::read_from(state, account, folded).unwrap_or((Vec::new(), folded));
+    pending.iter().for_each(|l| l.record_into(&mut stats));
+    stats.record(event);
     let result = change(&mut stats);
-    let content = seal(stats.encode());
-    file.write_all_at(content.as_bytes(), 0)
-        .and_then(|()| file.set_len(content.len() as u64))
-        .map_err(|e| fail("write", e))?;
+    let write = |folded: u64| {
+        let content = seal(stats.encode(), folded);
+        file.write_all_at(content.as_bytes(), 0)
+            .and_then(|()| file.set_len(content.len() as u64))
+            .map_err(|e| fail("write", e))
+    };
+    write(folded)?;
+    // Root empties what it folded (a customer's process could be killed between the two
+    // writes and leave a folded offset that no longer fits; root's cannot).
+    // SAFETY: geteuid cannot fail.
+    if folded > 0
+        && unsafe { libc::geteuid() } == 0
+        && backlog::empty_if_folded(state, account, folded)
+    {
+        write(0)?;
+    }
     Ok((Updated::Done(result), note))
 }
 
-/// The text with its checksum line: `sum` and the FNV-1a hash of everything before it.
-fn seal(mut text: String) -> String {
+/// The text with how much of the backlog it holds (`folded N`) and its checksum line: `sum`
+/// and the FNV-1a hash of everything before it.
+fn seal(mut text: String, folded: u64) -> String {
+    text.push_str(&format!("folded {folded}\n"));
     let sum = fnv1a(text.as_bytes());
     text.push_str(&format!("sum {sum:016x}\n"));
     text
 }
 
-/// The text of a sealed file; an empty file is empty statistics.
-fn unseal(content: &str) -> Result<&str, String> {
+/// The statistics text of a sealed file and how much of the backlog it holds; an empty file
+/// is empty statistics.
+fn unseal(content: &str) -> Result<(&str, u64), String> {
+    let body = checked_body(content)?;
+    let trimmed = body.trim_end_matches('\n');
+    let Some(start) = trimmed
+        .rfind('\n')
+        .map(|i| i + 1)
+        .or((!trimmed.is_empty()).then_some(0))
+    else {
+        return Ok((body, 0));
+    };
+    match trimmed[start..].strip_prefix("folded ") {
+        Some(n) => Ok((
+            &body[..start],
+            n.parse().map_err(|_| format!("bad folded line {n:?}"))?,
+        )),
+        // Written before the backlog existed.
+        None => Ok((body, 0)),
+    }
+}
+
+/// The text before a valid checksum line.
+fn checked_body(content: &str) -> Result<&str, String> {
     if content.is_empty() {
         return Ok("");
     }
@@ -129,9 +181,14 @@ pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
             ));
         }
     }
-    unseal(&text)
-        .and_then(Stats::decode)
-        .map_err(|why| Failure::new(Exit::OsErr, format!("{}: {why}", path.display())))
+    let (mut stats, folded) = unseal(&text)
+        .and_then(|(body, folded)| Ok((Stats::decode(body)?, folded)))
+        .map_err(|why| Failure::new(Exit::OsErr, format!("{}: {why}", path.display())))?;
+    // Messages that went to the backlog while a stopped process held the lock count too.
+    if let Ok((pending, _)) = backlog::read_from(state, account, folded) {
+        pending.iter().for_each(|l| l.record_into(&mut stats));
+    }
+    Ok(stats)
 }
 
 /// A statistics file is never larger than `MAX_FILE`: one that is was not written by us, and
@@ -177,8 +234,7 @@ mod tests {
         };
         let wait = Duration::from_millis(100);
         for _ in 0..3 {
-            let (done, note) =
-                update(&state, "acc", wait, |s| s.record(&ev(Outcome::Sent))).unwrap();
+            let (done, note) = update(&state, "acc", wait, &ev(Outcome::Sent), |_| ()).unwrap();
             assert_eq!((done, note), (Updated::Done(()), None));
         }
         assert_eq!(
@@ -187,20 +243,54 @@ mod tests {
         );
         assert_eq!(accounts(&state), vec!["acc".to_string()]);
         assert!(
-            update(&state, "../acc", wait, |_| ()).is_err(),
+            update(&state, "../acc", wait, &ev(Outcome::Sent), |_| ()).is_err(),
             "no path as a name"
         );
         assert!(read(&state, "a/b").is_err());
-        // A held lock: the update is skipped within the wait.
+        // A held lock: the message goes to the backlog within the wait; readers count it, the
+        // next update folds it in.
         let held = std::fs::File::open(base.join("stats/acc")).unwrap();
         held.lock().unwrap();
-        let (done, _) = update(&state, "acc", wait, |s| s.record(&ev(Outcome::Sent))).unwrap();
-        assert_eq!(done, Updated::Busy);
+        for _ in 0..2 {
+            let (done, _) = update(&state, "acc", wait, &ev(Outcome::Refused), |_| ()).unwrap();
+            assert_eq!(done, Updated::Busy);
+        }
+        let s = read(&state, "acc").unwrap();
+        assert_eq!(
+            s.totals.messages(Outcome::Refused),
+            2,
+            "counted while the lock is held"
+        );
         drop(held);
+        update(&state, "acc", wait, &ev(Outcome::Sent), |_| ()).unwrap();
+        let s = read(&state, "acc").unwrap();
+        assert_eq!(
+            (
+                s.totals.messages(Outcome::Sent),
+                s.totals.messages(Outcome::Refused)
+            ),
+            (4, 2),
+            "folded once, not twice"
+        );
+        // Root empties the folded backlog; a customer's sender leaves it.
+        // SAFETY: geteuid cannot fail.
+        let emptied = std::fs::metadata(base.join("stats-backlog/acc"))
+            .unwrap()
+            .len()
+            == 0;
+        assert_eq!(emptied, unsafe { libc::geteuid() } == 0);
+        update(&state, "acc", wait, &ev(Outcome::Sent), |_| ()).unwrap();
+        assert_eq!(
+            read(&state, "acc")
+                .unwrap()
+                .totals
+                .messages(Outcome::Refused),
+            2
+        );
         // Damage: reported by read, repaired by the next update.
         std::fs::write(base.join("stats/acc"), "mailgate-stats 1\nslot 1").unwrap();
         assert!(read(&state, "acc").is_err());
-        let (_, note) = update(&state, "acc", wait, |s| s.record(&ev(Outcome::Held))).unwrap();
+        let (_, note) = update(&state, "acc", wait, &ev(Outcome::Held), |_| ()).unwrap();
         assert!(note.unwrap().contains("started afresh"));
         let s = read(&state, "acc").unwrap();
         assert_eq!(s.totals.messages(Outcome::Held), 1);
@@ -217,9 +307,15 @@ mod tests {
 
     #[test]
     fn a_file_written_only_in_part_is_recognised() {
-        let sealed = seal("mailgate-stats 1\nend\n".to_string());
-        assert_eq!(unseal(&sealed), Ok("mailgate-stats 1\nend\n"));
-        assert_eq!(unseal(""), Ok(""));
+        let sealed = seal("mailgate-stats 1\nend\n".to_string(), 42);
+        assert_eq!(unseal(&sealed), Ok(("mailgate-stats 1\nend\n", 42)));
+        assert_eq!(unseal(""), Ok(("", 0)));
+        // A file from before the backlog: nothing folded.
+        let old = format!(
+            "mailgate-stats 1\nend\nsum {:016x}\n",
+            fnv1a(b"mailgate-stats 1\nend\n")
+        );
+        assert_eq!(unseal(&old), Ok(("mailgate-stats 1\nend\n", 0)));
         assert!(unseal(&sealed[..sealed.len() - 3]).is_err(), "cut short");
         assert!(
             unseal(&format!("{sealed}end\n")).is_err(),

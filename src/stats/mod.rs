@@ -14,6 +14,7 @@
 //! Its size therefore has a fixed bound whatever the traffic (`MAX_FILE`). This module is
 //! pure (the model and its text codec); `file` reads and writes it in the state directory.
 
+pub mod backlog;
 pub mod file;
 
 use std::fmt::Write as _;
