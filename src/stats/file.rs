@@ -1,8 +1,10 @@
-//! The statistics files: `stats/ACCOUNT` in the state directory. A writer takes the file's
-//! lock, reads it, and writes the new content over it in place (one `pwrite` and a truncate:
-//! no new inode, no directory change on the hot path). The content ends in a checksum line, so
-//! a file left half-written by a sender killed at that instant is recognised and started
-//! afresh; readers take a shared lock.
+//! The statistics files: `stats/ACCOUNT` in the state directory. A file has two slots (at 0
+//! and at `SLOT`), each `slot GENERATION LENGTH` and a sealed text (checksum line). A writer
+//! takes the file's lock, reads both, and writes the new content into the slot that does not
+//! hold the newest valid generation (one `pwrite`: no new inode, no directory change on the
+//! hot path, no truncation). A writer killed at any instant damages only the slot it was
+//! writing: the previous generation stays whole in the other, so no kill can wipe an account's
+//! history. Readers take no lock: the newest valid slot is never the one being written.
 //!
 //! A writer that cannot get the lock (another process holds it: a customer's sender stopped at
 //! that instant) appends the message to the account's backlog instead (`backlog`), and from
@@ -14,7 +16,6 @@ use super::{Event, Stats, backlog};
 use crate::exit::{Exit, Failure};
 use crate::limits::store::fnv1a;
 use crate::state_dir::{StateDir, flags};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ pub fn update<T>(
     let fail = |what: &str, e: std::io::Error| {
         Failure::io(Exit::OsErr, format!("cannot {what} {}", path.display()), &e)
     };
-    let mut file = dir
+    let file = dir
         .open_file(account, flags::READ_WRITE | flags::CREATE)
         .map_err(|e| fail("open", e))?;
     match crate::limits::store::lock_with_deadline(&file, wait) {
@@ -56,20 +57,17 @@ pub fn update<T>(
         }
         Err(e) => return Err(fail("lock", e)),
     }
-    let mut text = String::new();
     let mut note = None;
-    let (mut stats, folded) = match bounded_read(&mut file, &mut text)
-        .map_err(|e| e.to_string())
-        .and_then(|()| unseal(&text))
-        .and_then(|(body, folded)| Ok((Stats::decode(body)?, folded)))
-    {
-        Ok(read) => read,
+    let newest = newest_slot(&file).map_err(|e| fail("read", e))?;
+    let (mut stats, folded, generation, target) = match newest {
+        Ok(Some(slot)) => (slot.stats, slot.folded, slot.generation, 1 - slot.index),
+        Ok(None) => (Stats::default(), 0, 0, 0),
         Err(why) => {
             note = Some(format!(
                 "{} was damaged ({why}); started afresh",
                 path.display()
             ));
-            (Stats::default(), 0)
+            (Stats::default(), 0, 0, 0)
         }
     };
     // What other processes could not write while this lock was held by someone else.
@@ -78,13 +76,14 @@ pub fn update<T>(
     pending.iter().for_each(|l| l.record_into(&mut stats));
     stats.record(event);
     let result = change(&mut stats);
-    let write = |folded: u64| {
-        let content = seal(stats.encode(), folded);
-        file.write_all_at(content.as_bytes(), 0)
-            .and_then(|()| file.set_len(content.len() as u64))
+    let encoded = stats.encode();
+    let write = |slot: usize, generation: u64, folded: u64| {
+        let content = seal(encoded.clone(), folded);
+        let framed = format!("slot {generation} {}\n{content}", content.len());
+        file.write_all_at(framed.as_bytes(), slot as u64 * SLOT)
             .map_err(|e| fail("write", e))
     };
-    write(folded)?;
+    write(target, generation + 1, folded)?;
     // Root empties what it folded (a customer's process could be killed between the two
     // writes and leave a folded offset that no longer fits; root's cannot).
     // SAFETY: geteuid cannot fail.
@@ -92,9 +91,116 @@ pub fn update<T>(
         && unsafe { libc::geteuid() } == 0
         && backlog::empty_if_folded(state, account, folded)
     {
-        write(0)?;
+        write(1 - target, generation + 2, 0)?;
     }
     Ok((Updated::Done(result), note))
+}
+
+/// Where the second slot begins: past the largest content of the first.
+const SLOT: u64 = 128 * 1024;
+/// One read per slot covers a typical file.
+const FIRST_READ: usize = 8192;
+
+/// The content of one valid slot.
+struct Slot {
+    index: usize,
+    generation: u64,
+    stats: Stats,
+    folded: u64,
+}
+
+/// The newest valid slot: `Ok(None)` for an empty file, `Err` when neither slot is valid.
+/// A file from before the slots (sealed text at 0) is generation 0 in slot 0.
+fn newest_slot(file: &std::fs::File) -> std::io::Result<Result<Option<Slot>, String>> {
+    let mut found: Option<Slot> = None;
+    let mut why = String::new();
+    let mut empty = true;
+    for index in 0..2 {
+        let raw = read_slot(file, index as u64 * SLOT)?;
+        if raw.is_empty() || raw.iter().all(|&b| b == 0) {
+            continue;
+        }
+        empty = false;
+        match parse_slot(&raw) {
+            Ok((generation, stats, folded)) => {
+                if found.as_ref().is_none_or(|f| generation > f.generation) {
+                    found = Some(Slot {
+                        index,
+                        generation,
+                        stats,
+                        folded,
+                    });
+                }
+            }
+            Err(e) => why = e,
+        }
+    }
+    Ok(match found {
+        Some(slot) => Ok(Some(slot)),
+        None if empty => Ok(None),
+        None => Err(why),
+    })
+}
+
+/// The bytes of the slot at `offset`: its frame line and content (one read when they fit in
+/// `FIRST_READ`), or, for a file from before the slots, everything up to `SLOT`.
+fn read_slot(file: &std::fs::File, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; FIRST_READ];
+    let n = read_at_most(file, &mut buf, offset)?;
+    buf.truncate(n);
+    let framed_len = frame(&buf).map(|(_, len, header)| header + len);
+    let want = match framed_len {
+        Some(total) => total.min(super::MAX_FILE + 64),
+        None if offset == 0 && buf.starts_with(b"mailgate-stats") => super::MAX_FILE + 64,
+        None => return Ok(buf),
+    };
+    if want > buf.len() && n == FIRST_READ {
+        let mut rest = vec![0u8; want - buf.len()];
+        let m = read_at_most(file, &mut rest, offset + buf.len() as u64)?;
+        rest.truncate(m);
+        buf.extend_from_slice(&rest);
+    }
+    buf.truncate(want.min(buf.len()));
+    Ok(buf)
+}
+
+fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = file.read_at(&mut buf[got..], offset + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// `slot GENERATION LENGTH\n`: the generation, the content's length and the frame line's.
+fn frame(raw: &[u8]) -> Option<(u64, usize, usize)> {
+    let nl = raw.iter().take(64).position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&raw[..nl]).ok()?;
+    let mut parts = line.strip_prefix("slot ")?.split(' ');
+    let generation = parts.next()?.parse().ok()?;
+    let len = parts.next()?.parse().ok()?;
+    Some((generation, len, nl + 1))
+}
+
+/// A slot's generation, statistics and folded backlog offset, or why it is not valid.
+fn parse_slot(raw: &[u8]) -> Result<(u64, Stats, u64), String> {
+    let (generation, content) = match frame(raw) {
+        Some((generation, len, header)) => {
+            let content = raw
+                .get(header..header + len)
+                .ok_or("written only in part (shorter than its frame says)")?;
+            (generation, content)
+        }
+        // From before the slots: the whole of slot 0.
+        None => (0, raw),
+    };
+    let text = std::str::from_utf8(content).map_err(|_| "not text".to_string())?;
+    let (body, folded) = unseal(text)?;
+    Ok((generation, Stats::decode(body)?, folded))
 }
 
 /// The text with how much of the backlog it holds (`folded N`) and its checksum line: `sum`
@@ -161,18 +267,11 @@ pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
     checked(account)?;
     let path = state.path().join(DIR).join(account);
     let dir = state.subdir(DIR)?;
-    let mut text = String::new();
-    match dir.open_file(account, flags::READ) {
-        Ok(mut f) => {
-            let deadline = std::time::Instant::now() + Duration::from_millis(500);
-            while f.try_lock_shared().is_err() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            bounded_read(&mut f, &mut text).map_err(|e| {
-                Failure::io(Exit::OsErr, format!("cannot read {}", path.display()), &e)
-            })?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    let newest = match dir.open_file(account, flags::READ) {
+        // No lock: the newest valid slot is never the one a writer is writing.
+        Ok(f) => newest_slot(&f)
+            .map_err(|e| Failure::io(Exit::OsErr, format!("cannot read {}", path.display()), &e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => {
             return Err(Failure::io(
                 Exit::OsErr,
@@ -180,30 +279,22 @@ pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
                 &e,
             ));
         }
-    }
-    let (mut stats, folded) = unseal(&text)
-        .and_then(|(body, folded)| Ok((Stats::decode(body)?, folded)))
-        .map_err(|why| Failure::new(Exit::OsErr, format!("{}: {why}", path.display())))?;
+    };
+    let (mut stats, folded) = match newest {
+        Ok(Some(slot)) => (slot.stats, slot.folded),
+        Ok(None) => (Stats::default(), 0),
+        Err(why) => {
+            return Err(Failure::new(
+                Exit::OsErr,
+                format!("{}: {why}", path.display()),
+            ));
+        }
+    };
     // Messages that went to the backlog while a stopped process held the lock count too.
     if let Ok((pending, _)) = backlog::read_from(state, account, folded) {
         pending.iter().for_each(|l| l.record_into(&mut stats));
     }
     Ok(stats)
-}
-
-/// A statistics file is never larger than `MAX_FILE`: one that is was not written by us, and
-/// is not read further.
-fn bounded_read(file: &mut std::fs::File, text: &mut String) -> std::io::Result<()> {
-    // Room for a typical file up front: one read instead of a doubling series of them.
-    text.reserve(8192);
-    file.take(super::MAX_FILE as u64 + 1).read_to_string(text)?;
-    if text.len() > super::MAX_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} bytes", super::MAX_FILE),
-        ));
-    }
-    Ok(())
 }
 
 /// Accounts with statistics.
@@ -287,7 +378,31 @@ mod tests {
                 .messages(Outcome::Refused),
             2
         );
-        // Damage: reported by read, repaired by the next update.
+        // A writer killed in the middle of its write damages only the slot it was writing:
+        // the generation before stays whole.
+        let before = read(&state, "acc").unwrap();
+        update(&state, "acc", wait, &ev(Outcome::Held), |_| ()).unwrap();
+        let raw = std::fs::read(base.join("stats/acc")).unwrap();
+        let newest = (0..2)
+            .max_by_key(|&i| frame(&raw[i * SLOT as usize..]).map(|f| f.0))
+            .unwrap();
+        let torn = std::fs::OpenOptions::new()
+            .write(true)
+            .open(base.join("stats/acc"))
+            .unwrap();
+        torn.write_all_at(b"garbage", newest as u64 * SLOT + 40)
+            .unwrap();
+        assert_eq!(
+            read(&state, "acc").unwrap(),
+            before,
+            "the previous generation"
+        );
+        update(&state, "acc", wait, &ev(Outcome::Held), |_| ()).unwrap();
+        assert_eq!(
+            read(&state, "acc").unwrap().totals.messages(Outcome::Held),
+            before.totals.messages(Outcome::Held) + 1
+        );
+        // Damage of both slots: reported by read, repaired by the next update.
         std::fs::write(base.join("stats/acc"), "mailgate-stats 1\nslot 1").unwrap();
         assert!(read(&state, "acc").is_err());
         let (_, note) = update(&state, "acc", wait, &ev(Outcome::Held), |_| ()).unwrap();
