@@ -243,12 +243,8 @@ impl Context {
         } else {
             Severity::Warning
         };
-        let logged = self.logger.log(severity, trail.fields.as_str());
-        if let Some(pending) = self.pending.take()
-            && logged
-        {
-            pending.finish();
-        }
+        // Counted before it is logged: a sender killed in between leaves the statistics one
+        // ahead of the log, never behind it (a customer cannot hide a message from `top`).
         let event = stats::Event {
             now: self.now(),
             outcome: report.status.outcome(),
@@ -260,6 +256,12 @@ impl Context {
             relay_error: trail.relay_error,
         };
         self.record(&self.account.name, &event, trail.notice.take());
+        let logged = self.logger.log(severity, trail.fields.as_str());
+        if let Some(pending) = self.pending.take()
+            && logged
+        {
+            pending.finish();
+        }
         report
     }
 

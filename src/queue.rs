@@ -447,7 +447,8 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome
             stats::Outcome::Deferred
         }
     };
-    ctx.logger.log(Severity::Info, fields.as_str());
+    // Counted before it is logged: a process killed in between leaves the statistics one
+    // ahead of the log, never behind it.
     if !meta.internal {
         let event = stats::Event {
             now: ctx.now(),
@@ -461,6 +462,7 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome
         };
         ctx.record(&meta.account, &event, None);
     }
+    ctx.logger.log(Severity::Info, fields.as_str());
     outcome
 }
 

@@ -407,3 +407,58 @@ fn the_customer_notice_arrives_once_per_window() {
     // The rest at the relay is the customer's mail, each message once.
     assert_eq!(rec.received().len(), sent + 2);
 }
+
+/// Senders killed at every instant of their run: `top` still counts every message the log
+/// has (the statistics are written before the log line, and a write cut short damages only
+/// the copy being written), never fails on a damaged file, and counts at most the killed
+/// ones more.
+#[test]
+fn a_sender_killed_at_any_instant_never_hides_or_wipes_a_message() {
+    let sink = Sink::start(&[]);
+    let env = Env::new(
+        sink.port,
+        &format!(
+            "[alerts]\nadmin = \"\"\n[accounts.shop]\nusers = [{}]\nlimits = [ {{ window = \"1h\", messages = 100000 }} ]\n",
+            uid()
+        ),
+    );
+    let msg = message(Some("1:/var/www/shop/send.php"), "hunt");
+    let rounds = 200;
+    let mut killed = 0;
+    for i in 0..rounds {
+        // 0 to 8 ms: before, during and after the decision, the relay, the statistics and the log.
+        let delay = std::time::Duration::from_micros((i * 397 % 8000) as u64);
+        let mut cmd = env.cmd();
+        cmd.args(["--account", "shop", "-i", "to@example.net"]);
+        if kill_after(&mut cmd, &msg, delay).is_none() {
+            killed += 1;
+        }
+    }
+    assert!(killed > 0, "no sender was killed; the test proved nothing");
+    let logged = env
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(" account=shop ") && l.contains(" status="))
+        .count();
+    let top = json(&env, &["top"], None);
+    let counted: u64 = top["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["account"] == "shop")
+        .map(|a| {
+            ["sent", "queued", "deferred", "held", "refused"]
+                .iter()
+                .map(|k| a[k].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(
+        counted as usize >= logged,
+        "top counts {counted}, the log has {logged} ({killed} killed)"
+    );
+    assert!(
+        counted as usize <= logged + killed,
+        "top counts {counted} > {logged} logged + {killed} killed"
+    );
+}
