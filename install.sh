@@ -265,7 +265,7 @@ if [ ! -f "$ETC/mailgate.toml" ]; then
 fi
 put_dir "$STATE" 770 root:mailgate
 # Made here, owned by root: a customer's sender must never be the first to create them.
-for sub in accounts queue defer hold failed tmp pending stats stats-backlog spooled; do
+for sub in accounts queue defer hold failed tmp pending stats spooled; do
     put_dir "$STATE/$sub" 2770 root:mailgate
 done
 if [ ! -f "$STATE/mailgate.log" ] || [ "$(stat -c '%a %U:%G' "$STATE/mailgate.log")" != "660 root:mailgate" ]; then

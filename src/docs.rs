@@ -329,8 +329,8 @@ A message reads only its own account's file.
 \fB/var/lib/mailgate/\fR
 Counters (accounts/, server), spools (queue/, defer/, hold/, failed/, tmp/), the
 per\-account statistics behind \fBmailgate top\fR and \fBmailgate metrics\fR (stats/, two
-copies of at most 96 KiB per account; stats\-backlog/ for messages counted while another process held that
-file), each account's share of the spools (spooled/), the index of the sender
+copies of at most 96 KiB per account, and .backlog\-ACCOUNT beside them for messages counted
+while another process held that file), each account's share of the spools (spooled/), the index of the sender
 domains that accounts.d/ files own (domains.index, rebuilt whenever accounts.d/ changes);
 mailgate.log when syslog cannot take a line.
 .SH "SEE ALSO"

@@ -93,18 +93,12 @@ impl Dir {
         })?;
         // SAFETY: fd was just returned by openat and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
+        // (O_NONBLOCK stays set: it has no effect on a regular file's reads and writes.)
         if !file.metadata()?.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "not a regular file",
             ));
-        }
-        // O_NONBLOCK has no effect on a regular file's reads and writes; cleared anyway so
-        // that nothing downstream depends on it.
-        // SAFETY: fd is open; F_GETFL/F_SETFL only change its status flags.
-        unsafe {
-            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
         }
         Ok(file)
     }
@@ -225,17 +219,8 @@ pub fn older_than(dir: &Path, age: std::time::Duration) -> Vec<(String, PathBuf)
 }
 
 /// Every subdirectory of the state directory (each made on first use, `StateDir::subdir`).
-pub const SUBDIRS: [&str; 10] = [
-    "accounts",
-    "queue",
-    "defer",
-    "hold",
-    "failed",
-    "tmp",
-    "pending",
-    "stats",
-    "stats-backlog",
-    "spooled",
+pub const SUBDIRS: [&str; 9] = [
+    "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
 ];
 
 /// The state directory, opened once.

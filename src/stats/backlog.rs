@@ -1,4 +1,5 @@
-//! Messages not yet counted in an account's statistics file: `stats-backlog/ACCOUNT`, one line
+//! Messages not yet counted in an account's statistics file: `stats/.backlog-ACCOUNT` (a dot
+//! name: never listed as an account; opened from the statistics directory already open), one line
 //! per message, appended without the statistics lock when another process holds that lock (a
 //! customer's sender stopped at that instant). Readers (`top`, `metrics`) add what the file has
 //! not folded yet; the next writer that gets the lock folds it in. So a stopped process of a
@@ -12,11 +13,14 @@
 
 use super::{Event, Outcome, RelayError, Stats};
 use crate::limits::store::fnv1a;
-use crate::state_dir::{StateDir, flags};
+use crate::state_dir::{Dir, flags};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
-pub const DIR: &str = "stats-backlog";
+/// The backlog's name in the statistics directory.
+fn name(account: &str) -> String {
+    format!(".backlog-{account}")
+}
 /// A backlog larger than this is not read further (a customer's stopped sender can make it
 /// grow only by the messages their limits let them try).
 const MAX_BACKLOG: u64 = 16 * 1024 * 1024;
@@ -107,9 +111,11 @@ pub fn decode(bytes: &[u8]) -> (Vec<Line>, usize) {
 }
 
 /// Append one message to the account's backlog, whole, without waiting for anyone.
-pub fn append(state: &StateDir, account: &str, event: &Event<'_>) -> io::Result<()> {
-    let dir = state.subdir(DIR).map_err(|f| io::Error::other(f.message))?;
-    let mut file = dir.open_file(account, libc::O_WRONLY | libc::O_APPEND | flags::CREATE)?;
+pub fn append(dir: &Dir, account: &str, event: &Event<'_>) -> io::Result<()> {
+    let mut file = dir.open_file(
+        &name(account),
+        libc::O_WRONLY | libc::O_APPEND | flags::CREATE,
+    )?;
     // Shared: other appenders go on; only the emptying (exclusive) waits for this line.
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
     while file.try_lock_shared().is_err() {
@@ -122,9 +128,8 @@ pub fn append(state: &StateDir, account: &str, event: &Event<'_>) -> io::Result<
 }
 
 /// The account's backlog from byte `from` on: its whole lines and the offset after them.
-pub fn read_from(state: &StateDir, account: &str, from: u64) -> io::Result<(Vec<Line>, u64)> {
-    let dir = state.subdir(DIR).map_err(|f| io::Error::other(f.message))?;
-    let mut file = match dir.open_file(account, flags::READ) {
+pub fn read_from(dir: &Dir, account: &str, from: u64) -> io::Result<(Vec<Line>, u64)> {
+    let mut file = match dir.open_file(&name(account), flags::READ) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e),
@@ -146,11 +151,8 @@ pub fn read_from(state: &StateDir, account: &str, from: u64) -> io::Result<(Vec<
 /// work; `true` when it is empty now. Only root's queue run empties a backlog, between two
 /// writes of the statistics file (folded N, then folded 0): a customer cannot kill it in
 /// between.
-pub fn empty_if_folded(state: &StateDir, account: &str, folded: u64) -> bool {
-    let Ok(dir) = state.subdir(DIR) else {
-        return false;
-    };
-    let file = match dir.open_file(account, flags::READ_WRITE) {
+pub fn empty_if_folded(dir: &Dir, account: &str, folded: u64) -> bool {
+    let file = match dir.open_file(&name(account), flags::READ_WRITE) {
         Ok(f) => f,
         Err(e) => return e.kind() == io::ErrorKind::NotFound,
     };

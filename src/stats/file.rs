@@ -7,7 +7,8 @@
 //! history. Readers take no lock: the newest valid slot is never the one being written.
 //!
 //! A writer that cannot get the lock (another process holds it: a customer's sender stopped at
-//! that instant) appends the message to the account's backlog instead (`backlog`), and from
+//! that instant) appends the message to the account's backlog instead (`backlog`,
+//! `stats/.backlog-ACCOUNT`), and from
 //! then on does not wait for that account again; readers add the backlog's unfolded lines,
 //! the next writer with the lock folds them in, root's queue run empties it. The file records
 //! how much of the backlog it has folded (`folded N`, before the checksum line).
@@ -51,7 +52,7 @@ pub fn update<T>(
     match crate::limits::store::lock_with_deadline(&file, wait) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            backlog::append(state, account, event)
+            backlog::append(&dir, account, event)
                 .map_err(|e| fail("append to the backlog of", e))?;
             return Ok((Updated::Busy, None));
         }
@@ -72,7 +73,7 @@ pub fn update<T>(
     };
     // What other processes could not write while this lock was held by someone else.
     let (pending, folded) =
-        backlog::read_from(state, account, folded).unwrap_or((Vec::new(), folded));
+        backlog::read_from(&dir, account, folded).unwrap_or((Vec::new(), folded));
     pending.iter().for_each(|l| l.record_into(&mut stats));
     stats.record(event);
     let result = change(&mut stats);
@@ -89,7 +90,7 @@ pub fn update<T>(
     // SAFETY: geteuid cannot fail.
     if folded > 0
         && unsafe { libc::geteuid() } == 0
-        && backlog::empty_if_folded(state, account, folded)
+        && backlog::empty_if_folded(&dir, account, folded)
     {
         write(1 - target, generation + 2, 0)?;
     }
@@ -112,7 +113,9 @@ struct Slot {
 /// The newest valid slot: `Ok(None)` for an empty file, `Err` when neither slot is valid.
 /// A file from before the slots (sealed text at 0) is generation 0 in slot 0.
 fn newest_slot(file: &std::fs::File) -> std::io::Result<Result<Option<Slot>, String>> {
-    let mut found: Option<Slot> = None;
+    // Both slots are read and their checksums checked; only the newest valid one is decoded
+    // (decoding is most of the cost).
+    let mut sealed: Vec<(usize, u64, String, u64)> = Vec::with_capacity(2);
     let mut why = String::new();
     let mut empty = true;
     for index in 0..2 {
@@ -121,25 +124,26 @@ fn newest_slot(file: &std::fs::File) -> std::io::Result<Result<Option<Slot>, Str
             continue;
         }
         empty = false;
-        match parse_slot(&raw) {
-            Ok((generation, stats, folded)) => {
-                if found.as_ref().is_none_or(|f| generation > f.generation) {
-                    found = Some(Slot {
-                        index,
-                        generation,
-                        stats,
-                        folded,
-                    });
-                }
+        match unframe(&raw) {
+            Ok((generation, body, folded)) => sealed.push((index, generation, body, folded)),
+            Err(e) => why = e,
+        }
+    }
+    sealed.sort_by(|a, b| b.1.cmp(&a.1));
+    for (index, generation, body, folded) in sealed {
+        match Stats::decode(&body) {
+            Ok(stats) => {
+                return Ok(Ok(Some(Slot {
+                    index,
+                    generation,
+                    stats,
+                    folded,
+                })));
             }
             Err(e) => why = e,
         }
     }
-    Ok(match found {
-        Some(slot) => Ok(Some(slot)),
-        None if empty => Ok(None),
-        None => Err(why),
-    })
+    Ok(if empty { Ok(None) } else { Err(why) })
 }
 
 /// The bytes of the slot at `offset`: its frame line and content (one read when they fit in
@@ -164,16 +168,9 @@ fn read_slot(file: &std::fs::File, offset: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// One `pread`: a regular file returns less than asked only at its end.
 fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = file.read_at(&mut buf[got..], offset + got as u64)?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    Ok(got)
+    file.read_at(buf, offset)
 }
 
 /// `slot GENERATION LENGTH\n`: the generation, the content's length and the frame line's.
@@ -186,8 +183,9 @@ fn frame(raw: &[u8]) -> Option<(u64, usize, usize)> {
     Some((generation, len, nl + 1))
 }
 
-/// A slot's generation, statistics and folded backlog offset, or why it is not valid.
-fn parse_slot(raw: &[u8]) -> Result<(u64, Stats, u64), String> {
+/// A slot's generation, statistics text and folded backlog offset, when its frame and
+/// checksum are whole; else why not.
+fn unframe(raw: &[u8]) -> Result<(u64, String, u64), String> {
     let (generation, content) = match frame(raw) {
         Some((generation, len, header)) => {
             let content = raw
@@ -200,7 +198,7 @@ fn parse_slot(raw: &[u8]) -> Result<(u64, Stats, u64), String> {
     };
     let text = std::str::from_utf8(content).map_err(|_| "not text".to_string())?;
     let (body, folded) = unseal(text)?;
-    Ok((generation, Stats::decode(body)?, folded))
+    Ok((generation, body.to_string(), folded))
 }
 
 /// The text with how much of the backlog it holds (`folded N`) and its checksum line: `sum`
@@ -291,7 +289,7 @@ pub fn read(state: &StateDir, account: &str) -> Result<Stats, Failure> {
         }
     };
     // Messages that went to the backlog while a stopped process held the lock count too.
-    if let Ok((pending, _)) = backlog::read_from(state, account, folded) {
+    if let Ok((pending, _)) = backlog::read_from(&dir, account, folded) {
         pending.iter().for_each(|l| l.record_into(&mut stats));
     }
     Ok(stats)
@@ -365,7 +363,7 @@ mod tests {
         );
         // Root empties the folded backlog; a customer's sender leaves it.
         // SAFETY: geteuid cannot fail.
-        let emptied = std::fs::metadata(base.join("stats-backlog/acc"))
+        let emptied = std::fs::metadata(base.join("stats/.backlog-acc"))
             .unwrap()
             .len()
             == 0;
