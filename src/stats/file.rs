@@ -129,7 +129,7 @@ fn newest_slot(file: &std::fs::File) -> std::io::Result<Result<Option<Slot>, Str
             Err(e) => why = e,
         }
     }
-    sealed.sort_by(|a, b| b.1.cmp(&a.1));
+    sealed.sort_by_key(|s| std::cmp::Reverse(s.1));
     for (index, generation, body, folded) in sealed {
         match Stats::decode(&body) {
             Ok(stats) => {
