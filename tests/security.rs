@@ -576,12 +576,13 @@ fn a_stopped_sender_holding_the_server_lock_delays_nobody() {
     assert_eq!(victims, 5, "each victim message exactly once");
 }
 
-#[test]
-fn a_customer_listening_on_the_relay_port_receives_nothing() {
-    let (_serial, _sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
-    let port = free_port();
-    // The squatter: a customer's own SMTP server on the relay's (unprivileged) port.
-    let squat = "import socket, sys\n\
+/// A customer's own SMTP server on a loopback port, answering 250 to everything and printing
+/// every line it hears; killed by PID when dropped. Returns it and its output.
+struct Squatter(std::process::Child);
+
+impl Squatter {
+    fn start(user: &str, port: u16) -> (Squatter, std::io::BufReader<std::process::ChildStdout>) {
+        let script = "import socket, sys\n\
                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
                  s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(16)\n\
                  print('listening', flush=True)\n\
@@ -596,23 +597,41 @@ fn a_customer_listening_on_the_relay_port_receives_nothing() {
                  \x20       serve(c)\n\
                  \x20   except OSError:\n\
                  \x20       print('reset', flush=True)\n";
-    let mut squatter = Command::new("setpriv")
-        .args([
-            &format!("--reuid={}", USERS[0]),
-            &format!("--regid={}", USERS[0]),
-            "--init-groups",
-            "/usr/bin/python3",
-            "-c",
-            squat,
-            &port.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(squatter.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
+        let mut child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--init-groups",
+                "/usr/bin/python3",
+                "-c",
+                script,
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "listening");
+        (Squatter(child), out)
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        // SAFETY: our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_customer_listening_on_the_relay_port_receives_nothing() {
+    let (_serial, _sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let port = free_port();
+    // The squatter: a customer's own SMTP server on the relay's (unprivileged) port.
+    let (squatter, mut out) = Squatter::start(USERS[0], port);
     let _config = SystemConfig::install(&format!(
         "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {port}\n[log]\nfile = \"{}\"\n[alerts]\nadmin = \"\"\n",
         inst.state.display(),
@@ -638,9 +657,7 @@ fn a_customer_listening_on_the_relay_port_receives_nothing() {
         String::from_utf8_lossy(&o.stdout),
         stderr(&o)
     );
-    // SAFETY: our own child.
-    unsafe { libc::kill(squatter.id() as i32, libc::SIGKILL) };
-    let _ = squatter.wait();
+    drop(squatter);
     let mut heard = String::new();
     let _ = std::io::Read::read_to_string(&mut out, &mut heard);
     assert!(
@@ -980,38 +997,7 @@ fn the_alert_about_a_customer_never_goes_to_her_listener() {
     let (_serial, _sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
     let eve = USERS[0];
     let port = free_port();
-    let squat = "import socket, sys\n\
-                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                 s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(16)\n\
-                 print('listening', flush=True)\n\
-                 def serve(c):\n\
-                 \x20   c.sendall(b'220 squat ESMTP\\r\\n')\n\
-                 \x20   for line in c.makefile('rb'):\n\
-                 \x20       print(line.decode(errors='replace').strip(), flush=True)\n\
-                 \x20       c.sendall(b'250 ok\\r\\n' if not line.startswith(b'DATA') else b'354 go\\r\\n')\n\
-                 while True:\n\
-                 \x20   c, _ = s.accept()\n\
-                 \x20   try:\n\
-                 \x20       serve(c)\n\
-                 \x20   except OSError:\n\
-                 \x20       print('reset', flush=True)\n";
-    let mut squatter = Command::new("setpriv")
-        .args([
-            &format!("--reuid={eve}"),
-            &format!("--regid={eve}"),
-            "--init-groups",
-            "/usr/bin/python3",
-            "-c",
-            squat,
-            &port.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(squatter.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
+    let (squatter, mut out) = Squatter::start(eve, port);
     let _config = SystemConfig::install(&format!(
         "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {port}\n[log]\nfile = \"{}\"\n\
          [alerts]\nadmin = \"postmaster-alerts@example.org\"\n\
@@ -1043,9 +1029,7 @@ fn the_alert_about_a_customer_never_goes_to_her_listener() {
     );
     // Root's queue run retries the queued alert: still not to her listener.
     let _ = run_with_input(Command::new(&inst.bin).args(["queue", "flush"]), b"");
-    // SAFETY: our own child.
-    unsafe { libc::kill(squatter.id() as i32, libc::SIGKILL) };
-    let _ = squatter.wait();
+    drop(squatter);
     let mut heard = String::new();
     let _ = std::io::Read::read_to_string(&mut out, &mut heard);
     assert!(
