@@ -875,6 +875,18 @@ fn customers_see_and_manage_only_their_own_held_mail_and_statistics() {
     assert_ne!(code(&o), 0, "a customer read the statistics file directly");
 }
 
+/// One message of `ten_thousand_drop_in_accounts_under_setgid`: who sends how, and what
+/// must come of it.
+struct DropInCase<'a> {
+    why: &'a str,
+    user: &'a str,
+    envs: &'a [(&'a str, &'a str)],
+    account: Option<&'a str>,
+    from: &'a str,
+    exit: i32,
+    says: &'a str,
+}
+
 /// 10,000 accounts in accounts.d under setgid: bindings, limits and domains come from each
 /// account's own file; an attacker's config (and an accounts.d beside it) changes nothing.
 #[test]
@@ -905,59 +917,91 @@ fn ten_thousand_drop_in_accounts_under_setgid() {
     let _config = config.with_accounts(&files);
     let msg = |from: &str| format!("From: {from}\nSubject: dropin\n\nbody\n").into_bytes();
 
-    // --account binding from the account's own file.
-    let o = send(
-        &inst,
-        "mgtest1",
-        &[],
-        &["--account", "shop", "-i", "to@x.org"],
-        &msg("a@x.org"),
-    );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = send(
-        &inst,
-        "mgtest2",
-        &[],
-        &["--account", "shop", "-i", "to@x.org"],
-        &msg("a@x.org"),
-    );
-    assert_eq!(code(&o), 77, "not among shop's users: {}", stderr(&o));
-    // The account variable names it too, and shop's own limit (1/h) holds.
-    let o = send(
-        &inst,
-        "mgtest1",
-        &[("MAILGATE_ACCOUNT", "shop")],
-        &["-i", "to@x.org"],
-        &msg("a@x.org"),
-    );
-    assert_eq!(code(&o), 69, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("shop exceeded 1 messages per 1h"),
-        "{}",
-        stderr(&o)
-    );
-    // A plain login with a file of its own gets that file's limits.
-    let o = send(&inst, "mgtest2", &[], &["-i", "to@x.org"], &msg("a@x.org"));
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = send(&inst, "mgtest2", &[], &["-i", "to@x.org"], &msg("a@x.org"));
-    assert_eq!(code(&o), 69, "{}", stderr(&o));
-    // A login without a file: the defaults.
-    let o = send(&inst, "mgtest1", &[], &["-i", "to@x.org"], &msg("a@x.org"));
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    // A domain one of the 10,000 owns is not anyone else's.
-    let o = send(
-        &inst,
-        "mgtest1",
-        &[],
-        &["-i", "to@x.org"],
-        &msg("ceo@site9876.example"),
-    );
-    assert_eq!(code(&o), 77, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("belongs to account site9876"),
-        "{}",
-        stderr(&o)
-    );
+    // In order: each case sees the counts the ones before it left.
+    let case = |why, user, envs, account, from, exit, says| DropInCase {
+        why,
+        user,
+        envs,
+        account,
+        from,
+        exit,
+        says,
+    };
+    let cases = [
+        case(
+            "--account binding from the account's own file",
+            "mgtest1",
+            &[][..],
+            Some("shop"),
+            "a@x.org",
+            0,
+            "",
+        ),
+        case(
+            "not among shop's users",
+            "mgtest2",
+            &[],
+            Some("shop"),
+            "a@x.org",
+            77,
+            "may not send as account",
+        ),
+        case(
+            "the account variable names it too, and shop's own limit (1/h) holds",
+            "mgtest1",
+            &[("MAILGATE_ACCOUNT", "shop")],
+            None,
+            "a@x.org",
+            69,
+            "shop exceeded 1 messages per 1h",
+        ),
+        case(
+            "a plain login with a file of its own gets that file's limits",
+            "mgtest2",
+            &[],
+            None,
+            "a@x.org",
+            0,
+            "",
+        ),
+        case(
+            "... and its limit of 1/h holds",
+            "mgtest2",
+            &[],
+            None,
+            "a@x.org",
+            69,
+            "mgtest2 exceeded 1 messages",
+        ),
+        case(
+            "a login without a file: the defaults",
+            "mgtest1",
+            &[],
+            None,
+            "a@x.org",
+            0,
+            "",
+        ),
+        case(
+            "a domain one of the 10,000 owns is not anyone else's",
+            "mgtest1",
+            &[],
+            None,
+            "ceo@site9876.example",
+            77,
+            "belongs to account site9876",
+        ),
+    ];
+    for c in cases {
+        let mut args = Vec::new();
+        if let Some(a) = c.account {
+            args.extend(["--account", a]);
+        }
+        args.extend(["-i", "to@x.org"]);
+        let o = send(&inst, c.user, c.envs, &args, &msg(c.from));
+        assert_eq!(code(&o), c.exit, "{}: {}", c.why, stderr(&o));
+        assert!(stderr(&o).contains(c.says), "{}: {}", c.why, stderr(&o));
+    }
     // The attacker's own config and accounts.d beside it are ignored under setgid.
     let evil_dir = inst.prefix.join("evil");
     std::fs::create_dir_all(evil_dir.join("accounts.d")).unwrap();
