@@ -294,12 +294,10 @@ impl DomainIndex<'_> {
         let file = match self.state.top().open_file(FILE, flags::READ) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("missing"),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err("not a regular file"),
             Err(_) => return Err("unreadable"),
         };
         let meta = file.metadata().map_err(|_| "unreadable")?;
-        if !meta.is_file() {
-            return Err("not a regular file");
-        }
         let head = read_span(&file, 0, 256).map_err(|_| "unreadable")?;
         let Some(nl) = head.iter().position(|&b| b == b'\n') else {
             return Err("damaged");
@@ -379,7 +377,7 @@ impl DomainIndex<'_> {
             return BTreeMap::new();
         };
         let mut text = String::new();
-        if !file.metadata().is_ok_and(|m| m.is_file()) || file.read_to_string(&mut text).is_err() {
+        if file.read_to_string(&mut text).is_err() {
             return BTreeMap::new();
         }
         parse_files(&text)

@@ -97,11 +97,10 @@ impl Ledger<'_> {
         let file = match dir.open_file(account, flags::READ) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(Usage::default())),
+            // Not a regular file (`Dir::open_file` refuses it): damage, counted from the spools.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(None),
             Err(e) => return Err(self.fail("open", account, &e)),
         };
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(None);
-        }
         // A read that meets a write in progress sees a bad checksum: read once more.
         for _ in 0..3 {
             let mut buf = [0u8; LEN];
@@ -129,9 +128,6 @@ impl Ledger<'_> {
         let file = dir
             .open_file(account, flags::READ_WRITE | flags::CREATE)
             .map_err(|e| self.fail("open", account, &e))?;
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(false);
-        }
         match crate::limits::store::lock_with_deadline(&file, wait) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(false),
