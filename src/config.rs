@@ -50,6 +50,10 @@ pub struct Config {
 pub struct Relay {
     pub host: String,
     pub port: u16,
+    /// mailgate's own lane into the relay: a Unix socket of an smtpd that only group
+    /// mailgate can reach (install.sh --with-postfix). When set, `host` and `port` are not
+    /// used: mail that mailgate has counted does not meet the bypass lane's postfwd limits.
+    pub socket: Option<PathBuf>,
     pub timeout: TimeSpan,
     /// Who may accept the relay connection when the relay is on this host (login names or
     /// uids; Postfix's smtpd runs as postfix), besides the caller itself (whose own listener
@@ -444,6 +448,7 @@ impl Default for Relay {
         Relay {
             host: "127.0.0.1".into(),
             port: 825,
+            socket: None,
             timeout: TimeSpan(30),
             trusted_owners: vec![
                 UserRef::Name("root".into()),
@@ -614,6 +619,14 @@ impl Config {
         }
         if self.relay.host.is_empty() {
             out.push(("host".into(), "relay host must not be empty".into()));
+        }
+        if let Some(socket) = &self.relay.socket
+            && !socket.is_absolute()
+        {
+            out.push((
+                "socket".into(),
+                format!("relay socket must be an absolute path, not {socket:?}"),
+            ));
         }
         out
     }

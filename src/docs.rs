@@ -38,6 +38,10 @@ const KEYS: &[(&str, &str)] = &[
     ),
     ("relay.port", "Its port."),
     (
+        "relay.socket",
+        "mailgate's own lane into the relay: the Unix socket of an smtpd that only group mailgate can reach (install.sh --with-postfix sets it to /var/spool/postfix-postfwd/mailgate/smtpd). Mail that mailgate counted and decided goes there and does not meet postfwd's limits a second time; host and port are then not used. Default: unset (TCP to host:port).",
+    ),
+    (
         "relay.timeout",
         "One wall-clock deadline for connect, the whole dialogue and the data of one transaction; past it the message is queued.",
     ),

@@ -204,6 +204,7 @@ impl Context {
         Relay {
             host: &self.config.relay.host,
             port: self.config.relay.port,
+            socket: self.config.relay.socket.as_deref(),
             timeout: Duration::from_secs(self.config.relay.timeout.secs()),
             helo: &self.names.hostname,
             trusted_owners,

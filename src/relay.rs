@@ -5,10 +5,15 @@
 //! transaction at the first rejected RCPT), (2) TCP_NODELAY, without which the DATA dot waits
 //! ~40 ms on Nagle + delayed ACK, and (3) one deadline for the whole transaction, not per read.
 //! With PIPELINING, MAIL, every RCPT and DATA go out in one write.
+//!
+//! Two ways in: TCP (the bypass lane's listener, 127.0.0.1:825, where postfwd counts), or
+//! mailgate's own lane, a Unix socket only group mailgate can reach (`[relay] socket`).
 
 use crate::message::Message;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// One SMTP reply (multi-line replies joined with a space).
@@ -62,6 +67,8 @@ const MAX_TRANSACTIONS: usize = 1000;
 pub struct Relay<'a> {
     pub host: &'a str,
     pub port: u16,
+    /// mailgate's own lane: when set, `host` and `port` are not used.
+    pub socket: Option<&'a Path>,
     pub timeout: Duration,
     pub helo: &'a str,
     /// Uids that may accept the relay connection when the relay is on this host; empty: no
@@ -138,31 +145,60 @@ impl Relay<'_> {
                 let what = match e.kind() {
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
                         format!(
-                            "relay {}:{} did not answer within {} s",
-                            self.host,
-                            self.port,
+                            "relay {} did not answer within {} s",
+                            self.name(),
                             self.timeout.as_secs()
                         )
                     }
-                    _ => format!("relay {}:{}: {e}", self.host, self.port),
+                    _ => format!("relay {}: {e}", self.name()),
                 };
                 Outcome::Unreachable(what)
             }
         }
     }
 
-    fn connect(&self, deadline: Instant) -> io::Result<TcpStream> {
+    /// How log lines and errors name the relay: its socket path or host:port.
+    pub fn name(&self) -> String {
+        match self.socket {
+            Some(path) => path.display().to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    fn connect(&self, deadline: Instant) -> io::Result<Stream> {
+        if let Some(path) = self.socket {
+            // A local connect either completes or fails at once: no timeout needed.
+            let stream = UnixStream::connect(path)?;
+            self.check_unix_owner(&stream)?;
+            return Ok(Stream::Unix(stream));
+        }
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in (self.host, self.port).to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
                 Ok(s) => {
                     self.check_owner(&s)?;
-                    return Ok(s);
+                    s.set_nodelay(true)?;
+                    return Ok(Stream::Tcp(s));
                 }
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// The lane's directory keeps customers out; the listener's credentials (taken by the
+    /// kernel when Postfix's master bound it, as the postfix user) say that it is Postfix's
+    /// socket and not one a misconfigured path lets somebody else create.
+    fn check_unix_owner(&self, stream: &UnixStream) -> io::Result<()> {
+        if self.trusted_owners.is_empty() {
+            return Ok(());
+        }
+        let uid = peer_uid(stream)?;
+        if self.trusted_owners.contains(&uid) {
+            Ok(())
+        } else {
+            Err(untrusted(uid))
+        }
     }
 
     /// On this host anyone can listen on an unprivileged port while the relay is down: hand
@@ -180,12 +216,7 @@ impl Relay<'_> {
         let owner = crate::sockdiag::tcp_owner(peer, local).ok();
         match owner {
             Some(uid) if self.trusted_owners.contains(&uid) => Ok(()),
-            Some(uid) => Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "the relay's end of the connection belongs to uid {uid}, not to a trusted owner ([relay] trusted_owners): not handing mail to it"
-                ),
-            )),
+            Some(uid) => Err(untrusted(uid)),
             None => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "cannot tell who owns the relay's socket (sock_diag): not handing mail to it"
@@ -201,7 +232,6 @@ impl Relay<'_> {
         deadline: Instant,
     ) -> io::Result<Outcome> {
         let stream = self.connect(deadline)?;
-        stream.set_nodelay(true)?;
         let mut conn = Conn {
             reader: BufReader::new(Deadlined {
                 stream: stream.try_clone()?,
@@ -389,6 +419,94 @@ fn classify(stage: &str, reply: Reply) -> Outcome {
     }
 }
 
+fn untrusted(uid: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "the relay's end of the connection belongs to uid {uid}, not to a trusted owner ([relay] trusted_owners): not handing mail to it"
+        ),
+    )
+}
+
+/// The uid the listening end had when it was bound (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// The connection to the relay: TCP (the bypass lane's listener) or mailgate's Unix lane.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
 /// RFC 5321 allows 512 octets per reply line; Postfix sends far less.
 const MAX_REPLY_LINE: u64 = 4096;
 
@@ -405,7 +523,7 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
 /// that trickles a byte at a time (or reads DATA slowly) cannot stretch the transaction: the
 /// socket timeout is set anew before each system call, never once per line.
 struct Deadlined {
-    stream: TcpStream,
+    stream: Stream,
     deadline: Instant,
 }
 

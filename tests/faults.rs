@@ -786,3 +786,47 @@ fn another_accounts_sender_domain_is_refused() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(rec.received().len(), 1);
 }
+
+#[test]
+fn mailgates_own_lane_is_a_unix_socket_and_only_a_trusted_listener_gets_mail() {
+    assert!(
+        is_root(),
+        "this test binds a listener as another user; run it as root (.ci/run)"
+    );
+    let dir = TempDir::new("lane");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = dir.path().join("smtpd");
+    let relay = format!("socket = \"{}\"", socket.display());
+
+    // A listener of a trusted owner (nobody, as smtp-sink runs in these tests) gets the mail,
+    // whatever host and port say.
+    let sink = Sink::start_unix(&socket, Some("nobody"));
+    let env = Env::with_relay(&relay, "");
+    let o = env.send(&["-i", "lane@example.net"], b"Subject: lane\n\nx\n");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let got = sink.wait_count(1);
+    assert_eq!(got[0].rcpts, ["lane@example.net"]);
+    assert!(env.log_text().contains("status=sent"), "{}", env.log_text());
+    drop(sink);
+
+    // The same socket bound by another user (daemon): the message stays queued, with the
+    // reason, and the listener saw no transaction.
+    let _ = std::fs::remove_file(&socket);
+    let squatter = Sink::start_unix(&socket, Some("daemon"));
+    let o = env.send(&["-i", "squat@example.net"], b"Subject: squat\n\nx\n");
+    assert_eq!(code(&o), 0, "queued, not refused: {}", stderr(&o));
+    let log = env.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("status=queued")
+            && l.contains("not to a trusted owner")
+            && l.contains(&socket.display().to_string())),
+        "{log}"
+    );
+    assert!(squatter.received().is_empty());
+    let q = queue(&env);
+    assert!(q.to_string().contains("squat@example.net"), "{q}");
+}

@@ -148,20 +148,54 @@ impl Sink {
 
     /// On a given port (a relay that comes back where mailgate expects it).
     pub fn start_on(port: u16, extra: &[&str]) -> Sink {
+        let sink = Sink::spawn(&format!("127.0.0.1:{port}"), port, extra, None);
+        wait_for("smtp-sink to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        sink
+    }
+
+    /// On a Unix socket (mailgate's own lane into the relay), listening as `user`.
+    pub fn start_unix(socket: &Path, user: Option<&str>) -> Sink {
+        let sink = Sink::spawn(&format!("unix:{}", socket.display()), 0, &[], user);
+        wait_for("smtp-sink to listen on its socket", || {
+            std::os::unix::net::UnixStream::connect(socket).ok()
+        });
+        sink
+    }
+
+    fn spawn(address: &str, port: u16, extra: &[&str], user: Option<&str>) -> Sink {
         let dir = TempDir::new("sink");
         // smtp-sink drops to `-u nobody` when root; its dumps must be writable then.
         let dumps = dir.path().join("dumps");
         std::fs::create_dir(&dumps).unwrap();
         std::fs::set_permissions(&dumps, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        let mut cmd = Command::new("smtp-sink");
-        if is_root() {
+        let mut cmd = match user {
+            // The whole process as that user, so that the socket is bound as that user.
+            Some(user) => {
+                let gid = Command::new("id").args(["-g", user]).output().unwrap();
+                let gid = String::from_utf8_lossy(&gid.stdout).trim().to_string();
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    user,
+                    "--regid",
+                    &gid,
+                    "--clear-groups",
+                    "smtp-sink",
+                ]);
+                c
+            }
+            None => Command::new("smtp-sink"),
+        };
+        if is_root() && user.is_none() {
             cmd.args(["-u", "nobody"]);
         }
         cmd.args(extra)
             .arg("-d")
             .arg(format!("{}/%Y%m%d%H%M%S.", dumps.display()))
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(address)
             .arg("64")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -169,9 +203,6 @@ impl Sink {
             cmd.spawn()
                 .expect("smtp-sink (Debian package postfix) must be installed"),
         );
-        wait_for("smtp-sink to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
         Sink {
             port,
             dir,
@@ -422,6 +453,11 @@ pub struct Env {
 
 impl Env {
     pub fn new(relay_port: u16, extra: &str) -> Env {
+        Env::with_relay(&format!("host = \"127.0.0.1\"\nport = {relay_port}"), extra)
+    }
+
+    /// With `relay` as the `[relay]` table's address keys (host and port, or socket).
+    pub fn with_relay(relay: &str, extra: &str) -> Env {
         let dir = TempDir::new("env");
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
@@ -431,7 +467,7 @@ impl Env {
             &config,
             format!(
                 "origin = \"example.org\"\nhostname = \"web1.example.org\"\nstate_dir = \"{}\"\n\
-                 [relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntimeout = \"5s\"\n\
+                 [relay]\n{relay}\ntimeout = \"5s\"\n\
                  trusted_owners = [0, {uid}, \"nobody\"]\n\
                  [log]\nfile = \"{}\"\n{extra}\n",
                 state.display(),
