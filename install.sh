@@ -27,9 +27,12 @@ Options:
                          PHPMailer isSendmail() and cron go through it too
   --binary PATH          install this binary instead of building one with cargo
   --prefix DIR           install under DIR (tests, packaging); also taken from DESTDIR
-  --postfwd-hourly N     postfwd's per-sender limit per hour (default 200)
-  --postfwd-daily N      postfwd's per-sender limit per day (default 1000)
-  --postfwd-server N     postfwd's server-wide limit per hour (default 5000)
+  --postfwd-hourly N     fixed per-sender limits for postfwd (mail that bypasses mailgate) per
+  --postfwd-daily N      hour and per day, instead of the rules generated from mailgate.toml
+                         (`mailgate postfwd-rules`: for each window the strictest limit any
+                         account has); check-config warns where they are more generous
+  --postfwd-server N     postfwd's server-wide limit per hour when [server] sets none
+                         (default 5000)
   --postfwd-action A     reject | defer | hold: what postfwd does over its limits (default defer)
   --relayhost HOST:PORT  where the postfix-postfwd instance sends outbound mail (default: direct
                          delivery by MX); tests point it at a local smtp-sink
@@ -45,7 +48,7 @@ EOF
 }
 
 with_postfix=0 php=0 as_sendmail=0 dry_run=0 uninstall=0 binary="" prefix="${DESTDIR:-}"
-pf_hourly=200 pf_daily=1000 pf_server=5000 pf_action=defer relayhost="" postfix_log=""
+pf_hourly=200 pf_daily=1000 pf_fixed=0 pf_server=5000 pf_action=defer relayhost="" postfix_log=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --with-postfix) with_postfix=1 ;;
@@ -53,8 +56,8 @@ while [ $# -gt 0 ]; do
         --as-sendmail) as_sendmail=1 ;;
         --binary) binary=${2:?--binary needs a path}; shift ;;
         --prefix) prefix=${2:?--prefix needs a directory}; shift ;;
-        --postfwd-hourly) pf_hourly=${2:?}; shift ;;
-        --postfwd-daily) pf_daily=${2:?}; shift ;;
+        --postfwd-hourly) pf_hourly=${2:?}; pf_fixed=1; shift ;;
+        --postfwd-daily) pf_daily=${2:?}; pf_fixed=1; shift ;;
         --postfwd-server) pf_server=${2:?}; shift ;;
         --postfwd-action) pf_action=${2:?}; shift ;;
         --relayhost) relayhost=${2:?}; shift ;;
@@ -130,6 +133,12 @@ put_link() { # link target
     act mkdir -p "$(dirname "$1")"
     act ln -sfn "$2" "$1"
 }
+# Remove every line that is exactly LINE, keeping the file's inode, mode and owner.
+drop_line() { # file line
+    local kept
+    kept=$(grep -vxF -- "$2" "$1" || true)
+    printf '%s\n' "$kept" >"$1"
+}
 put_dir() { # dir mode owner
     if [ -d "$1" ] && [ "$(stat -c '%a %U:%G' "$1")" = "$2 $3" ]; then return 0; fi
     act mkdir -p "$1"
@@ -142,6 +151,12 @@ STARTED=$BACKUP/started-daemons
 TEXTFILE_DIR=$P/var/lib/prometheus/node-exporter
 POLICY_DIR=/var/lib/postfwd
 POLICY=$POLICY_DIR/policy
+# mailgate's own lane into the relay instance (see "mailgate's own lane" below).
+LANE_QUEUE=/var/spool/postfix-postfwd
+LANE_DIR=$LANE_QUEUE/mailgate
+LANE=$LANE_DIR/smtpd
+LANE_LINE="socket = \"$LANE\"   # the mailgate lane into the relay (install.sh --with-postfix)"
+LANE_SERVICE="../mailgate/smtpd unix n - n - - smtpd -o syslog_name=postfix-postfwd/mailgate -o smtpd_client_restrictions= -o smtpd_helo_restrictions= -o smtpd_sender_restrictions= -o smtpd_recipient_restrictions= -o smtpd_relay_restrictions=permit_mynetworks,reject_unauth_destination -o smtpd_client_connection_count_limit=0 -o smtpd_client_connection_rate_limit=0"
 remember_started() {
     [ $dry_run = 1 ] && return 0
     mkdir -p "$BACKUP"
@@ -196,6 +211,9 @@ if [ $uninstall = 1 ]; then
         else
             say "postfix-postfwd not destroyed (mail still in its queue: postqueue -c /etc/postfix-postfwd -p); it stays disabled"
         fi
+    fi
+    if [ -z "$P" ] && grep -qxF "$LANE_LINE" "$ETC/mailgate.toml" 2>/dev/null; then
+        act drop_line "$ETC/mailgate.toml" "$LANE_LINE"
     fi
     if [ -z "$P" ] && was_started postfwd; then
         if have_systemd; then act systemctl disable --now postfwd; else act stop_postfwd; fi
@@ -466,17 +484,57 @@ if [ $with_postfix = 1 ]; then
     else
         printf 'would configure %s/master.cf: no smtpd on port 25, smtpd on 127.0.0.1:825\n' "$SEC"
     fi
+    # mailgate's own lane: an smtpd on a Unix socket in a directory only group mailgate may
+    # enter (mode 0710 postfix:mailgate; the setgid binary and root's queue run get in, a
+    # customer's own process gets EACCES), without postfwd: mail that mailgate counted and
+    # decided is not counted a second time. The TCP listener above stays for everything
+    # that bypasses mailgate and keeps postfwd. Postfix names a unix service by its path
+    # under the public/ or private/ class directory, hence "../"; its smtpd processes take
+    # turns on an accept lock named pid/unix.<service name>, which needs a directory too.
+    if [ -f $SEC/master.cf ]; then
+        lane_entry=$(postconf -c $SEC -M 2>/dev/null | awk '$1 == "../mailgate/smtpd"' | tr -s ' ')
+        if [ "$lane_entry" != "$(printf '%s' "$LANE_SERVICE" | tr -s ' ')" ]; then
+            act sed -i '\|^\.\./mailgate/smtpd[[:space:]]|,/^[^[:space:]]/{\|^\.\./mailgate/smtpd[[:space:]]|d;/^[[:space:]]/d}' $SEC/master.cf
+            act sh -c "printf '%s\n' '$LANE_SERVICE' >>$SEC/master.cf"
+        fi
+    else
+        printf 'would add to %s/master.cf: %s\n' "$SEC" "$LANE_SERVICE"
+    fi
+    put_dir "$LANE_DIR" 710 postfix:mailgate
+    put_dir "$LANE_QUEUE/pid/unix.../mailgate" 700 root:root
+    # mailgate.toml names the lane (one marked line, which --uninstall removes again). An
+    # admin's own `socket =` is left as it is.
+    if ! grep -Eq '^[[:space:]]*socket[[:space:]]*=' "$ETC/mailgate.toml" 2>/dev/null; then
+        if grep -q '^\[relay\][[:space:]]*$' "$ETC/mailgate.toml" 2>/dev/null; then
+            act sed -i "/^\[relay\][[:space:]]*\$/a $LANE_LINE" "$ETC/mailgate.toml"
+        else
+            act sh -c "printf '\n[relay]\n%s\n' '$LANE_LINE' >>'$ETC/mailgate.toml'"
+        fi
+    elif ! grep -qxF "$LANE_LINE" "$ETC/mailgate.toml"; then
+        say "$ETC/mailgate.toml sets its own [relay] socket; mailgate's lane is $LANE"
+    fi
     if [ "$(postmulti -l 2>/dev/null | awk '$1 == "postfix-postfwd" {print $3}')" != y ]; then
         act postmulti -i postfix-postfwd -e enable
     fi
 
-    # postfwd with the seed's rules.
-    put_file /etc/postfix/postfwd.cf 644 root:root "# postfwd rules (mailgate install.sh): the second line of defence behind mailgate.
-# Mail that bypasses mailgate (direct SMTP to 127.0.0.1:825, Postfix's own sendmail) is
-# limited here per envelope sender, and server-wide.
+    # postfwd's rules, for the bypass lane only (mailgate's mail takes its own lane): generated
+    # from mailgate's configuration, so that bypassing mailgate never allows more than mailgate
+    # does; run install.sh again after changing limits (check-config warns until then).
+    if [ $pf_fixed = 1 ]; then
+        rules="# postfwd rules (install.sh --postfwd-hourly/--postfwd-daily): mail that bypasses mailgate
+# (direct SMTP to 127.0.0.1:825, Postfix's own sendmail), per envelope sender and server-wide.
 id=RATE_HOURLY; action=rate(sender/$pf_hourly/3600/$pf_verb only $pf_hourly messages per hour for \$\$sender)
 id=RATE_DAILY; action=rate(sender/$pf_daily/86400/$pf_verb only $pf_daily messages per day for \$\$sender)
 id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_server messages per hour from this server)"
+    elif [ -x "$SBIN" ]; then
+        rules=$("$SBIN" postfwd-rules --action "$pf_action" --server "$pf_server") || {
+            echo "install.sh: cannot derive postfwd's rules from $ETC/mailgate.toml (see: mailgate check-config)" >&2
+            exit 78
+        }
+    else
+        rules="(generated by mailgate postfwd-rules)"
+    fi
+    put_file /etc/postfix/postfwd.cf 644 root:root "$rules"
     # postfwd answers on a Unix socket in a directory only postfw and the postfix group may
     # enter: no customer can listen in its place while it is down and answer DUNNO to every
     # policy request (on 127.0.0.1:10040 anyone could; postfwd binds after dropping root, so a
@@ -491,7 +549,7 @@ id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_ser
     grep -q '^STARTUP=1' <<<"$new_defaults" || new_defaults=$(printf '%s\nSTARTUP=1' "$new_defaults")
     [ "$new_defaults" = "$defaults" ] || put_file /etc/default/postfwd 644 root:root "$new_defaults"
 
-    if [ $changes -gt 0 ] || [ ! -S "$POLICY" ] || ! (exec 3<>/dev/tcp/127.0.0.1/825) 2>/dev/null; then
+    if [ $changes -gt 0 ] || [ ! -S "$POLICY" ] || [ ! -S "$LANE" ] || ! (exec 3<>/dev/tcp/127.0.0.1/825) 2>/dev/null; then
         if have_systemd; then
             systemctl is-active --quiet postfwd || remember_started postfwd
             [ $primary_was_running = 1 ] || remember_started postfix

@@ -29,12 +29,17 @@ work=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
 main_cf_backup=""
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+# The bench's null-client Postfix stopped and main.cf as it was.
+restore_postfix() {
     postfix stop >/dev/null 2>&1 || true
     if [ -n "$main_cf_backup" ]; then
         if [ "$main_cf_backup" = none ]; then rm -f /etc/postfix/main.cf; else mv "$main_cf_backup" /etc/postfix/main.cf; fi
     fi
+    main_cf_backup=""
+}
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    restore_postfix
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -255,4 +260,12 @@ if [ "${SCALE:-1}" = 1 ]; then
     scale=$(RUNS=$(( RUNS < 100 ? RUNS : 100 )) bench/scale.sh)
     echo "$scale"
     printf '\n%s\n' "$scale" >>bench/results.md
+fi
+# The rows through the installed chain (mailgate's lane against the TCP lane it replaced);
+# CHAIN=0 leaves them out. The chain's install.sh sets Postfix up itself.
+if [ "${CHAIN:-1}" = 1 ]; then
+    restore_postfix
+    chain=$(RUNS=$(( RUNS < 200 ? RUNS : 200 )) bench/chain.sh)
+    echo "$chain"
+    printf '%s\n' "$chain" >>bench/results.md
 fi

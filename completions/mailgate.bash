@@ -31,6 +31,9 @@ _mailgate() {
             mailgate,metrics)
                 cmd="mailgate__subcmd__metrics"
                 ;;
+            mailgate,postfwd-rules)
+                cmd="mailgate__subcmd__postfwd__subcmd__rules"
+                ;;
             mailgate,queue)
                 cmd="mailgate__subcmd__queue"
                 ;;
@@ -60,6 +63,9 @@ _mailgate() {
                 ;;
             mailgate__subcmd__help,metrics)
                 cmd="mailgate__subcmd__help__subcmd__metrics"
+                ;;
+            mailgate__subcmd__help,postfwd-rules)
+                cmd="mailgate__subcmd__help__subcmd__postfwd__subcmd__rules"
                 ;;
             mailgate__subcmd__help,queue)
                 cmd="mailgate__subcmd__help__subcmd__queue"
@@ -176,7 +182,7 @@ _mailgate() {
 
     case "${cmd}" in
         mailgate)
-            opts="-h -V --config --help --version status top metrics hold queue reset lock unlock check-config help"
+            opts="-h -V --config --help --version status top metrics hold queue reset lock unlock check-config postfwd-rules help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -212,7 +218,7 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__help)
-            opts="status top metrics hold queue reset lock unlock check-config help"
+            opts="status top metrics hold queue reset lock unlock check-config postfwd-rules help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -338,6 +344,20 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__help__subcmd__metrics)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__help__subcmd__postfwd__subcmd__rules)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -706,6 +726,32 @@ _mailgate() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__postfwd__subcmd__rules)
+            opts="-h --action --server --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --action)
+                    COMPREPLY=($(compgen -W "reject defer hold" -- "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -84,6 +84,20 @@ pub enum Command {
     Unlock { account: String },
     /// Validate a configuration file; errors name file and line (exit 78).
     CheckConfig { path: Option<String> },
+    /// Print postfwd rules for the bypass lane, never more generous than mailgate's limits.
+    ///
+    /// Per envelope sender, for each window, the strictest limit any account (or the
+    /// defaults) has; per client address the server's limits. install.sh --with-postfix
+    /// writes them to /etc/postfix/postfwd.cf; mailgate's own mail takes its own lane
+    /// ([relay] socket) and does not meet them.
+    PostfwdRules {
+        /// What postfwd does with mail over a rule.
+        #[arg(long, value_enum, default_value = "defer")]
+        action: crate::lanes::Verdict,
+        /// Server-wide messages per hour when [server] sets no limits.
+        #[arg(long, value_name = "N", default_value_t = 5000)]
+        server: u64,
+    },
 }
 
 #[derive(Subcommand)]

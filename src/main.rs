@@ -37,6 +37,7 @@ mod domain_index;
 mod exit;
 mod identity;
 mod journal;
+mod lanes;
 mod limits;
 mod log;
 mod mailq;

@@ -14,6 +14,8 @@ const USERS: [&str; 2] = ["mgchain1", "mgchain2"];
 const LOGDIR: &str = "/var/log/mailgate-chain-test";
 /// postfwd's policy socket, in a directory only postfw and group postfix may enter.
 const POLICY: &str = "/var/lib/postfwd/policy";
+/// mailgate's own lane into the relay instance, in a directory only group mailgate may enter.
+const LANE: &str = "/var/spool/postfix-postfwd/mailgate/smtpd";
 
 fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().unwrap()
@@ -340,13 +342,51 @@ fn php_to_postfwd_chain_end_to_end() {
         stderr(&probe)
     );
 
+    // mailgate's own lane: named in the installed mailgate.toml, a socket of Postfix's smtpd,
+    // closed to a customer's own process.
+    let installed = std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap();
+    assert!(
+        installed.contains(&format!("[relay]\nsocket = \"{LANE}\"")),
+        "{installed}"
+    );
+    wait_for("mailgate's lane", || {
+        std::os::unix::net::UnixStream::connect(LANE).ok()
+    });
+    assert_eq!(
+        must(&format!(
+            "stat -c '%a %U:%G' {}",
+            Path::new(LANE).parent().unwrap().display()
+        ))
+        .trim(),
+        "710 postfix:mailgate"
+    );
+    let probe = as_user(
+        USERS[0],
+        "/usr/bin/python3",
+        &[
+            "-c",
+            &format!("import socket; socket.socket(socket.AF_UNIX).connect('{LANE}')"),
+        ],
+        b"",
+    );
+    assert!(
+        !probe.status.success() && stderr(&probe).contains("Permission denied"),
+        "a customer reached mailgate's lane: {}",
+        stderr(&probe)
+    );
+
     // Alerts go to root (the default), to prove they arrive; a queued message is retried after
     // a second, so that the installed scheduler's next run (cron: once a minute) delivers it.
-    let config = "[log]\nfile = \"/var/lib/mailgate/chain.log\"\n[alerts]\nadmin = \"root\"\n\
-                  [spool]\nretry = \"1s\"\nmax_retry = \"1s\"\n\
-                  [defaults]\nlimits = [ { window = \"1h\", messages = 3 } ]\n[accounts.root]\nexempt = true\n\
-                  [accounts.\"site1.example\"]\nusers = [\"mgchain1\"]\nlimits = [ { window = \"1h\", messages = 2 } ]\n";
-    std::fs::write("/etc/mailgate/mailgate.toml", config).unwrap();
+    let config = |limit: u32, relay: &str| {
+        format!(
+            "[relay]\n{relay}\n[log]\nfile = \"/var/lib/mailgate/chain.log\"\n[alerts]\nadmin = \"root\"\n\
+             [spool]\nretry = \"1s\"\nmax_retry = \"1s\"\n\
+             [defaults]\nlimits = [ {{ window = \"1h\", messages = {limit} }} ]\n[accounts.root]\nexempt = true\n\
+             [accounts.\"site1.example\"]\nusers = [\"mgchain1\"]\nlimits = [ {{ window = \"1h\", messages = 2 }} ]\n"
+        )
+    };
+    let lane = format!("socket = \"{LANE}\"");
+    std::fs::write("/etc/mailgate/mailgate.toml", config(3, &lane)).unwrap();
     must(
         "/usr/sbin/mailgate reset mgchain1; /usr/sbin/mailgate reset mgchain2; /usr/sbin/mailgate reset site1.example",
     );
@@ -513,6 +553,142 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
         "{held}"
     );
     install(sink.port, "--postfwd-action reject");
+
+    // One limit per account: an account allowed 1,000 per hour sends 300 through mailgate (8
+    // senders at once), far above postfwd's 5 per sender; all 300 reach the local mailbox and
+    // none waits in mailgate's queue, because mailgate's lane does not meet postfwd.
+    std::fs::write("/etc/mailgate/mailgate.toml", config(1000, &lane)).unwrap();
+    must("/usr/sbin/mailgate reset mgchain2");
+    let origin = must("postconf -c /etc/postfix-postfwd -h myorigin")
+        .trim()
+        .to_string();
+    let tag = format!("lane-{}-{}", std::process::id(), now_nanos());
+    std::thread::scope(|scope| {
+        for sender in 0..8 {
+            let tag = &tag;
+            scope.spawn(move || {
+                for i in (sender..300).step_by(8) {
+                    let o = as_user(
+                        USERS[1],
+                        "/usr/sbin/mailgate",
+                        &["-i", USERS[0]],
+                        format!("Subject: {tag} {i}\n\nx\n").as_bytes(),
+                    );
+                    assert!(o.status.success(), "message {i}: {}", stderr(&o));
+                }
+            });
+        }
+    });
+    let count_in_mailbox = |needle: &str| {
+        mailbox(USERS[0])
+            .lines()
+            .filter(|l| l.starts_with("Subject: ") && l.contains(needle))
+            .count()
+    };
+    wait_for_within(
+        "300 messages in the local mailbox",
+        std::time::Duration::from_secs(120),
+        || (count_in_mailbox(&tag) >= 300).then_some(()),
+    );
+    assert_eq!(count_in_mailbox(&tag), 300);
+    let queued = must("/usr/sbin/mailgate queue list --json");
+    assert!(!queued.contains("mgchain2"), "{queued}");
+    let st = must("/usr/sbin/mailgate status mgchain2 --json");
+    assert!(st.contains("\"messages\": 300"), "{st}");
+    assert!(
+        !postfix_log().contains(&format!("per hour for {}@{origin}", USERS[1])),
+        "postfwd counted mailgate's mail"
+    );
+    // The same customer's bypasses still meet postfwd at its rule, for the very sender
+    // mailgate just used 300 times: SMTP straight to the TCP listener, and Postfix's own
+    // sendmail (another sender of the customer's choosing).
+    let smtp_as_customer = format!(
+        "import smtplib\n\
+         for i in range(6):\n\
+         \x20   s = smtplib.SMTP('127.0.0.1', 825)\n\
+         \x20   try:\n\
+         \x20       s.sendmail('{u}@{origin}', ['victim@example.net'], 'Subject: bypass\\r\\n\\r\\nx\\r\\n')\n\
+         \x20       print('250')\n\
+         \x20   except smtplib.SMTPRecipientsRefused as e:\n\
+         \x20       code, text = list(e.recipients.values())[0]\n\
+         \x20       print(code, text.decode())\n\
+         \x20   s.quit()\n",
+        u = USERS[1]
+    );
+    let o = as_user(
+        USERS[1],
+        "/usr/bin/python3",
+        &["-c", &smtp_as_customer],
+        b"",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let replies: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(replies.len(), 6, "{replies:?}");
+    assert!(replies[..5].iter().all(|r| r == "250"), "{replies:?}");
+    assert!(
+        replies[5].starts_with('5') && replies[5].contains("only 5 messages per hour"),
+        "{replies:?}"
+    );
+    for i in 0..6 {
+        let o = as_user(
+            USERS[1],
+            "/usr/sbin/sendmail.postfix",
+            &[
+                "-f",
+                &format!("{}-cli@{origin}", USERS[1]),
+                "-i",
+                "victim@example.net",
+            ],
+            format!("Subject: bypass {i}\n\nx\n").as_bytes(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    wait_log(&format!(
+        "only 5 messages per hour for {}-cli@{origin}",
+        USERS[1]
+    ));
+
+    // An install from before the lane (mailgate relays over TCP, no lane service): a message
+    // queued while the relay is down is delivered exactly once through the lane after
+    // install.sh moved mailgate there.
+    std::fs::write(
+        "/etc/mailgate/mailgate.toml",
+        config(1000, "host = \"127.0.0.1\"\nport = 825"),
+    )
+    .unwrap();
+    must("sed -i '/^\\.\\.\\/mailgate\\/smtpd/d' /etc/postfix-postfwd/master.cf");
+    must("postmulti -i postfix-postfwd -p stop");
+    let upgrade_tag = format!("{tag}-upgrade");
+    let o = as_user(
+        USERS[1],
+        "/usr/sbin/mailgate",
+        &["-i", USERS[0]],
+        format!("Subject: {upgrade_tag}\n\nx\n").as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(must("/usr/sbin/mailgate queue list --json").contains(USERS[0]));
+    let upgrade = install(sink.port, "--postfwd-action reject");
+    assert!(upgrade.contains("install.sh: done:"), "{upgrade}");
+    let moved = std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap();
+    assert!(moved.contains(&format!("socket = \"{LANE}\"")), "{moved}");
+    wait_for("mailgate's lane after the upgrade", || {
+        std::os::unix::net::UnixStream::connect(LANE).ok()
+    });
+    must("/usr/sbin/mailgate queue run");
+    wait_for("the queued message in the mailbox", || {
+        (count_in_mailbox(&upgrade_tag) == 1).then_some(())
+    });
+    assert!(!must("/usr/sbin/mailgate queue list --json").contains(USERS[0]));
+    must("/usr/sbin/mailgate queue run");
+    assert_eq!(count_in_mailbox(&upgrade_tag), 1, "delivered exactly once");
+    assert!(
+        wait_log("postfix-postfwd/mailgate/smtpd").contains("postfix-postfwd/mailgate/smtpd"),
+        "the lane's smtpd took it"
+    );
+    std::fs::write("/etc/mailgate/mailgate.toml", config(3, &lane)).unwrap();
 
     // --as-sendmail: Symfony Mailer's default transport (/usr/sbin/sendmail -bs) and PHPMailer's
     // isSendmail() go through mailgate and are counted.

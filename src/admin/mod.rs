@@ -32,6 +32,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "lock",
     "unlock",
     "check-config",
+    "postfwd-rules",
 ];
 
 pub fn run(argv: &[OsString]) -> Exit {
@@ -78,6 +79,17 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Status { .. } | Command::Top { .. } | Command::Hold { .. }
     ) {
         admin.clone()?;
+    }
+    if let Command::PostfwdRules { action, server } = cli.command {
+        let owners = crate::lanes::owners(
+            &config.defaults.limits,
+            config.accounts.iter().map(|(n, a)| (n.as_str(), a)),
+        );
+        print!(
+            "{}",
+            crate::lanes::render(&owners, &config.server.limits, server, action)
+        );
+        return Ok(());
     }
 
     let account = identity::Account {
@@ -160,8 +172,52 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Metrics => report::print_metrics(&ctx),
         Command::Hold { action } => spools::hold(&ctx, &spool, action, &viewer),
         Command::Queue { action } => spools::queue(&ctx, &spool, action),
-        Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::CheckConfig { .. } | Command::PostfwdRules { .. } => {
+            unreachable!("handled above")
+        }
     }
+}
+
+/// Where the lanes into the relay disagree with the configuration: mailgate's own lane
+/// installed but not used (its mail then meets postfwd's limits a second time), and an
+/// installed postfwd.cf more generous than mailgate's limits for the bypass lane.
+fn lane_findings(
+    config: &Config,
+    account_files: &[(String, crate::config::Account)],
+) -> Vec<crate::config_check::Finding> {
+    use crate::config_check::Finding;
+    const INSTALLED_LANE: &str = "/var/spool/postfix-postfwd/mailgate/smtpd";
+    let mut out = Vec::new();
+    let lane_exists = std::fs::symlink_metadata(INSTALLED_LANE)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    if config.relay.socket.is_none() && lane_exists {
+        out.push(Finding {
+            warning: true,
+            text: format!(
+                "warning: mailgate's lane {INSTALLED_LANE} is installed, but [relay] socket is not set: mailgate's mail goes to {}:{} and meets postfwd's limits a second time",
+                config.relay.host, config.relay.port
+            ),
+        });
+    }
+    let Ok(rules) = std::fs::read_to_string(crate::lanes::POSTFWD_RULES) else {
+        return out;
+    };
+    let owners = crate::lanes::owners(
+        &config.defaults.limits,
+        config
+            .accounts
+            .iter()
+            .map(|(n, a)| (n.as_str(), a))
+            .chain(account_files.iter().map(|(n, a)| (n.as_str(), a))),
+    );
+    let rates = crate::lanes::parse(&rules);
+    for text in crate::lanes::too_generous(&owners, &config.server.limits, &rates) {
+        out.push(Finding {
+            warning: true,
+            text: format!("{}: warning: {text}", crate::lanes::POSTFWD_RULES),
+        });
+    }
+    out
 }
 
 /// What a customer hears about an account or message that is not theirs (exit 77).
@@ -302,6 +358,7 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
         warning: false,
         text: e.0,
     }));
+    let mut account_files: Vec<(String, crate::config::Account)> = Vec::new();
     // Domain → the accounts that name it, to warn where one domain has two owners.
     let mut owners: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     if let Some(main) = &main {
@@ -337,7 +394,11 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
             for d in crate::domain_index::owned_domains(&account) {
                 owners.entry(d).or_default().push(name.clone());
             }
+            account_files.push((name.clone(), account));
         }
+    }
+    if let Some(main) = &main {
+        findings.extend(lane_findings(main, &account_files));
     }
     for (domain, mut accounts) in owners.into_iter().filter(|(_, a)| a.len() > 1) {
         accounts.sort();

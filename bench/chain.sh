@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Through the installed chain, not a sink: install.sh --with-postfix (the relay instance
+# relaying to an smtp-sink), then mailgate's own lane (Unix socket, no postfwd) against the
+# lane it replaced (TCP 127.0.0.1:825 with postfwd's policy lookup on every RCPT), and
+# Postfix's own sendmail into the same chain, in the same run: accepted latency (hyperfine
+# median) and 8 parallel senders' throughput. Prints a Markdown section.
+#
+#   sudo bench/chain.sh          # bench/run.sh calls it unless CHAIN=0
+#
+# It installs and uninstalls the chain, so it refuses to run over an existing install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-200}
+[ "$(id -u)" = 0 ] || { echo "bench/chain.sh: run as root (it installs the chain)" >&2; exit 1; }
+if [ -e /etc/mailgate ] || [ -e /etc/postfix-postfwd ] || [ -e /usr/sbin/mailgate ]; then
+    echo "bench/chain.sh: mailgate or its chain is installed here; this benchmark installs and removes its own, not over a real one" >&2
+    exit 1
+fi
+for tool in hyperfine smtp-sink postmulti postfwd python3; do
+    command -v "$tool" >/dev/null || { echo "bench/chain.sh: $tool is missing (sudo bench/run.sh installs it)" >&2; exit 1; }
+done
+
+cargo build --release -q
+BIN=$PWD/target/release/mailgate
+work=$(mktemp -d /tmp/mailgate-chain-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+group_existed=0; getent group mailgate >/dev/null && group_existed=1
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    postsuper -c /etc/postfix-postfwd -d ALL >/dev/null 2>&1 || true
+    postsuper -d ALL >/dev/null 2>&1 || true
+    ./install.sh --uninstall >/dev/null 2>&1 || echo "bench/chain.sh: install.sh --uninstall failed" >&2
+    rm -rf /etc/mailgate /var/lib/mailgate /var/log/mailgate-chain-bench "$work"
+    [ $group_existed = 1 ] || groupdel mailgate 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+mkdir -p /var/log/mailgate-chain-bench
+start_sink
+# postfwd must not refuse the old lane's messages during the run: its limits out of reach.
+./install.sh --binary "$BIN" --with-postfix --relayhost "[127.0.0.1]:$SINK_PORT" --postfix-log /var/log/mailgate-chain-bench \
+    --postfwd-hourly 1000000000 --postfwd-daily 1000000000 --postfwd-server 1000000000 >"$work/install.log" 2>&1 ||
+    { cat "$work/install.log" >&2; exit 1; }
+LANE=/var/spool/postfix-postfwd/mailgate/smtpd
+for _ in $(seq 200); do [ -S "$LANE" ] && (exec 3<>/dev/tcp/127.0.0.1/825) 2>/dev/null && break; sleep 0.05; done
+
+python3 - "$work" <<'PY'
+import sys
+hdr = ("To: Customer <customer@example.net>\nSubject: Your order #4711 at shop.example.org\n"
+       "From: Shop <shop@example.org>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n"
+       "X-PHP-Originating-Script: 33:checkout.php\n\n")
+line = "Thank you for your order. We will ship it as soon as possible, usually within 24 hours.\n"
+open(f"{sys.argv[1]}/small.eml", "w").write(hdr + line * (4096 // len(line)))
+PY
+
+mkconf() { # name relay-keys
+    mkdir -p "$work/$1/state"
+    cat >"$work/$1/mailgate.toml" <<TOML
+origin = "example.org"
+state_dir = "$work/$1/state"
+[relay]
+$2
+[spool]
+account_max_messages = 1000000
+account_max_bytes = 100000000000
+[log]
+file = "$work/$1/mailgate.log"
+[alerts]
+admin = ""
+[defaults]
+limits = [ { window = "1h", messages = 100000000 } ]
+[accounts.root]
+exempt = false
+TOML
+}
+mkconf tcp $'host = "127.0.0.1"\nport = 825'
+mkconf lane "socket = \"$LANE\""
+
+echo "bench/chain.sh: accepted latency through the chain ($RUNS runs each)..." >&2
+hyperfine -i --style none --warmup 20 --runs "$RUNS" --export-json "$work/latency.json" \
+    "sh -c 'MAILGATE_CONFIG=$work/tcp/mailgate.toml $BIN -t -i < $work/small.eml'" \
+    "sh -c 'MAILGATE_CONFIG=$work/lane/mailgate.toml $BIN -t -i < $work/small.eml'" \
+    "sh -c '/usr/sbin/sendmail -t -i < $work/small.eml'" >/dev/null
+read -r tcp_ms lane_ms pf_ms <<<"$(median_ms "$work/latency.json")"
+
+# 8 parallel senders x 250 messages; prints "sent-by-the-relay seconds".
+throughput() { # config-name
+    local start end
+    : >"$work/$1/mailgate.log"
+    start=$(date +%s.%N)
+    seq 8 | xargs -P 8 -I{} sh -c "for i in \$(seq 250); do MAILGATE_CONFIG=$work/$1/mailgate.toml $BIN -t -i < $work/small.eml 2>/dev/null; done"
+    end=$(date +%s.%N)
+    python3 -c "print($(grep -c 'status=sent' "$work/$1/mailgate.log" || true), '%.2f' % ($end - $start))"
+}
+echo "bench/chain.sh: 8 senders x 250 messages, each lane..." >&2
+read -r tcp_sent tcp_secs <<<"$(throughput tcp)"
+read -r lane_sent lane_secs <<<"$(throughput lane)"
+tcp_rate=$(python3 -c "print('%.0f' % ($tcp_sent / $tcp_secs))")
+lane_rate=$(python3 -c "print('%.0f' % ($lane_sent / $lane_secs))")
+
+cat <<MD
+
+### Through the installed chain ($(date -u +%Y-%m-%d), Postfix $(postconf -h mail_version), postfwd $(postfwd --version 2>/dev/null | head -1 | awk '{print $2}'))
+
+| lane into the relay instance | accepted, 4 KiB (median) | 8 senders x 250: relayed | messages/s |
+|---|---|---|---|
+| before: TCP 127.0.0.1:825, postfwd on every RCPT | ${tcp_ms} ms | ${tcp_sent} in ${tcp_secs} s | ${tcp_rate} |
+| mailgate's lane: Unix socket, no postfwd | ${lane_ms} ms | ${lane_sent} in ${lane_secs} s | ${lane_rate} |
+| Postfix's own sendmail (into its queue only) | ${pf_ms} ms | | |
+
+- The lane: $(ratio "$lane_ms" "$tcp_ms") x the latency and $(ratio "$lane_rate" "$tcp_rate") x the throughput of the TCP lane
+  (goal: <= 0.5 and >= 2); $(ratio "$lane_ms" "$pf_ms") x Postfix's own sendmail.
+MD
