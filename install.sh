@@ -185,6 +185,11 @@ origin=$(cfg_value origin)
 [ -n "$origin" ] || [ ! -f /etc/mailname ] || origin=$(head -n1 /etc/mailname | tr -d '[:space:]')
 [ -n "$origin" ] || origin=$host_fqdn
 
+# The Debian package installed mailgate itself (README "Install"): then this script only wires
+# the chain and PHP, and --uninstall leaves the package's files to dpkg.
+packaged=0
+if [ -z "$P" ] && dpkg-query -W -f='${Status}' mailgate 2>/dev/null | grep -q 'ok installed'; then packaged=1; fi
+
 # ---------------------------------------------------------------------------- uninstall ----
 # Every decision is made from the state before the first change, so that a dry run lists
 # exactly the changes the real run makes.
@@ -227,14 +232,16 @@ if [ $uninstall = 1 ]; then
     fi
     # install.sh's own files; one with a backup record is handled by the restore below.
     own_files=()
-    for f in "$SBIN" "$LINKDIR/sendmail" "$P/etc/cron.d/mailgate" "$TEXTFILE_DIR/mailgate.prom" \
-             "$P/etc/systemd/system/mailgate-queue.service" "$P/etc/systemd/system/mailgate-queue.timer"; do
+    own=("$SBIN" "$LINKDIR/sendmail" "$P/etc/cron.d/mailgate" "$TEXTFILE_DIR/mailgate.prom" \
+         "$P/etc/systemd/system/mailgate-queue.service" "$P/etc/systemd/system/mailgate-queue.timer")
+    [ $packaged = 0 ] || own=("$TEXTFILE_DIR/mailgate.prom")
+    for f in "${own[@]}"; do
         key=$BACKUP/$(printf '%s' "${f#"$P"}" | sed 's|/|%|g')
         if [ -e "$key" ] || [ -e "$key.absent" ]; then continue; fi
         if [ -e "$f" ] || [ -L "$f" ]; then own_files+=("$f"); fi
     done
     linkdir_is_ours=0
-    [ "$(ls -A "$LINKDIR" 2>/dev/null)" != sendmail ] || linkdir_is_ours=1
+    [ $packaged = 1 ] || [ "$(ls -A "$LINKDIR" 2>/dev/null)" != sendmail ] || linkdir_is_ours=1
     if [ -d "$BACKUP" ]; then
         for key in "$BACKUP"/*; do
             [ -e "$key" ] || continue
@@ -259,6 +266,9 @@ if [ $uninstall = 1 ]; then
 fi
 
 # ----------------------------------------------------------------------------- mailgate ----
+if [ $packaged = 1 ]; then
+    say "the Debian package mailgate is installed: binary, config, state directory and queue runner are its own; wiring the rest"
+else
 if [ -z "$binary" ]; then
     if [ $dry_run = 1 ]; then
         binary=$here/target/release/mailgate
@@ -354,6 +364,8 @@ else
     fi
 fi
 say "queue runner: $runner"
+
+fi # packaged
 
 # -------------------------------------------------------------------------------- PHP ----
 if [ $php = 1 ]; then

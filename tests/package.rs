@@ -1,0 +1,283 @@
+//! The Debian package, as an admin uses it: `cargo deb` builds it, `apt-get install ./….deb`
+//! installs it, PHP's `mail()` sends through it as a real user, an upgrade to N+1 keeps the
+//! admin's configuration and the mail queued while the relay was down (delivered once after),
+//! `remove` keeps configuration and spools, `purge` leaves nothing. Needs root and changes the
+//! system, so it refuses to run where mailgate is installed and undoes what it did.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const USER: &str = "mgpkg1";
+/// Everything the package installs or its maintainer scripts create.
+const PATHS: [&str; 9] = [
+    "/usr/sbin/mailgate",
+    "/usr/lib/mailgate",
+    "/etc/mailgate",
+    "/var/lib/mailgate",
+    "/etc/cron.d/mailgate",
+    "/etc/logrotate.d/mailgate",
+    "/lib/systemd/system/mailgate-queue.timer",
+    "/lib/systemd/system/mailgate-queue.service",
+    "/usr/share/man/man8/mailgate.8.gz",
+];
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .unwrap()
+}
+
+fn must(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Purges the package and removes the test user, whatever happened.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = sh("dpkg --purge mailgate >/dev/null 2>&1");
+        let _ = sh(&format!("userdel {USER} >/dev/null 2>&1"));
+    }
+}
+
+/// Builds the package of version `version` from the release binary into `dir`.
+fn build(dir: &Path, version: &str, no_build: bool) -> PathBuf {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = dir.join(format!("mailgate_{version}_amd64.deb"));
+    let o = Command::new("cargo")
+        .current_dir(repo)
+        .args(["deb", "--deb-version", version, "--output"])
+        .arg(&out)
+        .args(if no_build {
+            &["--no-build"][..]
+        } else {
+            &[][..]
+        })
+        .output()
+        .expect("cargo-deb must be installed (.ci/run: cargo install cargo-deb)");
+    assert!(o.status.success(), "cargo deb: {}", stderr(&o));
+    out
+}
+
+fn php_mail(subject: &str) -> String {
+    let code = format!(r#"echo mail("dest@example.net", "{subject}", "body") ? "T" : "F";"#);
+    let o = run_with_input(
+        Command::new("setpriv").args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--init-groups",
+            "php",
+            "-d",
+            "sendmail_path=/usr/lib/mailgate/sendmail -t -i",
+            "-r",
+            &code,
+        ]),
+        b"",
+    );
+    assert!(o.status.success(), "php: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn at_sink(sink: &Sink, subject: &str) -> usize {
+    sink.received()
+        .iter()
+        .filter(|r| r.header("Subject").as_deref() == Some(subject))
+        .count()
+}
+
+#[test]
+fn install_upgrade_remove_and_purge_the_debian_package() {
+    assert!(
+        is_root(),
+        "this test installs a Debian package; run it as root (.ci/run)"
+    );
+    for tool in [
+        "apt-get",
+        "dpkg-statoverride",
+        "php",
+        "logrotate",
+        "lintian",
+        "cargo-deb",
+    ] {
+        assert!(
+            sh(&format!("command -v {tool}")).status.success(),
+            "{tool} is missing (.ci/run installs it)"
+        );
+    }
+    assert!(
+        !sh("dpkg -s mailgate >/dev/null 2>&1").status.success()
+            && PATHS.iter().all(|p| !Path::new(p).exists()),
+        "mailgate is installed on this machine; this test installs and purges its own package, not over a real one"
+    );
+    let _cleanup = Cleanup;
+    let group_before = sh("getent group mailgate").status.success();
+    assert!(!group_before, "group mailgate exists without the package");
+
+    let dir = TempDir::new("package");
+    let first = build(dir.path(), "0.1.0-1", false);
+    let second = build(dir.path(), "0.1.0-2", true);
+    // lintian: no errors; the warnings left are listed and justified in README ("Install").
+    let lint = sh(&format!(
+        "lintian --allow-root --fail-on error {}",
+        first.display()
+    ));
+    assert!(
+        lint.status.success(),
+        "lintian: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        stderr(&lint)
+    );
+    must(&format!("apt-get install -y -q {}", first.display()));
+
+    // What dpkg and the maintainer scripts made.
+    assert_eq!(
+        must("stat -c '%a %U:%G' /usr/sbin/mailgate").trim(),
+        "2755 root:mailgate"
+    );
+    assert_eq!(
+        must("dpkg-statoverride --list /usr/sbin/mailgate").trim(),
+        "root mailgate 2755 /usr/sbin/mailgate"
+    );
+    assert_eq!(
+        must("stat -c '%a %U:%G' /var/lib/mailgate").trim(),
+        "770 root:mailgate"
+    );
+    for sub in [
+        "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
+    ] {
+        assert_eq!(
+            must(&format!("stat -c '%a %U:%G' /var/lib/mailgate/{sub}")).trim(),
+            "2770 root:mailgate",
+            "{sub}"
+        );
+    }
+    assert_eq!(
+        must("readlink -f /usr/lib/mailgate/sendmail").trim(),
+        "/usr/sbin/mailgate"
+    );
+    let conffiles = must("dpkg-query -W -f='${Conffiles}' mailgate");
+    for f in [
+        "/etc/mailgate/mailgate.toml",
+        "/etc/cron.d/mailgate",
+        "/etc/logrotate.d/mailgate",
+    ] {
+        assert!(conffiles.contains(f), "{f} is no conffile: {conffiles}");
+    }
+    // It relays to Postfix and does not replace it.
+    let fields = must("dpkg-query -W -f='${Depends}|${Provides}' mailgate");
+    assert!(fields.contains("postfix"), "{fields}");
+    assert!(!fields.contains("mail-transport-agent"), "{fields}");
+    assert!(must("readlink -f /usr/sbin/sendmail").contains("sendmail"));
+    assert!(!must("readlink -f /usr/sbin/sendmail").contains("mailgate"));
+    must("man -w mailgate");
+    must("logrotate -d /etc/logrotate.d/mailgate 2>&1");
+
+    // The admin points the relay at a test sink (an edit of the conffile).
+    let mut sink = Sink::start(&[]);
+    let port = sink.port;
+    let config = std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap();
+    let edited = config
+        .replace("port = 825", &format!("port = {port}"))
+        .replace(
+            "timeout = \"30s\"",
+            "timeout = \"5s\"\ntrusted_owners = [\"root\", \"nobody\"]   # the test sink runs as nobody",
+        );
+    assert_ne!(edited, config, "the example config names the relay port");
+    std::fs::write("/etc/mailgate/mailgate.toml", &edited).unwrap();
+    must(&format!(
+        "useradd --no-create-home --shell /usr/sbin/nologin {USER}"
+    ));
+
+    assert_eq!(php_mail("package one"), "T");
+    wait_for("the first message at the sink", || {
+        (at_sink(&sink, "package one") == 1).then_some(())
+    });
+
+    // Relay down: mail() still says true, the message waits in mailgate's queue.
+    drop(sink);
+    assert_eq!(php_mail("package queued"), "T");
+    let queued = must("/usr/sbin/mailgate queue list --json");
+    assert!(queued.contains("dest@example.net"), "{queued}");
+
+    // Upgrade to N+1: the admin's edit, the queued message and the setgid bit survive.
+    must(&format!("apt-get install -y -q {}", second.display()));
+    assert_eq!(
+        must("dpkg-query -W -f='${Version}' mailgate").trim(),
+        "0.1.0-2"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap(),
+        edited
+    );
+    assert_eq!(
+        must("stat -c '%a %U:%G' /usr/sbin/mailgate").trim(),
+        "2755 root:mailgate"
+    );
+    assert!(must("/usr/sbin/mailgate queue list --json").contains("dest@example.net"));
+
+    // The relay is back: delivered exactly once.
+    sink = Sink::start_on(port, &[]);
+    must("/usr/sbin/mailgate queue flush");
+    wait_for("the queued message at the sink", || {
+        (at_sink(&sink, "package queued") == 1).then_some(())
+    });
+    must("/usr/sbin/mailgate queue run");
+    assert!(!must("/usr/sbin/mailgate queue list --json").contains("dest@example.net"));
+    assert_eq!(at_sink(&sink, "package queued"), 1);
+
+    // remove keeps configuration, counters and spools; purge removes them all.
+    must("apt-get remove -y -q mailgate");
+    assert!(!Path::new("/usr/sbin/mailgate").exists());
+    assert_eq!(
+        std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap(),
+        edited
+    );
+    assert!(Path::new("/var/lib/mailgate/accounts").is_dir());
+    must("apt-get purge -y -q mailgate");
+    for p in PATHS {
+        assert!(!Path::new(p).exists(), "{p} is left after purge");
+    }
+    assert!(!sh("getent group mailgate").status.success());
+    assert_eq!(
+        must("dpkg-statoverride --list '*mailgate*' || true").trim(),
+        ""
+    );
+}
+
+/// The logrotate entry rotates the Postfix logs and reloads Postfix without failing, on
+/// copies of the files (the real ones may belong to a running Postfix).
+#[test]
+fn the_postfix_logs_are_rotated() {
+    let dir = TempDir::new("logrotate");
+    let conf = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pkg/etc/logrotate-mailgate"),
+    )
+    .unwrap();
+    let d = dir.path().display().to_string();
+    let conf = conf.replace("/var/log/", &format!("{d}/"));
+    std::fs::write(dir.path().join("rotate.conf"), &conf).unwrap();
+    for log in ["postfix.log", "postfix-postfwd.log"] {
+        std::fs::write(dir.path().join(log), "a line\n").unwrap();
+    }
+    let o = sh(&format!("logrotate -f -s {d}/state {d}/rotate.conf"));
+    assert!(o.status.success(), "logrotate: {}", stderr(&o));
+    for log in ["postfix.log", "postfix-postfwd.log"] {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(format!("{log}.1"))).unwrap(),
+            "a line\n",
+            "{log}"
+        );
+    }
+}
