@@ -590,6 +590,9 @@ id=RATE_SERVER; action=rate(client_address/$pf_server/3600/$pf_verb only $pf_ser
     fi
 fi
 
+if [ $with_postfix = 1 ]; then
+    say "lanes: mailgate's mail -> $LANE (mailgate's limits only); everything else -> 127.0.0.1:825 (postfwd's rules in /etc/postfix/postfwd.cf)"
+fi
 if [ $dry_run = 1 ]; then
     say "dry run: $changes changes would be made"
 else

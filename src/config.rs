@@ -592,10 +592,7 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
         config.validate().map_err(|(key, msg)| {
-            ConfigError(format!(
-                "{file}:{}: {msg}",
-                crate::config_check::line_of_key(text, &key)
-            ))
+            ConfigError(format!("{file}:{}: {msg}", line_of_key(text, &key)))
         })?;
         Ok(config)
     }
@@ -716,7 +713,7 @@ pub fn parse_account(text: &str, file: &str, name: &str) -> Result<Account, Conf
     if let Some((key, msg)) = account_problems(name, &account).into_iter().next() {
         return Err(ConfigError(format!(
             "{file}:{}: {msg}",
-            crate::config_check::line_of_key(text, &key)
+            line_of_key(text, &key)
         )));
     }
     Ok(account)
@@ -770,6 +767,13 @@ pub fn account_file_names(dir: Option<&Path>, errors: &mut Vec<ConfigError>) -> 
 }
 
 /// Account names become file names: no `/`, no `..`, no control bytes, bounded length.
+/// Best-effort line of the first line mentioning `key` (semantic findings have no span).
+pub fn line_of_key(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(key))
+        .map_or(1, |i| i + 1)
+}
+
 pub fn validate_account_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("account name is empty".into());

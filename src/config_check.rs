@@ -3,7 +3,7 @@
 //! loads but cannot be meant: unknown users, accounts nobody can use, windows that can never
 //! bind. Pure apart from the password/group lookups passed in.
 
-use crate::config::{Account, Config, Limit};
+use crate::config::{Account, Config, Limit, line_of_key};
 
 /// Lookups the checks need from the system.
 pub struct System<'a> {
@@ -183,7 +183,7 @@ fn did_you_mean(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, expected) = rest.split_once('`')?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    crate::dispatch::closest(field, &candidates).map(str::to_string)
+    crate::spelling::closest(field, &candidates).map(str::to_string)
 }
 
 fn line_index(text: &str, byte: usize) -> usize {
@@ -210,13 +210,6 @@ fn neutralise(lines: &mut [String], i: usize) -> bool {
         }
     }
     true
-}
-
-/// Best-effort line of the first line mentioning `key` (semantic findings have no span).
-pub fn line_of_key(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(key))
-        .map_or(1, |i| i + 1)
 }
 
 #[cfg(test)]

@@ -41,6 +41,17 @@ impl Exit {
 pub struct Failure {
     pub exit: Exit,
     pub message: String,
+    /// What went wrong, where a caller decides by it (never by searching the message).
+    pub kind: FailureKind,
+}
+
+/// The kinds of failure a caller treats differently from the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureKind {
+    #[default]
+    Other,
+    /// A lock another process held past the deadline: news for the admin, not damage.
+    Busy,
 }
 
 impl Failure {
@@ -48,6 +59,15 @@ impl Failure {
         Failure {
             exit,
             message: message.into(),
+            kind: FailureKind::Other,
+        }
+    }
+
+    /// A counter or file another process holds locked (`limits::store::Busy::describe`).
+    pub fn busy(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::Busy,
+            ..Failure::new(Exit::OsErr, message)
         }
     }
 

@@ -51,6 +51,7 @@ mod record;
 mod relay;
 mod sendmail;
 mod sockdiag;
+mod spelling;
 mod spool;
 mod state_dir;
 mod stats;

@@ -1,7 +1,7 @@
 //! `mailgate status`: each account's windows, spools and state, as text or JSON.
 
 use crate::config::Limit;
-use crate::exit::{Exit, Failure};
+use crate::exit::{Exit, Failure, FailureKind};
 use crate::identity::{self, Caller};
 use crate::limits::{
     self, reconcile,
@@ -27,10 +27,22 @@ struct CounterStatus {
     /// Why its counter cannot be read (`mailgate reset` repairs it).
     #[serde(skip_serializing_if = "Option::is_none")]
     broken: Option<String>,
+    /// The counter is only busy (a stopped sender holds its lock), not damaged.
+    #[serde(skip)]
+    busy: bool,
     held: usize,
     deferred: usize,
     queued: usize,
     windows: Vec<WindowStatus>,
+}
+
+impl CounterStatus {
+    /// Record why the counter cannot be read; 1 when that is damage, 0 when it is busy.
+    fn unreadable(&mut self, f: Failure) -> usize {
+        self.busy = f.kind == FailureKind::Busy;
+        self.broken = Some(f.message);
+        usize::from(!self.busy)
+    }
 }
 
 #[derive(Serialize)]
@@ -94,12 +106,9 @@ pub(super) fn status(
             ),
             Err(f) => {
                 // Busy (a stopped sender holds it) is news for the admin, not damage.
-                if !f.message.contains(limits::store::BUSY) {
-                    broken += 1;
-                }
                 let mut c =
                     counter_status(name, config.is_exempt(name), &Record::default(), &[], now);
-                c.broken = Some(f.message);
+                broken += c.unreadable(f);
                 c
             }
         };
@@ -115,11 +124,8 @@ pub(super) fn status(
         out.server = Some(match ctx.store()?.read(config, Counter::Server, now) {
             Ok(rec) => counter_status("server", false, &rec, &config.server.limits, now),
             Err(f) => {
-                if !f.message.contains(limits::store::BUSY) {
-                    broken += 1;
-                }
                 let mut c = counter_status("server", false, &Record::default(), &[], now);
-                c.broken = Some(f.message);
+                broken += c.unreadable(f);
                 c
             }
         });
@@ -151,7 +157,7 @@ pub(super) fn status(
             flags.push(format!("LOCKED: {why}"));
         }
         match &c.broken {
-            Some(why) if why.contains(limits::store::BUSY) => flags.push(why.clone()),
+            Some(why) if c.busy => flags.push(why.clone()),
             Some(why) => flags.push(format!("BROKEN: {why}")),
             None => {}
         }
@@ -228,6 +234,7 @@ fn counter_status(
         exempt,
         locked: rec.lock.as_ref().map(|l| l.reason.clone()),
         broken: None,
+        busy: false,
         held: 0,
         deferred: 0,
         queued: 0,

@@ -417,7 +417,7 @@ fn files_set_lock(
 fn files_refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
     let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
     let locked = lock_both(state, config, &ticket.account, timeout)?
-        .map_err(|busy| Failure::new(crate::exit::Exit::OsErr, busy.describe()))?;
+        .map_err(|busy| Failure::busy(busy.describe()))?;
     let files = std::iter::once(&locked.account).chain(locked.server.as_ref());
     for f in files {
         let Ok(mut rec) = f.load() else { continue };

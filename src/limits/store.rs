@@ -269,7 +269,7 @@ impl StateDir {
     pub fn lock(&self, counter: Counter<'_>, timeout: Duration) -> Result<CounterFile, Failure> {
         match self.lock_within(counter, timeout)? {
             Ok(f) => Ok(f),
-            Err(busy) => Err(Failure::new(Exit::OsErr, busy.describe())),
+            Err(busy) => Err(Failure::busy(busy.describe())),
         }
     }
 
@@ -387,7 +387,7 @@ pub(crate) fn lock_with_deadline(file: &File, timeout: Duration) -> io::Result<(
 }
 
 /// Marks the text of a counter lock that was held too long (see `Busy::describe`).
-pub const BUSY: &str = "counter busy";
+const BUSY: &str = "counter busy";
 
 /// A counter whose lock another process held past the deadline.
 #[derive(Debug, Clone)]
