@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 const USERS: [&str; 2] = ["mgchain1", "mgchain2"];
 const LOGDIR: &str = "/var/log/mailgate-chain-test";
@@ -16,21 +16,6 @@ const LOGDIR: &str = "/var/log/mailgate-chain-test";
 const POLICY: &str = "/var/lib/postfwd/policy";
 /// mailgate's own lane into the relay instance, in a directory only group mailgate may enter.
 const LANE: &str = "/var/spool/postfix-postfwd/mailgate/smtpd";
-
-fn sh(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().unwrap()
-}
-
-fn must(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn install(sink_port: u16, extra: &str) -> String {
     let repo = env!("CARGO_MANIFEST_DIR");
@@ -55,20 +40,8 @@ fn wait_policy() {
     });
 }
 
-fn as_user(user: &str, program: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={user}"),
-        &format!("--regid={user}"),
-        "--init-groups",
-        program,
-    ])
-    .args(args);
-    run_with_input(&mut cmd, stdin)
-}
-
 fn php_as(user: &str, code: &str) -> String {
-    let o = as_user(user, "php", &["-r", code], b"");
+    let o = as_user(user, &[], "php", &["-r", code], b"");
     assert!(o.status.success(), "php as {user}: {}", stderr(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -139,7 +112,6 @@ impl Drop for Fpm {
 /// fail: it refuses to run over a real installation, and removes what it created.
 struct Host {
     group_existed: bool,
-    mailboxes: Vec<(PathBuf, Option<Vec<u8>>)>,
 }
 
 /// The chain test and the prefix test both create and remove group mailgate: one at a time.
@@ -163,20 +135,17 @@ impl Host {
         }
         let group_existed = sh("getent group mailgate").status.success();
         // The test reads mailboxes from their start, so a message of an earlier run (or the
-        // host's own mail) never counts; they come back as they were at the end.
-        let mailboxes = MAILBOXES
-            .iter()
-            .map(|m| {
-                let path = PathBuf::from(m);
-                let before = std::fs::read(&path).ok();
-                let _ = std::fs::remove_file(&path);
-                (path, before)
-            })
-            .collect();
-        Host {
-            group_existed,
-            mailboxes,
+        // host's own mail) never counts. Each is moved aside beside itself (a rename keeps
+        // its mode, owner and contents) and moved back at the end; a run killed before its
+        // end left the saved one, which is put back first.
+        for m in MAILBOXES {
+            restore_mailbox(m);
+            let saved = format!("{m}{SAVED}");
+            if std::fs::rename(m, &saved).is_err() {
+                std::fs::write(format!("{m}{ABSENT}"), b"").unwrap();
+            }
         }
+        Host { group_existed }
     }
 }
 
@@ -198,17 +167,25 @@ impl Drop for Host {
         if !self.group_existed {
             let _ = sh("groupdel mailgate >/dev/null 2>&1");
         }
-        for (path, before) in &self.mailboxes {
-            match before {
-                Some(bytes) => {
-                    let _ = std::fs::write(path, bytes);
-                }
-                None => {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
+        for m in MAILBOXES {
+            restore_mailbox(m);
         }
     }
+}
+
+/// Suffixes of a mailbox moved aside by the chain test, and of the marker that it had none.
+const SAVED: &str = ".mailgate-chain-test";
+const ABSENT: &str = ".mailgate-chain-test-absent";
+
+/// Put a mailbox back as it was before a chain test (also after an interrupted one).
+fn restore_mailbox(m: &str) {
+    let (saved, absent) = (format!("{m}{SAVED}"), format!("{m}{ABSENT}"));
+    if Path::new(&saved).exists() {
+        let _ = std::fs::rename(&saved, m);
+    } else if Path::new(&absent).exists() {
+        let _ = std::fs::remove_file(m);
+    }
+    let _ = std::fs::remove_file(&absent);
 }
 
 /// TCP listeners with their processes (`ss -ltnp`), one "address process" per line.
@@ -329,6 +306,7 @@ fn php_to_postfwd_chain_end_to_end() {
     );
     let probe = as_user(
         USERS[0],
+        &[],
         "/usr/bin/python3",
         &[
             "-c",
@@ -362,6 +340,7 @@ fn php_to_postfwd_chain_end_to_end() {
     );
     let probe = as_user(
         USERS[0],
+        &[],
         "/usr/bin/python3",
         &[
             "-c",
@@ -570,6 +549,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
                 for i in (sender..300).step_by(8) {
                     let o = as_user(
                         USERS[1],
+                        &[],
                         "/usr/sbin/mailgate",
                         &["-i", USERS[0]],
                         format!("Subject: {tag} {i}\n\nx\n").as_bytes(),
@@ -617,6 +597,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
     );
     let o = as_user(
         USERS[1],
+        &[],
         "/usr/bin/python3",
         &["-c", &smtp_as_customer],
         b"",
@@ -635,6 +616,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
     for i in 0..6 {
         let o = as_user(
             USERS[1],
+            &[],
             "/usr/sbin/sendmail.postfix",
             &[
                 "-f",
@@ -664,6 +646,7 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
     let upgrade_tag = format!("{tag}-upgrade");
     let o = as_user(
         USERS[1],
+        &[],
         "/usr/sbin/mailgate",
         &["-i", USERS[0]],
         format!("Subject: {upgrade_tag}\n\nx\n").as_bytes(),

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const USER: &str = "mgpkg1";
 /// Everything the package installs or its maintainer scripts create.
@@ -22,25 +22,6 @@ const PATHS: [&str; 9] = [
     "/lib/systemd/system/mailgate-queue.service",
     "/usr/share/man/man8/mailgate.8.gz",
 ];
-
-fn sh(cmd: &str) -> Output {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .unwrap()
-}
-
-fn must(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Purges the package and removes the test user, whatever happened.
 struct Cleanup;
@@ -73,17 +54,16 @@ fn build(dir: &Path, version: &str, no_build: bool) -> PathBuf {
 
 fn php_mail(subject: &str) -> String {
     let code = format!(r#"echo mail("dest@example.net", "{subject}", "body") ? "T" : "F";"#);
-    let o = run_with_input(
-        Command::new("setpriv").args([
-            &format!("--reuid={USER}"),
-            &format!("--regid={USER}"),
-            "--init-groups",
-            "php",
+    let o = as_user(
+        USER,
+        &[],
+        "php",
+        &[
             "-d",
             "sendmail_path=/usr/lib/mailgate/sendmail -t -i",
             "-r",
             &code,
-        ]),
+        ],
         b"",
     );
     assert!(o.status.success(), "php: {}", stderr(&o));

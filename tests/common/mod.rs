@@ -12,6 +12,50 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailgate");
+
+/// `sh -c CMD` (apt and dpkg without questions).
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .unwrap()
+}
+
+/// `sh -c CMD`, which must succeed; its standard output.
+pub fn must(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Run `program args` as `user` (with that user's groups) and extra environment, feeding
+/// `stdin`.
+pub fn as_user(
+    user: &str,
+    envs: &[(&str, &str)],
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    stdin: &[u8],
+) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={user}"),
+        &format!("--regid={user}"),
+        "--init-groups",
+        "env",
+    ]);
+    for (k, v) in envs {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.arg(program).args(args);
+    run_with_input(&mut cmd, stdin)
+}
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub fn is_root() -> bool {
