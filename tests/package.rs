@@ -11,8 +11,9 @@ use std::process::Command;
 
 const USER: &str = "mgpkg1";
 /// Everything the package installs or its maintainer scripts create.
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 10] = [
     "/usr/sbin/mailgate",
+    "/usr/sbin/mailgate-chain",
     "/usr/lib/mailgate",
     "/etc/mailgate",
     "/var/lib/mailgate",
@@ -162,7 +163,27 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
     assert!(must("readlink -f /usr/sbin/sendmail").contains("sendmail"));
     assert!(!must("readlink -f /usr/sbin/sendmail").contains("mailgate"));
     must("man -w mailgate");
+    must("man -w mailgate-chain");
+    // The chain command is shipped; its dry run says what it would do and changes nothing.
+    assert!(must("/usr/sbin/mailgate-chain --help").contains("--undo"));
+    let dry = must("/usr/sbin/mailgate-chain --dry-run --php");
+    assert!(dry.contains("mailgate-chain: dry run:"), "{dry}");
+    assert!(dry.contains("postfix-postfwd"), "{dry}");
+    assert!(!Path::new("/etc/postfix-postfwd").exists());
+    assert!(!Path::new("/var/lib/mailgate/install-backup").exists());
     must("logrotate -d /etc/logrotate.d/mailgate 2>&1");
+
+    // Asked for, mailgate becomes /usr/sbin/sendmail through the package's diversion of
+    // Postfix's (removing the package gives it back, below).
+    must("/usr/sbin/mailgate-chain --without-postfix --as-sendmail");
+    assert_eq!(
+        must("dpkg-divert --listpackage /usr/sbin/sendmail").trim(),
+        "mailgate"
+    );
+    assert_eq!(
+        must("readlink /usr/sbin/sendmail").trim(),
+        "/usr/sbin/mailgate"
+    );
 
     // The admin points the relay at a test sink (an edit of the conffile).
     let mut sink = Sink::start(&[]);
@@ -220,6 +241,20 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
     // remove keeps configuration, counters and spools; purge removes them all.
     must("apt-get remove -y -q mailgate");
     assert!(!Path::new("/usr/sbin/mailgate").exists());
+    assert_eq!(
+        must("dpkg -S /usr/sbin/sendmail").trim(),
+        "postfix: /usr/sbin/sendmail"
+    );
+    assert!(
+        std::fs::symlink_metadata("/usr/sbin/sendmail")
+            .unwrap()
+            .is_file(),
+        "Postfix's sendmail is back"
+    );
+    assert_eq!(
+        sh("dpkg-divert --listpackage /usr/sbin/sendmail").stdout,
+        b""
+    );
     assert_eq!(
         std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap(),
         edited
