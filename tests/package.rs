@@ -145,6 +145,11 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
         );
     }
     assert_eq!(
+        must("stat -c '%a %U:%G' /var/lib/mailgate/mailgate.log").trim(),
+        "660 root:mailgate",
+        "the fallback log, for hosts without syslog"
+    );
+    assert_eq!(
         must("readlink -f /usr/lib/mailgate/sendmail").trim(),
         "/usr/sbin/mailgate"
     );
