@@ -50,7 +50,6 @@ mod queue;
 mod record;
 mod relay;
 mod sendmail;
-mod sockdiag;
 mod spelling;
 mod spool;
 mod state_dir;

@@ -11,7 +11,8 @@ use crate::log::{Fields, Logger, Severity};
 use crate::message::{Message, Trace};
 use crate::notify;
 use crate::origin::LocalNames;
-use crate::relay::{Envelope, Outcome, Relay};
+use crate::relay::disposition::{self, Disposition, Refusal};
+use crate::relay::{Envelope, Relay};
 use crate::spool::{Kind, Meta, Spool};
 use crate::stats;
 use std::time::Duration;
@@ -464,32 +465,34 @@ impl Context {
             .state()
             .ok()
             .and_then(|state| journal::begin(state, &meta.id, fields.as_str()));
-        let outcome = self.relay().send(
+        let disposition = self.relay().send(
             &Envelope {
                 sender: meta.sender.as_deref(),
                 recipients: &meta.recipients,
             },
             msg,
         );
-        trail.relay_error = relay_error(&outcome);
-        match outcome {
-            Outcome::Delivered { reply, rejected } => {
+        trail.relay_error = disposition.trouble().map(Into::into);
+        match disposition {
+            Disposition::Delivered { reply } => {
                 fields.add("relay", &reply);
-                let queued = format!(
-                    "250 2.0.0 Ok: queued as {}",
-                    relay_queue_id(&reply.text).unwrap_or(&meta.id)
-                );
-                if rejected.is_empty() {
-                    return Report {
-                        exit: Exit::Ok,
-                        status: Status::Sent,
-                        line: None,
-                        smtp: queued,
-                    };
+                Report {
+                    exit: Exit::Ok,
+                    status: Status::Sent,
+                    line: None,
+                    smtp: queued_as(&reply, &meta.id),
                 }
-                self.partly_sent(meta, msg, rejected, queued, fields)
             }
-            Outcome::Permanent(why) => {
+            Disposition::Partly {
+                reply,
+                retry,
+                failed,
+            } => {
+                fields.add("relay", &reply);
+                let queued = queued_as(&reply, &meta.id);
+                self.partly_sent(meta, msg, retry, failed, queued, fields)
+            }
+            Disposition::Failed { why } => {
                 self.give_back(ticket.as_ref(), fields);
                 Report {
                     exit: Exit::Unavailable,
@@ -498,7 +501,7 @@ impl Context {
                     line: Some(format!("message not sent: {why}")),
                 }
             }
-            Outcome::Temporary(why) | Outcome::Unreachable(why) => {
+            Disposition::Retry { why, .. } => {
                 fields.add("relay", &why);
                 let retry = self.now() + self.config.spool.retry.secs() as i64;
                 let report = self.keep(Kind::Queue, meta, msg, why, Some(retry));
@@ -516,18 +519,12 @@ impl Context {
         &self,
         meta: Meta,
         msg: &Message,
-        rejected: Vec<(String, crate::relay::Reply)>,
+        deferred: Vec<Refusal>,
+        refused: Vec<Refusal>,
         queued: String,
         fields: &mut Fields,
     ) -> Report {
-        let (deferred, refused): (Vec<_>, Vec<_>) =
-            rejected.into_iter().partition(|(_, r)| !r.is_permanent());
-        let list = |l: &[(String, crate::relay::Reply)]| {
-            l.iter()
-                .map(|(r, reply)| format!("<{r}> ({reply})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |l: &[Refusal]| disposition::describe(l, usize::MAX);
         let mut line = String::from("sent");
         if !refused.is_empty() {
             line.push_str(&format!(", but the relay refused {}", list(&refused)));
@@ -535,7 +532,7 @@ impl Context {
         if !deferred.is_empty() {
             // Recipients the relay put off stay queued, just them, for `queue run`.
             let mut rest = meta;
-            rest.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
+            rest.recipients = disposition::recipients(&deferred);
             let why = format!("relay deferred {}", list(&deferred));
             fields.add("deferred_rcpts", rest.recipients.len());
             let retry = self.now() + self.config.spool.retry.secs() as i64;
@@ -719,13 +716,13 @@ impl Context {
         let mut fields = Fields::default();
         fields.add("internal", what).add("to", to);
         match outcome {
-            Outcome::Delivered { reply, .. } => {
+            Disposition::Delivered { reply } | Disposition::Partly { reply, .. } => {
                 fields.add("status", "sent").add("relay", reply);
             }
-            Outcome::Permanent(why) => {
+            Disposition::Failed { why } => {
                 fields.add("status", "refused").add("reason", why);
             }
-            Outcome::Temporary(why) | Outcome::Unreachable(why) => {
+            Disposition::Retry { why, .. } => {
                 let meta = Meta {
                     id: crate::spool::new_id(),
                     account: "mailgate".into(),
@@ -877,22 +874,12 @@ pub fn test_clock(privileged: bool) -> Option<i64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The relay's trouble with a message, for the statistics: a refusal of some recipients
-/// counts as permanent only when all of them were refused for good.
-pub fn relay_error(outcome: &Outcome) -> Option<stats::RelayError> {
-    match outcome {
-        Outcome::Delivered { rejected, .. } if rejected.is_empty() => None,
-        Outcome::Delivered { rejected, .. } => {
-            Some(if rejected.iter().all(|(_, r)| r.is_permanent()) {
-                stats::RelayError::Permanent
-            } else {
-                stats::RelayError::Temporary
-            })
-        }
-        Outcome::Permanent(_) => Some(stats::RelayError::Permanent),
-        Outcome::Temporary(_) => Some(stats::RelayError::Temporary),
-        Outcome::Unreachable(_) => Some(stats::RelayError::Unreachable),
-    }
+/// The sender's 250 reply: the relay's queue id (or ours) in Postfix's words.
+fn queued_as(reply: &crate::relay::Reply, id: &str) -> String {
+    format!(
+        "250 2.0.0 Ok: queued as {}",
+        relay_queue_id(&reply.text).unwrap_or(id)
+    )
 }
 
 /// "Ok: queued as 4Xyz" → "4Xyz".

@@ -13,7 +13,8 @@ use crate::log::{Fields, Severity};
 use crate::message::Message;
 use crate::notify;
 use crate::pipeline::Context;
-use crate::relay::{Envelope, Outcome, Reply};
+use crate::relay::Envelope;
+use crate::relay::disposition::{self, Disposition, Refusal};
 use crate::spool::{Kind, Meta, Spool};
 use crate::stats;
 use std::collections::BTreeSet;
@@ -139,30 +140,36 @@ fn run_queued(
         summary.retry_later += 1;
         return Ok(());
     }
-    let outcome = deliver(ctx, &meta, &msg, "queue");
-    let why = match outcome {
-        Outcome::Delivered { rejected, .. } => {
-            let deferred = deferred_recipients(rejected);
-            if deferred.is_empty() {
-                spool.remove(Kind::Queue, id)?;
-                summary.delivered += 1;
-                return Ok(());
-            }
+    let why = match deliver(ctx, &meta, &msg, "queue") {
+        Disposition::Delivered { .. } => {
+            spool.remove(Kind::Queue, id)?;
+            summary.delivered += 1;
+            return Ok(());
+        }
+        Disposition::Partly { retry, .. } if retry.is_empty() => {
+            spool.remove(Kind::Queue, id)?;
+            summary.delivered += 1;
+            return Ok(());
+        }
+        Disposition::Partly { retry, .. } => {
             // Delivered to some; just the ones the relay put off stay queued.
             summary.delivered += 1;
-            meta.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
-            describe(&deferred)
+            meta.recipients = disposition::recipients(&retry);
+            describe(&retry)
         }
-        Outcome::Permanent(why) => {
+        Disposition::Failed { why } => {
             give_up(ctx, spool, Kind::Queue, &mut meta, &msg, &why)?;
             summary.failed += 1;
             return Ok(());
         }
-        Outcome::Unreachable(why) => {
+        Disposition::Retry {
+            why,
+            relay_down: true,
+        } => {
             summary.relay_down = Some(why.clone());
             why
         }
-        Outcome::Temporary(why) => why,
+        Disposition::Retry { why, .. } => why,
     };
     meta.attempts += 1;
     meta.last_error = why.clone();
@@ -192,25 +199,8 @@ fn expired(ctx: &Context, meta: &Meta, now: i64) -> bool {
 }
 
 /// The recipients the relay put off (4xx); 5xx ones are final and only logged.
-fn deferred_recipients(rejected: Vec<(String, Reply)>) -> Vec<(String, Reply)> {
-    rejected
-        .into_iter()
-        .filter(|(_, r)| !r.is_permanent())
-        .collect()
-}
-
-fn describe(deferred: &[(String, Reply)]) -> String {
-    let list: Vec<String> = deferred
-        .iter()
-        .take(5)
-        .map(|(r, reply)| format!("<{r}> ({reply})"))
-        .collect();
-    let more = deferred.len().saturating_sub(5);
-    if more > 0 {
-        format!("relay deferred {} and {more} more", list.join(", "))
-    } else {
-        format!("relay deferred {}", list.join(", "))
-    }
+fn describe(deferred: &[Refusal]) -> String {
+    format!("relay deferred {}", disposition::describe(deferred, 5))
 }
 
 /// Log an entry that could not be handled and count it; the run goes on.
@@ -317,26 +307,29 @@ fn release_one(
         }
     };
     match deliver(ctx, &meta, &msg, "defer") {
-        Outcome::Delivered { rejected, .. } => {
-            let deferred = deferred_recipients(rejected);
-            if deferred.is_empty() {
+        Disposition::Delivered { .. } => {
+            spool.remove(Kind::Defer, id)?;
+            summary.released += 1;
+        }
+        Disposition::Partly { retry, .. } => {
+            if retry.is_empty() {
                 spool.remove(Kind::Defer, id)?;
             } else {
-                meta.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
-                meta.last_error = describe(&deferred);
+                meta.recipients = disposition::recipients(&retry);
+                meta.last_error = describe(&retry);
                 meta.next_attempt = now + backoff_delay(ctx, 1);
                 spool.move_entry(Kind::Defer, Kind::Queue, &meta, &msg)?;
             }
             summary.released += 1;
         }
-        Outcome::Temporary(why) | Outcome::Unreachable(why) => {
+        Disposition::Retry { why, .. } => {
             // Counted already: it now waits in the queue like any relay trouble.
             meta.last_error = why;
             meta.next_attempt = now + backoff_delay(ctx, 1);
             spool.move_entry(Kind::Defer, Kind::Queue, &meta, &msg)?;
             summary.retry_later += 1;
         }
-        Outcome::Permanent(why) => {
+        Disposition::Failed { why } => {
             if let Some(t) = &ticket {
                 ctx.store()?.refund(&ctx.config, t)?;
             }
@@ -397,7 +390,7 @@ fn counted_release(ctx: &Context, meta: &Meta) -> Result<(), Failure> {
 }
 
 /// Relay a kept message and log the outcome.
-pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome {
+pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Disposition {
     let relay = if meta.internal {
         ctx.relay_internal()
     } else {
@@ -423,29 +416,33 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome
     if !meta.cwd.is_empty() {
         fields.add("cwd", &meta.cwd);
     }
+    match &outcome {
+        Disposition::Delivered { reply } => {
+            fields.add("status", outcome.status()).add("relay", reply);
+        }
+        Disposition::Partly {
+            reply,
+            retry,
+            failed,
+        } => {
+            let left_out: Vec<&str> = retry
+                .iter()
+                .chain(failed)
+                .map(|(r, _)| r.as_str())
+                .collect();
+            fields
+                .add("status", outcome.status())
+                .add("relay", reply)
+                .add("rejected", left_out.join(","));
+        }
+        Disposition::Failed { why } | Disposition::Retry { why, .. } => {
+            fields.add("status", outcome.status()).add("reason", why);
+        }
+    }
     let status = match &outcome {
-        Outcome::Delivered { reply, rejected } => {
-            fields.add("status", "sent").add("relay", reply);
-            if !rejected.is_empty() {
-                fields.add(
-                    "rejected",
-                    rejected
-                        .iter()
-                        .map(|(r, _)| r.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-            }
-            stats::Outcome::Sent
-        }
-        Outcome::Permanent(why) => {
-            fields.add("status", "refused").add("reason", why);
-            stats::Outcome::Refused
-        }
-        Outcome::Temporary(why) | Outcome::Unreachable(why) => {
-            fields.add("status", "deferred").add("reason", why);
-            stats::Outcome::Deferred
-        }
+        Disposition::Delivered { .. } | Disposition::Partly { .. } => stats::Outcome::Sent,
+        Disposition::Failed { .. } => stats::Outcome::Refused,
+        Disposition::Retry { .. } => stats::Outcome::Deferred,
     };
     // Counted before it is logged: a process killed in between leaves the statistics one
     // ahead of the log, never behind it.
@@ -458,7 +455,7 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Outcome
             cwd: &meta.cwd,
             lock_wait_us: None,
             lock_busy: false,
-            relay_error: crate::pipeline::relay_error(&outcome),
+            relay_error: outcome.trouble().map(Into::into),
         };
         ctx.record(&meta.account, &event, None);
     }
@@ -510,14 +507,17 @@ pub fn release(ctx: &Context, id: &str, by_customer: bool) -> Result<String, Fai
         counted_release(ctx, &meta)?;
     }
     match deliver(ctx, &meta, &msg, "hold") {
-        Outcome::Delivered { reply, rejected } => {
-            let deferred = deferred_recipients(rejected);
-            if deferred.is_empty() {
-                spool.remove(Kind::Hold, id)?;
-                return Ok(format!("{id}: delivered ({reply})"));
-            }
-            meta.recipients = deferred.iter().map(|(r, _)| r.clone()).collect();
-            meta.last_error = describe(&deferred);
+        Disposition::Delivered { reply } => {
+            spool.remove(Kind::Hold, id)?;
+            Ok(format!("{id}: delivered ({reply})"))
+        }
+        Disposition::Partly { reply, retry, .. } if retry.is_empty() => {
+            spool.remove(Kind::Hold, id)?;
+            Ok(format!("{id}: delivered ({reply})"))
+        }
+        Disposition::Partly { reply, retry, .. } => {
+            meta.recipients = disposition::recipients(&retry);
+            meta.last_error = describe(&retry);
             meta.next_attempt = ctx.now();
             spool.move_entry(Kind::Hold, Kind::Queue, &meta, &msg)?;
             Ok(format!(
@@ -525,7 +525,7 @@ pub fn release(ctx: &Context, id: &str, by_customer: bool) -> Result<String, Fai
                 meta.last_error
             ))
         }
-        Outcome::Temporary(why) | Outcome::Unreachable(why) => {
+        Disposition::Retry { why, .. } => {
             meta.last_error = why.clone();
             meta.next_attempt = ctx.now();
             spool.move_entry(Kind::Hold, Kind::Queue, &meta, &msg)?;
@@ -533,7 +533,7 @@ pub fn release(ctx: &Context, id: &str, by_customer: bool) -> Result<String, Fai
                 "{id}: relay unavailable ({why}); moved to the queue"
             ))
         }
-        Outcome::Permanent(why) => Err(Failure::new(
+        Disposition::Failed { why } => Err(Failure::new(
             Exit::Unavailable,
             format!("{id}: the relay refused it: {why}; it stays held"),
         )),

@@ -306,6 +306,17 @@ pub enum RelayError {
     Unreachable,
 }
 
+impl From<crate::relay::disposition::Trouble> for RelayError {
+    fn from(t: crate::relay::disposition::Trouble) -> RelayError {
+        use crate::relay::disposition::Trouble;
+        match t {
+            Trouble::Permanent => RelayError::Permanent,
+            Trouble::Temporary => RelayError::Temporary,
+            Trouble::Unreachable => RelayError::Unreachable,
+        }
+    }
+}
+
 impl RelayError {
     pub const ALL: [RelayError; 3] = [
         RelayError::Temporary,

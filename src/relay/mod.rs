@@ -9,6 +9,11 @@
 //! Two ways in: TCP (the bypass lane's listener, 127.0.0.1:825, where postfwd counts), or
 //! mailgate's own lane, a Unix socket only group mailgate can reach (`[relay] socket`).
 
+pub mod disposition;
+mod sockdiag;
+
+pub use disposition::Disposition;
+
 use crate::message::Message;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -77,11 +82,15 @@ pub struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    /// Relay `msg` to every recipient. A relay that answers 452 (too many recipients) to some
+    /// Relay `msg` to every recipient and say what becomes of it. A relay that answers 452 (too many recipients) to some
     /// RCPTs after taking others gets the rest in further transactions; every other refused
     /// recipient is reported in `Delivered::rejected` with its own reply, 4xx ones included,
     /// so that the caller keeps them for a retry.
-    pub fn send(&self, env: &Envelope<'_>, msg: &Message) -> Outcome {
+    pub fn send(&self, env: &Envelope<'_>, msg: &Message) -> Disposition {
+        self.send_all(env, msg).disposition()
+    }
+
+    fn send_all(&self, env: &Envelope<'_>, msg: &Message) -> Outcome {
         let mut pending: Vec<String> = env.recipients.to_vec();
         let mut delivered: Option<Reply> = None;
         let mut rejected: Vec<(String, Reply)> = Vec::new();
@@ -213,7 +222,7 @@ impl Relay<'_> {
         if self.trusted_owners.is_empty() || !peer.ip().is_loopback() {
             return Ok(());
         }
-        let owner = crate::sockdiag::tcp_owner(peer, local).ok();
+        let owner = sockdiag::tcp_owner(peer, local).ok();
         match owner {
             Some(uid) if self.trusted_owners.contains(&uid) => Ok(()),
             Some(uid) => Err(untrusted(uid)),
