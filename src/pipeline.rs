@@ -1,42 +1,39 @@
 //! One message's way through mailgate, the same for sendmail mode and `-bs`:
 //! message read → envelope → identity and sender policy → decide (limits) → relay → outcome.
+//! It runs on the runtime's services (`crate::runtime`) for one account; what a relay answer
+//! means is `relay::disposition`'s to say, the pipeline carries it out.
 
 use crate::address;
-use crate::config::{Action, Config, SenderPolicy};
+use crate::config::{Action, SenderPolicy};
 use crate::exit::{Exit, Failure};
-use crate::identity::{Account, Caller};
+use crate::identity::Account;
 use crate::journal;
-use crate::limits::{self, Verdict, store::StateDir};
-use crate::log::{Fields, Logger, Severity};
+use crate::limits::{self, Verdict};
+use crate::log::{Fields, Severity};
 use crate::message::{Message, Trace};
 use crate::notify;
-use crate::origin::LocalNames;
+use crate::relay::Envelope;
 use crate::relay::disposition::{self, Disposition, Refusal};
-use crate::relay::{Envelope, Relay};
-use crate::spool::{Kind, Meta, Spool};
+use crate::runtime::Runtime;
+use crate::spool::{Kind, Meta};
 use crate::stats;
-use std::time::Duration;
 
-/// Everything about this run that does not change from message to message.
-pub struct Context {
-    pub config: Config,
-    pub caller: Caller,
+/// One message's way through mailgate, on the runtime's services, for one account.
+pub struct Pipeline {
+    pub runtime: Runtime,
     pub account: Account,
-    pub names: LocalNames,
-    /// `[relay] trusted_owners` as uids (names that do not exist are left out), resolved at
-    /// the first hand-over: a refused message never reads the password database for them.
-    /// (the configured owners, the same plus the caller).
-    trusted_owners: std::cell::OnceCell<(Vec<u32>, Vec<u32>)>,
-    pub logger: Logger,
-    /// Test clock (`MAILGATE_NOW`), honoured only when not running setgid.
-    pub fixed_now: Option<i64>,
-    state: Result<StateDir, Failure>,
-    store: Result<limits::Store, Failure>,
     /// The current message's record in pending/, from the hand-over until its line is logged.
     pending: Option<journal::Pending>,
-    /// Accounts whose statistics lock another process held past the wait: not waited for
-    /// again by this process (`record`).
-    pub(crate) stats_busy: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
+
+/// The runtime's services (config, caller, clock, state, store, relay, log) read through the
+/// pipeline as if they were its own.
+impl std::ops::Deref for Pipeline {
+    type Target = Runtime;
+
+    fn deref(&self) -> &Runtime {
+        &self.runtime
+    }
 }
 
 /// A message with its envelope as the caller gave it.
@@ -119,96 +116,12 @@ impl Report {
     }
 }
 
-impl Context {
-    pub fn new(
-        config: Config,
-        caller: Caller,
-        account: Account,
-        fixed_now: Option<i64>,
-    ) -> Context {
-        let names = LocalNames::of_this_host(config.hostname.as_deref(), config.origin.as_deref());
-        let logger = Logger::new(&config.log, &config.state_dir);
-        let state = StateDir::open(&config.state_dir);
-        let store = limits::open_store(&config);
-        Context {
-            config,
-            caller,
+impl Pipeline {
+    pub fn new(runtime: Runtime, account: Account) -> Pipeline {
+        Pipeline {
+            runtime,
             account,
-            names,
-            trusted_owners: std::cell::OnceCell::new(),
-            logger,
-            fixed_now,
-            state,
-            store,
             pending: None,
-            stats_busy: Default::default(),
-        }
-    }
-
-    pub fn now(&self) -> i64 {
-        self.fixed_now
-            .unwrap_or_else(|| chrono::Utc::now().timestamp())
-    }
-
-    /// `user` → `user@origin`; anything with an `@` stays.
-    pub fn qualify(&self, addr: &str) -> String {
-        self.names.qualify(addr)
-    }
-
-    /// The local state directory (spools; counters too with the file store).
-    pub fn state(&self) -> Result<&StateDir, Failure> {
-        self.state.as_ref().map_err(Clone::clone)
-    }
-
-    /// The spools, as a sender uses them: its account's ledger record is waited for as long
-    /// as its counters.
-    fn spool(&self) -> Result<Spool<'_>, Failure> {
-        let wait = Duration::from_secs(self.config.state.lock_timeout.secs());
-        Ok(Spool::new(self.state()?).waiting(wait))
-    }
-
-    /// Where the counters live.
-    pub fn store(&self) -> Result<&limits::Store, Failure> {
-        self.store.as_ref().map_err(Clone::clone)
-    }
-
-    /// The relay for the caller's own mail: its listener may also be the caller's own.
-    pub fn relay(&self) -> Relay<'_> {
-        self.relay_trusting(true)
-    }
-
-    /// The relay for mailgate's own mail (alerts and notices about an account): only the
-    /// configured owners, never the caller, so that an alert about a customer's account
-    /// cannot be caught by a listener that customer put on the relay's port.
-    pub fn relay_internal(&self) -> Relay<'_> {
-        self.relay_trusting(false)
-    }
-
-    fn relay_trusting(&self, caller_too: bool) -> Relay<'_> {
-        let (configured, with_caller) = self.trusted_owners.get_or_init(|| {
-            let uids: Vec<u32> = self
-                .config
-                .relay
-                .trusted_owners
-                .iter()
-                .filter_map(crate::identity::uid_of_ref)
-                .collect();
-            // The caller's own listener may have the caller's own mail: that hurts nobody
-            // else (root's queue run is uid 0, which only root and postfix match by default).
-            let mut with_caller = uids.clone();
-            if !uids.is_empty() {
-                with_caller.push(self.caller.uid);
-            }
-            (uids, with_caller)
-        });
-        let trusted_owners = if caller_too { with_caller } else { configured };
-        Relay {
-            host: &self.config.relay.host,
-            port: self.config.relay.port,
-            socket: self.config.relay.socket.as_deref(),
-            timeout: Duration::from_secs(self.config.relay.timeout.secs()),
-            helo: &self.names.hostname,
-            trusted_owners,
         }
     }
 
@@ -257,7 +170,7 @@ impl Context {
             lock_busy: trail.lock_busy,
             relay_error: trail.relay_error,
         };
-        self.record(&self.account.name, &event, trail.notice.take());
+        self.record_statistics(&self.account.name, &event, trail.notice.take());
         let logged = self.logger.log(severity, trail.fields.as_str());
         if let Some(pending) = self.pending.take()
             && logged
@@ -702,56 +615,6 @@ impl Context {
         self.send_internal(msg, &admin, "alert");
     }
 
-    /// mailgate's own mail (alerts, failure notices): relayed with the null sender, never
-    /// counted, queued when the relay is down.
-    pub fn send_internal(&self, msg: Message, to: &str, what: &str) {
-        let rcpts = vec![to.to_string()];
-        let outcome = self.relay_internal().send(
-            &Envelope {
-                sender: None,
-                recipients: &rcpts,
-            },
-            &msg,
-        );
-        let mut fields = Fields::default();
-        fields.add("internal", what).add("to", to);
-        match outcome {
-            Disposition::Delivered { reply } | Disposition::Partly { reply, .. } => {
-                fields.add("status", "sent").add("relay", reply);
-            }
-            Disposition::Failed { why } => {
-                fields.add("status", "refused").add("reason", why);
-            }
-            Disposition::Retry { why, .. } => {
-                let meta = Meta {
-                    id: crate::spool::new_id(),
-                    account: "mailgate".into(),
-                    uid: self.caller.uid,
-                    user: self.caller.login.clone(),
-                    script: String::new(),
-                    cwd: String::new(),
-                    sender: None,
-                    recipients: rcpts.clone(),
-                    subject: msg.header("Subject").map(|h| h.value()).unwrap_or_default(),
-                    size: msg.size(),
-                    time: self.now(),
-                    reason: why,
-                    attempts: 0,
-                    next_attempt: self.now(),
-                    last_error: String::new(),
-                    internal: true,
-                };
-                let kept = self
-                    .spool()
-                    .and_then(|spool| spool.keep(Kind::Queue, &meta, &msg));
-                fields
-                    .add("status", if kept.is_ok() { "queued" } else { "lost" })
-                    .add("id", &meta.id);
-            }
-        }
-        self.logger.log(Severity::Warning, fields.as_str());
-    }
-
     /// The caller's sender (or the default), qualified, then the account's sender policy.
     /// A domain that another account owns (names in its `allowed_senders`) cannot be used as
     /// envelope sender or in From: by this account, unless its own `allowed_senders` allow
@@ -862,16 +725,6 @@ impl Context {
             )),
         }
     }
-}
-
-/// The test clock: `MAILGATE_NOW` (Unix seconds), honoured only when not running setgid.
-pub fn test_clock(privileged: bool) -> Option<i64> {
-    if privileged {
-        return None;
-    }
-    std::env::var("MAILGATE_NOW")
-        .ok()
-        .and_then(|v| v.parse().ok())
 }
 
 /// The sender's 250 reply: the relay's queue id (or ours) in Postfix's words.

@@ -12,9 +12,9 @@ use crate::limits::{self, Verdict};
 use crate::log::{Fields, Severity};
 use crate::message::Message;
 use crate::notify;
-use crate::pipeline::Context;
 use crate::relay::Envelope;
 use crate::relay::disposition::{self, Disposition, Refusal};
+use crate::runtime::Runtime;
 use crate::spool::{Kind, Meta, Spool};
 use crate::stats;
 use std::collections::BTreeSet;
@@ -81,7 +81,7 @@ pub enum Backoff {
 
 /// Deliver due queue entries and release deferred ones that fit. `None` when another
 /// `queue run` is active.
-pub fn run(ctx: &Context, backoff: Backoff) -> Result<Option<Summary>, Failure> {
+pub fn run(ctx: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> {
     let state = ctx.state()?;
     let Some(_running) = state.try_lock_named("queue.lock")? else {
         return Ok(None);
@@ -122,7 +122,7 @@ pub fn run(ctx: &Context, backoff: Backoff) -> Result<Option<Summary>, Failure> 
 
 /// One queue entry: deliver it if due, else leave it.
 fn run_queued(
-    ctx: &Context,
+    ctx: &Runtime,
     spool: &Spool<'_>,
     id: &str,
     now: i64,
@@ -192,7 +192,7 @@ fn run_queued(
 /// An entry gives up after `max_age` by the clock *and* enough real attempts to have spanned
 /// `max_age` at the longest retry interval (`max_age / max_retry`). A clock step forward
 /// cannot fail mail that was never really retried; a clock that is right fails it on time.
-fn expired(ctx: &Context, meta: &Meta, now: i64) -> bool {
+fn expired(ctx: &Runtime, meta: &Meta, now: i64) -> bool {
     let max_age = ctx.config.spool.max_age.secs();
     let needed = max_age.div_ceil(ctx.config.spool.max_retry.secs().max(1));
     now - meta.time > max_age as i64 && u64::from(meta.attempts) >= needed
@@ -205,7 +205,7 @@ fn describe(deferred: &[Refusal]) -> String {
 
 /// Log an entry that could not be handled and count it; the run goes on.
 fn entry_error(
-    ctx: &Context,
+    ctx: &Runtime,
     spool: &Spool<'_>,
     kind: Kind,
     id: &str,
@@ -242,7 +242,7 @@ fn entry_error(
 }
 
 fn release_deferred(
-    ctx: &Context,
+    ctx: &Runtime,
     spool: &Spool<'_>,
     now: i64,
     summary: &mut Summary,
@@ -261,7 +261,7 @@ fn release_deferred(
 }
 
 fn release_one(
-    ctx: &Context,
+    ctx: &Runtime,
     spool: &Spool<'_>,
     id: &str,
     now: i64,
@@ -342,7 +342,7 @@ fn release_one(
 
 /// A kept message checked against its account's limits and counted when it fits (a refusal
 /// is not counted: the message is still kept).
-fn count_kept(ctx: &Context, meta: &Meta, now: i64) -> Result<limits::Decision, Failure> {
+fn count_kept(ctx: &Runtime, meta: &Meta, now: i64) -> Result<limits::Decision, Failure> {
     let attempt = limits::Attempt {
         account: &meta.account,
         recipients: meta.recipients.len() as u32,
@@ -362,7 +362,7 @@ fn count_kept(ctx: &Context, meta: &Meta, now: i64) -> Result<limits::Decision, 
 /// against the account's limits (past them it stays held, unless the admin set
 /// `customer_release_past_limits`). The admin's release is neither checked nor counted:
 /// deciding past the limits is the admin's to make.
-fn counted_release(ctx: &Context, meta: &Meta) -> Result<(), Failure> {
+fn counted_release(ctx: &Runtime, meta: &Meta) -> Result<(), Failure> {
     let decision = count_kept(ctx, meta, ctx.now())?;
     let id = &meta.id;
     match decision.verdict {
@@ -390,7 +390,7 @@ fn counted_release(ctx: &Context, meta: &Meta) -> Result<(), Failure> {
 }
 
 /// Relay a kept message and log the outcome.
-pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Disposition {
+pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposition {
     let relay = if meta.internal {
         ctx.relay_internal()
     } else {
@@ -457,7 +457,7 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Disposi
             lock_busy: false,
             relay_error: outcome.trouble().map(Into::into),
         };
-        ctx.record(&meta.account, &event, None);
+        ctx.record_statistics(&meta.account, &event, None);
     }
     ctx.logger.log(Severity::Info, fields.as_str());
     outcome
@@ -465,7 +465,7 @@ pub fn deliver(ctx: &Context, meta: &Meta, msg: &Message, from: &str) -> Disposi
 
 /// Move to failed/ and tell the admin (not for mailgate's own mail: no loops).
 fn give_up(
-    ctx: &Context,
+    ctx: &Runtime,
     spool: &Spool<'_>,
     from: Kind,
     meta: &mut Meta,
@@ -486,14 +486,14 @@ fn give_up(
 }
 
 /// retry, 2 x retry, 4 x retry, ... up to max_retry.
-fn backoff_delay(ctx: &Context, attempts: u32) -> i64 {
+fn backoff_delay(ctx: &Runtime, attempts: u32) -> i64 {
     let first = ctx.config.spool.retry.secs();
     let delay = first.saturating_mul(1u64 << attempts.saturating_sub(1).min(20));
     delay.min(ctx.config.spool.max_retry.secs()) as i64
 }
 
 /// `hold release`: deliver now, bypassing limits. Temporary trouble moves it to the queue.
-pub fn release(ctx: &Context, id: &str, by_customer: bool) -> Result<String, Failure> {
+pub fn release(ctx: &Runtime, id: &str, by_customer: bool) -> Result<String, Failure> {
     let state = ctx.state()?;
     let spool = Spool::new(state);
     let Some(claim) = spool.claim(Kind::Hold, id)? else {

@@ -8,7 +8,7 @@ use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
 use crate::limits::store::{self, Counter};
 use crate::log::{Fields, Severity};
-use crate::pipeline::Context;
+use crate::runtime::Runtime;
 use crate::spool::Spool;
 use clap::Parser;
 use std::ffi::OsString;
@@ -92,12 +92,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
 
-    let account = identity::Account {
-        name: caller.login.clone(),
-        source: identity::AccountSource::Login,
-    };
-    let fixed_now = crate::pipeline::test_clock(privileged);
-    let ctx = Context::new(config, caller.clone(), account, fixed_now);
+    let ctx = Runtime::start(config, caller.clone(), privileged);
     let viewer = Viewer {
         admin: admin.is_ok(),
         caller: &ctx.caller,
@@ -254,7 +249,7 @@ fn checked(account: &str) -> Result<&str, Failure> {
     Ok(account)
 }
 
-fn log_admin(ctx: &Context, what: &str, target: &str, detail: &str) {
+fn log_admin(ctx: &Runtime, what: &str, target: &str, detail: &str) {
     let mut f = Fields::default();
     f.add("admin", what)
         .add("target", target)
@@ -266,17 +261,14 @@ fn log_admin(ctx: &Context, what: &str, target: &str, detail: &str) {
     ctx.logger.log(Severity::Info, f.as_str());
 }
 
-/// The context for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
-fn admin_context(config_option: Option<&str>) -> Result<(Context, bool), Failure> {
+/// The runtime for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
+fn admin_context(config_option: Option<&str>) -> Result<(Runtime, bool), Failure> {
     let privileged = identity::is_privileged();
     let config = load_config(config_option, privileged, None)?;
-    let caller = Caller::current();
-    let account = identity::Account {
-        name: caller.login.clone(),
-        source: identity::AccountSource::Login,
-    };
-    let fixed_now = crate::pipeline::test_clock(privileged);
-    Ok((Context::new(config, caller, account, fixed_now), privileged))
+    Ok((
+        Runtime::start(config, Caller::current(), privileged),
+        privileged,
+    ))
 }
 
 /// The main file and the accounts an admin command needs: `only` that one, else every file

@@ -5,7 +5,7 @@ use crate::config::TimeSpan;
 use crate::exit::{Exit, Failure};
 use crate::limits::{reconcile, store::Counter};
 use crate::metrics;
-use crate::pipeline::Context;
+use crate::runtime::Runtime;
 use crate::spool::{Kind, Spool};
 use crate::stats::{self, Counts, Row};
 use serde::Serialize;
@@ -41,7 +41,7 @@ struct SourceTop {
 /// `mailgate top [--since SPAN] [--account A] [--json]`. `visible` says which accounts the
 /// caller may see (an admin all, a customer their own).
 pub(super) fn top(
-    ctx: &Context,
+    ctx: &Runtime,
     since: &str,
     only: Option<&str>,
     json: bool,
@@ -186,7 +186,7 @@ fn source_top(r: Row) -> SourceTop {
 }
 
 /// Everything `metrics` shows, gathered from the statistics, the counters and the spools.
-pub fn snapshot(ctx: &Context) -> Result<metrics::Snapshot, Failure> {
+pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
     let state = ctx.state()?;
     let spool = Spool::new(state);
     let now = ctx.now();
@@ -277,7 +277,7 @@ pub fn snapshot(ctx: &Context) -> Result<metrics::Snapshot, Failure> {
 }
 
 /// `mailgate metrics`.
-pub(super) fn print_metrics(ctx: &Context) -> Result<(), Failure> {
+pub(super) fn print_metrics(ctx: &Runtime) -> Result<(), Failure> {
     let text = metrics::render(&snapshot(ctx)?);
     use std::io::Write as _;
     let _ = std::io::stdout().write_all(text.as_bytes());
@@ -286,7 +286,7 @@ pub(super) fn print_metrics(ctx: &Context) -> Result<(), Failure> {
 
 /// `[metrics] textfile`: written beside its final name and renamed into place, so
 /// node_exporter never reads half a file.
-pub(super) fn write_textfile(ctx: &Context) -> Result<(), Failure> {
+pub(super) fn write_textfile(ctx: &Runtime) -> Result<(), Failure> {
     let Some(path) = &ctx.config.metrics.textfile else {
         return Ok(());
     };

@@ -4,13 +4,13 @@ use super::{Viewer, admin_context, log_admin, not_yours, report, require_admin};
 use crate::cli::{HoldAction, QueueAction};
 use crate::exit::{Exit, Failure};
 use crate::limits;
-use crate::pipeline::Context;
 use crate::queue;
+use crate::runtime::Runtime;
 use crate::spool::{Kind, Meta, Spool};
 use serde::Serialize;
 
 pub(super) fn hold(
-    ctx: &Context,
+    ctx: &Runtime,
     spool: &Spool<'_>,
     action: HoldAction,
     viewer: &Viewer<'_>,
@@ -133,7 +133,7 @@ pub fn flush(config_option: Option<&str>) -> Exit {
     })())
 }
 
-pub(super) fn queue_run(ctx: &Context, backoff: queue::Backoff) -> Result<(), Failure> {
+pub(super) fn queue_run(ctx: &Runtime, backoff: queue::Backoff) -> Result<(), Failure> {
     match queue::run(ctx, backoff)? {
         Some(summary) => {
             out!("queue run: {summary}");
@@ -199,7 +199,7 @@ pub(super) fn select(
         .collect())
 }
 
-pub(super) fn queue(ctx: &Context, spool: &Spool<'_>, action: QueueAction) -> Result<(), Failure> {
+pub(super) fn queue(ctx: &Runtime, spool: &Spool<'_>, action: QueueAction) -> Result<(), Failure> {
     match action {
         QueueAction::List { json } => print_list(
             &[

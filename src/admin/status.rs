@@ -8,7 +8,7 @@ use crate::limits::{
     store::{Counter, Record},
     window::Window,
 };
-use crate::pipeline::Context;
+use crate::runtime::Runtime;
 use crate::spool::{Kind, Meta, Spool};
 use serde::Serialize;
 
@@ -59,7 +59,7 @@ struct WindowStatus {
 }
 
 pub(super) fn status(
-    ctx: &Context,
+    ctx: &Runtime,
     caller: &Caller,
     only: Option<&str>,
     json: bool,

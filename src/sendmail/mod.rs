@@ -10,7 +10,8 @@ use crate::config::{self, Config};
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
 use crate::message::{self, ReadError, Terminator};
-use crate::pipeline::{Context, Submission};
+use crate::pipeline::{Pipeline, Submission};
+use crate::runtime::Runtime;
 use args::{Invocation, Mode};
 use std::io::{self, BufReader, Read};
 
@@ -103,7 +104,7 @@ fn drain_unless_tty<R: Read>(input: &mut R) {
 }
 
 /// Config, caller and account: everything needed before a message can be decided on.
-fn setup(inv: &Invocation) -> Result<Context, Failure> {
+fn setup(inv: &Invocation) -> Result<Pipeline, Failure> {
     let privileged = identity::is_privileged();
     let mut config = load_config(inv, privileged)?;
     let caller = Caller::current();
@@ -120,8 +121,10 @@ fn setup(inv: &Invocation) -> Result<Context, Failure> {
         return Err(Failure::new(Exit::Config, e.0));
     }
     let account = identity::resolve_account(&caller, option, env_account.as_deref(), &config)?;
-    let fixed_now = crate::pipeline::test_clock(privileged);
-    Ok(Context::new(config, caller, account, fixed_now))
+    Ok(Pipeline::new(
+        Runtime::start(config, caller, privileged),
+        account,
+    ))
 }
 
 fn load_config(inv: &Invocation, privileged: bool) -> Result<Config, Failure> {
@@ -178,7 +181,7 @@ fn deliver<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
 /// Sender and recipients from argv (and the headers with `-t`).
 fn envelope(
     inv: &Invocation,
-    context: &Context,
+    context: &Pipeline,
     message: message::Message,
 ) -> Result<Submission, Failure> {
     let sender = inv

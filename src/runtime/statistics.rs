@@ -3,9 +3,9 @@
 //! once per window. The decision "first in this window" is taken under the statistics lock, so
 //! parallel senders never send two notices.
 
+use super::Runtime;
 use crate::log::Severity;
 use crate::notify;
-use crate::pipeline::Context;
 use crate::stats;
 use std::time::Duration;
 
@@ -13,10 +13,15 @@ use std::time::Duration;
 /// same account may hold it); past it the message goes to the account's backlog.
 const STATS_LOCK_WAIT: Duration = Duration::from_millis(200);
 
-impl Context {
+impl Runtime {
     /// Count a logged outcome in the account's statistics; with a notice, tell the account's
     /// `notify` addresses, unless they heard one in this window already.
-    pub fn record(&self, account: &str, event: &stats::Event<'_>, notice: Option<notify::Notice>) {
+    pub fn record_statistics(
+        &self,
+        account: &str,
+        event: &stats::Event<'_>,
+        notice: Option<notify::Notice>,
+    ) {
         let Ok(state) = self.state() else { return };
         let wants_notice = notice
             .as_ref()
