@@ -63,7 +63,7 @@ impl Failure {
         }
     }
 
-    /// A counter or file another process holds locked (`limits::store::Busy::describe`).
+    /// A counter or file another process holds locked (`limits::crate::state::lock::Busy::describe`).
     pub fn busy(message: impl Into<String>) -> Failure {
         Failure {
             kind: FailureKind::Busy,

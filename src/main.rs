@@ -33,10 +33,8 @@ mod config_check;
 mod dispatch;
 #[cfg(test)]
 mod docs;
-mod domain_index;
 mod exit;
 mod identity;
-mod journal;
 mod lanes;
 mod limits;
 mod log;
@@ -52,7 +50,7 @@ mod runtime;
 mod sendmail;
 mod spelling;
 mod spool;
-mod state_dir;
+mod state;
 mod stats;
 
 use std::ffi::OsString;

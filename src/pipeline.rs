@@ -7,7 +7,6 @@ use crate::address;
 use crate::config::{Action, SenderPolicy};
 use crate::exit::{Exit, Failure};
 use crate::identity::Account;
-use crate::journal;
 use crate::limits::{self, Verdict};
 use crate::log::{Fields, Severity};
 use crate::message::{Message, Trace};
@@ -16,6 +15,7 @@ use crate::relay::Envelope;
 use crate::relay::disposition::{self, Disposition, Refusal};
 use crate::runtime::Runtime;
 use crate::spool::{Kind, Meta};
+use crate::state::journal;
 use crate::stats;
 
 /// One message's way through mailgate, on the runtime's services, for one account.
@@ -642,7 +642,7 @@ impl Pipeline {
         let index = self
             .state()
             .ok()
-            .map(|state| crate::domain_index::DomainIndex {
+            .map(|state| crate::state::domain_index::DomainIndex {
                 config: &self.config,
                 state,
                 logger: &self.logger,
@@ -672,7 +672,7 @@ impl Pipeline {
     /// those in `accounts.d/` (through the domain index, one lookup).
     fn domain_owner(
         &self,
-        index: Option<&crate::domain_index::DomainIndex<'_>>,
+        index: Option<&crate::state::domain_index::DomainIndex<'_>>,
         domain: &str,
     ) -> Option<String> {
         if self.config.is_shared_domain(domain) {

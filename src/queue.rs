@@ -98,7 +98,7 @@ pub fn run(ctx: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> 
     // Senders that died between the hand-over and their log line: log them now. A live sender
     // finishes within the relay timeout.
     let unfinished = std::time::Duration::from_secs(ctx.config.relay.timeout.secs() + 60);
-    crate::journal::recover(state, unfinished, &ctx.logger);
+    crate::state::journal::recover(state, unfinished, &ctx.logger);
     for id in spool.ids(Kind::Queue)? {
         if summary.relay_down.is_some() {
             summary.retry_later += 1;
@@ -292,7 +292,7 @@ fn release_one(
             fields
                 .add("account", &meta.account)
                 .add("busy", busy.describe());
-            if let Some(done) = crate::limits::store::end_stopped_holder(&busy) {
+            if let Some(done) = crate::state::lock::end_stopped_holder(&busy) {
                 fields.add("action", done);
             }
             ctx.logger.log(Severity::Warning, fields.as_str());

@@ -355,7 +355,7 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
     let mut owners: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     if let Some(main) = &main {
         for (name, account) in &main.accounts {
-            for d in crate::domain_index::owned_domains(account) {
+            for d in crate::state::domain_index::owned_domains(account) {
                 owners.entry(d).or_default().push(name.clone());
             }
         }
@@ -383,7 +383,7 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
             });
         }
         if let Some(account) = account {
-            for d in crate::domain_index::owned_domains(&account) {
+            for d in crate::state::domain_index::owned_domains(&account) {
                 owners.entry(d).or_default().push(name.clone());
             }
             account_files.push((name.clone(), account));

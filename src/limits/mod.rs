@@ -8,7 +8,8 @@ pub mod window;
 
 use crate::config::{Action, Config, Limit, OnStateError};
 use crate::exit::Failure;
-use store::{Counter, CounterFile, Record, StateDir};
+use crate::state::StateDir;
+use store::{Counter, CounterFile, Record};
 use window::Window;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +175,7 @@ pub enum Verdict {
     StoreUnavailable(String),
     /// Another process held a counter lock past `SENDER_LOCK_WAIT` (a stopped sender): the
     /// message waits in defer/, and `queue run` decides (and counts) it later.
-    Busy(store::Busy),
+    Busy(crate::state::lock::Busy),
 }
 
 /// How long a decision waits for a counter lock before the message is deferred. A lock is
@@ -225,7 +226,7 @@ fn lock_both(
     config: &Config,
     account: &str,
     wait: std::time::Duration,
-) -> Result<Result<Locked, store::Busy>, Failure> {
+) -> Result<Result<Locked, crate::state::lock::Busy>, Failure> {
     let account = match state.lock_within(Counter::Account(account), wait)? {
         Ok(f) => f,
         Err(busy) => return Ok(Err(busy)),

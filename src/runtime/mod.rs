@@ -12,12 +12,13 @@ mod statistics;
 use crate::config::Config;
 use crate::exit::Failure;
 use crate::identity::Caller;
-use crate::limits::{self, store::StateDir};
+use crate::limits;
 use crate::log::{Fields, Logger, Severity};
 use crate::message::Message;
 use crate::origin::LocalNames;
 use crate::relay::{Disposition, Envelope, Relay};
 use crate::spool::{Kind, Meta, Spool};
+use crate::state::StateDir;
 use std::time::Duration;
 
 /// Everything about this run that does not change from message to message.

@@ -15,8 +15,8 @@
 //! record is left for the next queue run).
 
 use crate::exit::{Exit, Failure};
-use crate::limits::store::fnv1a;
-use crate::state_dir::{StateDir, flags};
+use crate::state::fnv1a;
+use crate::state::{StateDir, flags};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -128,7 +128,7 @@ impl Ledger<'_> {
         let file = dir
             .open_file(account, flags::READ_WRITE | flags::CREATE)
             .map_err(|e| self.fail("open", account, &e))?;
-        match crate::limits::store::lock_with_deadline(&file, wait) {
+        match crate::state::lock::lock_with_deadline(&file, wait) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(false),
             Err(e) => return Err(self.fail("lock", account, &e)),

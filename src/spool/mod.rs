@@ -10,9 +10,9 @@
 pub mod ledger;
 
 use crate::exit::{Exit, Failure};
-use crate::limits::store::StateDir;
 use crate::message::{self, Message, Terminator};
-use crate::state_dir::{Dir, flags};
+use crate::state::StateDir;
+use crate::state::{Dir, flags};
 use ledger::{Ledger, Usage};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -529,7 +529,7 @@ impl<'a> Spool<'a> {
     /// sender was killed, so its caller got no exit 0). Returns how many went.
     pub fn remove_stale_tmp(&self, age: std::time::Duration) -> usize {
         let mut removed = 0;
-        for (name, _) in crate::state_dir::older_than(&self.state.path().join("tmp"), age) {
+        for (name, _) in crate::state::older_than(&self.state.path().join("tmp"), age) {
             if valid_id(&name) && self.remove_in("tmp", &name).is_ok() {
                 removed += 1;
             }
@@ -546,7 +546,7 @@ impl<'a> Spool<'a> {
 
     /// Free space on the state filesystem, in percent of its size (for unprivileged users).
     pub fn free_percent(&self) -> Option<u8> {
-        crate::state_dir::free_percent(self.state.path())
+        crate::state::free_percent(self.state.path())
     }
 }
 

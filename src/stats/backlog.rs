@@ -12,8 +12,8 @@
 //! only when everything in it was folded.
 
 use super::{Event, Outcome, RelayError, Stats};
-use crate::limits::store::fnv1a;
-use crate::state_dir::{Dir, flags};
+use crate::state::fnv1a;
+use crate::state::{Dir, flags};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 

@@ -15,8 +15,8 @@
 
 use super::{Event, Stats, backlog};
 use crate::exit::{Exit, Failure};
-use crate::limits::store::fnv1a;
-use crate::state_dir::{StateDir, flags};
+use crate::state::fnv1a;
+use crate::state::{StateDir, flags};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ pub fn update<T>(
     let file = dir
         .open_file(account, flags::READ_WRITE | flags::CREATE)
         .map_err(|e| fail("open", e))?;
-    match crate::limits::store::lock_with_deadline(&file, wait) {
+    match crate::state::lock::lock_with_deadline(&file, wait) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             backlog::append(&dir, account, event)

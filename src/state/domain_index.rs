@@ -16,7 +16,7 @@
 
 use crate::config::{self, Config};
 use crate::log::{Fields, Logger, Severity};
-use crate::state_dir::{StateDir, flags};
+use crate::state::{StateDir, flags};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};

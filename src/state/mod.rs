@@ -3,6 +3,15 @@
 //! `*at` calls that never follow a symlink: a name can never lead outside the directory, and a
 //! directory swapped for a link in the middle of a run is refused. This module is the only
 //! place with file-system `unsafe`; the rest of mailgate uses the safe methods below.
+//!
+//! Also here: the locks on state files with their deadline and holder lookup (`lock`), the
+//! journal of messages being handed over (`journal`), the domain index (`domain_index`), and
+//! the checksum the state files carry. What the counter and spool files contain is theirs
+//! (`limits`, `spool`, `stats`); how they are reached is this module's.
+
+pub mod domain_index;
+pub mod journal;
+pub mod lock;
 
 use crate::exit::{Exit, Failure};
 use std::ffi::CString;
@@ -327,6 +336,13 @@ impl StateDir {
             )),
         }
     }
+}
+
+/// FNV-1a, the checksum of counter slots, ledgers and statistics files.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 //! next `queue run` logs whatever is left there as `status=unknown`, so the admin still sees
 //! that the relay may have had it.
 
-use crate::limits::store::StateDir;
 use crate::log::{Logger, Severity};
-use crate::state_dir::{Dir, flags};
+use crate::state::StateDir;
+use crate::state::{Dir, flags};
 use std::io::Write;
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ impl Pending {
 /// Returns how many there were.
 pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
     let mut recovered = 0;
-    for (name, path) in crate::state_dir::older_than(&state.path().join(DIR), age) {
+    for (name, path) in crate::state::older_than(&state.path().join(DIR), age) {
         if !crate::spool::valid_id(&name) {
             continue;
         }
