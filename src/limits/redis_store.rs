@@ -8,7 +8,9 @@
 
 use super::store::{AccountLock, Record};
 use super::window::{BUCKETS, Bucket, Window};
-use super::{Alert, Attempt, Counter, Decision, Refusal, Scope, Ticket, Verdict, worse};
+use super::{
+    Alert, Attempt, Counter, CounterStore, Decision, Refusal, Scope, Ticket, Verdict, store, worse,
+};
 use crate::config::{Config, Limit, OnUnavailable};
 use crate::exit::{Exit, Failure};
 use redis::Value;
@@ -465,5 +467,52 @@ fn array(v: Option<&Value>) -> Vec<Value> {
     match v {
         Some(Value::Array(a)) => a.clone(),
         _ => Vec::new(),
+    }
+}
+
+impl CounterStore for RedisStore {
+    fn check_and_record(
+        &self,
+        config: &Config,
+        attempt: &Attempt<'_>,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<Decision, Failure> {
+        RedisStore::check_and_record(self, config, attempt, warn)
+    }
+
+    fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+        RedisStore::refund(self, config, ticket)
+    }
+
+    fn read(&self, config: &Config, counter: Counter<'_>, now: i64) -> Result<Record, Failure> {
+        let limits = match counter {
+            Counter::Account(a) => config.limits_for(a),
+            Counter::Server => &config.server.limits,
+        };
+        RedisStore::read(self, counter, limits, now)
+    }
+
+    fn reset(&self, _config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+        RedisStore::reset(self, counter)
+    }
+
+    fn set_lock(
+        &self,
+        _config: &Config,
+        account: &str,
+        lock: Option<store::AccountLock>,
+    ) -> Result<bool, Failure> {
+        RedisStore::set_lock(self, account, lock)
+    }
+
+    fn accounts(&self) -> Result<Vec<String>, Failure> {
+        RedisStore::accounts(self)
+    }
+
+    fn counter_name(&self, counter: Counter<'_>) -> String {
+        match counter {
+            Counter::Account(a) => format!("redis mailgate:a:{a}:*"),
+            Counter::Server => "redis mailgate:s:*".to_string(),
+        }
     }
 }

@@ -1,0 +1,304 @@
+//! The counter store of one server: `accounts/NAME` and `server` as locked files in the state
+//! directory (format: `store.rs`), checked and updated under their locks — account first, then
+//! server, so two senders never wait for each other in a circle.
+
+use super::store::{self, Counter, CounterFile, Record};
+use super::{
+    Alert, Attempt, CounterStore, Decision, SENDER_LOCK_WAIT, Scope, Ticket, Verdict, decide,
+    reconcile,
+};
+use crate::config::Config;
+use crate::config::OnStateError;
+use crate::exit::Failure;
+use crate::state::StateDir;
+
+/// The counters as locked files in the state directory.
+pub(super) struct FileStore(pub(super) StateDir);
+
+impl CounterStore for FileStore {
+    fn check_and_record(
+        &self,
+        config: &Config,
+        attempt: &Attempt<'_>,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<Decision, Failure> {
+        files_check_and_record(&self.0, config, attempt, warn)
+    }
+
+    fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+        files_refund(&self.0, config, ticket)
+    }
+
+    fn read(&self, config: &Config, counter: Counter<'_>, _now: i64) -> Result<Record, Failure> {
+        files_read(&self.0, config, counter)
+    }
+
+    fn reset(&self, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+        files_reset(&self.0, config, counter)
+    }
+
+    fn set_lock(
+        &self,
+        config: &Config,
+        account: &str,
+        lock: Option<store::AccountLock>,
+    ) -> Result<bool, Failure> {
+        files_set_lock(&self.0, config, account, lock)
+    }
+
+    fn accounts(&self) -> Result<Vec<String>, Failure> {
+        // Without .new-* files being born and .broken-* set aside by reset.
+        Ok(self.0.names_in("accounts"))
+    }
+
+    fn counter_name(&self, counter: Counter<'_>) -> String {
+        self.0.counter_path(counter).display().to_string()
+    }
+}
+
+/// The locked counter files of one decision: account first, then server.
+struct Locked {
+    account: CounterFile,
+    server: Option<CounterFile>,
+}
+
+fn lock_both(
+    state: &StateDir,
+    config: &Config,
+    account: &str,
+    wait: std::time::Duration,
+) -> Result<Result<Locked, crate::state::lock::Busy>, Failure> {
+    let account = match state.lock_within(Counter::Account(account), wait)? {
+        Ok(f) => f,
+        Err(busy) => return Ok(Err(busy)),
+    };
+    let server = if config.server.limits.is_empty() {
+        None
+    } else {
+        match state.lock_within(Counter::Server, wait)? {
+            Ok(f) => Some(f),
+            Err(busy) => return Ok(Err(busy)),
+        }
+    };
+    Ok(Ok(Locked { account, server }))
+}
+
+/// What a decision may wait for a lock: `lock_timeout`, but never more than
+/// `SENDER_LOCK_WAIT`.
+fn decision_wait(config: &Config) -> std::time::Duration {
+    std::time::Duration::from_secs(config.state.lock_timeout.secs()).min(SENDER_LOCK_WAIT)
+}
+
+/// Check and count one message. A corrupt counter follows `state.on_error`: fail closed
+/// (exit 71) or accept uncounted with a warning in the log.
+fn files_check_and_record(
+    state: &StateDir,
+    config: &Config,
+    attempt: &Attempt<'_>,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Decision, Failure> {
+    let account = attempt.account;
+    let started = std::time::Instant::now();
+    let locked = match lock_both(state, config, account, decision_wait(config))? {
+        Ok(locked) => locked,
+        Err(busy) => {
+            return Ok(Decision {
+                verdict: Verdict::Busy(busy),
+                alert: None,
+                lock_wait: started.elapsed(),
+            });
+        }
+    };
+    let lock_wait = started.elapsed();
+    let loaded = (|| {
+        let a = locked.account.load()?;
+        let s = match &locked.server {
+            Some(f) => f.load()?,
+            None => Record::default(),
+        };
+        Ok::<_, store::Corrupt>((a, s))
+    })();
+    let (mut arec, mut srec) = match loaded {
+        Ok(pair) => pair,
+        Err(store::Corrupt(why)) => match config.state.on_error {
+            OnStateError::FailClosed => return Err(Failure::new(crate::exit::Exit::OsErr, why)),
+            OnStateError::FailOpen => {
+                warn(&format!(
+                    "{why}; sending uncounted (state.on_error = \"fail-open\")"
+                ));
+                return Ok(Decision {
+                    verdict: Verdict::Accepted(None),
+                    alert: None,
+                    lock_wait,
+                });
+            }
+        },
+    };
+    let limits = config.limits_for(account);
+    let mut awin = reconcile(&arec, limits, attempt.now);
+    let mut swin = reconcile(&srec, &config.server.limits, attempt.now);
+    let mut t = attempt.now;
+    for w in awin.iter_mut().chain(swin.iter_mut()) {
+        t = t.max(w.advance(attempt.now));
+    }
+    let mut alert = None;
+    let verdict = if let Some(lock) = &arec.lock {
+        awin.iter_mut().for_each(|w| w.record_refused(t));
+        Verdict::Locked(lock.reason.clone())
+    } else {
+        match decide(
+            (&mut awin, limits),
+            config.is_exempt(account),
+            (&mut swin, &config.server.limits),
+            t,
+            attempt.recipients,
+        ) {
+            Ok(()) => Verdict::Accepted(Some(Ticket {
+                account: account.to_string(),
+                at: t,
+                recipients: attempt.recipients,
+            })),
+            Err(r) => {
+                // One alert per account per window: the window that refused remembers it.
+                let windows = match r.scope {
+                    Scope::Account => &mut awin,
+                    Scope::Server => &mut swin,
+                };
+                if let Some(w) = windows.iter_mut().find(|w| w.secs == r.limit.window.secs())
+                    && w.alerted_until <= t
+                {
+                    w.alerted_until = t + r.limit.window.secs() as i64;
+                    alert = Some(Alert {
+                        refusal: Some(r.clone()),
+                        locked: None,
+                        usage: Vec::new(),
+                        recent: Vec::new(),
+                    });
+                }
+                Verdict::Refused(r)
+            }
+        }
+    };
+    if !attempt.count_refusal && !matches!(verdict, Verdict::Accepted(_)) {
+        // Nothing was decided for good: leave both files as they were.
+        return Ok(Decision {
+            verdict,
+            alert: None,
+            lock_wait,
+        });
+    }
+    arec.remember(t, attempt.sender, attempt.subject);
+    if let Some(threshold) = config.lock_after(account).filter(|&n| n > 0) {
+        let tried = awin.iter().map(|w| w.usage(t).refused).max().unwrap_or(0);
+        if arec.lock.is_none() && tried >= u64::from(threshold) {
+            let reason = format!(
+                "{tried} refused or held attempts within a window (lock_after = {threshold})"
+            );
+            arec.lock = Some(store::AccountLock {
+                since: t,
+                reason: reason.clone(),
+            });
+            let a = alert.get_or_insert_with(|| Alert {
+                refusal: None,
+                locked: None,
+                usage: Vec::new(),
+                recent: Vec::new(),
+            });
+            a.locked = Some(reason);
+        }
+    }
+    if let Some(a) = &mut alert {
+        a.usage = awin
+            .iter()
+            .map(|w| (crate::config::TimeSpan(w.secs).to_string(), w.usage(t)))
+            .collect();
+        a.recent = arec.recent.clone();
+    }
+    arec.windows = awin;
+    // Both counters or neither: the server first; if the account's write then fails, the
+    // server gets its previous record back, so a failed write never leaves a phantom count.
+    match &locked.server {
+        Some(f) => {
+            let mut counted = srec.clone();
+            counted.windows = swin;
+            f.save(&mut counted)?;
+            if let Err(e) = locked.account.save(&mut arec) {
+                srec.seq = counted.seq;
+                let _ = f.save(&mut srec);
+                return Err(e);
+            }
+        }
+        None => locked.account.save(&mut arec)?,
+    }
+    Ok(Decision {
+        verdict,
+        alert,
+        lock_wait,
+    })
+}
+
+/// Lock or unlock an account (admin command). Returns whether anything changed.
+fn files_set_lock(
+    state: &StateDir,
+    config: &Config,
+    account: &str,
+    lock: Option<store::AccountLock>,
+) -> Result<bool, Failure> {
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    let f = state.lock(Counter::Account(account), timeout)?;
+    let mut rec = f
+        .load()
+        .map_err(|store::Corrupt(why)| Failure::new(crate::exit::Exit::OsErr, why))?;
+    let changed = rec.lock.is_some() != lock.is_some();
+    rec.lock = lock;
+    f.save(&mut rec)?;
+    Ok(changed)
+}
+
+/// Give back a counted message that was not sent after all (the relay refused it).
+fn files_refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<(), Failure> {
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    let locked = lock_both(state, config, &ticket.account, timeout)?
+        .map_err(|busy| Failure::busy(busy.describe()))?;
+    let files = std::iter::once(&locked.account).chain(locked.server.as_ref());
+    for f in files {
+        let Ok(mut rec) = f.load() else { continue };
+        for w in &mut rec.windows {
+            w.refund(ticket.at, ticket.recipients);
+        }
+        f.save(&mut rec)?;
+    }
+    Ok(())
+}
+
+/// Read an account's counters without changing them (status).
+fn files_read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<Record, Failure> {
+    // A counter held by a stopped sender must not stall `status` for every account.
+    let f = state.lock(counter, decision_wait(config))?;
+    f.load()
+        .map_err(|store::Corrupt(why)| Failure::new(crate::exit::Exit::OsErr, why))
+}
+
+/// Empty an account's (or the server's) counters.
+fn files_reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<(), Failure> {
+    let timeout = std::time::Duration::from_secs(config.state.lock_timeout.secs());
+    // Whatever is in the way (a directory, a symlink, a device) is moved aside first.
+    let f = match state.lock(counter, timeout) {
+        Ok(f) => f,
+        Err(_) if !state.is_regular_file(counter) => {
+            state.set_aside(counter)?;
+            state.lock(counter, timeout)?
+        }
+        Err(f) => return Err(f),
+    };
+    // Counters go; a lock stays until `mailgate unlock`.
+    let old = f.load().unwrap_or_default();
+    let mut fresh = Record {
+        seq: old.seq,
+        lock: old.lock,
+        ..Record::default()
+    };
+    // Write both slots so that no older record survives.
+    f.save(&mut fresh)?;
+    f.save(&mut fresh)
+}
