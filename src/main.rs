@@ -25,24 +25,14 @@ macro_rules! err {
     }};
 }
 
-mod address;
 mod admin;
-mod cli;
 mod config;
-mod config_check;
 mod dispatch;
-#[cfg(test)]
-mod docs;
 mod exit;
 mod identity;
-mod lanes;
 mod limits;
 mod log;
-mod mailq;
 mod message;
-mod metrics;
-mod notify;
-mod origin;
 mod pipeline;
 mod queue;
 mod relay;

@@ -3,17 +3,17 @@
 //! It runs on the runtime's services (`crate::runtime`) for one account; what a relay answer
 //! means is `relay::disposition`'s to say, the pipeline carries it out.
 
-use crate::address;
 use crate::config::{Action, SenderPolicy};
 use crate::exit::{Exit, Failure};
 use crate::identity::Account;
 use crate::limits::{self, Verdict};
 use crate::log::{Fields, Severity};
+use crate::message::address;
 use crate::message::{Message, Trace};
-use crate::notify;
 use crate::relay::Envelope;
 use crate::relay::disposition::{self, Disposition, Refusal};
 use crate::runtime::Runtime;
+use crate::runtime::notify;
 use crate::spool::{Kind, Meta};
 use crate::state::journal;
 use crate::stats;

@@ -2,7 +2,13 @@
 //! (`reset`, `lock`, `unlock`, `check-config`, `newaliases`). The spool commands live in
 //! `spools`, `status` in `status`; the clap schema in `cli`.
 
-use crate::cli::{Cli, Command};
+pub mod cli;
+#[cfg(test)]
+mod docs;
+pub mod lanes;
+pub mod mailq;
+
+use crate::admin::cli::{Cli, Command};
 use crate::config::Config;
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
@@ -81,13 +87,13 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         admin.clone()?;
     }
     if let Command::PostfwdRules { action, server } = cli.command {
-        let owners = crate::lanes::owners(
+        let owners = crate::admin::lanes::owners(
             &config.defaults.limits,
             config.accounts.iter().map(|(n, a)| (n.as_str(), a)),
         );
         print!(
             "{}",
-            crate::lanes::render(&owners, &config.server.limits, server, action)
+            crate::admin::lanes::render(&owners, &config.server.limits, server, action)
         );
         return Ok(());
     }
@@ -179,8 +185,8 @@ fn execute(cli: Cli) -> Result<(), Failure> {
 fn lane_findings(
     config: &Config,
     account_files: &[(String, crate::config::Account)],
-) -> Vec<crate::config_check::Finding> {
-    use crate::config_check::Finding;
+) -> Vec<crate::config::check::Finding> {
+    use crate::config::check::Finding;
     const INSTALLED_LANE: &str = "/var/spool/postfix-postfwd/mailgate/smtpd";
     let mut out = Vec::new();
     let lane_exists = std::fs::symlink_metadata(INSTALLED_LANE)
@@ -194,10 +200,10 @@ fn lane_findings(
             ),
         });
     }
-    let Ok(rules) = std::fs::read_to_string(crate::lanes::POSTFWD_RULES) else {
+    let Ok(rules) = std::fs::read_to_string(crate::admin::lanes::POSTFWD_RULES) else {
         return out;
     };
-    let owners = crate::lanes::owners(
+    let owners = crate::admin::lanes::owners(
         &config.defaults.limits,
         config
             .accounts
@@ -205,11 +211,11 @@ fn lane_findings(
             .map(|(n, a)| (n.as_str(), a))
             .chain(account_files.iter().map(|(n, a)| (n.as_str(), a))),
     );
-    let rates = crate::lanes::parse(&rules);
-    for text in crate::lanes::too_generous(&owners, &config.server.limits, &rates) {
+    let rates = crate::admin::lanes::parse(&rules);
+    for text in crate::admin::lanes::too_generous(&owners, &config.server.limits, &rates) {
         out.push(Finding {
             warning: true,
-            text: format!("{}: warning: {text}", crate::lanes::POSTFWD_RULES),
+            text: format!("{}: warning: {text}", crate::admin::lanes::POSTFWD_RULES),
         });
     }
     out
@@ -321,7 +327,7 @@ pub fn newaliases() -> Exit {
 /// warnings alone exit 0. Customers may not probe files with the setgid binary (77); root
 /// and group mailgate check PATH as given.
 fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), Failure> {
-    use crate::config_check::{self, Finding};
+    use crate::config::check::{self as config_check, Finding};
     require_admin(&Caller::current(), privileged)?;
     let path = match path {
         Some(p) => std::path::PathBuf::from(p),

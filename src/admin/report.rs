@@ -4,9 +4,9 @@
 use crate::config::TimeSpan;
 use crate::exit::{Exit, Failure};
 use crate::limits::{reconcile, store::Counter};
-use crate::metrics;
 use crate::runtime::Runtime;
 use crate::spool::{Kind, Spool};
+use crate::stats::metrics;
 use crate::stats::{self, Counts, Row};
 use serde::Serialize;
 use std::collections::BTreeMap;

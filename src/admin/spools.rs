@@ -1,7 +1,7 @@
 //! The admin's spool commands: `hold`, `queue`, `mailq`, `sendmail -q`, and the listings.
 
 use super::{Viewer, admin_context, log_admin, not_yours, report, require_admin};
-use crate::cli::{HoldAction, QueueAction};
+use crate::admin::cli::{HoldAction, QueueAction};
 use crate::exit::{Exit, Failure};
 use crate::limits;
 use crate::queue;
@@ -117,7 +117,7 @@ pub fn mailq(config_option: Option<&str>) -> Exit {
                 })
                 .unwrap_or_default()
         };
-        let text = crate::mailq::render(&entries, &asctime);
+        let text = crate::admin::mailq::render(&entries, &asctime);
         use std::io::Write as _;
         let _ = std::io::stdout().write_all(text.as_bytes());
         Ok(())

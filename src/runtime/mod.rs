@@ -7,6 +7,8 @@
 //! It knows no account: the pipeline adds the one a message is sent as. It must not decide
 //! anything about a customer's message.
 
+pub mod notify;
+
 mod statistics;
 
 use crate::config::Config;
@@ -15,7 +17,7 @@ use crate::identity::Caller;
 use crate::limits;
 use crate::log::{Fields, Logger, Severity};
 use crate::message::Message;
-use crate::origin::LocalNames;
+use crate::message::origin::LocalNames;
 use crate::relay::{Disposition, Envelope, Relay};
 use crate::spool::{Kind, Meta, Spool};
 use crate::state::StateDir;

@@ -5,7 +5,7 @@
 
 use super::Runtime;
 use crate::log::Severity;
-use crate::notify;
+use crate::runtime::notify;
 use crate::stats;
 use std::time::Duration;
 

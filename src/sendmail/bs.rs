@@ -2,7 +2,7 @@
 //! Drupal) speak it by default. Each message goes through the same pipeline as sendmail mode
 //! and the reply to the final "." is its real outcome. Nothing is ever written to stderr.
 
-use crate::address;
+use crate::message::address;
 use crate::message::{self, ReadError, Terminator};
 use crate::pipeline::Submission;
 use std::io::{self, BufRead, Write};

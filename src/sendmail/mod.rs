@@ -5,10 +5,10 @@
 pub mod args;
 pub mod bs;
 
-use crate::address;
 use crate::config::{self, Config};
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
+use crate::message::address;
 use crate::message::{self, ReadError, Terminator};
 use crate::pipeline::{Pipeline, Submission};
 use crate::runtime::Runtime;

@@ -14,6 +14,8 @@
 //! Its size therefore has a fixed bound whatever the traffic (`MAX_FILE`). This module is
 //! pure (the model and its text codec); `file` reads and writes it in the state directory.
 
+pub mod metrics;
+
 pub mod backlog;
 pub mod file;
 

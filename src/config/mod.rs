@@ -1,6 +1,8 @@
 //! The configuration file (`/etc/mailgate/mailgate.toml`): schema, built-in defaults and
 //! validation. Every error names the file and line.
 
+pub mod check;
+
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -885,7 +887,8 @@ default_sender = "noreply@example.com"
 
     #[test]
     fn shipped_example_is_valid_and_matches_the_defaults() {
-        let example = Config::parse(include_str!("../mailgate.toml.example"), "example").unwrap();
+        let example =
+            Config::parse(include_str!("../../mailgate.toml.example"), "example").unwrap();
         let builtin = Config::default();
         assert_eq!(example.defaults.limits, builtin.defaults.limits);
         assert_eq!(

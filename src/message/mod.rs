@@ -5,7 +5,9 @@
 //! Bytes are never re-encoded: 8-bit text, binary MIME parts and lines longer than 998 octets
 //! pass through unchanged. Only line endings become CRLF, as SMTP requires.
 
-use crate::address;
+pub mod address;
+pub mod origin;
+
 use std::io::{self, BufRead, Write};
 
 /// How the input ends.

@@ -4,7 +4,7 @@
 //! fail when they differ from what the code generates, so they cannot drift.
 //! Regenerate with `MAILGATE_BLESS=1 cargo test --bin mailgate docs::`.
 
-use crate::cli::Cli;
+use crate::admin::cli::Cli;
 use crate::config::Config;
 use clap::CommandFactory;
 use std::fmt::Write as _;
@@ -368,7 +368,9 @@ pub fn man5() -> String {
         );
     }
     text.push_str(".SH EXAMPLE\n.nf\n");
-    text.push_str(&roff_escape(include_str!("../mailgate.toml.example")).replace("\n.", "\n\\&."));
+    text.push_str(
+        &roff_escape(include_str!("../../mailgate.toml.example")).replace("\n.", "\n\\&."),
+    );
     text.push_str(".fi\n.SH \"SEE ALSO\"\nmailgate(8)\n");
     text
 }

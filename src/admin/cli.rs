@@ -93,7 +93,7 @@ pub enum Command {
     PostfwdRules {
         /// What postfwd does with mail over a rule.
         #[arg(long, value_enum, default_value = "defer")]
-        action: crate::lanes::Verdict,
+        action: crate::admin::lanes::Verdict,
         /// Server-wide messages per hour when [server] sets no limits.
         #[arg(long, value_name = "N", default_value_t = 5000)]
         server: u64,

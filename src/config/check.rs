@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn a_good_file_has_no_findings() {
         assert_eq!(
-            run(include_str!("../mailgate.toml.example")),
+            run(include_str!("../../mailgate.toml.example")),
             Vec::<String>::new()
         );
     }
