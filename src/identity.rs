@@ -83,13 +83,13 @@ pub fn caller_env(name: &str) -> Option<String> {
 /// (`php-fpm: pool NAME` as its process title, up the chain of parents), the pool. A caller
 /// can only misstate these within its own uid; they are logged, never used for identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
+pub struct CallSite {
     pub cwd: String,
     pub pool: Option<String>,
 }
 
-impl Origin {
-    pub fn of_this_process() -> Origin {
+impl CallSite {
+    pub fn of_this_process() -> CallSite {
         let cwd = std::env::current_dir()
             .map(|d| d.display().to_string())
             .unwrap_or_default();
@@ -119,7 +119,7 @@ impl Origin {
                 None => break,
             }
         }
-        Origin { cwd, pool }
+        CallSite { cwd, pool }
     }
 }
 
@@ -363,8 +363,8 @@ mod tests {
         assert_eq!(fpm_pool(b"/bin/sh\0-c\0sendmail -t -i\0"), None);
         assert_eq!(fpm_pool(b""), None);
         // This test's own parents are no FPM workers.
-        assert_eq!(Origin::of_this_process().pool, None);
-        assert!(!Origin::of_this_process().cwd.is_empty());
+        assert_eq!(CallSite::of_this_process().pool, None);
+        assert!(!CallSite::of_this_process().cwd.is_empty());
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl Pipeline {
         if !script.is_empty() {
             trail.fields.add("script", &script);
         }
-        let origin = crate::identity::Origin::of_this_process();
+        let origin = crate::identity::CallSite::of_this_process();
         trail.fields.add("cwd", &origin.cwd);
         if let Some(pool) = &origin.pool {
             trail.fields.add("pool", pool);

@@ -1,6 +1,9 @@
 //! The admin's command line: dispatch, the permission check, and the small commands
 //! (`reset`, `lock`, `unlock`, `check-config`, `newaliases`). The spool commands live in
 //! `spools`, `status` in `status`; the clap schema in `cli`.
+//!
+//! It must not bypass the pipeline's rules: a customer sees and handles only their own
+//! account's mail, and a release goes through the queue runner's one way of delivering.
 
 pub mod cli;
 #[cfg(test)]
@@ -19,9 +22,9 @@ use crate::spool::Spool;
 use clap::Parser;
 use std::ffi::OsString;
 
-mod report;
 mod spools;
 mod status;
+mod traffic;
 
 pub use spools::{flush, mailq};
 
@@ -162,7 +165,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             limit,
             all,
             json,
-        } => report::top(
+        } => traffic::top(
             &ctx,
             &since,
             account.as_deref(),
@@ -170,7 +173,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             (!all).then_some(limit),
             &|a| viewer.may_see(a),
         ),
-        Command::Metrics => report::print_metrics(&ctx),
+        Command::Metrics => traffic::print_metrics(&ctx),
         Command::Hold { action } => spools::hold(&ctx, &spool, action, &viewer),
         Command::Queue { action } => spools::queue(&ctx, &spool, action),
         Command::CheckConfig { .. } | Command::PostfwdRules { .. } => {

@@ -137,7 +137,7 @@ pub(super) fn queue_run(ctx: &Runtime, backoff: queue::Backoff) -> Result<(), Fa
     match queue::run(ctx, backoff)? {
         Some(summary) => {
             out!("queue run: {summary}");
-            let metrics = super::report::write_textfile(ctx);
+            let metrics = super::traffic::write_textfile(ctx);
             run_result(&summary).and(metrics)
         }
         None => {

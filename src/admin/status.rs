@@ -5,7 +5,7 @@ use crate::exit::{Exit, Failure, FailureKind};
 use crate::identity::{self, Caller};
 use crate::limits::{
     self, reconcile,
-    store::{Counter, Record},
+    store::{Counter, CounterRecord},
     window::Window,
 };
 use crate::runtime::Runtime;
@@ -37,7 +37,7 @@ struct CounterStatus {
 }
 
 impl CounterStatus {
-    /// Record why the counter cannot be read; 1 when that is damage, 0 when it is busy.
+    /// Note why the counter cannot be read; 1 when that is damage, 0 when it is busy.
     fn unreadable(&mut self, f: Failure) -> usize {
         self.busy = f.kind == FailureKind::Busy;
         self.broken = Some(f.message);
@@ -106,8 +106,13 @@ pub(super) fn status(
             ),
             Err(f) => {
                 // Busy (a stopped sender holds it) is news for the admin, not damage.
-                let mut c =
-                    counter_status(name, config.is_exempt(name), &Record::default(), &[], now);
+                let mut c = counter_status(
+                    name,
+                    config.is_exempt(name),
+                    &CounterRecord::default(),
+                    &[],
+                    now,
+                );
                 broken += c.unreadable(f);
                 c
             }
@@ -124,7 +129,7 @@ pub(super) fn status(
         out.server = Some(match ctx.store()?.read(config, Counter::Server, now) {
             Ok(rec) => counter_status("server", false, &rec, &config.server.limits, now),
             Err(f) => {
-                let mut c = counter_status("server", false, &Record::default(), &[], now);
+                let mut c = counter_status("server", false, &CounterRecord::default(), &[], now);
                 broken += c.unreadable(f);
                 c
             }
@@ -203,7 +208,7 @@ pub(super) fn status(
 fn counter_status(
     name: &str,
     exempt: bool,
-    rec: &Record,
+    rec: &CounterRecord,
     limits: &[Limit],
     now: i64,
 ) -> CounterStatus {

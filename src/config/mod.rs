@@ -1,5 +1,7 @@
 //! The configuration file (`/etc/mailgate/mailgate.toml`): schema, built-in defaults and
 //! validation. Every error names the file and line.
+//!
+//! It reads configuration files and nothing else: no decision about a message is taken here.
 
 pub mod check;
 

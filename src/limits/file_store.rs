@@ -2,7 +2,7 @@
 //! directory (format: `store.rs`), checked and updated under their locks — account first, then
 //! server, so two senders never wait for each other in a circle.
 
-use super::store::{self, Counter, CounterFile, Record};
+use super::store::{self, Counter, CounterFile, CounterRecord};
 use super::{
     Alert, Attempt, CounterStore, Decision, SENDER_LOCK_WAIT, Scope, Ticket, Verdict, decide,
     reconcile,
@@ -29,7 +29,12 @@ impl CounterStore for FileStore {
         files_refund(&self.0, config, ticket)
     }
 
-    fn read(&self, config: &Config, counter: Counter<'_>, _now: i64) -> Result<Record, Failure> {
+    fn read(
+        &self,
+        config: &Config,
+        counter: Counter<'_>,
+        _now: i64,
+    ) -> Result<CounterRecord, Failure> {
         files_read(&self.0, config, counter)
     }
 
@@ -114,7 +119,7 @@ fn files_check_and_record(
         let a = locked.account.load()?;
         let s = match &locked.server {
             Some(f) => f.load()?,
-            None => Record::default(),
+            None => CounterRecord::default(),
         };
         Ok::<_, store::Corrupt>((a, s))
     })();
@@ -272,7 +277,11 @@ fn files_refund(state: &StateDir, config: &Config, ticket: &Ticket) -> Result<()
 }
 
 /// Read an account's counters without changing them (status).
-fn files_read(state: &StateDir, config: &Config, counter: Counter<'_>) -> Result<Record, Failure> {
+fn files_read(
+    state: &StateDir,
+    config: &Config,
+    counter: Counter<'_>,
+) -> Result<CounterRecord, Failure> {
     // A counter held by a stopped sender must not stall `status` for every account.
     let f = state.lock(counter, decision_wait(config))?;
     f.load()
@@ -293,10 +302,10 @@ fn files_reset(state: &StateDir, config: &Config, counter: Counter<'_>) -> Resul
     };
     // Counters go; a lock stays until `mailgate unlock`.
     let old = f.load().unwrap_or_default();
-    let mut fresh = Record {
+    let mut fresh = CounterRecord {
         seq: old.seq,
         lock: old.lock,
-        ..Record::default()
+        ..CounterRecord::default()
     };
     // Write both slots so that no older record survives.
     f.save(&mut fresh)?;

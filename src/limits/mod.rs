@@ -1,6 +1,8 @@
 //! The decision: may this account send this message now? Every window of the account and of
 //! the server cap is checked and updated as one step, under the locks of both counter files
 //! (always account first, then server, so concurrent senders cannot deadlock).
+//!
+//! It decides and counts, nothing else: it must not read spools, relay or log a message.
 
 mod file_store;
 mod redis_store;
@@ -10,7 +12,7 @@ pub mod window;
 use crate::config::{Action, Config, Limit};
 use crate::exit::Failure;
 use crate::state::StateDir;
-use store::{Counter, Record};
+use store::{Counter, CounterRecord};
 use window::Window;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +75,7 @@ pub fn format_time(t: i64) -> String {
 
 /// Align stored windows with the configured limits: keep the counts of a window whose length is
 /// unchanged, start new ones empty.
-pub fn reconcile(record: &Record, limits: &[Limit], now: i64) -> Vec<Window> {
+pub fn reconcile(record: &CounterRecord, limits: &[Limit], now: i64) -> Vec<Window> {
     limits
         .iter()
         .map(|l| {
@@ -231,7 +233,12 @@ pub trait CounterStore {
     fn refund(&self, config: &Config, ticket: &Ticket) -> Result<(), Failure>;
 
     /// An account's (or the server's) counters, unchanged (status).
-    fn read(&self, config: &Config, counter: Counter<'_>, now: i64) -> Result<Record, Failure>;
+    fn read(
+        &self,
+        config: &Config,
+        counter: Counter<'_>,
+        now: i64,
+    ) -> Result<CounterRecord, Failure>;
 
     /// Empty an account's (or the server's) counters; a lock stays.
     fn reset(&self, config: &Config, counter: Counter<'_>) -> Result<(), Failure>;

@@ -6,7 +6,7 @@
 //! Redis unreachable or slow (`[store] timeout_ms`) follows `[store] on_unavailable`: keep the
 //! message in the local defer spool for `queue run` (default), send uncounted, or refuse.
 
-use super::store::{AccountLock, Record};
+use super::store::{AccountLock, CounterRecord};
 use super::window::{BUCKETS, Bucket, Window};
 use super::{
     Alert, Attempt, Counter, CounterStore, Decision, Refusal, Scope, Ticket, Verdict, store, worse,
@@ -299,8 +299,8 @@ impl RedisStore {
         counter: Counter<'_>,
         limits: &[Limit],
         now: i64,
-    ) -> Result<Record, Failure> {
-        let mut record = Record::default();
+    ) -> Result<CounterRecord, Failure> {
+        let mut record = CounterRecord::default();
         for l in limits {
             let key = window_key(counter, l.window.secs());
             let fields: Vec<(String, String)> = self
@@ -484,7 +484,12 @@ impl CounterStore for RedisStore {
         RedisStore::refund(self, config, ticket)
     }
 
-    fn read(&self, config: &Config, counter: Counter<'_>, now: i64) -> Result<Record, Failure> {
+    fn read(
+        &self,
+        config: &Config,
+        counter: Counter<'_>,
+        now: i64,
+    ) -> Result<CounterRecord, Failure> {
         let limits = match counter {
             Counter::Account(a) => config.limits_for(a),
             Counter::Server => &config.server.limits,

@@ -30,7 +30,7 @@ const _: () = assert!(LAYOUT_SIZE <= SLOT_SIZE);
 
 /// What a counter file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Record {
+pub struct CounterRecord {
     pub seq: u64,
     pub windows: Vec<Window>,
     /// The last few messages (accepted or not), oldest first.
@@ -52,7 +52,7 @@ pub struct AccountLock {
     pub reason: String,
 }
 
-impl Record {
+impl CounterRecord {
     /// Remember a message for the alert mail, keeping the last `RECENT`.
     pub fn remember(&mut self, time: i64, sender: &str, subject: &str) {
         if self.recent.len() == RECENT {
@@ -145,7 +145,7 @@ impl Take<'_> {
     }
 }
 
-pub fn encode(record: &Record) -> [u8; SLOT_SIZE] {
+pub fn encode(record: &CounterRecord) -> [u8; SLOT_SIZE] {
     let mut out = [0u8; SLOT_SIZE];
     let mut p = Put {
         out: &mut out,
@@ -188,7 +188,7 @@ pub fn encode(record: &Record) -> [u8; SLOT_SIZE] {
 }
 
 /// `None` when the slot is empty, torn or foreign.
-pub fn decode(slot: &[u8]) -> Option<Record> {
+pub fn decode(slot: &[u8]) -> Option<CounterRecord> {
     if slot.len() != SLOT_SIZE || &slot[..4] != MAGIC {
         return None;
     }
@@ -241,7 +241,7 @@ pub fn decode(slot: &[u8]) -> Option<Record> {
             reason: t.str(REASON_BYTES)?,
         }),
     };
-    Some(Record {
+    Some(CounterRecord {
         seq,
         windows,
         recent,
@@ -342,7 +342,7 @@ fn create_counter_at(dir: &Dir, name: &str) -> io::Result<()> {
     // Account names never start with '.', so this cannot be anyone's counter.
     let tmp = format!(".new-{}-{name}", std::process::id());
     let file = dir.open_file(&tmp, flags::READ_WRITE | flags::CREATE | libc::O_TRUNC)?;
-    let empty = encode(&Record::default());
+    let empty = encode(&CounterRecord::default());
     let linked = file
         .write_all_at(&empty, 0)
         .and_then(|()| file.write_all_at(&empty, SLOT_SIZE as u64))
@@ -366,7 +366,7 @@ pub struct CounterFile {
 pub struct Corrupt(pub String);
 
 impl CounterFile {
-    pub fn load(&self) -> Result<Record, Corrupt> {
+    pub fn load(&self) -> Result<CounterRecord, Corrupt> {
         let mut buf = vec![0u8; FILE_SIZE];
         let n = read_full(&self.file, &mut buf)
             .map_err(|e| Corrupt(format!("cannot read {}: {e}", self.path.display())))?;
@@ -390,7 +390,7 @@ impl CounterFile {
     }
 
     /// Write `record` with the next sequence number into the slot the newest state is not in.
-    pub fn save(&self, record: &mut Record) -> Result<(), Failure> {
+    pub fn save(&self, record: &mut CounterRecord) -> Result<(), Failure> {
         record.seq += 1;
         let slot = record.seq % 2;
         self.file
@@ -422,14 +422,14 @@ fn read_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    fn sample() -> Record {
+    fn sample() -> CounterRecord {
         let mut w = Window::new(3600, 1_000_000);
         w.record(1_000_000, 7);
         w.record_refused(1_000_000);
-        let mut r = Record {
+        let mut r = CounterRecord {
             seq: 41,
             windows: vec![w, Window::new(60, 5)],
-            ..Record::default()
+            ..CounterRecord::default()
         };
         r.remember(1_000_000, "a@example.org", "Invoice \u{e4}\u{f6}\u{fc}");
         r.remember(1_000_001, &"x".repeat(300), &"\u{e4}".repeat(100));
@@ -475,7 +475,7 @@ mod tests {
         assert_eq!(&slot[2040..], &fnv1a(&slot[..2040]).to_le_bytes());
         // Full and empty records round-trip; a slot cut short is no record.
         assert_eq!(decode(&slot), Some(rec));
-        let empty = Record::default();
+        let empty = CounterRecord::default();
         assert_eq!(decode(&encode(&empty)), Some(empty));
         assert_eq!(decode(&slot[..100]), None);
         assert_eq!(FILE_SIZE, 4096);
@@ -483,7 +483,7 @@ mod tests {
 
     #[test]
     fn remembered_texts_are_cut_at_a_character_boundary() {
-        let mut rec = Record::default();
+        let mut rec = CounterRecord::default();
         // 1 + 2 x 40 bytes: byte 56 is inside a character.
         rec.remember(1, &format!("a{}", "\u{fc}".repeat(40)), "s");
         assert_eq!(rec.recent[0].sender.len(), 55);

@@ -4,6 +4,8 @@
 //!
 //! Bytes are never re-encoded: 8-bit text, binary MIME parts and lines longer than 998 octets
 //! pass through unchanged. Only line endings become CRLF, as SMTP requires.
+//!
+//! It must not know accounts, limits or the relay.
 
 pub mod address;
 pub mod origin;

@@ -3,7 +3,7 @@
 //! which only carry it out (Postfix's qmgr and dma decide a delivery result in one place the
 //! same way). A new relay answer is handled by adding it here. Pure.
 
-use super::{Outcome, Reply};
+use super::{Answer, Reply};
 
 /// A recipient the relay did not take, with its reply.
 pub type Refusal = (String, Reply);
@@ -26,14 +26,14 @@ pub enum Disposition {
     Failed { why: String },
 }
 
-impl Outcome {
+impl Answer {
     /// What the answer means for the message and its recipients.
     pub fn disposition(self) -> Disposition {
         match self {
-            Outcome::Delivered { reply, rejected } if rejected.is_empty() => {
+            Answer::Delivered { reply, rejected } if rejected.is_empty() => {
                 Disposition::Delivered { reply }
             }
-            Outcome::Delivered { reply, rejected } => {
+            Answer::Delivered { reply, rejected } => {
                 let (failed, retry) = rejected.into_iter().partition(|(_, r)| r.is_permanent());
                 Disposition::Partly {
                     reply,
@@ -41,12 +41,12 @@ impl Outcome {
                     failed,
                 }
             }
-            Outcome::Permanent(why) => Disposition::Failed { why },
-            Outcome::Temporary(why) => Disposition::Retry {
+            Answer::Permanent(why) => Disposition::Failed { why },
+            Answer::Temporary(why) => Disposition::Retry {
                 why,
                 relay_down: false,
             },
-            Outcome::Unreachable(why) => Disposition::Retry {
+            Answer::Unreachable(why) => Disposition::Retry {
                 why,
                 relay_down: true,
             },
@@ -121,14 +121,14 @@ mod tests {
     fn every_relay_answer_has_one_disposition() {
         let ok = reply(250);
         assert_eq!(
-            Outcome::Delivered {
+            Answer::Delivered {
                 reply: ok.clone(),
                 rejected: vec![]
             }
             .disposition(),
             Disposition::Delivered { reply: ok.clone() }
         );
-        let partly = Outcome::Delivered {
+        let partly = Answer::Delivered {
             reply: ok.clone(),
             rejected: vec![("a@x".into(), reply(450)), ("b@x".into(), reply(550))],
         }
@@ -143,16 +143,16 @@ mod tests {
         );
         assert_eq!(partly.status(), "sent");
         assert_eq!(partly.trouble(), Some(Trouble::Temporary));
-        let only_failed = Outcome::Delivered {
+        let only_failed = Answer::Delivered {
             reply: ok,
             rejected: vec![("b@x".into(), reply(550))],
         }
         .disposition();
         assert_eq!(only_failed.trouble(), Some(Trouble::Permanent));
-        let down = Outcome::Unreachable("no".into()).disposition();
+        let down = Answer::Unreachable("no".into()).disposition();
         assert_eq!(down.trouble(), Some(Trouble::Unreachable));
         assert_eq!(down.status(), "deferred");
-        let later = Outcome::Temporary("451".into()).disposition();
+        let later = Answer::Temporary("451".into()).disposition();
         assert_eq!(
             later,
             Disposition::Retry {
@@ -160,7 +160,7 @@ mod tests {
                 relay_down: false
             }
         );
-        let never = Outcome::Permanent("554".into()).disposition();
+        let never = Answer::Permanent("554".into()).disposition();
         assert_eq!(never.status(), "refused");
         assert_eq!(never.trouble(), Some(Trouble::Permanent));
     }

@@ -8,6 +8,9 @@
 //!
 //! Two ways in: TCP (the bypass lane's listener, 127.0.0.1:825, where postfwd counts), or
 //! mailgate's own lane, a Unix socket only group mailgate can reach (`[relay] socket`).
+//!
+//! It says what the relay answered and what that means (`disposition`); it must not keep,
+//! count or log a message — the pipeline and the queue runner carry the disposition out.
 
 pub mod disposition;
 mod sockdiag;
@@ -51,7 +54,7 @@ pub struct Envelope<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Answer {
     /// The relay took the message for at least one recipient.
     Delivered {
         reply: Reply,
@@ -90,7 +93,7 @@ impl Relay<'_> {
         self.send_all(env, msg).disposition()
     }
 
-    fn send_all(&self, env: &Envelope<'_>, msg: &Message) -> Outcome {
+    fn send_all(&self, env: &Envelope<'_>, msg: &Message) -> Answer {
         let mut pending: Vec<String> = env.recipients.to_vec();
         let mut delivered: Option<Reply> = None;
         let mut rejected: Vec<(String, Reply)> = Vec::new();
@@ -103,7 +106,7 @@ impl Relay<'_> {
                 msg,
             );
             match outcome {
-                Outcome::Delivered {
+                Answer::Delivered {
                     reply,
                     rejected: refused,
                 } => {
@@ -115,7 +118,7 @@ impl Relay<'_> {
                 }
                 // The first transaction decides alone unless it delivered something.
                 other if delivered.is_none() => return other,
-                Outcome::Permanent(why) => {
+                Answer::Permanent(why) => {
                     let reply = Reply {
                         code: 554,
                         text: why,
@@ -123,7 +126,7 @@ impl Relay<'_> {
                     rejected.extend(pending.drain(..).map(|r| (r, reply.clone())));
                     break;
                 }
-                Outcome::Temporary(why) | Outcome::Unreachable(why) => {
+                Answer::Temporary(why) | Answer::Unreachable(why) => {
                     let reply = Reply {
                         code: 451,
                         text: why,
@@ -140,13 +143,13 @@ impl Relay<'_> {
         };
         rejected.extend(pending.into_iter().map(|r| (r, reply.clone())));
         match delivered {
-            Some(reply) => Outcome::Delivered { reply, rejected },
-            None => Outcome::Temporary("relay took no recipient".into()),
+            Some(reply) => Answer::Delivered { reply, rejected },
+            None => Answer::Temporary("relay took no recipient".into()),
         }
     }
 
     /// One SMTP transaction, bounded by one wall-clock deadline of `timeout`.
-    fn transaction_with_deadline(&self, env: &Envelope<'_>, msg: &Message) -> Outcome {
+    fn transaction_with_deadline(&self, env: &Envelope<'_>, msg: &Message) -> Answer {
         let deadline = Instant::now() + self.timeout;
         match self.transaction(env, msg, deadline) {
             Ok(outcome) => outcome,
@@ -161,7 +164,7 @@ impl Relay<'_> {
                     }
                     _ => format!("relay {}: {e}", self.name()),
                 };
-                Outcome::Unreachable(what)
+                Answer::Unreachable(what)
             }
         }
     }
@@ -239,7 +242,7 @@ impl Relay<'_> {
         env: &Envelope<'_>,
         msg: &Message,
         deadline: Instant,
-    ) -> io::Result<Outcome> {
+    ) -> io::Result<Answer> {
         let stream = self.connect(deadline)?;
         let mut conn = Conn {
             reader: BufReader::new(Deadlined {
@@ -286,7 +289,7 @@ impl Relay<'_> {
                 }
                 Err(why) => {
                     conn.quit();
-                    return Ok(Outcome::Temporary(format!(
+                    return Ok(Answer::Temporary(format!(
                         "relay does not announce 8BITMIME and the message cannot be made 7-bit ({why})"
                     )));
                 }
@@ -352,7 +355,7 @@ impl Relay<'_> {
         msg: &Message,
         rcpt_replies: Vec<Reply>,
         data_reply: Reply,
-    ) -> io::Result<Outcome> {
+    ) -> io::Result<Answer> {
         let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
         if data_reply.code != 354 {
             if !any_accepted {
@@ -378,7 +381,7 @@ impl Relay<'_> {
             .filter(|(_, r)| !r.is_positive())
             .collect();
         Ok(if reply.is_positive() {
-            Outcome::Delivered { reply, rejected }
+            Answer::Delivered { reply, rejected }
         } else {
             classify("end of data", reply)
         })
@@ -402,7 +405,7 @@ fn split_too_many(
     next
 }
 
-fn all_rejected(mut conn: Conn, env: &Envelope<'_>, replies: Vec<Reply>) -> Outcome {
+fn all_rejected(mut conn: Conn, env: &Envelope<'_>, replies: Vec<Reply>) -> Answer {
     conn.quit();
     // Temporary if any recipient might work later, permanent only if all were refused for good.
     let detail = env
@@ -413,18 +416,18 @@ fn all_rejected(mut conn: Conn, env: &Envelope<'_>, replies: Vec<Reply>) -> Outc
         .collect::<Vec<_>>()
         .join("; ");
     if replies.iter().all(Reply::is_permanent) {
-        Outcome::Permanent(format!("relay rejected all recipients: {detail}"))
+        Answer::Permanent(format!("relay rejected all recipients: {detail}"))
     } else {
-        Outcome::Temporary(format!("relay deferred recipients: {detail}"))
+        Answer::Temporary(format!("relay deferred recipients: {detail}"))
     }
 }
 
-fn classify(stage: &str, reply: Reply) -> Outcome {
+fn classify(stage: &str, reply: Reply) -> Answer {
     let text = format!("relay refused {stage}: {reply}");
     if reply.is_permanent() {
-        Outcome::Permanent(text)
+        Answer::Permanent(text)
     } else {
-        Outcome::Temporary(text)
+        Answer::Temporary(text)
     }
 }
 
@@ -620,7 +623,7 @@ impl Conn {
         self.reply().map(|_| ())
     }
 
-    fn fail(mut self, stage: &str, reply: Reply) -> Outcome {
+    fn fail(mut self, stage: &str, reply: Reply) -> Answer {
         self.quit();
         classify(stage, reply)
     }

@@ -1,6 +1,8 @@
 //! Sendmail mode: what `/usr/sbin/sendmail` callers get. Turns argv and stdin into a
 //! submission, runs the pipeline, and maps the outcome to an exit code and at most one stderr
 //! line, written only after stdin was read to its end. stdout stays empty.
+//!
+//! It must not decide anything itself: argv and stdin in, the pipeline's report out.
 
 pub mod args;
 pub mod bs;

@@ -6,6 +6,8 @@
 //!
 //! Each entry is one file: a JSON line with the envelope and bookkeeping, then the message
 //! exactly as it goes to the relay (CRLF lines, not dot-stuffed).
+//!
+//! It keeps, moves and lists entries; it must not decide whether a message may be sent.
 
 pub mod ledger;
 

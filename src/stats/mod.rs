@@ -13,6 +13,8 @@
 //!
 //! Its size therefore has a fixed bound whatever the traffic (`MAX_FILE`). This module is
 //! pure (the model and its text codec); `file` reads and writes it in the state directory.
+//!
+//! It must never stop a message: a statistics file it cannot update is skipped and logged.
 
 pub mod metrics;
 
