@@ -37,11 +37,10 @@ struct CounterStatus {
 }
 
 impl CounterStatus {
-    /// Note why the counter cannot be read; 1 when that is damage, 0 when it is busy.
-    fn unreadable(&mut self, f: Failure) -> usize {
+    /// Note why the counter cannot be read, and whether it is only busy.
+    fn unreadable(&mut self, f: Failure) {
         self.busy = f.kind == FailureKind::Busy;
         self.broken = Some(f.message);
-        usize::from(!self.busy)
     }
 }
 
@@ -64,7 +63,7 @@ pub(super) fn status(
     only: Option<&str>,
     json: bool,
 ) -> Result<(), Failure> {
-    let (config, state, now) = (&ctx.config, ctx.state()?, ctx.now());
+    let (config, state) = (&ctx.config, ctx.state()?);
     let spool = Spool::new(state);
     let kept: Vec<(Kind, Vec<Meta>)> = [Kind::Hold, Kind::Defer, Kind::Queue]
         .into_iter()
@@ -77,17 +76,7 @@ pub(super) fn status(
             .filter(|m| m.account == account)
             .count()
     };
-    let mut names: Vec<String> = match only {
-        Some(a) => vec![a.to_string()],
-        None => ctx.store()?.accounts()?,
-    };
-    names.sort();
-    if identity::is_privileged() && caller.uid != 0 {
-        // A customer sees only the accounts they may send as.
-        names.retain(|n| {
-            n == &caller.login || identity::resolve_account(caller, Some(n), None, config).is_ok()
-        });
-    }
+    let names = visible_accounts(ctx, caller, only)?;
     let mut out = Status {
         accounts: Vec::new(),
         server: None,
@@ -95,28 +84,9 @@ pub(super) fn status(
     let mut broken = 0;
     for name in &names {
         crate::config::validate_account_name(name).map_err(|why| Failure::new(Exit::Usage, why))?;
-        // One damaged counter must not hide the others: it is listed as broken.
-        let mut c = match ctx.store()?.read(config, Counter::Account(name), now) {
-            Ok(rec) => counter_status(
-                name,
-                config.is_exempt(name),
-                &rec,
-                config.limits_for(name),
-                now,
-            ),
-            Err(f) => {
-                // Busy (a stopped sender holds it) is news for the admin, not damage.
-                let mut c = counter_status(
-                    name,
-                    config.is_exempt(name),
-                    &CounterRecord::default(),
-                    &[],
-                    now,
-                );
-                broken += c.unreadable(f);
-                c
-            }
-        };
+        let limits = config.limits_for(name);
+        let mut c = read_counter(ctx, Counter::Account(name), config.is_exempt(name), limits)?;
+        broken += usize::from(c.broken.is_some() && !c.busy);
         c.held = count(Kind::Hold, name);
         c.deferred = count(Kind::Defer, name);
         c.queued = count(Kind::Queue, name);
@@ -126,14 +96,9 @@ pub(super) fn status(
         return Err(super::not_yours(&format!("account {a:?}")));
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
-        out.server = Some(match ctx.store()?.read(config, Counter::Server, now) {
-            Ok(rec) => counter_status("server", false, &rec, &config.server.limits, now),
-            Err(f) => {
-                let mut c = counter_status("server", false, &CounterRecord::default(), &[], now);
-                broken += c.unreadable(f);
-                c
-            }
-        });
+        let c = read_counter(ctx, Counter::Server, false, &config.server.limits)?;
+        broken += usize::from(c.broken.is_some() && !c.busy);
+        out.server = Some(c);
     }
     let result = if broken > 0 {
         Err(Failure::new(
@@ -151,58 +116,107 @@ pub(super) fn status(
             serde_json::to_string_pretty(&out)
                 .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
         );
-        return result;
-    }
-    for c in out.accounts.iter().chain(out.server.as_ref()) {
-        let mut flags = Vec::new();
-        if c.exempt {
-            flags.push("exempt".to_string());
-        }
-        if let Some(why) = &c.locked {
-            flags.push(format!("LOCKED: {why}"));
-        }
-        match &c.broken {
-            Some(why) if c.busy => flags.push(why.clone()),
-            Some(why) => flags.push(format!("BROKEN: {why}")),
-            None => {}
-        }
-        for (n, what) in [
-            (c.held, "held"),
-            (c.deferred, "deferred"),
-            (c.queued, "queued"),
-        ] {
-            if n > 0 {
-                flags.push(format!("{n} {what}"));
-            }
-        }
-        let flags = if flags.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", flags.join(", "))
-        };
-        out!("{}{flags}", c.name);
-        for w in &c.windows {
-            let limit = match (w.max_messages, w.max_recipients) {
-                (Some(m), Some(r)) => format!("{m} msgs / {r} rcpts"),
-                (Some(m), None) => format!("{m} msgs"),
-                (None, Some(r)) => format!("{r} rcpts"),
-                (None, None) => "-".into(),
-            };
-            let next = w
-                .next_possible
-                .map(limits::format_time)
-                .unwrap_or_else(|| "now".into());
-            out!(
-                "  {:>5}  used {:>6} msgs {:>7} rcpts  limit {:<22} refused {:>5}  next {next}",
-                w.window,
-                w.messages,
-                w.recipients,
-                limit,
-                w.refused
-            );
+    } else {
+        for c in out.accounts.iter().chain(out.server.as_ref()) {
+            print_counter(c);
         }
     }
     result
+}
+
+/// The accounts `status` shows: the one asked for, or every account with counters; a
+/// customer sees only the accounts they may send as.
+fn visible_accounts(
+    ctx: &Runtime,
+    caller: &Caller,
+    only: Option<&str>,
+) -> Result<Vec<String>, Failure> {
+    let mut names: Vec<String> = match only {
+        Some(a) => vec![a.to_string()],
+        None => ctx.store()?.accounts()?,
+    };
+    names.sort();
+    if identity::is_privileged() && caller.uid != 0 {
+        names.retain(|n| {
+            n == &caller.login
+                || identity::resolve_account(caller, Some(n), None, &ctx.config).is_ok()
+        });
+    }
+    Ok(names)
+}
+
+/// One counter's status. One damaged counter must not hide the others: it is listed as
+/// broken (or busy, when a stopped sender holds it: news for the admin, not damage).
+fn read_counter(
+    ctx: &Runtime,
+    counter: Counter<'_>,
+    exempt: bool,
+    limits: &[Limit],
+) -> Result<CounterStatus, Failure> {
+    let now = ctx.now();
+    let name = match counter {
+        Counter::Account(a) => a,
+        Counter::Server => "server",
+    };
+    Ok(match ctx.store()?.read(&ctx.config, counter, now) {
+        Ok(rec) => counter_status(name, exempt, &rec, limits, now),
+        Err(f) => {
+            let mut c = counter_status(name, exempt, &CounterRecord::default(), &[], now);
+            c.unreadable(f);
+            c
+        }
+    })
+}
+
+/// The text form: the account's line with its flags, then one line per window.
+fn print_counter(c: &CounterStatus) {
+    let mut flags = Vec::new();
+    if c.exempt {
+        flags.push("exempt".to_string());
+    }
+    if let Some(why) = &c.locked {
+        flags.push(format!("LOCKED: {why}"));
+    }
+    match &c.broken {
+        Some(why) if c.busy => flags.push(why.clone()),
+        Some(why) => flags.push(format!("BROKEN: {why}")),
+        None => {}
+    }
+    for (n, what) in [
+        (c.held, "held"),
+        (c.deferred, "deferred"),
+        (c.queued, "queued"),
+    ] {
+        if n > 0 {
+            flags.push(format!("{n} {what}"));
+        }
+    }
+    let flags = if flags.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", flags.join(", "))
+    };
+    out!("{}{flags}", c.name);
+    for w in &c.windows {
+        let limit = match (w.max_messages, w.max_recipients) {
+            (Some(m), Some(r)) => format!("{m} msgs / {r} rcpts"),
+            (Some(m), None) => format!("{m} msgs"),
+            (None, Some(r)) => format!("{r} rcpts"),
+            (None, None) => "-".into(),
+        };
+        let next = w
+            .next_possible
+            .map(limits::format_time)
+            .unwrap_or_else(|| "now".into());
+        out!(
+            "  {:>5}  used {:>6} msgs {:>7} rcpts  limit {:<22} refused {:>5}  next {next}",
+            w.window,
+            w.messages,
+            w.recipients,
+            limit,
+            w.refused
+        );
+    }
 }
 
 fn counter_status(

@@ -3,6 +3,7 @@
 //! server, so two senders never wait for each other in a circle.
 
 use super::store::{self, Counter, CounterFile, CounterRecord};
+use super::window::Window;
 use super::{
     Alert, Attempt, CounterStore, Decision, SENDER_LOCK_WAIT, Scope, Ticket, Verdict, decide,
     reconcile,
@@ -115,29 +116,12 @@ fn files_check_and_record(
         }
     };
     let lock_wait = started.elapsed();
-    let loaded = (|| {
-        let a = locked.account.load()?;
-        let s = match &locked.server {
-            Some(f) => f.load()?,
-            None => CounterRecord::default(),
-        };
-        Ok::<_, store::Corrupt>((a, s))
-    })();
-    let (mut arec, mut srec) = match loaded {
-        Ok(pair) => pair,
-        Err(store::Corrupt(why)) => match config.state.on_error {
-            OnStateError::FailClosed => return Err(Failure::new(crate::exit::Exit::OsErr, why)),
-            OnStateError::FailOpen => {
-                warn(&format!(
-                    "{why}; sending uncounted (state.on_error = \"fail-open\")"
-                ));
-                return Ok(Decision {
-                    verdict: Verdict::Accepted(None),
-                    alert: None,
-                    lock_wait,
-                });
-            }
-        },
+    let Some((mut arec, mut srec)) = load_both(&locked, config, warn)? else {
+        return Ok(Decision {
+            verdict: Verdict::Accepted(None),
+            alert: None,
+            lock_wait,
+        });
     };
     let limits = config.limits_for(account);
     let mut awin = reconcile(&arec, limits, attempt.now);
@@ -146,44 +130,7 @@ fn files_check_and_record(
     for w in awin.iter_mut().chain(swin.iter_mut()) {
         t = t.max(w.advance(attempt.now));
     }
-    let mut alert = None;
-    let verdict = if let Some(lock) = &arec.lock {
-        awin.iter_mut().for_each(|w| w.record_refused(t));
-        Verdict::Locked(lock.reason.clone())
-    } else {
-        match decide(
-            (&mut awin, limits),
-            config.is_exempt(account),
-            (&mut swin, &config.server.limits),
-            t,
-            attempt.recipients,
-        ) {
-            Ok(()) => Verdict::Accepted(Some(Ticket {
-                account: account.to_string(),
-                at: t,
-                recipients: attempt.recipients,
-            })),
-            Err(r) => {
-                // One alert per account per window: the window that refused remembers it.
-                let windows = match r.scope {
-                    Scope::Account => &mut awin,
-                    Scope::Server => &mut swin,
-                };
-                if let Some(w) = windows.iter_mut().find(|w| w.secs == r.limit.window.secs())
-                    && w.alerted_until <= t
-                {
-                    w.alerted_until = t + r.limit.window.secs() as i64;
-                    alert = Some(Alert {
-                        refusal: Some(r.clone()),
-                        locked: None,
-                        usage: Vec::new(),
-                        recent: Vec::new(),
-                    });
-                }
-                Verdict::Refused(r)
-            }
-        }
-    };
+    let (verdict, mut alert) = judge(&arec, &mut awin, &mut swin, config, attempt, t);
     if !attempt.count_refusal && !matches!(verdict, Verdict::Accepted(_)) {
         // Nothing was decided for good: leave both files as they were.
         return Ok(Decision {
@@ -193,25 +140,7 @@ fn files_check_and_record(
         });
     }
     arec.remember(t, attempt.sender, attempt.subject);
-    if let Some(threshold) = config.lock_after(account).filter(|&n| n > 0) {
-        let tried = awin.iter().map(|w| w.usage(t).refused).max().unwrap_or(0);
-        if arec.lock.is_none() && tried >= u64::from(threshold) {
-            let reason = format!(
-                "{tried} refused or held attempts within a window (lock_after = {threshold})"
-            );
-            arec.lock = Some(store::AccountLock {
-                since: t,
-                reason: reason.clone(),
-            });
-            let a = alert.get_or_insert_with(|| Alert {
-                refusal: None,
-                locked: None,
-                usage: Vec::new(),
-                recent: Vec::new(),
-            });
-            a.locked = Some(reason);
-        }
-    }
+    lock_past_threshold(&mut arec, &awin, config, account, t, &mut alert);
     if let Some(a) = &mut alert {
         a.usage = awin
             .iter()
@@ -220,26 +149,150 @@ fn files_check_and_record(
         a.recent = arec.recent.clone();
     }
     arec.windows = awin;
-    // Both counters or neither: the server first; if the account's write then fails, the
-    // server gets its previous record back, so a failed write never leaves a phantom count.
-    match &locked.server {
-        Some(f) => {
-            let mut counted = srec.clone();
-            counted.windows = swin;
-            f.save(&mut counted)?;
-            if let Err(e) = locked.account.save(&mut arec) {
-                srec.seq = counted.seq;
-                let _ = f.save(&mut srec);
-                return Err(e);
-            }
-        }
-        None => locked.account.save(&mut arec)?,
-    }
+    save_both(&locked, &mut arec, &mut srec, swin)?;
     Ok(Decision {
         verdict,
         alert,
         lock_wait,
     })
+}
+
+/// Both records, under their locks. `None`: a damaged one with `on_error = "fail-open"`, so
+/// the message goes uncounted (and the admin is warned); with fail-closed it is an error.
+fn load_both(
+    locked: &Locked,
+    config: &Config,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Option<(CounterRecord, CounterRecord)>, Failure> {
+    let loaded = (|| {
+        let a = locked.account.load()?;
+        let s = match &locked.server {
+            Some(f) => f.load()?,
+            None => CounterRecord::default(),
+        };
+        Ok::<_, store::Corrupt>((a, s))
+    })();
+    match loaded {
+        Ok(pair) => Ok(Some(pair)),
+        Err(store::Corrupt(why)) => match config.state.on_error {
+            OnStateError::FailClosed => Err(Failure::new(crate::exit::Exit::OsErr, why)),
+            OnStateError::FailOpen => {
+                warn(&format!(
+                    "{why}; sending uncounted (state.on_error = \"fail-open\")"
+                ));
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// The verdict on this attempt at time `t`, and the alert when a window refused it for the
+/// first time in that window (the window remembers it: one alert per account per window).
+fn judge(
+    arec: &CounterRecord,
+    awin: &mut [Window],
+    swin: &mut [Window],
+    config: &Config,
+    attempt: &Attempt<'_>,
+    t: i64,
+) -> (Verdict, Option<Alert>) {
+    let account = attempt.account;
+    if let Some(lock) = &arec.lock {
+        awin.iter_mut().for_each(|w| w.record_refused(t));
+        return (Verdict::Locked(lock.reason.clone()), None);
+    }
+    let limits = config.limits_for(account);
+    match decide(
+        (awin, limits),
+        config.is_exempt(account),
+        (swin, &config.server.limits),
+        t,
+        attempt.recipients,
+    ) {
+        Ok(()) => (
+            Verdict::Accepted(Some(Ticket {
+                account: account.to_string(),
+                at: t,
+                recipients: attempt.recipients,
+            })),
+            None,
+        ),
+        Err(r) => {
+            let windows = match r.scope {
+                Scope::Account => awin,
+                Scope::Server => swin,
+            };
+            let mut alert = None;
+            if let Some(w) = windows.iter_mut().find(|w| w.secs == r.limit.window.secs())
+                && w.alerted_until <= t
+            {
+                w.alerted_until = t + r.limit.window.secs() as i64;
+                alert = Some(Alert {
+                    refusal: Some(r.clone()),
+                    locked: None,
+                    usage: Vec::new(),
+                    recent: Vec::new(),
+                });
+            }
+            (Verdict::Refused(r), alert)
+        }
+    }
+}
+
+/// `lock_after`: an account with that many refused or held attempts within one of its
+/// windows is locked, and the alert says so.
+fn lock_past_threshold(
+    arec: &mut CounterRecord,
+    awin: &[Window],
+    config: &Config,
+    account: &str,
+    t: i64,
+    alert: &mut Option<Alert>,
+) {
+    let Some(threshold) = config.lock_after(account).filter(|&n| n > 0) else {
+        return;
+    };
+    let tried = awin.iter().map(|w| w.usage(t).refused).max().unwrap_or(0);
+    if arec.lock.is_some() || tried < u64::from(threshold) {
+        return;
+    }
+    let reason =
+        format!("{tried} refused or held attempts within a window (lock_after = {threshold})");
+    arec.lock = Some(store::AccountLock {
+        since: t,
+        reason: reason.clone(),
+    });
+    let a = alert.get_or_insert_with(|| Alert {
+        refusal: None,
+        locked: None,
+        usage: Vec::new(),
+        recent: Vec::new(),
+    });
+    a.locked = Some(reason);
+}
+
+/// Both counters or neither: the server first; if the account's write then fails, the
+/// server gets its previous record back, so a failed write never leaves a phantom count.
+fn save_both(
+    locked: &Locked,
+    arec: &mut CounterRecord,
+    srec: &mut CounterRecord,
+    swin: Vec<Window>,
+) -> Result<(), Failure> {
+    match &locked.server {
+        Some(f) => {
+            let mut counted = srec.clone();
+            counted.windows = swin;
+            f.save(&mut counted)?;
+            if let Err(e) = locked.account.save(arec) {
+                srec.seq = counted.seq;
+                let _ = f.save(srec);
+                return Err(e);
+            }
+            Ok(())
+        }
+        None => locked.account.save(arec),
+    }
 }
 
 /// Lock or unlock an account (admin command). Returns whether anything changed.
