@@ -32,6 +32,11 @@ impl SystemConfig {
         SystemConfig(())
     }
 
+    /// Another configuration for the rest of the test (the test owns /etc/mailgate already).
+    fn replace(&self, text: &str) {
+        std::fs::write(SYSTEM_CONFIG, text).unwrap();
+    }
+
     /// Drop-in account files at the system path.
     fn with_accounts(self, files: &[(String, String)]) -> SystemConfig {
         std::fs::create_dir(SYSTEM_ACCOUNTS).unwrap();
@@ -577,11 +582,11 @@ impl Drop for Squatter {
 
 #[test]
 fn a_customer_listening_on_the_relay_port_receives_nothing() {
-    let (_serial, _sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let (_serial, _sink, inst, config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
     let port = free_port();
     // The squatter: a customer's own SMTP server on the relay's (unprivileged) port.
     let (squatter, mut out) = Squatter::start(USERS[0], port);
-    let _config = SystemConfig::install(&format!(
+    config.replace(&format!(
         "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {port}\n[log]\nfile = \"{}\"\n[alerts]\nadmin = \"\"\n",
         inst.state.display(),
         inst.log.display()
@@ -987,11 +992,11 @@ fn ten_thousand_drop_in_accounts_under_setgid() {
 /// root's again after root's queue run.
 #[test]
 fn the_alert_about_a_customer_never_goes_to_her_listener() {
-    let (_serial, _sink, inst, _config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let (_serial, _sink, inst, config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
     let eve = USERS[0];
     let port = free_port();
     let (squatter, mut out) = Squatter::start(eve, port);
-    let _config = SystemConfig::install(&format!(
+    config.replace(&format!(
         "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {port}\n[log]\nfile = \"{}\"\n\
          [alerts]\nadmin = \"postmaster-alerts@example.org\"\n\
          [defaults]\nlimits = [ {{ window = \"1h\", messages = 1 }} ]\n",

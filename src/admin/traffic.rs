@@ -48,20 +48,9 @@ pub(super) fn top(
     limit: Option<usize>,
     visible: &dyn Fn(&str) -> bool,
 ) -> Result<(), Failure> {
-    let span = TimeSpan::parse(since)
-        .map_err(|why| Failure::new(Exit::Usage, format!("--since: {why}")))?;
-    if span.secs() > stats::KEEP.unsigned_abs() {
-        return Err(Failure::new(
-            Exit::Usage,
-            format!(
-                "--since {span}: the statistics go back {} only",
-                TimeSpan(stats::KEEP as u64)
-            ),
-        ));
-    }
+    let span = parse_span(since)?;
     let state = ctx.state()?;
-    let now = ctx.now();
-    let from = now - span.secs() as i64;
+    let from = ctx.now() - span.secs() as i64;
     let mut names = match only {
         Some(a) => vec![super::checked(a)?.to_string()],
         None => stats::file::accounts(state),
@@ -70,37 +59,11 @@ pub(super) fn top(
     if let (Some(a), true) = (only, names.is_empty()) {
         return Err(super::not_yours(&format!("account {a:?}")));
     }
-    let mut begins: Option<i64> = None;
-    let mut accounts = Vec::new();
-    let mut damaged = Vec::new();
-    for name in names {
-        if crate::config::validate_account_name(&name).is_err() {
-            continue;
-        }
-        let stats = match stats::file::read(state, &name) {
-            Ok(s) => s,
-            Err(f) => {
-                damaged.push(f.message);
-                continue;
-            }
-        };
-        let (rows, b) = stats.since(from);
-        if rows.is_empty() {
-            continue;
-        }
-        begins = match (begins, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        };
-        let mut totals = Counts::default();
-        rows.iter().for_each(|r| totals.merge(&r.counts));
-        accounts.push((name, totals, rows));
-    }
-    accounts.sort_by(|a, b| {
-        b.1.messages()
-            .cmp(&a.1.messages())
-            .then_with(|| a.0.cmp(&b.0))
-    });
+    let Senders {
+        mut accounts,
+        begins,
+        damaged,
+    } = senders(state, names, from);
     // The largest senders; the rest are counted, not printed.
     let left_out: Vec<_> = match limit {
         Some(n) if accounts.len() > n => accounts.split_off(n),
@@ -129,37 +92,13 @@ pub(super) fn top(
                 .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
         );
     } else {
-        let shown = begins.unwrap_or(from);
-        out!(
-            "mailgate top: the last {span} (counted since {})",
-            crate::limits::format_time(shown)
+        print_top(
+            span,
+            begins.unwrap_or(from),
+            &accounts,
+            left_out.len(),
+            &rest,
         );
-        if accounts.is_empty() {
-            out!("no mail");
-        }
-        for (name, t, rows) in &accounts {
-            out!(
-                "\n{name}: {} messages (sent {}, queued {}, deferred {}, held {}, refused {}), {} recipients",
-                t.messages(),
-                t.sent,
-                t.queued,
-                t.deferred,
-                t.held,
-                t.refused,
-                t.recipients
-            );
-            let table = stats::render_rows(rows, usize::MAX);
-            for line in table.lines() {
-                out!("  {line}");
-            }
-        }
-        if !left_out.is_empty() {
-            out!(
-                "\n{} more accounts with {} messages left out (`--all` shows every one, `-n N` the N largest)",
-                left_out.len(),
-                rest.messages()
-            );
-        }
     }
     for why in &damaged {
         err!("mailgate: {why}");
@@ -174,6 +113,103 @@ pub(super) fn top(
                 damaged.len()
             ),
         ))
+    }
+}
+
+/// `--since`: a span the statistics still cover.
+fn parse_span(since: &str) -> Result<TimeSpan, Failure> {
+    let span = TimeSpan::parse(since)
+        .map_err(|why| Failure::new(Exit::Usage, format!("--since: {why}")))?;
+    if span.secs() > stats::KEEP.unsigned_abs() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--since {span}: the statistics go back {} only",
+                TimeSpan(stats::KEEP as u64)
+            ),
+        ));
+    }
+    Ok(span)
+}
+
+/// One account's rows since the span's start, with their totals.
+type AccountRows = (String, Counts, Vec<stats::Row>);
+
+/// The accounts that sent since `from`, largest first; when the statistics begin; the files
+/// that could not be read.
+struct Senders {
+    accounts: Vec<AccountRows>,
+    begins: Option<i64>,
+    damaged: Vec<String>,
+}
+
+fn senders(state: &crate::state::StateDir, names: Vec<String>, from: i64) -> Senders {
+    let mut out = Senders {
+        accounts: Vec::new(),
+        begins: None,
+        damaged: Vec::new(),
+    };
+    for name in names {
+        if crate::config::validate_account_name(&name).is_err() {
+            continue;
+        }
+        let stats = match stats::file::read(state, &name) {
+            Ok(s) => s,
+            Err(f) => {
+                out.damaged.push(f.message);
+                continue;
+            }
+        };
+        let (rows, b) = stats.since(from);
+        if rows.is_empty() {
+            continue;
+        }
+        out.begins = match (out.begins, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        let mut totals = Counts::default();
+        rows.iter().for_each(|r| totals.merge(&r.counts));
+        out.accounts.push((name, totals, rows));
+    }
+    out.accounts.sort_by(|a, b| {
+        b.1.messages()
+            .cmp(&a.1.messages())
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    out
+}
+
+/// The text form of `top`.
+fn print_top(span: TimeSpan, shown: i64, accounts: &[AccountRows], left_out: usize, rest: &Counts) {
+    out!(
+        "mailgate top: the last {span} (counted since {})",
+        crate::limits::format_time(shown)
+    );
+    if accounts.is_empty() {
+        out!("no mail");
+    }
+    for (name, t, rows) in accounts {
+        out!(
+            "\n{name}: {} messages (sent {}, queued {}, deferred {}, held {}, refused {}), {} recipients",
+            t.messages(),
+            t.sent,
+            t.queued,
+            t.deferred,
+            t.held,
+            t.refused,
+            t.recipients
+        );
+        let table = stats::render_rows(rows, usize::MAX);
+        for line in table.lines() {
+            out!("  {line}");
+        }
+    }
+    if left_out > 0 {
+        out!(
+            "\n{left_out} more accounts with {} messages left out (`--all` shows every one, `-n N` the N largest)",
+            rest.messages()
+        );
     }
 }
 
