@@ -251,27 +251,10 @@ impl Relay<'_> {
             }),
             writer: BufWriter::with_capacity(64 * 1024, Deadlined { stream, deadline }),
         };
-        let greeting = conn.reply()?;
-        if !greeting.is_positive() {
-            return Ok(conn.fail("greeting", greeting));
-        }
-        conn.command(&format!("EHLO {}", self.helo))?;
-        let mut ehlo = conn.reply()?;
-        let mut extensions = Vec::new();
-        if ehlo.is_positive() {
-            extensions = ehlo
-                .text
-                .split('\n')
-                .skip(1)
-                .map(|l| l.to_ascii_uppercase())
-                .collect();
-        } else {
-            conn.command(&format!("HELO {}", self.helo))?;
-            ehlo = conn.reply()?;
-            if !ehlo.is_positive() {
-                return Ok(conn.fail("HELO", ehlo));
-            }
-        }
+        let extensions = match self.hello(&mut conn)? {
+            Ok(extensions) => extensions,
+            Err(refused) => return Ok(refused),
+        };
         let has = |ext: &str| {
             extensions
                 .iter()
@@ -346,6 +329,33 @@ impl Relay<'_> {
         conn.command("DATA")?;
         let data_reply = conn.reply()?;
         self.finish(conn, env, msg, rcpt_replies, data_reply)
+    }
+
+    /// The greeting and EHLO (HELO when EHLO is refused): the extensions the relay offers,
+    /// upper case, or the answer that ends the transaction.
+    fn hello(&self, conn: &mut Conn) -> io::Result<Result<Vec<String>, Answer>> {
+        let greeting = conn.reply()?;
+        if !greeting.is_positive() {
+            conn.quit();
+            return Ok(Err(classify("greeting", greeting)));
+        }
+        conn.command(&format!("EHLO {}", self.helo))?;
+        let ehlo = conn.reply()?;
+        if ehlo.is_positive() {
+            return Ok(Ok(ehlo
+                .text
+                .split('\n')
+                .skip(1)
+                .map(|l| l.to_ascii_uppercase())
+                .collect()));
+        }
+        conn.command(&format!("HELO {}", self.helo))?;
+        let helo = conn.reply()?;
+        if !helo.is_positive() {
+            conn.quit();
+            return Ok(Err(classify("HELO", helo)));
+        }
+        Ok(Ok(Vec::new()))
     }
 
     fn finish(

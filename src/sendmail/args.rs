@@ -52,6 +52,8 @@ const WITH_VALUE: &[u8] = b"ABCFLNORVXbefhopqr";
 /// Options without a value, per Postfix's getopt string.
 const FLAGS: &[u8] = b"GIUcimntvx";
 
+/// One pass over argv, as Postfix's getopt loop does. Long on purpose: one arm per option
+/// keeps sendmail's grammar readable in one place.
 pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
     let mut inv = Invocation {
         mode: Mode::Deliver,

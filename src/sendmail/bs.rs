@@ -28,6 +28,7 @@ struct Transaction {
 
 impl Server<'_> {
     /// Run one session until QUIT or end of input. `deliver` returns the reply to the final ".".
+    /// Long on purpose: one arm per SMTP command, the session's state machine in one place.
     pub fn run<R: BufRead, W: Write>(
         &self,
         input: &mut R,

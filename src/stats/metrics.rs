@@ -91,6 +91,8 @@ impl Out {
     }
 }
 
+/// The metrics in the textfile format, family by family in the order of the file. Long on
+/// purpose: each family is a HELP line, a TYPE line and its samples, read top to bottom.
 pub fn render(s: &Snapshot) -> String {
     let mut o = Out(String::with_capacity(4096 + s.accounts.len() * 2048));
     type ByOutcome = fn(&Totals, Outcome) -> u64;

@@ -565,6 +565,8 @@ impl Stats {
 
     /// The statistics in `text`; an empty text is a new file. Anything malformed (a file cut
     /// short, edited, or not ours) is an error: the caller starts afresh and says so.
+    ///
+    /// Long on purpose: one arm per line kind of the file format, read top to bottom.
     pub fn decode(text: &str) -> Result<Stats, String> {
         if text.is_empty() {
             return Ok(Stats::default());
