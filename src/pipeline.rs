@@ -268,6 +268,45 @@ impl Pipeline {
 
     /// Count the message against its account (and the server), or keep or refuse it as the
     /// limits, a lock, a busy counter or the account's deferred mail say.
+    /// A locked account: everything it sends is held, and its notify addresses hear why.
+    fn locked(&self, reason: &str, meta: &Meta, msg: &Message, trail: &mut Trail) -> Report {
+        let what = format!("account {} is locked: {reason}", self.account.name);
+        trail.notice = Some(notify::Notice {
+            what: what.clone(),
+            limit: None,
+            window_secs: self.notice_window(),
+        });
+        self.keep(Kind::Hold, meta.clone(), msg, what, None)
+    }
+
+    /// Over a limit: the limit's action decides (refuse with exit 69, hold for the admin, or
+    /// defer until there is room), and the account's notify addresses hear it.
+    fn over_limit(
+        &self,
+        refusal: &limits::Refusal,
+        meta: &Meta,
+        msg: &Message,
+        trail: &mut Trail,
+    ) -> Report {
+        let text = refusal.describe(&self.account.name, meta.recipients.len() as u32);
+        trail.fields.add("limit", refusal.limit.window);
+        trail.notice = Some(notify::Notice {
+            what: text.clone(),
+            limit: Some(refusal.limit.clone()),
+            window_secs: refusal.limit.window.secs(),
+        });
+        match refusal.action() {
+            Action::Reject => Report {
+                exit: Exit::Unavailable,
+                status: Status::Refused,
+                smtp: format!("550 5.7.1 {text}"),
+                line: Some(text),
+            },
+            Action::Hold => self.keep(Kind::Hold, meta.clone(), msg, text, None),
+            Action::Defer => self.defer_or_hold(meta.clone(), msg, text),
+        }
+    }
+
     fn admit(
         &self,
         meta: &Meta,
@@ -314,39 +353,8 @@ impl Pipeline {
                     .log(Severity::Warning, &format!("{why}; deferring"));
                 return Err(self.defer_or_hold(meta.clone(), msg, why));
             }
-            Verdict::Locked(reason) => {
-                trail.notice = Some(notify::Notice {
-                    what: format!("account {} is locked: {reason}", self.account.name),
-                    limit: None,
-                    window_secs: self.notice_window(),
-                });
-                return Err(self.keep(
-                    Kind::Hold,
-                    meta.clone(),
-                    msg,
-                    format!("account {} is locked: {reason}", self.account.name),
-                    None,
-                ));
-            }
-            Verdict::Refused(refusal) => {
-                let text = refusal.describe(&self.account.name, meta.recipients.len() as u32);
-                fields.add("limit", refusal.limit.window);
-                trail.notice = Some(notify::Notice {
-                    what: text.clone(),
-                    limit: Some(refusal.limit.clone()),
-                    window_secs: refusal.limit.window.secs(),
-                });
-                return Err(match refusal.action() {
-                    Action::Reject => Report {
-                        exit: Exit::Unavailable,
-                        status: Status::Refused,
-                        smtp: format!("550 5.7.1 {text}"),
-                        line: Some(text),
-                    },
-                    Action::Hold => self.keep(Kind::Hold, meta.clone(), msg, text, None),
-                    Action::Defer => self.defer_or_hold(meta.clone(), msg, text),
-                });
-            }
+            Verdict::Locked(reason) => return Err(self.locked(&reason, meta, msg, trail)),
+            Verdict::Refused(refusal) => return Err(self.over_limit(&refusal, meta, msg, trail)),
         };
         if let Some(waiting) = self.deferred_ahead() {
             // Within an account mail leaves in order: while some of it waits in defer/, a new
