@@ -136,6 +136,56 @@ impl RedisStore {
         })
     }
 
+    /// The script's answer for a message that did not fit: the worst refusal, and the alert
+    /// when the script says one is due (first in the window) or the account was just locked.
+    fn refused(
+        &self,
+        reply: &[Value],
+        limits: &[Limit],
+        server: &[Limit],
+        now: i64,
+        attempt: &Attempt<'_>,
+    ) -> (Verdict, Option<Alert>) {
+        let alert_due = int(reply.get(2)) == 1;
+        let locked = string(reply.get(3));
+        let exceeded = array(reply.get(4));
+        let windows: Vec<Window> = limits
+            .iter()
+            .chain(server)
+            .enumerate()
+            .map(|(i, l)| window_from_dump(l.window.secs(), now, &array(reply.get(5 + i))))
+            .collect();
+        let mut worst: Option<Refusal> = None;
+        for pair in exceeded.chunks(2) {
+            let i = (int(pair.first()) - 1).max(0) as usize;
+            let what = if string(pair.get(1)) == "recipients" {
+                "recipients"
+            } else {
+                "messages"
+            };
+            let (scope, limit) = if i < limits.len() {
+                (Scope::Account, &limits[i])
+            } else {
+                (Scope::Server, &server[i - limits.len()])
+            };
+            let r = refusal(scope, limit, what, &windows[i], now, attempt.recipients);
+            if worst.as_ref().is_none_or(|cur| worse(&r, cur)) {
+                worst = Some(r);
+            }
+        }
+        let worst = worst.unwrap_or_else(|| self.placeholder_refusal(limits, server));
+        let alert = (alert_due || !locked.is_empty()).then(|| Alert {
+            refusal: Some(worst.clone()),
+            locked: (!locked.is_empty()).then(|| locked.clone()),
+            usage: windows[..limits.len()]
+                .iter()
+                .map(|w| (crate::config::TimeSpan(w.secs).to_string(), w.usage(now)))
+                .collect(),
+            recent: Vec::new(),
+        });
+        (Verdict::Refused(worst), alert)
+    }
+
     pub fn check_and_record(
         &self,
         config: &Config,
@@ -146,29 +196,7 @@ impl RedisStore {
         let limits = config.limits_for(account);
         let server = &config.server.limits;
         let script = redis::Script::new(CHECK);
-        let mut invocation = script.prepare_invoke();
-        for l in limits {
-            invocation.key(window_key(Counter::Account(account), l.window.secs()));
-        }
-        for l in server {
-            invocation.key(window_key(Counter::Server, l.window.secs()));
-        }
-        invocation
-            .key(lock_key(account))
-            // 0: decide by Redis's clock, the one clock all nodes share.
-            .arg(if attempt.test_clock { attempt.now } else { 0 })
-            .arg(attempt.recipients)
-            .arg(u8::from(attempt.count_refusal))
-            .arg(u8::from(config.is_exempt(account)))
-            .arg(config.lock_after(account).unwrap_or(0))
-            .arg(limits.len())
-            .arg(server.len());
-        for l in limits.iter().chain(server) {
-            invocation
-                .arg(l.window.secs())
-                .arg(l.messages.map_or(-1, i64::from))
-                .arg(l.recipients.map_or(-1, i64::from));
-        }
+        let invocation = check_invocation(&script, config, attempt);
         let started = std::time::Instant::now();
         let reply: Vec<Value> = match self.with_conn(|c| invocation.invoke(c)) {
             Ok(r) => r,
@@ -199,45 +227,9 @@ impl RedisStore {
                 });
             }
             _ => {
-                let alert_due = int(reply.get(2)) == 1;
-                let locked = string(reply.get(3));
-                let exceeded = array(reply.get(4));
-                let windows: Vec<Window> = limits
-                    .iter()
-                    .chain(server)
-                    .enumerate()
-                    .map(|(i, l)| window_from_dump(l.window.secs(), now, &array(reply.get(5 + i))))
-                    .collect();
-                let mut worst: Option<Refusal> = None;
-                for pair in exceeded.chunks(2) {
-                    let i = (int(pair.first()) - 1).max(0) as usize;
-                    let what = if string(pair.get(1)) == "recipients" {
-                        "recipients"
-                    } else {
-                        "messages"
-                    };
-                    let (scope, limit) = if i < limits.len() {
-                        (Scope::Account, &limits[i])
-                    } else {
-                        (Scope::Server, &server[i - limits.len()])
-                    };
-                    let r = refusal(scope, limit, what, &windows[i], now, attempt.recipients);
-                    if worst.as_ref().is_none_or(|cur| worse(&r, cur)) {
-                        worst = Some(r);
-                    }
-                }
-                let worst = worst.unwrap_or_else(|| self.placeholder_refusal(limits, server));
-                let alert = (alert_due || !locked.is_empty()).then(|| Alert {
-                    refusal: Some(worst.clone()),
-                    locked: (!locked.is_empty()).then(|| locked.clone()),
-                    usage: windows[..limits.len()]
-                        .iter()
-                        .map(|w| (crate::config::TimeSpan(w.secs).to_string(), w.usage(now)))
-                        .collect(),
-                    recent: Vec::new(),
-                });
+                let (verdict, alert) = self.refused(&reply, limits, server, now, attempt);
                 return Ok(Decision {
-                    verdict: Verdict::Refused(worst),
+                    verdict,
                     alert,
                     lock_wait,
                 });
@@ -468,6 +460,42 @@ fn array(v: Option<&Value>) -> Vec<Value> {
         Some(Value::Array(a)) => a.clone(),
         _ => Vec::new(),
     }
+}
+
+/// The check script's keys (every window of the account and of the server, and the account's
+/// lock) and arguments for one attempt.
+fn check_invocation<'a>(
+    script: &'a redis::Script,
+    config: &Config,
+    attempt: &Attempt<'_>,
+) -> redis::ScriptInvocation<'a> {
+    let account = attempt.account;
+    let limits = config.limits_for(account);
+    let server = &config.server.limits;
+    let mut invocation = script.prepare_invoke();
+    for l in limits {
+        invocation.key(window_key(Counter::Account(account), l.window.secs()));
+    }
+    for l in server {
+        invocation.key(window_key(Counter::Server, l.window.secs()));
+    }
+    invocation
+        .key(lock_key(account))
+        // 0: decide by Redis's clock, the one clock all nodes share.
+        .arg(if attempt.test_clock { attempt.now } else { 0 })
+        .arg(attempt.recipients)
+        .arg(u8::from(attempt.count_refusal))
+        .arg(u8::from(config.is_exempt(account)))
+        .arg(config.lock_after(account).unwrap_or(0))
+        .arg(limits.len())
+        .arg(server.len());
+    for l in limits.iter().chain(server) {
+        invocation
+            .arg(l.window.secs())
+            .arg(l.messages.map_or(-1, i64::from))
+            .arg(l.recipients.map_or(-1, i64::from));
+    }
+    invocation
 }
 
 impl CounterStore for RedisStore {
