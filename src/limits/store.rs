@@ -296,7 +296,13 @@ impl StateDir {
 
     /// Whether the counter is a regular file (not a directory, symlink or device put there).
     pub fn is_regular_file(&self, counter: Counter<'_>) -> bool {
-        std::fs::symlink_metadata(self.counter_path(counter)).is_ok_and(|m| m.file_type().is_file())
+        match counter {
+            Counter::Account(name) => self
+                .top()
+                .open_dir("accounts")
+                .is_ok_and(|d| d.is_regular_file(name)),
+            Counter::Server => self.top().is_regular_file("server"),
+        }
     }
 
     /// Move a counter that cannot be opened as a file (a directory, a symlink, a device) out

@@ -303,23 +303,26 @@ impl<'a> Spool<'a> {
 
     /// The ids in `kind`, oldest first (an id begins with its creation time in hex).
     pub fn ids(&self, kind: Kind) -> Result<Vec<String>, Failure> {
-        let dir = self.state.path().join(kind.dir());
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
+        let names = match self
+            .state
+            .top()
+            .open_dir(kind.dir())
+            .and_then(|d| d.names())
+        {
+            Ok(names) => names,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
                 return Err(Failure::io(
                     Exit::IoErr,
-                    format!("cannot list {}", dir.display()),
+                    format!(
+                        "cannot list {}",
+                        self.state.path().join(kind.dir()).display()
+                    ),
                     &e,
                 ));
             }
         };
-        let mut ids: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| valid_id(name))
-            .collect();
+        let mut ids: Vec<String> = names.into_iter().filter(|name| valid_id(name)).collect();
         ids.sort();
         Ok(ids)
     }
@@ -531,7 +534,10 @@ impl<'a> Spool<'a> {
     /// sender was killed, so its caller got no exit 0). Returns how many went.
     pub fn remove_stale_tmp(&self, age: std::time::Duration) -> usize {
         let mut removed = 0;
-        for (name, _) in crate::state::older_than(&self.state.path().join("tmp"), age) {
+        let Ok(tmp) = self.state.top().open_dir("tmp") else {
+            return 0;
+        };
+        for name in crate::state::older_than(&tmp, age) {
             if valid_id(&name) && self.remove_in("tmp", &name).is_ok() {
                 removed += 1;
             }
@@ -548,7 +554,7 @@ impl<'a> Spool<'a> {
 
     /// Free space on the state filesystem, in percent of its size (for unprivileged users).
     pub fn free_percent(&self) -> Option<u8> {
-        crate::state::free_percent(self.state.path())
+        self.state.top().free_percent()
     }
 }
 

@@ -41,17 +41,23 @@ impl Pending {
 /// Returns how many there were.
 pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
     let mut recovered = 0;
-    for (name, path) in crate::state::older_than(&state.path().join(DIR), age) {
+    let Ok(dir) = state.top().open_dir(DIR) else {
+        return 0;
+    };
+    for name in crate::state::older_than(&dir, age) {
         if !crate::spool::valid_id(&name) {
             continue;
         }
-        let fields = std::fs::read_to_string(&path).unwrap_or_default();
+        let fields = dir
+            .open_file(&name, flags::READ)
+            .and_then(std::io::read_to_string)
+            .unwrap_or_default();
         let line = format!(
             "{} status=unknown reason=\"the sender ended between handing the message to the relay and logging the outcome; the relay may have it\"",
             crate::log::printable(fields.trim(), 4096)
         );
         if logger.log(Severity::Warning, &line) {
-            let _ = std::fs::remove_file(&path);
+            let _ = dir.unlink(&name);
             recovered += 1;
         }
     }

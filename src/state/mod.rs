@@ -157,6 +157,80 @@ impl Dir {
         Ok((st.st_dev, st.st_ino))
     }
 
+    /// When `name` itself (a symlink is not followed) last changed.
+    pub fn modified(&self, name: &str) -> io::Result<std::time::SystemTime> {
+        let c = c_name(name)?;
+        // SAFETY: st is plain data written by fstatat; fd is a directory, c a valid C string.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        check(unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        let secs = u64::try_from(st.st_mtime).unwrap_or(0);
+        Ok(std::time::UNIX_EPOCH + std::time::Duration::new(secs, st.st_mtime_nsec as u32))
+    }
+
+    /// Whether `name` is a regular file (not a directory, symlink or device put there).
+    pub fn is_regular_file(&self, name: &str) -> bool {
+        let Ok(c) = c_name(name) else { return false };
+        // SAFETY: st is plain data written by fstatat; fd is a directory, c a valid C string.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    /// The names in this directory (without `.` and `..`), read through the descriptor: the
+    /// listing is of the directory opened, whatever its path leads to now.
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor, which fdopendir then owns and
+        // closedir closes; readdir's entries are valid until the next readdir.
+        let fd = check(unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+        let dirp = unsafe { libc::fdopendir(fd) };
+        if dirp.is_null() {
+            let e = io::Error::last_os_error();
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        // The duplicate shares the original's offset: start from the top.
+        unsafe { libc::rewinddir(dirp) };
+        let mut names = Vec::new();
+        loop {
+            let entry = unsafe { libc::readdir(dirp) };
+            if entry.is_null() {
+                break;
+            }
+            let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        unsafe { libc::closedir(dirp) };
+        Ok(names)
+    }
+
+    /// The share of the filesystem holding this directory that is free, in percent.
+    pub fn free_percent(&self) -> Option<u8> {
+        // SAFETY: st is plain data written by fstatvfs; fd is an open directory.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(self.fd.as_raw_fd(), &mut st) } != 0 || st.f_blocks == 0 {
+            return None;
+        }
+        Some((st.f_bavail as u128 * 100 / st.f_blocks as u128) as u8)
+    }
+
     /// Make a rename or unlink in this directory durable.
     pub fn sync(&self) -> io::Result<()> {
         // SAFETY: fd is an open directory.
@@ -190,39 +264,17 @@ impl Dir {
     }
 }
 
-/// Free space on the filesystem of `path`, in percent of its size, as unprivileged users
-/// see it.
-pub fn free_percent(path: &Path) -> Option<u8> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: st is plain data written by statvfs; c is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
-        return None;
-    }
-    Some((st.f_bavail as u128 * 100 / st.f_blocks as u128) as u8)
-}
-
-/// The files in `dir` last changed more than `age` ago, as (name, path): what a process that
-/// died left behind (a write in tmp/, a pending record).
-pub fn older_than(dir: &Path, age: std::time::Duration) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
+/// The files in `dir` last changed more than `age` ago: what a process that died left behind
+/// (a write in tmp/, a pending record).
+pub fn older_than(dir: &Dir, age: std::time::Duration) -> Vec<String> {
+    dir.names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|name| {
+            dir.modified(name)
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|elapsed| elapsed > age)
-        })
-        .map(|entry| {
-            (
-                entry.file_name().to_string_lossy().into_owned(),
-                entry.path(),
-            )
         })
         .collect()
 }
@@ -306,14 +358,14 @@ impl StateDir {
     /// The names in a subdirectory, sorted, without the hidden ones (files being born or set
     /// aside start with a dot); none when it does not exist.
     pub fn names_in(&self, sub: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.path.join(sub))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut names: Vec<String> = self
+            .dir
+            .open_dir(sub)
+            .and_then(|d| d.names())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect();
         names.sort();
         names
     }
@@ -377,7 +429,7 @@ mod tests {
         dir.rename("y", &sub, "z").unwrap();
         sub.unlink("z").unwrap();
         dir.sync().unwrap();
-        assert!(free_percent(&base).is_some());
+        assert!(Dir::open(&base).unwrap().free_percent().is_some());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
