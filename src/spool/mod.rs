@@ -122,10 +122,7 @@ pub fn new_id() -> String {
     )
 }
 
-/// IDs come from argv in admin commands: only what `new_id` makes is accepted.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
-}
+pub use crate::state::valid_id;
 
 /// An entry that this process alone handles until it drops.
 pub struct Claim {

@@ -45,7 +45,7 @@ pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
         return 0;
     };
     for name in crate::state::older_than(&dir, age) {
-        if !crate::spool::valid_id(&name) {
+        if !crate::state::valid_id(&name) {
             continue;
         }
         let fields = dir

@@ -279,6 +279,12 @@ pub fn older_than(dir: &Dir, age: std::time::Duration) -> Vec<String> {
         .collect()
 }
 
+/// A message id as the name of a state file (spool entries, pending records). IDs come from
+/// argv in admin commands: only what `spool::new_id` makes is accepted.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Every subdirectory of the state directory (each made on first use, `StateDir::subdir`).
 pub const SUBDIRS: [&str; 9] = [
     "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
