@@ -222,6 +222,42 @@ fn source_top(r: Row) -> SourceTop {
 }
 
 /// Everything `metrics` shows, gathered from the statistics, the counters and the spools.
+/// How full each window of a counter is (share of its limit, by messages and by
+/// recipients), and whether the account is locked; nothing for a counter that cannot be read.
+type WindowUsage = (Vec<(String, &'static str, f64)>, bool);
+
+fn window_usage(
+    ctx: &Runtime,
+    counter: Counter<'_>,
+    limits: &[crate::config::Limit],
+    now: i64,
+) -> WindowUsage {
+    let Ok(rec) = ctx.store().and_then(|s| s.read(&ctx.config, counter, now)) else {
+        return (Vec::new(), false);
+    };
+    let mut windows = reconcile(&rec, limits, now);
+    let mut out = Vec::new();
+    for (w, l) in windows.iter_mut().zip(limits) {
+        let t = w.advance(now);
+        let u = w.usage(t);
+        if let Some(m) = l.messages.filter(|&m| m > 0) {
+            out.push((
+                l.window.to_string(),
+                "messages",
+                u.messages as f64 / f64::from(m),
+            ));
+        }
+        if let Some(r) = l.recipients.filter(|&r| r > 0) {
+            out.push((
+                l.window.to_string(),
+                "recipients",
+                u.recipients as f64 / f64::from(r),
+            ));
+        }
+    }
+    (out, rec.lock.is_some())
+}
+
 pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
     let state = ctx.state()?;
     let spool = Spool::new(state);
@@ -247,30 +283,7 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         }
     }
     let usage = |counter: Counter<'_>, limits: &[crate::config::Limit]| {
-        let Ok(rec) = ctx.store().and_then(|s| s.read(config, counter, now)) else {
-            return (Vec::new(), false);
-        };
-        let mut windows = reconcile(&rec, limits, now);
-        let mut out = Vec::new();
-        for (w, l) in windows.iter_mut().zip(limits) {
-            let t = w.advance(now);
-            let u = w.usage(t);
-            if let Some(m) = l.messages.filter(|&m| m > 0) {
-                out.push((
-                    l.window.to_string(),
-                    "messages",
-                    u.messages as f64 / f64::from(m),
-                ));
-            }
-            if let Some(r) = l.recipients.filter(|&r| r > 0) {
-                out.push((
-                    l.window.to_string(),
-                    "recipients",
-                    u.recipients as f64 / f64::from(r),
-                ));
-            }
-        }
-        (out, rec.lock.is_some())
+        window_usage(ctx, counter, limits, now)
     };
     let mut accounts = Vec::new();
     for name in names {

@@ -243,14 +243,7 @@ impl Relay<'_> {
         msg: &Message,
         deadline: Instant,
     ) -> io::Result<Answer> {
-        let stream = self.connect(deadline)?;
-        let mut conn = Conn {
-            reader: BufReader::new(Deadlined {
-                stream: stream.try_clone()?,
-                deadline,
-            }),
-            writer: BufWriter::with_capacity(64 * 1024, Deadlined { stream, deadline }),
-        };
+        let mut conn = Conn::new(self.connect(deadline)?, deadline)?;
         let extensions = match self.hello(&mut conn)? {
             Ok(extensions) => extensions,
             Err(refused) => return Ok(refused),
@@ -577,6 +570,17 @@ struct Conn {
 }
 
 impl Conn {
+    /// Buffered both ways, every read and write bounded by `deadline`.
+    fn new(stream: Stream, deadline: Instant) -> io::Result<Conn> {
+        Ok(Conn {
+            reader: BufReader::new(Deadlined {
+                stream: stream.try_clone()?,
+                deadline,
+            }),
+            writer: BufWriter::with_capacity(64 * 1024, Deadlined { stream, deadline }),
+        })
+    }
+
     /// Queue a command; it is sent when a reply is read (or on flush).
     fn command(&mut self, line: &str) -> io::Result<()> {
         self.writer.write_all(line.as_bytes())?;
