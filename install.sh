@@ -55,6 +55,11 @@ if [ $dry_run = 1 ]; then
 else
     command -v cargo-deb >/dev/null || (cd "$here" && cargo install --locked cargo-deb)
     (cd "$here" && cargo deb --output "$deb" >/dev/null)
+    # Postfix comes as the package's dependency: unconfigured, as mailgate-chain sets it up
+    # (Debian's default would be an Internet site listening on port 25).
+    if ! dpkg -s postfix >/dev/null 2>&1; then
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb"
 fi
 exec "$chain" "$@"
