@@ -322,6 +322,14 @@ mod tests {
         assert!(found[0].contains("RATE_HOURLY") && found[0].contains("send 200 per hour"));
         assert!(found[1].contains("RATE_DAILY") && found[1].contains("mailgate allows 100"));
         assert!(found[2].contains("server limit of 1000 per hour"));
+        // Exactly as generous is not more generous.
+        let server = [limit(3600, 5000, None)];
+        let found = too_generous(&owners, &server, &rates);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|f| !f.contains("server limit")),
+            "{found:?}"
+        );
         // A window shorter than a rule's: the rule's whole count fits in it.
         let minute = [limit(60, 10, None)];
         let found = too_generous(&super::owners(&minute, std::iter::empty()), &[], &rates);

@@ -172,5 +172,6 @@ mod tests {
         assert!(text.starts_with("<r0@x> (451 451 text), "), "{text}");
         assert!(text.ends_with(" and 2 more"), "{text}");
         assert_eq!(describe(&many[..1], 5), "<r0@x> (451 451 text)");
+        assert_eq!(recipients(&many[..2]), ["r0@x", "r1@x"]);
     }
 }
