@@ -765,6 +765,33 @@ fn unescape(word: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn totals_add_up_field_by_field() {
+        let a = Totals {
+            messages: [1, 2, 3, 4, 5],
+            recipients: [6, 7, 8, 9, 10],
+            lock_wait_us: 11,
+            decisions: 12,
+            lock_busy: 13,
+            relay_errors: [14, 15, 16],
+        };
+        let mut sum = a;
+        sum.add(&a);
+        assert_eq!(
+            sum,
+            Totals {
+                messages: [2, 4, 6, 8, 10],
+                recipients: [12, 14, 16, 18, 20],
+                lock_wait_us: 22,
+                decisions: 24,
+                lock_busy: 26,
+                relay_errors: [28, 30, 32],
+            }
+        );
+        assert_eq!(a.all_messages(), 15);
+        assert_eq!(Totals::default().all_messages(), 0);
+    }
+
     fn event<'a>(now: i64, outcome: Outcome, script: &'a str) -> Event<'a> {
         Event {
             now,
