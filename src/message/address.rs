@@ -400,6 +400,34 @@ fn skip_comment_bytes(value: &[u8], start: usize) -> usize {
 mod tests {
     use super::*;
 
+    #[test]
+    fn source_routes_end_at_the_first_colon_outside_quotes() {
+        assert_eq!(strip_source_route("@a,@b:u@x"), "u@x");
+        assert_eq!(strip_source_route("u@x"), "u@x");
+        // A colon inside a quoted local part is not the route's end, even after \".
+        assert_eq!(strip_source_route("@a:\"p:q\"@x"), "\"p:q\"@x");
+        assert_eq!(strip_source_route("@a\"x:y\":u@x"), "u@x");
+        assert_eq!(strip_source_route("@a\"x\\\":y\":u@x"), "u@x");
+        // No colon outside quotes: not a route after all, kept whole.
+        assert_eq!(strip_source_route("@a\"x:y\""), "@a\"x:y\"");
+    }
+
+    #[test]
+    fn whitespace_goes_outside_quotes_only() {
+        assert_eq!(
+            remove_unquoted_whitespace("a @ example.com"),
+            "a@example.com"
+        );
+        assert_eq!(
+            remove_unquoted_whitespace("\"john doe\" @x"),
+            "\"john doe\"@x"
+        );
+        // An escaped quote inside quotes does not end them.
+        assert_eq!(remove_unquoted_whitespace("\"a\\\" b\"@x"), "\"a\\\" b\"@x");
+        // A backslash outside quotes escapes nothing.
+        assert_eq!(remove_unquoted_whitespace("a\\ b@x"), "a\\b@x");
+    }
+
     fn list(s: &str) -> Vec<String> {
         parse_list(s)
     }
