@@ -236,6 +236,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn accounts_beyond_the_bound_are_summed_into_other() {
+        let account = |name: &str, sent: u64, queued: u64| {
+            let mut totals = Totals::default();
+            totals.messages[0] = sent;
+            Account {
+                name: name.into(),
+                totals,
+                usage: Vec::new(),
+                locked: false,
+                spools: vec![("hold", 0, 0), ("queue", queued, queued * 100)],
+            }
+        };
+        let mut few = vec![account("a", 1, 0), account("b", 2, 0)];
+        bound_accounts(&mut few, 2);
+        assert_eq!(few.len(), 2, "within the bound nothing changes");
+        let mut many = vec![
+            account("small", 1, 1),
+            account("big", 9, 2),
+            account("mid", 5, 3),
+        ];
+        bound_accounts(&mut many, 1);
+        let names: Vec<&str> = many.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["big", OTHER]);
+        assert_eq!(many[1].totals.all_messages(), 6);
+        assert_eq!(many[1].spools, [("hold", 0, 0), ("queue", 4, 400)]);
+    }
+
+    #[test]
     fn every_family_is_declared_once_and_labels_are_escaped() {
         let mut totals = Totals::default();
         totals.messages[0] = 3;
