@@ -141,8 +141,8 @@ impl Dir {
         check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
     }
 
-    /// Device and inode of `name` itself (a symlink is not followed).
-    pub fn identity(&self, name: &str) -> io::Result<(u64, u64)> {
+    /// `stat` of `name` itself (a symlink is not followed).
+    fn stat_at(&self, name: &str) -> io::Result<libc::stat> {
         let c = c_name(name)?;
         // SAFETY: st is plain data written by fstatat; fd is a directory, c a valid C string.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -154,40 +154,26 @@ impl Dir {
                 libc::AT_SYMLINK_NOFOLLOW,
             )
         })?;
+        Ok(st)
+    }
+
+    /// Device and inode of `name` itself (a symlink is not followed).
+    pub fn identity(&self, name: &str) -> io::Result<(u64, u64)> {
+        let st = self.stat_at(name)?;
         Ok((st.st_dev, st.st_ino))
     }
 
     /// When `name` itself (a symlink is not followed) last changed.
     pub fn modified(&self, name: &str) -> io::Result<std::time::SystemTime> {
-        let c = c_name(name)?;
-        // SAFETY: st is plain data written by fstatat; fd is a directory, c a valid C string.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        check(unsafe {
-            libc::fstatat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
+        let st = self.stat_at(name)?;
         let secs = u64::try_from(st.st_mtime).unwrap_or(0);
         Ok(std::time::UNIX_EPOCH + std::time::Duration::new(secs, st.st_mtime_nsec as u32))
     }
 
     /// Whether `name` is a regular file (not a directory, symlink or device put there).
     pub fn is_regular_file(&self, name: &str) -> bool {
-        let Ok(c) = c_name(name) else { return false };
-        // SAFETY: st is plain data written by fstatat; fd is a directory, c a valid C string.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::fstatat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        self.stat_at(name)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
     }
 
     /// The names in this directory (without `.` and `..`), read through the descriptor: the
