@@ -27,12 +27,14 @@ macro_rules! err {
 
 mod admin;
 mod config;
+mod delivery;
 mod dispatch;
 mod exit;
 mod identity;
 mod limits;
 mod log;
 mod message;
+mod outcomes;
 mod pipeline;
 mod queue;
 mod relay;

@@ -148,7 +148,7 @@ impl Pipeline {
             trail.fields.add("pool", pool);
         }
         let nrcpt = sub.recipients.len() as u64;
-        let report = self.process(sub, &id, &script, &origin.cwd, &mut trail);
+        let report = self.process(sub, &id, &script, &origin, &mut trail);
         trail.fields.add("status", report.status.as_str());
         if let Some(line) = &report.line {
             trail.fields.add("reason", line);
@@ -186,10 +186,10 @@ impl Pipeline {
         mut sub: Submission,
         id: &str,
         script: &str,
-        cwd: &str,
+        origin: &crate::identity::CallSite,
         trail: &mut Trail,
     ) -> Report {
-        let meta = match self.prepare(&mut sub, id, script, cwd, &mut trail.fields) {
+        let meta = match self.prepare(&mut sub, id, script, origin, &mut trail.fields) {
             Ok(meta) => meta,
             Err(report) => return report,
         };
@@ -207,7 +207,7 @@ impl Pipeline {
         sub: &mut Submission,
         id: &str,
         script: &str,
-        cwd: &str,
+        origin: &crate::identity::CallSite,
         fields: &mut Fields,
     ) -> Result<Meta, Report> {
         let sender = match self.envelope_sender(sub.sender.take(), fields) {
@@ -251,7 +251,8 @@ impl Pipeline {
             uid: self.caller.uid,
             user: self.caller.login.clone(),
             script: script.to_string(),
-            cwd: cwd.to_string(),
+            cwd: origin.cwd.clone(),
+            pool: origin.pool.clone(),
             sender: sender.clone(),
             recipients,
             subject,
@@ -394,6 +395,7 @@ impl Pipeline {
             msg,
         );
         trail.relay_error = disposition.trouble().map(Into::into);
+        crate::outcomes::record_hand_over(self, &meta, msg, &disposition, "direct");
         match disposition {
             Disposition::Delivered { reply } => {
                 fields.add("relay", &reply);
@@ -739,14 +741,8 @@ impl Pipeline {
 fn queued_as(reply: &crate::relay::Reply, id: &str) -> String {
     format!(
         "250 2.0.0 Ok: queued as {}",
-        relay_queue_id(&reply.text).unwrap_or(id)
+        crate::delivery::postfix_log::queued_as(&reply.text).unwrap_or(id)
     )
-}
-
-/// "Ok: queued as 4Xyz" → "4Xyz".
-fn relay_queue_id(text: &str) -> Option<&str> {
-    let rest = &text[text.find("queued as ")? + "queued as ".len()..];
-    rest.split_whitespace().next()
 }
 
 #[cfg(test)]
@@ -762,8 +758,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn relay_queue_ids() {
-        assert_eq!(relay_queue_id("2.0.0 Ok: queued as 4Xyz12"), Some("4Xyz12"));
-    }
 }

@@ -33,6 +33,8 @@ pub struct Summary {
     pub errors: usize,
     /// The relay did not answer; the rest of the run left it alone.
     pub relay_down: Option<String>,
+    /// What the relay's log said about the mail it took.
+    pub outcomes: crate::outcomes::Learnt,
 }
 
 impl std::fmt::Display for Summary {
@@ -65,6 +67,17 @@ impl std::fmt::Display for Summary {
         }
         if let Some(why) = &self.relay_down {
             write!(f, "; relay unavailable: {why}")?;
+        }
+        let o = &self.outcomes;
+        if o.counted > 0 {
+            write!(
+                f,
+                "; learnt {} recipient outcomes from {} lines of the relay's log",
+                o.counted, o.lines
+            )?;
+        }
+        if let Some(why) = &o.blind {
+            write!(f, "; delivery outcomes unknown: {why}")?;
         }
         Ok(())
     }
@@ -109,6 +122,8 @@ pub fn run(ctx: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> 
         }
     }
     release_deferred(ctx, &spool, now, &mut summary)?;
+    // What became of the mail the relay took: its log since the last run.
+    summary.outcomes = crate::outcomes::learn(ctx);
     // Each account's spool count, kept per change, is compared with the spools and repaired
     // (a sender killed between its rename and its count leaves it off by one).
     summary.ledgers_repaired = spool.repair_ledgers();
@@ -403,6 +418,14 @@ pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposi
         },
         msg,
     );
+    let route = match meta.attempts {
+        0 => format!("{from} ({}), then by {}", meta.reason, ctx.caller.login),
+        n => format!(
+            "{from} ({}; {n} attempts, last: {}), then by {}",
+            meta.reason, meta.last_error, ctx.caller.login
+        ),
+    };
+    crate::outcomes::record_hand_over(ctx, meta, msg, &outcome, &route);
     let mut fields = Fields::default();
     fields
         .add("id", &meta.id)

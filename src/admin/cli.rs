@@ -59,6 +59,17 @@ pub enum Command {
     /// Messages and recipients by account and outcome, window use, kept messages and bytes,
     /// queue age, lock waits, relay errors.
     Metrics,
+    /// One message's whole way: caller, script, decision, spool stops, the relay's hand-over
+    /// and each recipient's outcome with the receiving server's reply.
+    ///
+    /// ID is mailgate's id, the relay's queue id or the Message-ID. Customers trace their
+    /// own messages.
+    Trace {
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Messages kept over a limit (action hold) or from a locked account.
     ///
     /// Customers list, show and delete their own (and release them when `customer_release`

@@ -266,6 +266,7 @@ mod tests {
             messages: Some(messages),
             recipients,
             action: Action::Reject,
+            observe: false,
         }
     }
 

@@ -24,6 +24,7 @@ use std::ffi::OsString;
 
 mod spools;
 mod status;
+mod trace;
 mod traffic;
 
 pub use spools::{flush, mailq};
@@ -35,6 +36,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "status",
     "top",
     "metrics",
+    "trace",
     "hold",
     "queue",
     "reset",
@@ -85,7 +87,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
     // Customers may look at their own accounts (status, top) and their own held mail.
     if !matches!(
         cli.command,
-        Command::Status { .. } | Command::Top { .. } | Command::Hold { .. }
+        Command::Status { .. } | Command::Top { .. } | Command::Hold { .. } | Command::Trace { .. }
     ) {
         admin.clone()?;
     }
@@ -129,6 +131,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let lock = store::AccountLock {
                 since: ctx.now(),
                 reason: reason.clone(),
+                ends_itself: false,
             };
             let changed = ctx
                 .store()?
@@ -174,6 +177,9 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             &|a| viewer.may_see(a),
         ),
         Command::Metrics => traffic::print_metrics(&ctx),
+        Command::Trace { id, json } => {
+            trace::trace(&ctx, &spool, &id, json, &|a| viewer.may_see(a))
+        }
         Command::Hold { action } => spools::hold(&ctx, &spool, action, &viewer),
         Command::Queue { action } => spools::queue(&ctx, &spool, action),
         Command::CheckConfig { .. } | Command::PostfwdRules { .. } => {

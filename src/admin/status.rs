@@ -14,8 +14,24 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 struct Status {
+    /// Why delivery outcomes are not learnt (the failure-rate triggers are blind), if so.
+    outcomes_blind: Option<String>,
     accounts: Vec<CounterStatus>,
     server: Option<CounterStatus>,
+}
+
+/// An account's failure-rate trigger: the window's counts and the rule.
+#[derive(Serialize)]
+struct BounceStatus {
+    window: String,
+    delivered: u64,
+    bounced: u64,
+    percent: f64,
+    threshold: String,
+    action: &'static str,
+    observe: bool,
+    /// The trigger holds the account's new mail until the rate falls.
+    held: bool,
 }
 
 #[derive(Serialize)]
@@ -34,6 +50,8 @@ struct CounterStatus {
     deferred: usize,
     queued: usize,
     windows: Vec<WindowStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bounces: Option<BounceStatus>,
 }
 
 impl CounterStatus {
@@ -78,6 +96,7 @@ pub(super) fn status(
     };
     let names = visible_accounts(ctx, caller, only)?;
     let mut out = Status {
+        outcomes_blind: crate::outcomes::blindness(ctx),
         accounts: Vec::new(),
         server: None,
     };
@@ -90,6 +109,7 @@ pub(super) fn status(
         c.held = count(Kind::Hold, name);
         c.deferred = count(Kind::Defer, name);
         c.queued = count(Kind::Queue, name);
+        c.bounces = bounce_status(ctx, name);
         out.accounts.push(c);
     }
     if let (Some(a), true) = (only, names.is_empty()) {
@@ -117,11 +137,40 @@ pub(super) fn status(
                 .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
         );
     } else {
+        if let Some(why) = &out.outcomes_blind {
+            out!("delivery outcomes: BLIND: {why}");
+        }
         for c in out.accounts.iter().chain(out.server.as_ref()) {
             print_counter(c);
         }
     }
     result
+}
+
+/// The account's trigger and where its window stands (from its statistics); `None` without a
+/// trigger.
+fn bounce_status(ctx: &Runtime, account: &str) -> Option<BounceStatus> {
+    use crate::delivery::trigger;
+    let t = ctx.config.trigger_for(account)?;
+    let stats = crate::stats::file::read(ctx.state().ok()?, account).unwrap_or_default();
+    let (tally, _) = trigger::tally(&stats, ctx.now(), t.window.secs() as i64);
+    let held = ctx
+        .store()
+        .ok()?
+        .read(&ctx.config, Counter::Account(account), ctx.now())
+        .ok()
+        .and_then(|r| r.lock)
+        .is_some_and(|l| l.ends_itself);
+    Some(BounceStatus {
+        window: t.window.to_string(),
+        delivered: tally.delivered,
+        bounced: tally.bounced,
+        percent: (tally.percent() * 10.0).round() / 10.0,
+        threshold: trigger::threshold(t),
+        action: t.action.as_str(),
+        observe: t.observe,
+        held,
+    })
 }
 
 /// The accounts `status` shows: the one asked for, or every account with counters; a
@@ -197,6 +246,19 @@ fn print_counter(c: &CounterStatus) {
         format!(" ({})", flags.join(", "))
     };
     out!("{}{flags}", c.name);
+    if let Some(b) = &c.bounces {
+        out!(
+            "  bounces    {} of {} recipients ({:.0} %) within {}; trigger: {} ({}{}){}",
+            b.bounced,
+            b.bounced + b.delivered,
+            b.percent,
+            b.window,
+            b.threshold,
+            b.action,
+            if b.observe { ", observe only" } else { "" },
+            if b.held { "; HOLDING new mail" } else { "" }
+        );
+    }
     for w in &c.windows {
         let limit = match (w.max_messages, w.max_recipients) {
             (Some(m), Some(r)) => format!("{m} msgs / {r} rcpts"),
@@ -258,5 +320,6 @@ fn counter_status(
         deferred: 0,
         queued: 0,
         windows,
+        bounces: None,
     }
 }

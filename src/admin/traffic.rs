@@ -27,6 +27,8 @@ struct AccountTop {
     account: String,
     #[serde(flatten)]
     totals: Counts,
+    /// Bounced of delivered + bounced recipients, percent; absent before any.
+    bounce_percent: Option<f64>,
     sources: Vec<SourceTop>,
 }
 
@@ -36,6 +38,7 @@ struct SourceTop {
     source: String,
     #[serde(flatten)]
     counts: Counts,
+    bounce_percent: Option<f64>,
 }
 
 /// `mailgate top [--since SPAN] [--account A] [--json]`. `visible` says which accounts the
@@ -81,6 +84,7 @@ pub(super) fn top(
                 .into_iter()
                 .map(|(account, totals, rows)| AccountTop {
                     account,
+                    bounce_percent: totals.bounce_percent(),
                     totals,
                     sources: rows.into_iter().map(source_top).collect(),
                 })
@@ -191,14 +195,19 @@ fn print_top(span: TimeSpan, shown: i64, accounts: &[AccountRows], left_out: usi
     }
     for (name, t, rows) in accounts {
         out!(
-            "\n{name}: {} messages (sent {}, queued {}, deferred {}, held {}, refused {}), {} recipients",
+            "\n{name}: {} messages (sent {}, queued {}, deferred {}, held {}, refused {}), {} recipients; after the relay: {} delivered, {} bounced{}, {} delayed",
             t.messages(),
             t.sent,
             t.queued,
             t.deferred,
             t.held,
             t.refused,
-            t.recipients
+            t.recipients,
+            t.delivered,
+            t.bounced,
+            t.bounce_percent()
+                .map_or_else(String::new, |p| format!(" ({p:.0} %)")),
+            t.delayed
         );
         let table = stats::render_rows(rows, usize::MAX);
         for line in table.lines() {
@@ -217,6 +226,7 @@ fn source_top(r: Row) -> SourceTop {
     SourceTop {
         kind: r.key.kind(),
         source: crate::log::printable(r.key.text(), stats::MAX_KEY),
+        bounce_percent: r.counts.bounce_percent(),
         counts: r.counts,
     }
 }

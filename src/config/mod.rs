@@ -38,6 +38,7 @@ pub struct Config {
     pub spool: Spool,
     pub alerts: Alerts,
     pub metrics: Metrics,
+    pub outcomes: Outcomes,
     pub defaults: Limits,
     pub server: Limits,
     /// The accounts written in the main file, plus those loaded from `accounts.d/`.
@@ -227,6 +228,95 @@ impl Default for Metrics {
     }
 }
 
+/// What became of each message after the relay took it: learnt from the relay's log.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct Outcomes {
+    /// The relay instance's delivery log (its `maillog_file`, or the syslog file its lines go
+    /// to). Unset: outcomes are not learnt and the failure-rate triggers are blind.
+    pub relay_log: Option<PathBuf>,
+    /// The relay instance's `syslog_name`: only its lines count.
+    pub syslog_name: String,
+    /// How long hand-over records are kept for `mailgate trace`.
+    pub keep: TimeSpan,
+    /// Bytes of the log one `queue run` reads at most; the next run goes on.
+    pub max_read: u64,
+}
+
+impl Default for Outcomes {
+    fn default() -> Outcomes {
+        Outcomes {
+            relay_log: None,
+            syslog_name: "postfix-postfwd".into(),
+            keep: TimeSpan(7 * 86400),
+            max_read: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The failure-rate trigger: over `window`, at least `min_failures` bounced recipients that are
+/// at least `percent` of those with a final outcome (delivered or bounced).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct Trigger {
+    pub window: TimeSpan,
+    pub min_failures: u32,
+    pub percent: u8,
+    pub action: TriggerAction,
+    /// How a hold or lock by the trigger ends: `auto` when the window's rate falls back under
+    /// the threshold, `admin` only by `mailgate unlock`.
+    pub ends: TriggerEnd,
+    /// Counted, logged and alerted as "would have", but the mail flows.
+    pub observe: bool,
+}
+
+impl Default for Trigger {
+    fn default() -> Trigger {
+        Trigger {
+            window: TimeSpan(3600),
+            min_failures: 5,
+            percent: 20,
+            action: TriggerAction::Hold,
+            ends: TriggerEnd::Auto,
+            observe: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(rename_all = "kebab-case")]
+pub enum TriggerAction {
+    /// Hold the account's new mail (as a lock does) until the trigger ends.
+    #[default]
+    Hold,
+    /// Lock the account: held until `mailgate unlock`, whatever `ends` says.
+    Lock,
+    /// Only tell the admin and the account's notify addresses.
+    Notify,
+}
+
+impl TriggerAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerAction::Hold => "hold",
+            TriggerAction::Lock => "lock",
+            TriggerAction::Notify => "notify",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(rename_all = "kebab-case")]
+pub enum TriggerEnd {
+    #[default]
+    Auto,
+    Admin,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "kebab-case")]
@@ -242,6 +332,9 @@ pub enum OnStateError {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub limits: Vec<Limit>,
+    /// The failure-rate trigger (`[defaults.trigger]`: every account's unless it has its own;
+    /// `[server.trigger]`: the whole server's rate, acting on the accounts that bounce).
+    pub trigger: Option<Trigger>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -268,6 +361,8 @@ pub struct Account {
     /// Addresses (the customer's) told once per window when a limit or a lock stops this
     /// account's mail.
     pub notify: Vec<String>,
+    /// Replaces `[defaults.trigger]` for this account.
+    pub trigger: Option<Trigger>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -298,6 +393,10 @@ pub struct Limit {
     pub recipients: Option<u32>,
     #[serde(default)]
     pub action: Action,
+    /// Only watch: a message over this limit is counted and logged as "would have been
+    /// refused/held/deferred", the admin is alerted once per window, and the mail flows.
+    #[serde(default)]
+    pub observe: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -424,6 +523,7 @@ impl Default for Config {
             spool: Spool::default(),
             alerts: Alerts::default(),
             metrics: Metrics::default(),
+            outcomes: Outcomes::default(),
             defaults: Limits {
                 limits: vec![
                     Limit {
@@ -431,14 +531,17 @@ impl Default for Config {
                         messages: Some(50),
                         recipients: None,
                         action: Action::Reject,
+                        observe: false,
                     },
                     Limit {
                         window: TimeSpan(86400),
                         messages: Some(100),
                         recipients: Some(500),
                         action: Action::Hold,
+                        observe: false,
                     },
                 ],
+                trigger: None,
             },
             server: Limits::default(),
             accounts,
@@ -637,6 +740,14 @@ impl Config {
         match self.accounts.get(account).and_then(|a| a.limits.as_ref()) {
             Some(own) => own,
             None => &self.defaults.limits,
+        }
+    }
+
+    /// The account's failure-rate trigger: its own, else the defaults'.
+    pub fn trigger_for(&self, account: &str) -> Option<&Trigger> {
+        match self.accounts.get(account).and_then(|a| a.trigger.as_ref()) {
+            Some(own) => Some(own),
+            None => self.defaults.trigger.as_ref(),
         }
     }
 

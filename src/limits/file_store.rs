@@ -261,6 +261,7 @@ fn lock_past_threshold(
     arec.lock = Some(store::AccountLock {
         since: t,
         reason: reason.clone(),
+        ends_itself: false,
     });
     let a = alert.get_or_insert_with(|| Alert {
         refusal: None,

@@ -281,6 +281,7 @@ mod tests {
             messages,
             recipients,
             action: Action::Reject,
+            observe: false,
         }
     }
 

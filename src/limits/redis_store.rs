@@ -249,6 +249,7 @@ impl RedisStore {
             messages: Some(0),
             recipients: None,
             action: crate::config::Action::Reject,
+            observe: false,
         });
         Refusal {
             scope: Scope::Account,
@@ -317,9 +318,12 @@ impl RedisStore {
                 .map_err(|why| Failure::new(Exit::OsErr, why))?;
             record.lock = lock.map(|raw| {
                 let (since, reason) = raw.split_once('|').unwrap_or(("0", &raw));
+                // "SINCE+" marks a trigger's hold that ends by itself.
+                let ends_itself = since.ends_with('+');
                 AccountLock {
-                    since: since.parse().unwrap_or(0),
+                    since: since.trim_end_matches('+').parse().unwrap_or(0),
                     reason: reason.to_string(),
+                    ends_itself,
                 }
             });
         }
@@ -346,7 +350,12 @@ impl RedisStore {
                 let existed: i64 = redis::cmd("EXISTS").arg(&key).query(c)?;
                 redis::cmd("SET")
                     .arg(&key)
-                    .arg(format!("{}|{}", l.since, l.reason))
+                    .arg(format!(
+                        "{}{}|{}",
+                        l.since,
+                        if l.ends_itself { "+" } else { "" },
+                        l.reason
+                    ))
                     .query::<()>(c)?;
                 Ok(1 - existed)
             }),

@@ -50,6 +50,10 @@ pub struct Recent {
 pub struct AccountLock {
     pub since: i64,
     pub reason: String,
+    /// Set by a failure-rate trigger whose hold ends by itself (`ends = "auto"`): the queue
+    /// run lifts it when the rate falls back under the threshold. An admin's lock, and
+    /// `lock_after`'s, end only by `mailgate unlock`.
+    pub ends_itself: bool,
 }
 
 impl CounterRecord {
@@ -176,7 +180,7 @@ pub fn encode(record: &CounterRecord) -> [u8; SLOT_SIZE] {
     p.pos = 16 + MAX_WINDOWS * WINDOW_SIZE + 1 + RECENT * RECENT_SIZE;
     match &record.lock {
         Some(lock) => {
-            p.u8(1);
+            p.u8(if lock.ends_itself { 2 } else { 1 });
             p.i64(lock.since);
             p.str(&lock.reason, REASON_BYTES);
         }
@@ -236,9 +240,10 @@ pub fn decode(slot: &[u8]) -> Option<CounterRecord> {
     t.pos = 16 + MAX_WINDOWS * WINDOW_SIZE + 1 + RECENT * RECENT_SIZE;
     let lock = match t.u8()? {
         0 => None,
-        _ => Some(AccountLock {
+        kind => Some(AccountLock {
             since: t.i64()?,
             reason: t.str(REASON_BYTES)?,
+            ends_itself: kind == 2,
         }),
     };
     Some(CounterRecord {
@@ -442,6 +447,7 @@ mod tests {
         r.lock = Some(AccountLock {
             since: 1_000_002,
             reason: "spam run".into(),
+            ends_itself: true,
         });
         r
     }
@@ -471,8 +477,9 @@ mod tests {
             &slot[1337 + 3 * 138..1337 + 3 * 138 + 8],
             &103i64.to_le_bytes()
         );
-        // The lock after them, the checksum in the last 8 bytes.
-        assert_eq!(slot[1889], 1);
+        // The lock after them (1: until unlocked, 2: a trigger's hold that ends by itself;
+        // a binary from before reads both as locked), the checksum in the last 8 bytes.
+        assert_eq!(slot[1889], 2);
         assert_eq!(&slot[1890..1898], &1_000_002i64.to_le_bytes());
         assert_eq!(
             &slot[1898..1907],

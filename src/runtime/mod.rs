@@ -160,6 +160,7 @@ impl Runtime {
                     user: self.caller.login.clone(),
                     script: String::new(),
                     cwd: String::new(),
+                    pool: None,
                     sender: None,
                     recipients: rcpts.clone(),
                     subject: msg.header("Subject").map(|h| h.value()).unwrap_or_default(),

@@ -257,3 +257,105 @@ pub fn notice_message(
         body: body(&text),
     }
 }
+
+/// What a failure-rate trigger found, for the admin's alert and the customer's notice.
+#[derive(Debug, Clone)]
+pub struct Bounces {
+    pub account: String,
+    /// "8 of 20 recipients bounced (40 %) within 1h".
+    pub tally: String,
+    /// The rule: "at least 5 bounces that are 20 % of the recipients within 1h".
+    pub threshold: String,
+    /// What was done: "new mail is held", "locked", "nothing (notify only)", or what observe
+    /// mode would have done.
+    pub action: String,
+    /// How it ends.
+    pub ends: String,
+    /// The window's worst sources: (source, bounced, delivered, sample replies).
+    pub worst: Vec<(String, u64, u64, Vec<String>)>,
+}
+
+/// The admin's alert (`to_admin`) or the customer's notice about a bounce rate.
+pub fn bounces_message(b: &Bounces, to_admin: bool, env: &Envelope<'_>) -> Message {
+    let subject = if to_admin {
+        format!(
+            "mailgate: account {} bounces too much on {}: {}",
+            b.account, env.hostname, b.action
+        )
+    } else {
+        format!(
+            "Mail from your account {} bounces: {}",
+            b.account, b.action
+        )
+    };
+    let mut text = String::new();
+    if !to_admin {
+        let _ = writeln!(
+            text,
+            "Many messages sent through your hosting account {} on {} are refused by the\n\
+             receiving mail servers (unknown recipients, spam blocks). Servers that keep sending\n\
+             such mail get blacklisted, so the account's mail is watched.\n",
+            b.account, env.hostname
+        );
+    }
+    let _ = writeln!(text, "Account:     {}", b.account);
+    let _ = writeln!(text, "Found:       {}", b.tally);
+    let _ = writeln!(text, "Threshold:   {}", b.threshold);
+    let _ = writeln!(text, "Action:      {}", b.action);
+    let _ = writeln!(text, "Ends:        {}", b.ends);
+    let _ = writeln!(text, "\nThe scripts that bounced most in the window:");
+    for (source, bounced, delivered, samples) in b.worst.iter().take(5) {
+        let _ = writeln!(
+            text,
+            "\n  {source}\n    {bounced} bounced, {delivered} delivered"
+        );
+        for s in samples.iter().take(3) {
+            let _ = writeln!(text, "    reply: {}", crate::log::printable(s, 300));
+        }
+    }
+    let _ = writeln!(
+        text,
+        "\n`mailgate top` shows delivered, bounced and delayed mail per script; `mailgate trace ID`\n\
+         one message's way from the script to the receiving server."
+    );
+    if !to_admin {
+        let _ = writeln!(
+            text,
+            "\nWhat to do: check the scripts above (a contact form abused for spam, a newsletter\n\
+             to an old address list, a hacked plugin), fix or remove them, and tell your hosting\n\
+             provider."
+        );
+    }
+    let mut headers = envelope_headers(&subject, env.hostname, env.to, env.origin);
+    if !to_admin {
+        headers.retain(|h| !h.is("Message-ID"));
+        headers.push(Header::new(
+            "Message-ID",
+            &format!("<{}.notice@{}>", crate::spool::new_id(), env.hostname),
+        ));
+    }
+    Message {
+        headers,
+        body: body(&text),
+    }
+}
+
+/// The relay's log cannot be read: outcomes are not learnt and the triggers are blind.
+pub fn blind_message(why: &str, env: &Envelope<'_>) -> Message {
+    let subject = format!(
+        "mailgate: delivery outcomes unknown on {}: the relay's log cannot be read",
+        env.hostname
+    );
+    let text = format!(
+        "{}\n\nUntil it can be read again, mailgate does not learn what became of the mail it\n\
+         handed to the relay: `mailgate top` shows no delivered or bounced counts, and the\n\
+         failure-rate triggers are blind (the limits work as before). `mailgate status` says\n\
+         so as long as it lasts; this mail is sent once.\n\n\
+         Check [outcomes] relay_log in mailgate.toml and the relay's maillog_file.",
+        crate::log::printable(why, 500)
+    );
+    Message {
+        headers: envelope_headers(&subject, env.hostname, env.to, env.origin),
+        body: body(&text),
+    }
+}

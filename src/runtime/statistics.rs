@@ -34,7 +34,7 @@ impl Runtime {
         } else {
             STATS_LOCK_WAIT
         };
-        let updated = stats::file::update(state, account, wait, event, |s| {
+        let updated = stats::file::update(state, account, wait, std::slice::from_ref(event), |s| {
             let n = wants_notice?;
             s.claim_notice(event.now, n.window_secs as i64)
                 .then(|| s.since(event.now - n.window_secs as i64).0)

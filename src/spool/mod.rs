@@ -61,6 +61,9 @@ pub struct Meta {
     /// The caller's working directory (where the mail came from when there is no script).
     #[serde(default)]
     pub cwd: String,
+    /// The caller's PHP-FPM pool, when it was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// `None` is the null sender.
     pub sender: Option<String>,
     pub recipients: Vec<String>,
@@ -102,6 +105,7 @@ impl Meta {
             last_error: why.to_string(),
             internal: false,
             cwd: String::new(),
+            pool: None,
         }
     }
 }
@@ -607,6 +611,7 @@ mod tests {
             last_error: String::new(),
             internal: false,
             cwd: String::new(),
+            pool: None,
         };
         spool.keep(Kind::Hold, &meta, &msg).unwrap();
         assert_eq!(spool.list(Kind::Hold).unwrap(), vec![meta.clone()]);

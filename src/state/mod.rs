@@ -272,8 +272,9 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// Every subdirectory of the state directory (each made on first use, `StateDir::subdir`).
-pub const SUBDIRS: [&str; 9] = [
+pub const SUBDIRS: [&str; 10] = [
     "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
+    "delivery",
 ];
 
 /// The state directory, opened once.

@@ -31,13 +31,13 @@ pub enum Updated<T> {
     Busy,
 }
 
-/// Change an account's statistics under its lock. A damaged file is started afresh; the
+/// Count `events` in an account's statistics and change them further, under its lock. A damaged file is started afresh; the
 /// returned note says so, for the log.
 pub fn update<T>(
     state: &StateDir,
     account: &str,
     wait: Duration,
-    event: &Event<'_>,
+    events: &[Event<'_>],
     change: impl FnOnce(&mut Stats) -> T,
 ) -> Result<(Updated<T>, Option<String>), Failure> {
     checked(account)?;
@@ -52,8 +52,10 @@ pub fn update<T>(
     match crate::state::lock::lock_with_deadline(&file, wait) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            backlog::append(&dir, account, event)
-                .map_err(|e| fail("append to the backlog of", e))?;
+            for event in events {
+                backlog::append(&dir, account, event)
+                    .map_err(|e| fail("append to the backlog of", e))?;
+            }
             return Ok((Updated::Busy, None));
         }
         Err(e) => return Err(fail("lock", e)),
@@ -75,7 +77,7 @@ pub fn update<T>(
     let (pending, folded) =
         backlog::read_from(&dir, account, folded).unwrap_or((Vec::new(), folded));
     pending.iter().for_each(|l| l.record_into(&mut stats));
-    stats.record(event);
+    events.iter().for_each(|e| stats.record(e));
     let result = change(&mut stats);
     let encoded = stats.encode();
     let write = |slot: usize, generation: u64, folded: u64| {
@@ -323,7 +325,7 @@ mod tests {
         };
         let wait = Duration::from_millis(100);
         for _ in 0..3 {
-            let (done, note) = update(&state, "acc", wait, &ev(Outcome::Sent), |_| ()).unwrap();
+            let (done, note) = update(&state, "acc", wait, &[ev(Outcome::Sent)], |_| ()).unwrap();
             assert_eq!((done, note), (Updated::Done(()), None));
         }
         assert_eq!(
@@ -332,7 +334,7 @@ mod tests {
         );
         assert_eq!(accounts(&state), vec!["acc".to_string()]);
         assert!(
-            update(&state, "../acc", wait, &ev(Outcome::Sent), |_| ()).is_err(),
+            update(&state, "../acc", wait, &[ev(Outcome::Sent)], |_| ()).is_err(),
             "no path as a name"
         );
         assert!(read(&state, "a/b").is_err());
@@ -341,7 +343,7 @@ mod tests {
         let held = std::fs::File::open(base.join("stats/acc")).unwrap();
         held.lock().unwrap();
         for _ in 0..2 {
-            let (done, _) = update(&state, "acc", wait, &ev(Outcome::Refused), |_| ()).unwrap();
+            let (done, _) = update(&state, "acc", wait, &[ev(Outcome::Refused)], |_| ()).unwrap();
             assert_eq!(done, Updated::Busy);
         }
         let s = read(&state, "acc").unwrap();
@@ -351,7 +353,7 @@ mod tests {
             "counted while the lock is held"
         );
         drop(held);
-        update(&state, "acc", wait, &ev(Outcome::Sent), |_| ()).unwrap();
+        update(&state, "acc", wait, &[ev(Outcome::Sent)], |_| ()).unwrap();
         let s = read(&state, "acc").unwrap();
         assert_eq!(
             (
@@ -368,7 +370,7 @@ mod tests {
             .len()
             == 0;
         assert_eq!(emptied, unsafe { libc::geteuid() } == 0);
-        update(&state, "acc", wait, &ev(Outcome::Sent), |_| ()).unwrap();
+        update(&state, "acc", wait, &[ev(Outcome::Sent)], |_| ()).unwrap();
         assert_eq!(
             read(&state, "acc")
                 .unwrap()
@@ -379,7 +381,7 @@ mod tests {
         // A writer killed in the middle of its write damages only the slot it was writing:
         // the generation before stays whole.
         let before = read(&state, "acc").unwrap();
-        update(&state, "acc", wait, &ev(Outcome::Held), |_| ()).unwrap();
+        update(&state, "acc", wait, &[ev(Outcome::Held)], |_| ()).unwrap();
         let raw = std::fs::read(base.join("stats/acc")).unwrap();
         let newest = (0..2)
             .max_by_key(|&i| frame(&raw[i * SLOT as usize..]).map(|f| f.0))
@@ -395,7 +397,7 @@ mod tests {
             before,
             "the previous generation"
         );
-        update(&state, "acc", wait, &ev(Outcome::Held), |_| ()).unwrap();
+        update(&state, "acc", wait, &[ev(Outcome::Held)], |_| ()).unwrap();
         assert_eq!(
             read(&state, "acc").unwrap().totals.messages(Outcome::Held),
             before.totals.messages(Outcome::Held) + 1
@@ -403,7 +405,7 @@ mod tests {
         // Damage of both slots: reported by read, repaired by the next update.
         std::fs::write(base.join("stats/acc"), "mailgate-stats 1\nslot 1").unwrap();
         assert!(read(&state, "acc").is_err());
-        let (_, note) = update(&state, "acc", wait, &ev(Outcome::Held), |_| ()).unwrap();
+        let (_, note) = update(&state, "acc", wait, &[ev(Outcome::Held)], |_| ()).unwrap();
         assert!(note.unwrap().contains("started afresh"));
         let s = read(&state, "acc").unwrap();
         assert_eq!(s.totals.messages(Outcome::Held), 1);

@@ -111,13 +111,27 @@ pub fn render(s: &Snapshot) -> String {
     for (name, help, count) in by_outcome {
         o.family(name, "counter", help);
         for a in &s.accounts {
-            for out in Outcome::ALL {
+            for out in Outcome::MESSAGE {
                 o.sample(
                     name,
                     &[("account", &a.name), ("outcome", out.as_str())],
                     count(&a.totals, out),
                 );
             }
+        }
+    }
+    o.family(
+        "mailgate_deliveries_total",
+        "counter",
+        "Recipients by what became of them after the relay took the message (delivered, bounced, delayed: put off by the receiving server, counted once), from the relay's log.",
+    );
+    for a in &s.accounts {
+        for out in Outcome::DELIVERY {
+            o.sample(
+                "mailgate_deliveries_total",
+                &[("account", &a.name), ("outcome", out.as_str())],
+                a.totals.recipients(out),
+            );
         }
     }
     o.family(

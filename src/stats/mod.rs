@@ -37,11 +37,12 @@ pub const KEEP: i64 = 25 * 3600;
 /// Upper bound of an encoded statistics file (bytes), proven by a test: header and totals,
 /// plus per source (20 and "(other)") its key line and at most 13 fine and 26 coarse slot
 /// lines, with every count at 10 digits (10^10 messages in one slot are out of reach).
-pub const MAX_FILE: usize = 96 * 1024;
+pub const MAX_FILE: usize = 124 * 1024;
 
 const MAGIC: &str = "mailgate-stats 1";
 
-/// What became of a message, as the log's `status=` says it.
+/// What became of a message, as the log's `status=` says it; and, after the relay took it,
+/// what became of each recipient (learnt from the relay's log, `crate::delivery`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     Sent,
@@ -49,16 +50,37 @@ pub enum Outcome {
     Deferred,
     Held,
     Refused,
+    /// A recipient the receiving server (or the relay's local delivery) took.
+    Delivered,
+    /// A recipient refused for good (5xx) or given up on (expired): a bounce to the sender.
+    Bounced,
+    /// A recipient the receiving server put off (4xx; Postfix's `status=deferred`), counted
+    /// once however often the relay retries it.
+    Delayed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Sent,
+        Outcome::Queued,
+        Outcome::Deferred,
+        Outcome::Held,
+        Outcome::Refused,
+        Outcome::Delivered,
+        Outcome::Bounced,
+        Outcome::Delayed,
+    ];
+    /// The outcomes of messages (what mailgate did), as opposed to those of recipients.
+    pub const MESSAGE: [Outcome; 5] = [
         Outcome::Sent,
         Outcome::Queued,
         Outcome::Deferred,
         Outcome::Held,
         Outcome::Refused,
     ];
+    /// What the relay's log says became of recipients after the hand-over.
+    pub const DELIVERY: [Outcome; 3] = [Outcome::Delivered, Outcome::Bounced, Outcome::Delayed];
+
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +89,9 @@ impl Outcome {
             Outcome::Deferred => "deferred",
             Outcome::Held => "held",
             Outcome::Refused => "refused",
+            Outcome::Delivered => "delivered",
+            Outcome::Bounced => "bounced",
+            Outcome::Delayed => "delayed",
         }
     }
 
@@ -75,7 +100,8 @@ impl Outcome {
     }
 }
 
-/// Messages by outcome, and the recipients of those sent.
+/// Messages by outcome, and the recipients of those sent; then recipients by what became of
+/// them after the hand-over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub sent: u64,
@@ -85,30 +111,45 @@ pub struct Counts {
     pub refused: u64,
     /// Recipients of the messages sent.
     pub recipients: u64,
+    /// Recipients delivered, bounced and delayed (the relay's log).
+    pub delivered: u64,
+    pub bounced: u64,
+    pub delayed: u64,
 }
 
 impl Counts {
+    /// One message with `recipients` recipients; for a delivery outcome, that many
+    /// recipients.
     pub fn add(&mut self, outcome: Outcome, recipients: u64) {
-        let n = match outcome {
+        let (n, by) = match outcome {
             Outcome::Sent => {
                 self.recipients = self.recipients.saturating_add(recipients);
-                &mut self.sent
+                (&mut self.sent, 1)
             }
-            Outcome::Queued => &mut self.queued,
-            Outcome::Deferred => &mut self.deferred,
-            Outcome::Held => &mut self.held,
-            Outcome::Refused => &mut self.refused,
+            Outcome::Queued => (&mut self.queued, 1),
+            Outcome::Deferred => (&mut self.deferred, 1),
+            Outcome::Held => (&mut self.held, 1),
+            Outcome::Refused => (&mut self.refused, 1),
+            Outcome::Delivered => (&mut self.delivered, recipients),
+            Outcome::Bounced => (&mut self.bounced, recipients),
+            Outcome::Delayed => (&mut self.delayed, recipients),
         };
-        *n = n.saturating_add(1);
+        *n = n.saturating_add(by);
     }
 
     pub fn merge(&mut self, o: &Counts) {
-        self.sent = self.sent.saturating_add(o.sent);
-        self.queued = self.queued.saturating_add(o.queued);
-        self.deferred = self.deferred.saturating_add(o.deferred);
-        self.held = self.held.saturating_add(o.held);
-        self.refused = self.refused.saturating_add(o.refused);
-        self.recipients = self.recipients.saturating_add(o.recipients);
+        let mut f = self.fields();
+        for (a, b) in f.iter_mut().zip(o.fields()) {
+            *a = a.saturating_add(b);
+        }
+        *self = Counts::from_fields(f);
+    }
+
+    /// Bounced recipients as a share of those with a final outcome (delivered or bounced),
+    /// in percent; `None` before any.
+    pub fn bounce_percent(&self) -> Option<f64> {
+        let decided = self.delivered.saturating_add(self.bounced);
+        (decided > 0).then(|| self.bounced as f64 * 100.0 / decided as f64)
     }
 
     /// Every message, whatever its outcome: what `top` sorts by.
@@ -120,7 +161,7 @@ impl Counts {
             .saturating_add(self.refused)
     }
 
-    fn fields(&self) -> [u64; 6] {
+    fn fields(&self) -> [u64; 9] {
         [
             self.sent,
             self.queued,
@@ -128,10 +169,13 @@ impl Counts {
             self.held,
             self.refused,
             self.recipients,
+            self.delivered,
+            self.bounced,
+            self.delayed,
         ]
     }
 
-    fn from_fields(f: [u64; 6]) -> Counts {
+    fn from_fields(f: [u64; 9]) -> Counts {
         Counts {
             sent: f[0],
             queued: f[1],
@@ -139,6 +183,9 @@ impl Counts {
             held: f[3],
             refused: f[4],
             recipients: f[5],
+            delivered: f[6],
+            bounced: f[7],
+            delayed: f[8],
         }
     }
 }
@@ -291,9 +338,10 @@ impl Source {
 /// Totals since the statistics began: what `mailgate metrics` exports as counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
-    /// Messages and recipients by outcome (`Outcome::index`).
-    pub messages: [u64; 5],
-    pub recipients: [u64; 5],
+    /// Messages and recipients by outcome (`Outcome::index`); for a delivery outcome both
+    /// count recipients.
+    pub messages: [u64; 8],
+    pub recipients: [u64; 8],
     /// Time senders waited for the counter locks, in microseconds, and how many decisions.
     pub lock_wait_us: u64,
     pub decisions: u64,
@@ -349,9 +397,9 @@ impl Totals {
         self.lock_busy += other.lock_busy;
     }
 
-    /// Messages over every outcome.
+    /// Messages over every message outcome.
     pub fn all_messages(&self) -> u64 {
-        self.messages.iter().sum()
+        Outcome::MESSAGE.iter().map(|&o| self.messages(o)).sum()
     }
 
     pub fn messages(&self, o: Outcome) -> u64 {
@@ -551,12 +599,11 @@ impl Stats {
                 escape(s.key.text())
             );
             for sl in &s.slots {
-                let f = sl.counts.fields();
-                let _ = writeln!(
-                    out,
-                    "slot {} {} {} {} {} {} {} {}",
-                    sl.start, sl.secs, f[0], f[1], f[2], f[3], f[4], f[5]
-                );
+                let _ = write!(out, "slot {} {}", sl.start, sl.secs);
+                for n in sl.counts.fields() {
+                    let _ = write!(out, " {n}");
+                }
+                out.push('\n');
             }
         }
         out.push_str("end\n");
@@ -638,7 +685,12 @@ impl Stats {
                     });
                 }
                 "slot" => {
-                    let v = nums(&mut words, 8)?;
+                    // 6 counts in files from before the delivery outcomes, 9 since.
+                    let n = words.clone().count();
+                    if n != 8 && n != 11 {
+                        return Err(bad("wrong number of fields"));
+                    }
+                    let v = nums(&mut words, n)?;
                     let (start, secs) = (time(v[0])?, time(v[1])?);
                     if secs != FINE && secs != COARSE {
                         return Err(bad("bad slot length"));
@@ -650,7 +702,7 @@ impl Stats {
                     if source.slots.len() >= (FINE_SPAN / FINE + KEEP / COARSE + 2) as usize {
                         return Err(bad("too many slots"));
                     }
-                    let mut f = [0u64; 6];
+                    let mut f = [0u64; 9];
                     for (slot, &n) in f.iter_mut().zip(&v[2..]) {
                         *slot = count(n)?;
                     }
@@ -683,8 +735,17 @@ pub fn render_rows(rows: &[Row], max: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  SOURCE",
-        "SENT", "QUEUED", "DEFERRED", "HELD", "REFUSED", "RCPTS"
+        "{:>7} {:>7} {:>8} {:>6} {:>7} {:>7} | {:>9} {:>7} {:>7} {:>7}  SOURCE",
+        "SENT",
+        "QUEUED",
+        "DEFERRED",
+        "HELD",
+        "REFUSED",
+        "RCPTS",
+        "DELIVERED",
+        "BOUNCED",
+        "DELAYED",
+        "BOUNCE%"
     );
     let mut rest = Counts::default();
     for (i, r) in rows.iter().enumerate() {
@@ -692,36 +753,41 @@ pub fn render_rows(rows: &[Row], max: usize) -> String {
             rest.merge(&r.counts);
             continue;
         }
-        let c = &r.counts;
         let source = match &r.key {
             SourceKey::Script(s) => crate::log::printable(s, MAX_KEY),
             SourceKey::Cwd(d) => format!("cwd {}", crate::log::printable(d, MAX_KEY)),
             SourceKey::Other => "(other sources)".into(),
         };
-        let _ = writeln!(
-            out,
-            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  {source}",
-            c.sent, c.queued, c.deferred, c.held, c.refused, c.recipients
-        );
+        out.push_str(&row_line(&r.counts, &source));
     }
     if rows.len() > max {
-        let c = &rest;
-        let _ = writeln!(
-            out,
-            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>10}  ({} more)",
-            c.sent,
-            c.queued,
-            c.deferred,
-            c.held,
-            c.refused,
-            c.recipients,
-            rows.len() - max
-        );
+        out.push_str(&row_line(&rest, &format!("({} more)", rows.len() - max)));
     }
     if rows.is_empty() {
         out.push_str("       (no mail)\n");
     }
     out
+}
+
+/// One line of `top`'s table: what mailgate did with the messages, then (after the bar) what
+/// became of their recipients after the relay took them.
+pub fn row_line(c: &Counts, label: &str) -> String {
+    let rate = c
+        .bounce_percent()
+        .map_or_else(|| "-".to_string(), |p| format!("{p:.0}%"));
+    format!(
+        "{:>7} {:>7} {:>8} {:>6} {:>7} {:>7} | {:>9} {:>7} {:>7} {:>7}  {label}\n",
+        c.sent,
+        c.queued,
+        c.deferred,
+        c.held,
+        c.refused,
+        c.recipients,
+        c.delivered,
+        c.bounced,
+        c.delayed,
+        rate
+    )
 }
 
 /// Keys are written as one word: `%`, space, control characters and non-ASCII bytes become
@@ -766,10 +832,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_from_before_the_delivery_outcomes_still_read() {
+        let old = "mailgate-stats 1\ntotals 0 0 0 0 0 0 0\noutcome sent 3 4\nsource script 10 0 1:/a.php\nslot 0 300 3 0 0 0 0 4\nend\n";
+        let s = Stats::decode(old).unwrap();
+        assert_eq!(s.sources[0].slots[0].counts.sent, 3);
+        assert_eq!(s.sources[0].slots[0].counts.delivered, 0);
+        let mut c = Counts::default();
+        c.add(Outcome::Bounced, 2);
+        c.add(Outcome::Delivered, 6);
+        c.add(Outcome::Sent, 8);
+        assert_eq!((c.messages(), c.bounced, c.delivered), (1, 2, 6));
+        assert_eq!(c.bounce_percent(), Some(25.0));
+        let reread = Stats::decode(&s.encode()).unwrap();
+        assert_eq!(reread, s);
+        assert!(Stats::decode(&old.replace("0 0 0 0 4", "0 0 0 4")).is_err());
+    }
+
+    #[test]
     fn totals_add_up_field_by_field() {
         let a = Totals {
-            messages: [1, 2, 3, 4, 5],
-            recipients: [6, 7, 8, 9, 10],
+            messages: [1, 2, 3, 4, 5, 100, 100, 100],
+            recipients: [6, 7, 8, 9, 10, 100, 100, 100],
             lock_wait_us: 11,
             decisions: 12,
             lock_busy: 13,
@@ -780,14 +863,15 @@ mod tests {
         assert_eq!(
             sum,
             Totals {
-                messages: [2, 4, 6, 8, 10],
-                recipients: [12, 14, 16, 18, 20],
+                messages: [2, 4, 6, 8, 10, 200, 200, 200],
+                recipients: [12, 14, 16, 18, 20, 200, 200, 200],
                 lock_wait_us: 22,
                 decisions: 24,
                 lock_busy: 26,
                 relay_errors: [28, 30, 32],
             }
         );
+        // Recipients' delivery outcomes are not messages.
         assert_eq!(a.all_messages(), 15);
         assert_eq!(Totals::default().all_messages(), 0);
     }
@@ -958,7 +1042,7 @@ mod tests {
         let mut s = Stats::default();
         let now = T0 + KEEP;
         let big = 9_999_999_999;
-        let full = Counts::from_fields([big; 6]);
+        let full = Counts::from_fields([big; 9]);
         for i in 0..=MAX_SOURCES {
             let key = if i == MAX_SOURCES {
                 SourceKey::Other
@@ -990,8 +1074,8 @@ mod tests {
                 slots,
             });
         }
-        s.totals.messages = [u64::MAX; 5];
-        s.totals.recipients = [u64::MAX; 5];
+        s.totals.messages = [u64::MAX; 8];
+        s.totals.recipients = [u64::MAX; 8];
         s.age(now);
         let size = s.encode().len();
         eprintln!("worst-case statistics file: {size} bytes");
@@ -1100,9 +1184,9 @@ mod tests {
         let text = render_rows(&rows, 2);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[0].ends_with("RCPTS  SOURCE"), "{text}");
+        assert!(lines[0].ends_with("BOUNCE%  SOURCE"), "{text}");
         assert!(
-            lines[1].ends_with("       10  a.php\\x1b[2J"),
+            lines[1].ends_with("     10 |         0       0       0       -  a.php\\x1b[2J"),
             "escaped: {text}"
         );
         assert!(lines[1].trim_start().starts_with("5 "), "{text}");
