@@ -46,6 +46,9 @@ _mailgate() {
             mailgate,top)
                 cmd="mailgate__subcmd__top"
                 ;;
+            mailgate,trace)
+                cmd="mailgate__subcmd__trace"
+                ;;
             mailgate,unlock)
                 cmd="mailgate__subcmd__unlock"
                 ;;
@@ -78,6 +81,9 @@ _mailgate() {
                 ;;
             mailgate__subcmd__help,top)
                 cmd="mailgate__subcmd__help__subcmd__top"
+                ;;
+            mailgate__subcmd__help,trace)
+                cmd="mailgate__subcmd__help__subcmd__trace"
                 ;;
             mailgate__subcmd__help,unlock)
                 cmd="mailgate__subcmd__help__subcmd__unlock"
@@ -182,7 +188,7 @@ _mailgate() {
 
     case "${cmd}" in
         mailgate)
-            opts="-h -V --config --help --version status top metrics hold queue reset lock unlock check-config postfwd-rules help"
+            opts="-h -V --config --help --version status top metrics trace hold queue reset lock unlock check-config postfwd-rules help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -218,7 +224,7 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__help)
-            opts="status top metrics hold queue reset lock unlock check-config postfwd-rules help"
+            opts="status top metrics trace hold queue reset lock unlock check-config postfwd-rules help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -484,6 +490,20 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__help__subcmd__top)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__help__subcmd__trace)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1028,6 +1048,24 @@ _mailgate() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__trace)
+            opts="-h --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

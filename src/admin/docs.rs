@@ -150,8 +150,64 @@ const KEYS: &[(&str, &str)] = &[
         "reject (exit 69), hold (kept for the admin) or defer (kept, released by queue run when there is room).",
     ),
     (
+        "defaults.limits.observe",
+        "true: only watch this limit. A message over it is counted and logged as \"would have been refused/held/deferred\" (observed=), the admin is alerted once per window, and the mail flows. For rolling a limit out: watch a week of real traffic, then set it to false.",
+    ),
+    (
         "server.limits",
         "Limits on the sum over all accounts, same form as defaults.limits.",
+    ),
+    (
+        "outcomes.relay_log",
+        "The relay instance's delivery log: its maillog_file (mailgate-chain sets /var/log/postfix-postfwd.log on hosts without syslog) or the syslog file its lines go to (/var/log/mail.log). Each queue run reads what was added since the last run and learns, per recipient, delivered, bounced, delayed (deferred) or expired, with the receiving server's reply. Unset: outcomes are not learnt and the failure-rate triggers are blind (status says so).",
+    ),
+    (
+        "outcomes.syslog_name",
+        "The relay instance's syslog_name; only its lines count (default postfix-postfwd).",
+    ),
+    (
+        "outcomes.keep",
+        "How long hand-over records (delivery/QUEUEID in the state directory) are kept for mailgate trace (default 7d).",
+    ),
+    (
+        "outcomes.max_read",
+        "Bytes of the relay's log one queue run reads at most (default 64 MiB, about 300,000 lines); the next run goes on where it stopped.",
+    ),
+    (
+        "defaults.trigger",
+        "The failure-rate trigger of every account without its own (absent: none). Over a sliding window, at least min_failures bounced recipients that are at least percent of those delivered or bounced: the action is taken. Deferrals count neither way; a recipient retried counts once.",
+    ),
+    (
+        "defaults.trigger.window",
+        "The trigger's sliding window (default 1h; exact to 5 minutes within the last hour, to the hour beyond, at most 25h).",
+    ),
+    (
+        "defaults.trigger.min_failures",
+        "Bounced recipients needed in the window (default 5, cPanel's minimum): a handful of typos never trips it.",
+    ),
+    (
+        "defaults.trigger.percent",
+        "Bounced share of delivered + bounced recipients in the window, in percent (default 20; 0 turns the trigger off).",
+    ),
+    (
+        "defaults.trigger.action",
+        "hold (new mail is held, as for a locked account; default), lock (held until mailgate unlock) or notify (only the alert and the notice). Never discards.",
+    ),
+    (
+        "defaults.trigger.ends",
+        "auto (default): a hold ends by itself once the window's rate is under the threshold again; admin: only mailgate unlock ends it. Held mail stays held either way.",
+    ),
+    (
+        "defaults.trigger.observe",
+        "true: counted, logged and alerted (once per window) as what the trigger would have done; the mail flows.",
+    ),
+    (
+        "server.trigger",
+        "The same rule over the whole server's outcomes; when it fires, its action is taken on each account that bounced at least min_failures in the window itself.",
+    ),
+    (
+        "accounts.NAME.trigger",
+        "The account's own failure-rate trigger, replacing defaults.trigger (same keys).",
     ),
     (
         "accounts.NAME.users",
