@@ -88,9 +88,10 @@ pub fn record_hand_over(
         relay_id: relay_id.to_string(),
         reply,
     };
-    let written = ctx.state().map_err(|f| f.message).and_then(|state| {
-        record::write(state, &handed).map_err(|e| e.to_string())
-    });
+    let written = ctx
+        .state()
+        .map_err(|f| f.message)
+        .and_then(|state| record::write(state, &handed).map_err(|e| e.to_string()));
     if let Err(why) = written {
         ctx.logger.log(
             Severity::Warning,
@@ -148,7 +149,8 @@ pub fn learn(ctx: &Runtime) -> Learnt {
         );
     }
     for note in &batch.notes {
-        ctx.logger.log(Severity::Warning, &format!("outcomes: {note}"));
+        ctx.logger
+            .log(Severity::Warning, &format!("outcomes: {note}"));
     }
     let now = ctx.now();
     let name = &ctx.config.outcomes.syslog_name;
@@ -319,7 +321,11 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
     }
     held.sort();
     held.dedup();
-    write_small(dir, HELD, &held.iter().map(|a| format!("{a}\n")).collect::<String>());
+    write_small(
+        dir,
+        HELD,
+        &held.iter().map(|a| format!("{a}\n")).collect::<String>(),
+    );
 }
 
 fn trigger_window(ctx: &Runtime, account: &str) -> i64 {
@@ -340,8 +346,7 @@ fn evaluate(
             let samples: Vec<String> = counted
                 .iter()
                 .filter(|c| {
-                    c.outcome == Outcome::Bounced
-                        && stats::SourceKey::of(&c.script, &c.cwd) == key
+                    c.outcome == Outcome::Bounced && stats::SourceKey::of(&c.script, &c.cwd) == key
                 })
                 .map(|c| c.reply.clone())
                 .take(SAMPLES)
@@ -425,7 +430,14 @@ fn fire(
     let mut fields = Fields::default();
     fields
         .add("account", account)
-        .add("trigger", if t.observe { "observe" } else { t.action.as_str() })
+        .add(
+            "trigger",
+            if t.observe {
+                "observe"
+            } else {
+                t.action.as_str()
+            },
+        )
         .add("bounced", ev.tally.bounced)
         .add("delivered", ev.tally.delivered)
         .add("window", window)

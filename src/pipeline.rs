@@ -333,6 +333,21 @@ impl Pipeline {
         if let Some(alert) = &decision.alert {
             self.send_alert(alert, meta);
         }
+        // Limits in observe mode: the message goes; the log says what they would have done.
+        let observed: Vec<String> = decision
+            .observed
+            .iter()
+            .map(|r| {
+                format!(
+                    "would have been {}: {}",
+                    would_be(r.action()),
+                    r.describe(&self.account.name, meta.recipients.len() as u32)
+                )
+            })
+            .collect();
+        if !observed.is_empty() {
+            fields.add("observed", observed.join("; "));
+        }
         let ticket = match decision.verdict {
             Verdict::Accepted(ticket) => ticket,
             Verdict::StoreUnavailable(why) => {
@@ -737,6 +752,15 @@ impl Pipeline {
     }
 }
 
+/// What a limit's action does to a message, for "would have been …".
+fn would_be(action: Action) -> &'static str {
+    match action {
+        Action::Reject => "refused",
+        Action::Hold => "held",
+        Action::Defer => "deferred",
+    }
+}
+
 /// The sender's 250 reply: the relay's queue id (or ours) in Postfix's words.
 fn queued_as(reply: &crate::relay::Reply, id: &str) -> String {
     format!(
@@ -757,5 +781,4 @@ mod tests {
             assert_eq!(s.outcome().as_str(), word);
         }
     }
-
 }

@@ -97,8 +97,10 @@ fn find_record(dir: &crate::state::Dir, wanted: &str) -> Option<Record> {
 }
 
 fn when(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map_or_else(|| format!("@{t}"), |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(
+        || format!("@{t}"),
+        |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 /// The text form; every field from a caller or a remote server is escaped.
@@ -106,7 +108,11 @@ fn render(rec: &Record) -> String {
     let h = &rec.handed;
     let p = |s: &str| printable(s, 500);
     let mut out = String::new();
-    out.push_str(&format!("message {} (Message-ID {})\n", p(&h.id), p(&h.message_id)));
+    out.push_str(&format!(
+        "message {} (Message-ID {})\n",
+        p(&h.id),
+        p(&h.message_id)
+    ));
     out.push_str(&format!(
         "  caller     uid {} ({}), account {}{}\n",
         h.uid,
@@ -127,7 +133,10 @@ fn render(rec: &Record) -> String {
         h.size,
         p(&h.subject)
     ));
-    out.push_str(&format!("  accepted   {} (within the limits)\n", when(h.time)));
+    out.push_str(&format!(
+        "  accepted   {} (within the limits)\n",
+        when(h.time)
+    ));
     out.push_str(&format!("  route      {}\n", p(&h.route)));
     out.push_str(&format!(
         "  relay      {}: took it as {}: {}\n",

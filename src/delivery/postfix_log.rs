@@ -146,9 +146,7 @@ fn after_stamp(line: &str) -> Option<&str> {
 /// The relay's queue id in its 250 reply: "2.0.0 Ok: queued as 4Xyz12" → "4Xyz12".
 pub fn queued_as(reply: &str) -> Option<&str> {
     let rest = &reply[reply.find("queued as ")? + "queued as ".len()..];
-    rest.split_whitespace()
-        .next()
-        .filter(|id| is_queue_id(id))
+    rest.split_whitespace().next().filter(|id| is_queue_id(id))
 }
 
 /// Postfix's short (hexadecimal) and long (`enable_long_queue_ids`) queue ids.

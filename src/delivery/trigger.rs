@@ -191,7 +191,10 @@ mod tests {
 
     #[test]
     fn descriptions_name_the_numbers() {
-        assert_eq!(counts(12, 8).describe(), "8 of 20 recipients bounced (40 %)");
+        assert_eq!(
+            counts(12, 8).describe(),
+            "8 of 20 recipients bounced (40 %)"
+        );
         assert_eq!(
             threshold(&trigger(5, 20)),
             "at least 5 bounces that are 20 % of the recipients within 1h"

@@ -5,8 +5,8 @@
 use super::store::{self, Counter, CounterFile, CounterRecord};
 use super::window::Window;
 use super::{
-    Alert, Attempt, CounterStore, Decision, SENDER_LOCK_WAIT, Scope, Ticket, Verdict, decide,
-    reconcile,
+    Alert, Attempt, CounterStore, Decision, Refusal, SENDER_LOCK_WAIT, Scope, Ticket, Verdict,
+    decide, reconcile,
 };
 use crate::config::Config;
 use crate::config::OnStateError;
@@ -112,6 +112,7 @@ fn files_check_and_record(
                 verdict: Verdict::Busy(busy),
                 alert: None,
                 lock_wait: started.elapsed(),
+                observed: Vec::new(),
             });
         }
     };
@@ -121,6 +122,7 @@ fn files_check_and_record(
             verdict: Verdict::Accepted(None),
             alert: None,
             lock_wait,
+            observed: Vec::new(),
         });
     };
     let limits = config.limits_for(account);
@@ -130,13 +132,14 @@ fn files_check_and_record(
     for w in awin.iter_mut().chain(swin.iter_mut()) {
         t = t.max(w.advance(attempt.now));
     }
-    let (verdict, mut alert) = judge(&arec, &mut awin, &mut swin, config, attempt, t);
+    let (verdict, mut alert, observed) = judge(&arec, &mut awin, &mut swin, config, attempt, t);
     if !attempt.count_refusal && !matches!(verdict, Verdict::Accepted(_)) {
         // Nothing was decided for good: leave both files as they were.
         return Ok(Decision {
             verdict,
             alert: None,
             lock_wait,
+            observed: Vec::new(),
         });
     }
     arec.remember(t, attempt.sender, attempt.subject);
@@ -154,6 +157,7 @@ fn files_check_and_record(
         verdict,
         alert,
         lock_wait,
+        observed,
     })
 }
 
@@ -186,8 +190,9 @@ fn load_both(
     }
 }
 
-/// The verdict on this attempt at time `t`, and the alert when a window refused it for the
-/// first time in that window (the window remembers it: one alert per account per window).
+/// The verdict on this attempt at time `t`, what observe-mode limits would have refused, and
+/// the alert when a window refused it (or would have) for the first time in that window (the
+/// window remembers it: one alert per account per window).
 fn judge(
     arec: &CounterRecord,
     awin: &mut [Window],
@@ -195,11 +200,11 @@ fn judge(
     config: &Config,
     attempt: &Attempt<'_>,
     t: i64,
-) -> (Verdict, Option<Alert>) {
+) -> (Verdict, Option<Alert>, Vec<Refusal>) {
     let account = attempt.account;
     if let Some(lock) = &arec.lock {
         awin.iter_mut().for_each(|w| w.record_refused(t));
-        return (Verdict::Locked(lock.reason.clone()), None);
+        return (Verdict::Locked(lock.reason.clone()), None, Vec::new());
     }
     let limits = config.limits_for(account);
     match decide(
@@ -209,34 +214,53 @@ fn judge(
         t,
         attempt.recipients,
     ) {
-        Ok(()) => (
-            Verdict::Accepted(Some(Ticket {
-                account: account.to_string(),
-                at: t,
-                recipients: attempt.recipients,
-            })),
-            None,
-        ),
+        Ok(observed) => {
+            let alert = observed
+                .iter()
+                .find_map(|r| first_in_window(r, awin, swin, t, true));
+            (
+                Verdict::Accepted(Some(Ticket {
+                    account: account.to_string(),
+                    at: t,
+                    recipients: attempt.recipients,
+                })),
+                alert,
+                observed,
+            )
+        }
         Err(r) => {
-            let windows = match r.scope {
-                Scope::Account => awin,
-                Scope::Server => swin,
-            };
-            let mut alert = None;
-            if let Some(w) = windows.iter_mut().find(|w| w.secs == r.limit.window.secs())
-                && w.alerted_until <= t
-            {
-                w.alerted_until = t + r.limit.window.secs() as i64;
-                alert = Some(Alert {
-                    refusal: Some(r.clone()),
-                    locked: None,
-                    usage: Vec::new(),
-                    recent: Vec::new(),
-                });
-            }
-            (Verdict::Refused(r), alert)
+            let alert = first_in_window(&r, awin, swin, t, false);
+            (Verdict::Refused(r), alert, Vec::new())
         }
     }
+}
+
+/// The alert for `r` when its window has not alerted yet in this window.
+fn first_in_window(
+    r: &Refusal,
+    awin: &mut [Window],
+    swin: &mut [Window],
+    t: i64,
+    observed: bool,
+) -> Option<Alert> {
+    let windows = match r.scope {
+        Scope::Account => awin,
+        Scope::Server => swin,
+    };
+    let w = windows
+        .iter_mut()
+        .find(|w| w.secs == r.limit.window.secs())?;
+    if w.alerted_until > t {
+        return None;
+    }
+    w.alerted_until = t + r.limit.window.secs() as i64;
+    Some(Alert {
+        refusal: Some(r.clone()),
+        locked: None,
+        observed,
+        usage: Vec::new(),
+        recent: Vec::new(),
+    })
 }
 
 /// `lock_after`: an account with that many refused or held attempts within one of its
@@ -264,6 +288,7 @@ fn lock_past_threshold(
         ends_itself: false,
     });
     let a = alert.get_or_insert_with(|| Alert {
+        observed: false,
         refusal: None,
         locked: None,
         usage: Vec::new(),

@@ -90,23 +90,29 @@ pub fn reconcile(record: &CounterRecord, limits: &[Limit], now: i64) -> Vec<Wind
 }
 
 /// Check every window, then count the message (accepted) or the refusal. Pure.
+/// Accepted, it returns what the limits in observe mode would have refused: they never
+/// refuse, and never hide an enforced limit that does.
 pub fn decide(
     account: (&mut [Window], &[Limit]),
     exempt: bool,
     server: (&mut [Window], &[Limit]),
     now: i64,
     recipients: u32,
-) -> Result<(), Refusal> {
+) -> Result<Vec<Refusal>, Refusal> {
     let mut worst: Option<Refusal> = None;
+    let mut observed = Vec::new();
     if !exempt {
         for (scope, (windows, limits)) in [
             (Scope::Account, (&*account.0, account.1)),
             (Scope::Server, (&*server.0, server.1)),
         ] {
             for (w, l) in windows.iter().zip(limits) {
-                if let Some(r) = check(w, l, scope, now, recipients)
-                    && worst.as_ref().is_none_or(|cur| worse(&r, cur))
-                {
+                let Some(r) = check(w, l, scope, now, recipients) else {
+                    continue;
+                };
+                if l.observe {
+                    observed.push(r);
+                } else if worst.as_ref().is_none_or(|cur| worse(&r, cur)) {
                     worst = Some(r);
                 }
             }
@@ -116,7 +122,7 @@ pub fn decide(
     match worst {
         None => {
             all.for_each(|w| w.record(now, recipients));
-            Ok(())
+            Ok(observed)
         }
         Some(r) => {
             all.for_each(|w| w.record_refused(now));
@@ -192,6 +198,8 @@ pub struct Alert {
     pub refusal: Option<Refusal>,
     /// Set when this decision locked the account (`lock_after`).
     pub locked: Option<String>,
+    /// The refusal is one an observe-mode limit would have made; the message went.
+    pub observed: bool,
     pub usage: Vec<(String, window::Usage)>,
     pub recent: Vec<store::Recent>,
 }
@@ -216,6 +224,9 @@ pub struct Decision {
     pub alert: Option<Alert>,
     /// How long this sender waited for the counter locks (logged; the benchmark reads it).
     pub lock_wait: std::time::Duration,
+    /// Limits in observe mode that this accepted message went over: it flows, and the log
+    /// says what they would have done.
+    pub observed: Vec<Refusal>,
 }
 
 /// Where the counters live. Everything above the store (decide, refunds, status) is the same
@@ -321,6 +332,36 @@ mod tests {
         // recipients: 11 > 10 never fits.
         let r = send(4000, 11, &mut aw, &mut sw).unwrap_err();
         assert_eq!((r.what, r.next), ("recipients", None));
+    }
+
+    #[test]
+    fn an_observed_limit_never_refuses_nor_hides_an_enforced_one() {
+        let mut watch = limit(60, Some(1), None);
+        watch.observe = true;
+        let acc = [watch, limit(3600, Some(3), None)];
+        let mut aw: Vec<Window> = acc
+            .iter()
+            .map(|l| Window::new(l.window.secs(), 0))
+            .collect();
+        let mut sw: Vec<Window> = Vec::new();
+        assert_eq!(
+            decide((&mut aw, &acc), false, (&mut sw, &[]), 0, 1),
+            Ok(vec![])
+        );
+        // Over the observed limit: it goes, and says so; counted like any message.
+        let observed = decide((&mut aw, &acc), false, (&mut sw, &[]), 1, 1).unwrap();
+        assert_eq!(observed.len(), 1);
+        assert_eq!(observed[0].limit.window.secs(), 60);
+        assert_eq!(aw[0].usage(1).messages, 2);
+        assert_eq!(
+            decide((&mut aw, &acc), false, (&mut sw, &[]), 2, 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        // The enforced hourly limit refuses the fourth, whatever the observed one says.
+        let r = decide((&mut aw, &acc), false, (&mut sw, &[]), 3, 1).unwrap_err();
+        assert_eq!(r.limit.window.secs(), 3600);
     }
 
     #[test]

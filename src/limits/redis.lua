@@ -6,7 +6,8 @@
 -- KEYS: account window hashes..., server window hashes..., the account's lock key.
 -- ARGV: now (0 = Redis TIME), recipients, count_refusal (0/1), exempt (0/1), lock_after,
 --       number of account windows, number of server windows,
---       then per window: seconds, max messages (-1 = none), max recipients (-1 = none).
+--       then per window: seconds, max messages (-1 = none), max recipients (-1 = none),
+--       observe (0/1: only watch; over it the message still goes).
 -- A window hash maps ring slot -> "bucket:messages:recipients:refused", plus "alert" -> time
 -- before which no alert mail is due. Every key expires when its window has passed unused.
 local B = 20
@@ -24,9 +25,9 @@ local lockkey = KEYS[nw + 1]
 
 local windows = {}
 for i = 1, nw do
-  local a = 7 + (i - 1) * 3
+  local a = 7 + (i - 1) * 4
   local w = {key = KEYS[i], secs = tonumber(ARGV[a + 1]), maxm = tonumber(ARGV[a + 2]),
-             maxr = tonumber(ARGV[a + 3]), slots = {}, alert = 0}
+             maxr = tonumber(ARGV[a + 3]), observe = ARGV[a + 4] == '1', slots = {}, alert = 0}
   w.len = math.max(1, math.ceil(w.secs / (B - 1)))
   w.cur = math.floor(now / w.len)
   w.first = math.max(math.floor((now - w.secs) / w.len), w.cur - B + 1)
@@ -80,20 +81,42 @@ if lock then
 end
 
 local exceeded = {}
+local observed = {}
 if not exempt then
   for i = 1, nw do
     local w = windows[i]
+    local over = nil
     if w.maxm >= 0 and w.m + 1 > w.maxm then
-      exceeded[#exceeded + 1] = i; exceeded[#exceeded + 1] = 'messages'
+      over = 'messages'
     elseif w.maxr >= 0 and w.r + rcpts > w.maxr then
-      exceeded[#exceeded + 1] = i; exceeded[#exceeded + 1] = 'recipients'
+      over = 'recipients'
+    end
+    if over then
+      local list = exceeded
+      if w.observe then list = observed end
+      list[#list + 1] = i; list[#list + 1] = over
     end
   end
 end
 
 if #exceeded == 0 then
+  -- Observe-mode windows it went over: the first time in each window, an alert is due.
+  local alert = 0
+  for k = 1, #observed, 2 do
+    local w = windows[observed[k]]
+    if w.alert <= now then
+      w.alert = now + w.secs
+      redis.call('HSET', w.key, 'alert', w.alert)
+      alert = 1
+    end
+  end
   for i = 1, nw do bump(windows[i], 1, rcpts, 0) end
-  return {1, now}
+  if #observed == 0 then
+    return {1, now}
+  end
+  local reply = {1, now, alert, '', observed}
+  for i = 1, nw do reply[#reply + 1] = dump(windows[i]) end
+  return reply
 end
 if not count_refusal then
   return {3, now}

@@ -133,6 +133,7 @@ impl RedisStore {
             verdict,
             alert: None,
             lock_wait: Duration::ZERO,
+            observed: Vec::new(),
         })
     }
 
@@ -146,42 +147,14 @@ impl RedisStore {
         now: i64,
         attempt: &Attempt<'_>,
     ) -> (Verdict, Option<Alert>) {
-        let alert_due = int(reply.get(2)) == 1;
-        let locked = string(reply.get(3));
-        let exceeded = array(reply.get(4));
-        let windows: Vec<Window> = limits
-            .iter()
-            .chain(server)
-            .enumerate()
-            .map(|(i, l)| window_from_dump(l.window.secs(), now, &array(reply.get(5 + i))))
-            .collect();
-        let mut worst: Option<Refusal> = None;
-        for pair in exceeded.chunks(2) {
-            let i = (int(pair.first()) - 1).max(0) as usize;
-            let what = if string(pair.get(1)) == "recipients" {
-                "recipients"
-            } else {
-                "messages"
-            };
-            let (scope, limit) = if i < limits.len() {
-                (Scope::Account, &limits[i])
-            } else {
-                (Scope::Server, &server[i - limits.len()])
-            };
-            let r = refusal(scope, limit, what, &windows[i], now, attempt.recipients);
-            if worst.as_ref().is_none_or(|cur| worse(&r, cur)) {
-                worst = Some(r);
-            }
-        }
-        let worst = worst.unwrap_or_else(|| self.placeholder_refusal(limits, server));
-        let alert = (alert_due || !locked.is_empty()).then(|| Alert {
-            refusal: Some(worst.clone()),
-            locked: (!locked.is_empty()).then(|| locked.clone()),
-            usage: windows[..limits.len()]
-                .iter()
-                .map(|w| (crate::config::TimeSpan(w.secs).to_string(), w.usage(now)))
-                .collect(),
-            recent: Vec::new(),
+        let (refusals, alert) = answer(reply, limits, server, now, attempt, false);
+        let worst = refusals
+            .into_iter()
+            .reduce(|a, b| if worse(&b, &a) { b } else { a })
+            .unwrap_or_else(|| self.placeholder_refusal(limits, server));
+        let alert = alert.map(|mut a| {
+            a.refusal = Some(worst.clone());
+            a
         });
         (Verdict::Refused(worst), alert)
     }
@@ -206,11 +179,24 @@ impl RedisStore {
         let status = int(reply.first());
         let now = int(reply.get(1));
         let verdict = match status {
-            1 => Verdict::Accepted(Some(Ticket {
-                account: account.to_string(),
-                at: now,
-                recipients: attempt.recipients,
-            })),
+            1 => {
+                // Over limits in observe mode only: it goes; the script lists them.
+                let (observed, alert) = if reply.len() >= 5 {
+                    answer(&reply, limits, server, now, attempt, true)
+                } else {
+                    (Vec::new(), None)
+                };
+                return Ok(Decision {
+                    verdict: Verdict::Accepted(Some(Ticket {
+                        account: account.to_string(),
+                        at: now,
+                        recipients: attempt.recipients,
+                    })),
+                    alert,
+                    lock_wait,
+                    observed,
+                });
+            }
             2 => {
                 let raw = string(reply.get(2));
                 Verdict::Locked(
@@ -224,6 +210,7 @@ impl RedisStore {
                     verdict: Verdict::Refused(self.placeholder_refusal(limits, server)),
                     alert: None,
                     lock_wait,
+                    observed: Vec::new(),
                 });
             }
             _ => {
@@ -232,6 +219,7 @@ impl RedisStore {
                     verdict,
                     alert,
                     lock_wait,
+                    observed: Vec::new(),
                 });
             }
         };
@@ -239,6 +227,7 @@ impl RedisStore {
             verdict,
             alert: None,
             lock_wait,
+            observed: Vec::new(),
         })
     }
 
@@ -471,6 +460,56 @@ fn array(v: Option<&Value>) -> Vec<Value> {
     }
 }
 
+/// The windows the script names as exceeded (or, for an accepted message, observed), as
+/// refusals; and the alert when the script says one is due or the account was just locked.
+fn answer(
+    reply: &[Value],
+    limits: &[Limit],
+    server: &[Limit],
+    now: i64,
+    attempt: &Attempt<'_>,
+    observed: bool,
+) -> (Vec<Refusal>, Option<Alert>) {
+    let alert_due = int(reply.get(2)) == 1;
+    let locked = string(reply.get(3));
+    let exceeded = array(reply.get(4));
+    let windows: Vec<Window> = limits
+        .iter()
+        .chain(server)
+        .enumerate()
+        .map(|(i, l)| window_from_dump(l.window.secs(), now, &array(reply.get(5 + i))))
+        .collect();
+    let mut refusals = Vec::new();
+    for pair in exceeded.chunks(2) {
+        let i = (int(pair.first()) - 1).max(0) as usize;
+        let what = if string(pair.get(1)) == "recipients" {
+            "recipients"
+        } else {
+            "messages"
+        };
+        let (scope, limit) = match limits.get(i) {
+            Some(l) => (Scope::Account, l),
+            None => match server.get(i - limits.len()) {
+                Some(l) => (Scope::Server, l),
+                None => continue,
+            },
+        };
+        let Some(w) = windows.get(i) else { continue };
+        refusals.push(refusal(scope, limit, what, w, now, attempt.recipients));
+    }
+    let alert = (alert_due || !locked.is_empty()).then(|| Alert {
+        refusal: refusals.first().cloned(),
+        locked: (!locked.is_empty()).then(|| locked.clone()),
+        observed,
+        usage: windows[..limits.len().min(windows.len())]
+            .iter()
+            .map(|w| (crate::config::TimeSpan(w.secs).to_string(), w.usage(now)))
+            .collect(),
+        recent: Vec::new(),
+    });
+    (refusals, alert)
+}
+
 /// The check script's keys (every window of the account and of the server, and the account's
 /// lock) and arguments for one attempt.
 fn check_invocation<'a>(
@@ -502,7 +541,8 @@ fn check_invocation<'a>(
         invocation
             .arg(l.window.secs())
             .arg(l.messages.map_or(-1, i64::from))
-            .arg(l.recipients.map_or(-1, i64::from));
+            .arg(l.recipients.map_or(-1, i64::from))
+            .arg(u8::from(l.observe));
     }
     invocation
 }

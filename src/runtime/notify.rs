@@ -39,6 +39,10 @@ pub fn alert_message(
     origin: &str,
 ) -> Message {
     let subject = match (&alert.locked, &alert.refusal) {
+        (_, Some(r)) if alert.observed => format!(
+            "mailgate: account {} would have exceeded {} {} per {} on {hostname} (observe mode: the mail went)",
+            meta.account, r.max, r.what, r.limit.window
+        ),
         (Some(_), _) => format!("mailgate: account {} locked on {hostname}", meta.account),
         (None, Some(r)) => format!(
             "mailgate: account {} exceeded {} {} per {} on {hostname}",
@@ -63,6 +67,14 @@ pub fn alert_message(
             format_time,
         );
         let _ = writeln!(text, "Next message possible at: {next}");
+        if alert.observed {
+            let _ = writeln!(
+                text,
+                "\nThis limit is in observe mode: the message was sent, nothing was stopped.\n\
+                 Log lines with observed= show every message over it; set observe = false to\n\
+                 enforce it. This alert comes once per window."
+            );
+        }
     }
     if let Some(reason) = &alert.locked {
         let _ = writeln!(text, "\nThe account is now LOCKED: {reason}.");
@@ -283,10 +295,7 @@ pub fn bounces_message(b: &Bounces, to_admin: bool, env: &Envelope<'_>) -> Messa
             b.account, env.hostname, b.action
         )
     } else {
-        format!(
-            "Mail from your account {} bounces: {}",
-            b.account, b.action
-        )
+        format!("Mail from your account {} bounces: {}", b.account, b.action)
     };
     let mut text = String::new();
     if !to_admin {

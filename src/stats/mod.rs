@@ -81,7 +81,6 @@ impl Outcome {
     /// What the relay's log says became of recipients after the hand-over.
     pub const DELIVERY: [Outcome; 3] = [Outcome::Delivered, Outcome::Bounced, Outcome::Delayed];
 
-
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Sent => "sent",
