@@ -468,3 +468,43 @@ fn a_sender_killed_at_any_instant_never_hides_or_wipes_a_message() {
         "top counts {counted} > {logged} logged + {killed} killed"
     );
 }
+
+/// The shipped alerting rules load in Prometheus and fire on what they name (their own unit
+/// tests: an account held by the trigger, a bounce rate over both parts of the rule and not
+/// under the minimum, an old queue, relay errors, unreadable statistics, blind outcomes).
+#[test]
+fn the_prometheus_alerting_rules_pass_their_promtool_unit_tests() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/pkg/prometheus");
+    for args in [
+        ["check", "rules", "mailgate.rules.yml"],
+        ["test", "rules", "mailgate.rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool (package prometheus) must be installed");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+    }
+    // Every metric a rule names is one `mailgate metrics` exports.
+    let rules = std::fs::read_to_string(format!("{dir}/mailgate.rules.yml")).unwrap();
+    let exported = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/stats/metrics.rs"
+    ))
+    .unwrap();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("mailgate_") {
+            assert!(
+                exported.contains(&format!("\"{word}\"")),
+                "the rules name {word}, which mailgate metrics does not export"
+            );
+        }
+    }
+}

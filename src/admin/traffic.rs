@@ -234,7 +234,10 @@ fn source_top(r: Row) -> SourceTop {
 /// Everything `metrics` shows, gathered from the statistics, the counters and the spools.
 /// How full each window of a counter is (share of its limit, by messages and by
 /// recipients), and whether the account is locked; nothing for a counter that cannot be read.
-type WindowUsage = (Vec<(String, &'static str, f64)>, bool);
+type WindowUsage = (
+    Vec<(String, &'static str, f64)>,
+    Option<crate::limits::store::AccountLock>,
+);
 
 fn window_usage(
     ctx: &Runtime,
@@ -243,7 +246,7 @@ fn window_usage(
     now: i64,
 ) -> WindowUsage {
     let Ok(rec) = ctx.store().and_then(|s| s.read(&ctx.config, counter, now)) else {
-        return (Vec::new(), false);
+        return (Vec::new(), None);
     };
     let mut windows = reconcile(&rec, limits, now);
     let mut out = Vec::new();
@@ -265,7 +268,7 @@ fn window_usage(
             ));
         }
     }
-    (out, rec.lock.is_some())
+    (out, rec.lock)
 }
 
 pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
@@ -296,14 +299,19 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         window_usage(ctx, counter, limits, now)
     };
     let mut accounts = Vec::new();
+    let mut statistics_unreadable = 0;
     for name in names {
         if crate::config::validate_account_name(&name).is_err() {
             continue;
         }
-        let totals = stats::file::read(state, &name)
-            .map(|s| s.totals)
-            .unwrap_or_default();
-        let (usage, locked) = usage(Counter::Account(&name), config.limits_for(&name));
+        let totals = match stats::file::read(state, &name) {
+            Ok(s) => s.totals,
+            Err(_) => {
+                statistics_unreadable += 1;
+                stats::Totals::default()
+            }
+        };
+        let (usage, lock) = usage(Counter::Account(&name), config.limits_for(&name));
         let spools = [Kind::Hold, Kind::Defer, Kind::Queue, Kind::Failed]
             .into_iter()
             .map(|k| {
@@ -318,7 +326,8 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
             name,
             totals,
             usage,
-            locked,
+            locked: lock.is_some(),
+            held_by_trigger: lock.is_some_and(|l| l.ends_itself),
             spools,
         });
     }
@@ -332,6 +341,8 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         accounts,
         server_usage,
         oldest_waiting: oldest.map(|t| now - t),
+        outcomes_blind: crate::outcomes::blindness(ctx).is_some(),
+        statistics_unreadable,
     })
 }
 

@@ -13,6 +13,8 @@ pub struct Account {
     /// (window, "messages"/"recipients", used / limit).
     pub usage: Vec<(String, &'static str, f64)>,
     pub locked: bool,
+    /// The lock is a failure-rate trigger's hold (it ends by itself).
+    pub held_by_trigger: bool,
     /// Hold, defer, queue and failed.
     pub spools: Vec<SpoolUse>,
 }
@@ -27,6 +29,10 @@ pub struct Snapshot {
     pub server_usage: Vec<(String, &'static str, f64)>,
     /// Age of the oldest entry waiting in queue/ or defer/, seconds.
     pub oldest_waiting: Option<i64>,
+    /// The relay's log cannot be read (or is not configured): outcomes are not learnt.
+    pub outcomes_blind: bool,
+    /// Accounts whose statistics file cannot be read (damaged; rewritten by the next message).
+    pub statistics_unreadable: u64,
 }
 
 /// The name under which the accounts beyond `[metrics] accounts` are summed.
@@ -172,6 +178,18 @@ pub fn render(s: &Snapshot) -> String {
             u8::from(a.locked),
         );
     }
+    o.family(
+        "mailgate_account_held_by_trigger",
+        "gauge",
+        "1 while a failure-rate trigger holds the account's new mail (it ends by itself when the bounce rate falls).",
+    );
+    for a in &s.accounts {
+        o.sample(
+            "mailgate_account_held_by_trigger",
+            &[("account", &a.name)],
+            u8::from(a.held_by_trigger),
+        );
+    }
     type OfSpool = fn(&SpoolUse) -> u64;
     let kept: [(&str, &str, OfSpool); 2] = [
         (
@@ -208,6 +226,18 @@ pub fn render(s: &Snapshot) -> String {
         s.oldest_waiting.unwrap_or(0).max(0),
     );
     let sum = |f: &dyn Fn(&Totals) -> u64| s.accounts.iter().map(|a| f(&a.totals)).sum::<u64>();
+    o.family(
+        "mailgate_outcomes_blind",
+        "gauge",
+        "1 while delivery outcomes are not learnt (the relay's log is missing, unreadable or not configured): the failure-rate triggers are blind.",
+    );
+    o.sample("mailgate_outcomes_blind", &[], u8::from(s.outcomes_blind));
+    o.family(
+        "mailgate_statistics_unreadable",
+        "gauge",
+        "Accounts whose statistics file cannot be read (damaged): their top and metrics counts start afresh with the next message.",
+    );
+    o.sample("mailgate_statistics_unreadable", &[], s.statistics_unreadable);
     o.family(
         "mailgate_lock_wait_seconds_total",
         "counter",
@@ -259,6 +289,7 @@ mod tests {
                 totals,
                 usage: Vec::new(),
                 locked: false,
+                held_by_trigger: false,
                 spools: vec![("hold", 0, 0), ("queue", queued, queued * 100)],
             }
         };
@@ -283,16 +314,20 @@ mod tests {
         totals.messages[0] = 3;
         totals.lock_wait_us = 1_500_000;
         totals.relay_errors[2] = 2;
+        totals.recipients[Outcome::Bounced as usize] = 7;
         let snap = Snapshot {
             accounts: vec![Account {
                 name: "we\"ird\\acc".into(),
                 totals,
                 usage: vec![("1h".into(), "messages", 0.5)],
                 locked: true,
+                held_by_trigger: true,
                 spools: vec![("hold", 2, 300)],
             }],
             server_usage: vec![],
             oldest_waiting: Some(42),
+            outcomes_blind: true,
+            statistics_unreadable: 0,
         };
         let text = render(&snap);
         assert!(
@@ -302,6 +337,10 @@ mod tests {
         assert!(text.contains("mailgate_lock_wait_seconds_total 1.5\n"));
         assert!(text.contains("mailgate_relay_errors_total{kind=\"unreachable\"} 2\n"));
         assert!(text.contains("mailgate_queue_oldest_age_seconds 42\n"));
+        assert!(text.contains(r#"mailgate_deliveries_total{account="we\"ird\\acc",outcome="bounced"} 7"#), "{text}");
+        assert!(!text.contains(r#"mailgate_messages_total{account="we\"ird\\acc",outcome="bounced"}"#));
+        assert!(text.contains(r#"mailgate_account_held_by_trigger{account="we\"ird\\acc"} 1"#));
+        assert!(text.contains("mailgate_outcomes_blind 1\n"));
         assert!(text.contains(r#"mailgate_window_usage_ratio{account="we\"ird\\acc",window="1h",limit="messages"} 0.5"#));
         let mut seen = std::collections::HashSet::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
