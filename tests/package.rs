@@ -137,6 +137,7 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
     );
     for sub in [
         "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
+        "delivery",
     ] {
         assert_eq!(
             must(&format!("stat -c '%a %U:%G' /var/lib/mailgate/{sub}")).trim(),

@@ -494,11 +494,9 @@ fn the_prometheus_alerting_rules_pass_their_promtool_unit_tests() {
     }
     // Every metric a rule names is one `mailgate metrics` exports.
     let rules = std::fs::read_to_string(format!("{dir}/mailgate.rules.yml")).unwrap();
-    let exported = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/src/stats/metrics.rs"
-    ))
-    .unwrap();
+    let exported =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/stats/metrics.rs"))
+            .unwrap();
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("mailgate_") {
             assert!(

@@ -72,7 +72,13 @@ pub fn parse<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, Fact<'a>)
     let (tag, rest) = rest.split_once(": ")?;
     let program = tag.split('[').next()?;
     let (name, _service) = program.rsplit_once('/')?;
-    if name != syslog_name {
+    // "postfix-postfwd/smtp", and services with a name of their own below it
+    // ("postfix-postfwd/mailgate/smtpd").
+    let ours = name == syslog_name
+        || name
+            .strip_prefix(syslog_name)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if !ours {
         return None;
     }
     let (queue_id, text) = rest.split_once(": ")?;
@@ -235,6 +241,10 @@ mod tests {
     fn other_instances_and_other_lines_say_nothing() {
         let primary = SMTP_SENT.replace("postfix-postfwd/", "postfix/");
         assert_eq!(parse(&primary, NAME), None);
+        let lookalike = SMTP_SENT.replace("postfix-postfwd/", "postfix-postfwdx/");
+        assert_eq!(parse(&lookalike, NAME), None);
+        let lane = REMOVED.replace("postfix-postfwd/qmgr", "postfix-postfwd/mailgate/cleanup");
+        assert!(parse(&lane, NAME).is_some());
         for line in [
             "Dec  3 13:20:01 vm postfix-postfwd/smtpd[1]: connect from localhost[127.0.0.1]",
             "Dec  3 13:20:01 vm postfix-postfwd/cleanup[2]: 3F2A1C0042: message-id=<x@vm>",

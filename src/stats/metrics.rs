@@ -237,7 +237,11 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "Accounts whose statistics file cannot be read (damaged): their top and metrics counts start afresh with the next message.",
     );
-    o.sample("mailgate_statistics_unreadable", &[], s.statistics_unreadable);
+    o.sample(
+        "mailgate_statistics_unreadable",
+        &[],
+        s.statistics_unreadable,
+    );
     o.family(
         "mailgate_lock_wait_seconds_total",
         "counter",
@@ -337,8 +341,15 @@ mod tests {
         assert!(text.contains("mailgate_lock_wait_seconds_total 1.5\n"));
         assert!(text.contains("mailgate_relay_errors_total{kind=\"unreachable\"} 2\n"));
         assert!(text.contains("mailgate_queue_oldest_age_seconds 42\n"));
-        assert!(text.contains(r#"mailgate_deliveries_total{account="we\"ird\\acc",outcome="bounced"} 7"#), "{text}");
-        assert!(!text.contains(r#"mailgate_messages_total{account="we\"ird\\acc",outcome="bounced"}"#));
+        assert!(
+            text.contains(
+                r#"mailgate_deliveries_total{account="we\"ird\\acc",outcome="bounced"} 7"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"mailgate_messages_total{account="we\"ird\\acc",outcome="bounced"}"#)
+        );
         assert!(text.contains(r#"mailgate_account_held_by_trigger{account="we\"ird\\acc"} 1"#));
         assert!(text.contains("mailgate_outcomes_blind 1\n"));
         assert!(text.contains(r#"mailgate_window_usage_ratio{account="we\"ird\\acc",window="1h",limit="messages"} 0.5"#));
