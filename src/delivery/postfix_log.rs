@@ -155,9 +155,10 @@ pub fn queued_as(reply: &str) -> Option<&str> {
     rest.split_whitespace().next().filter(|id| is_queue_id(id))
 }
 
-/// Postfix's short (hexadecimal) and long (`enable_long_queue_ids`) queue ids.
+/// Postfix's short (hexadecimal) and long (`enable_long_queue_ids`) queue ids; also what makes
+/// a record's file name safe (no path, no dot).
 pub fn is_queue_id(s: &str) -> bool {
-    (5..=24).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    (3..=24).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]

@@ -467,12 +467,14 @@ fn serve(conn: TcpStream, script: &Script, store: &Mutex<Vec<Received>>) -> std:
                     }
                 }
                 tx.data = data;
+                // A queue id per message, as a relay gives: REC1, REC2, ...
+                let mut stored = store.lock().unwrap();
                 let reply = script
                     .data_reply
                     .clone()
-                    .unwrap_or_else(|| "250 2.0.0 Ok: queued as REC1".into());
+                    .unwrap_or_else(|| format!("250 2.0.0 Ok: queued as REC{}", stored.len() + 1));
                 if reply.starts_with('2') {
-                    store.lock().unwrap().push(tx.clone());
+                    stored.push(tx.clone());
                 }
                 reply
             }
