@@ -849,6 +849,234 @@ if (($_SERVER['QUERY_STRING'] ?? '') === 'phpmailer') {
     );
 }
 
+/// Issue 21 against the real chain: the relay instance delivers to an in-test server on
+/// loopback that answers 550 for some recipients and 450 for one. Two accounts, three scripts:
+/// `top` shows per script what the server recorded, `trace` the whole way of a bounced message,
+/// and the account that bounces past its trigger is held and told while the other's mail flows.
+#[test]
+fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
+    assert!(
+        is_root(),
+        "this test installs the system chain; run it as root (.ci/run)"
+    );
+    let _one_at_a_time = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    let _host = Host::take_over();
+    let _ = std::fs::remove_dir_all(LOGDIR);
+    std::fs::create_dir_all(LOGDIR).unwrap();
+    for u in USERS {
+        must(&format!(
+            "useradd --no-create-home --shell /usr/sbin/nologin {u}"
+        ));
+    }
+    let gone: Vec<String> = (1..=6).map(|i| format!("gone{i}@example.net")).collect();
+    let mut reject_rcpt: Vec<(String, String)> = gone
+        .iter()
+        .map(|g| {
+            (
+                g.clone(),
+                format!("550 5.1.1 <{g}>: Recipient address rejected: User unknown"),
+            )
+        })
+        .collect();
+    reject_rcpt.push((
+        "later@example.net".into(),
+        "450 4.2.0 <later@example.net>: Recipient address rejected: Greylisted".into(),
+    ));
+    let server = Recorder::start(Script {
+        reject_rcpt,
+        ..Script::default()
+    });
+    let installed = install(server.port, "");
+    assert!(installed.contains("install.sh: done:"), "{installed}");
+    // The chain names the relay's log in mailgate.toml and gives the relay long queue ids.
+    let toml = std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap();
+    let relay_log = format!("{LOGDIR}/postfix-postfwd.log");
+    assert!(
+        toml.contains(&format!("[outcomes]\nrelay_log = \"{relay_log}\"")),
+        "{toml}"
+    );
+    assert_eq!(
+        must("postconf -c /etc/postfix-postfwd -h enable_long_queue_ids").trim(),
+        "yes"
+    );
+    std::fs::write(
+        "/etc/mailgate/mailgate.toml",
+        format!(
+            "[relay]\nsocket = \"{LANE}\"\n[log]\nfile = \"/var/lib/mailgate/chain.log\"\n\
+             [alerts]\nadmin = \"root\"\n[outcomes]\nrelay_log = \"{relay_log}\"\n\
+             [defaults]\nlimits = [ {{ window = \"1h\", messages = 100 }} ]\n\
+             [defaults.trigger]\nwindow = \"1h\"\nmin_failures = 5\npercent = 30\naction = \"hold\"\n\
+             [accounts.root]\nexempt = true\n[accounts.{u1}]\nnotify = [\"{u1}\"]\n",
+            u1 = USERS[0]
+        ),
+    )
+    .unwrap();
+
+    // Three scripts, readable by both users.
+    let www = TempDir::new("chain-outcomes");
+    std::fs::set_permissions(
+        www.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let script = |name: &str, code: &str| {
+        let path = www.path().join(name);
+        std::fs::write(&path, format!("<?php\n{code}\n")).unwrap();
+        path.display().to_string()
+    };
+    let contact = script(
+        "contact.php",
+        r#"for ($i = 1; $i <= 6; $i++) { echo mail("gone$i@example.net", "contact $i", "x") ? "T" : "F"; }"#,
+    );
+    let news = script(
+        "news.php",
+        r#"for ($i = 1; $i <= 2; $i++) { echo mail("good1@example.net, good2@example.net, later@example.net", "news $i", "x") ? "T" : "F"; }"#,
+    );
+    let post = script(
+        "post.php",
+        r#"for ($i = 1; $i <= 3; $i++) { echo mail("reader@example.net", "post $i", "x") ? "T" : "F"; }"#,
+    );
+    let php_file = |user: &str, file: &str| {
+        let o = as_user(user, &[], "php", &["-f", file], b"");
+        assert!(o.status.success(), "php as {user}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(php_file(USERS[0], &contact), "TTTTTT");
+    assert_eq!(php_file(USERS[0], &news), "TT");
+    assert_eq!(php_file(USERS[1], &post), "TTT");
+
+    // What the test server recorded: recipients it took, and those it refused (550 / 450).
+    let took = |to: &str| {
+        server
+            .received()
+            .iter()
+            .map(|r| r.rcpts.iter().filter(|x| *x == to).count() as u64)
+            .sum::<u64>()
+    };
+    let refused = |prefix: &str| {
+        server
+            .refused()
+            .iter()
+            .filter(|a| a.starts_with(prefix))
+            .count() as u64
+    };
+    wait_for("the relay to try every recipient", || {
+        (refused("gone") == 6
+            && refused("later") == 2
+            && took("good1@example.net") + took("good2@example.net") == 4
+            && took("reader@example.net") == 3)
+            .then_some(())
+    });
+    // The queue runs (this one, or cron's) learn them from the relay's own log.
+    let row = |top: &serde_json::Value, account: &str, file: &str| -> Option<serde_json::Value> {
+        let acc = top["accounts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["account"] == account)?;
+        acc["sources"]
+            .as_array()?
+            .iter()
+            .find(|s| s["source"].as_str().unwrap_or("").ends_with(file))
+            .cloned()
+    };
+    let n = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
+    let top = wait_for("top to show what the server recorded", || {
+        must("/usr/sbin/mailgate queue run");
+        let top: serde_json::Value =
+            serde_json::from_str(&must("/usr/sbin/mailgate top --json")).ok()?;
+        let c = row(&top, USERS[0], "contact.php")?;
+        let w = row(&top, USERS[0], "news.php")?;
+        let p = row(&top, USERS[1], "post.php")?;
+        (n(&c, "bounced") == refused("gone")
+            && n(&w, "delivered") == took("good1@example.net") + took("good2@example.net")
+            && n(&w, "delayed") == refused("later")
+            && n(&p, "delivered") == took("reader@example.net"))
+        .then_some(top)
+    });
+    let c = row(&top, USERS[0], "contact.php").unwrap();
+    assert_eq!((n(&c, "bounced"), n(&c, "delivered")), (6, 0), "{top}");
+    let w = row(&top, USERS[0], "news.php").unwrap();
+    assert_eq!(
+        (n(&w, "delivered"), n(&w, "delayed"), n(&w, "bounced")),
+        (4, 2, 0),
+        "{top}"
+    );
+    let p = row(&top, USERS[1], "post.php").unwrap();
+    assert_eq!((n(&p, "delivered"), n(&p, "bounced")), (3, 0), "{top}");
+
+    // mgchain1 bounced 6 of 10 (60 % ≥ 30 %): held and told; mgchain2's mail flows.
+    let status: serde_json::Value = serde_json::from_str(&must(&format!(
+        "/usr/sbin/mailgate status {} --json",
+        USERS[0]
+    )))
+    .unwrap();
+    assert_eq!(status["accounts"][0]["bounces"]["held"], true, "{status}");
+    assert_eq!(
+        php_file(USERS[0], &contact),
+        "TTTTTT",
+        "held mail is accepted"
+    );
+    let held = must("/usr/sbin/mailgate hold list --json");
+    assert_eq!(held.matches("gone").count(), 6, "{held}");
+    assert_eq!(php_file(USERS[1], &post), "TTT");
+    wait_for("the other account's mail to flow", || {
+        (took("reader@example.net") == 6).then_some(())
+    });
+    let alert = wait_mailbox("root", &format!("account {} bounces too much", USERS[0]));
+    assert!(
+        alert.contains("contact.php") && alert.contains("550 5.1.1"),
+        "{alert}"
+    );
+    let notice = wait_mailbox(
+        USERS[0],
+        &format!("Mail from your account {} bounces", USERS[0]),
+    );
+    assert!(notice.contains("contact.php"), "{notice}");
+
+    // trace: one bounced message's whole way, by the relay's queue id from mailgate's log.
+    let log = std::fs::read_to_string("/var/lib/mailgate/chain.log").unwrap();
+    let queue_id = log
+        .lines()
+        .find(|l| l.contains("contact.php") && l.contains("status=sent"))
+        .and_then(|l| l.split("queued as ").nth(1))
+        .and_then(|r| r.split('"').next())
+        .expect("a contact.php hand-over in mailgate's log")
+        .to_string();
+    let trace = must(&format!("/usr/sbin/mailgate trace {queue_id}"));
+    let uid = must(&format!("id -u {}", USERS[0]));
+    for needle in [
+        format!("uid {} ({})", uid.trim(), USERS[0]),
+        format!("account {}", USERS[0]),
+        "contact.php".to_string(),
+        format!("took it as {queue_id}"),
+        "bounced".to_string(),
+        "550 5.1.1".to_string(),
+    ] {
+        assert!(trace.contains(&needle), "{needle:?} in\n{trace}");
+    }
+    let theirs = as_user(
+        USERS[1],
+        &[],
+        "/usr/sbin/mailgate",
+        &["trace", &queue_id],
+        b"",
+    );
+    assert_eq!(
+        code(&theirs),
+        77,
+        "another customer's message: {}",
+        stderr(&theirs)
+    );
+    let own = as_user(
+        USERS[0],
+        &[],
+        "/usr/sbin/mailgate",
+        &["trace", &queue_id],
+        b"",
+    );
+    assert!(own.status.success(), "{}", stderr(&own));
+}
+
 #[test]
 fn install_into_a_prefix_dry_run_and_non_root_refusal() {
     assert!(

@@ -342,6 +342,7 @@ pub struct Script {
 pub struct Recorder {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl Recorder {
@@ -350,6 +351,7 @@ impl Recorder {
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let store = received.clone();
+        let refused = script.refused.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
@@ -360,11 +362,20 @@ impl Recorder {
                 });
             }
         });
-        Recorder { port, received }
+        Recorder {
+            port,
+            received,
+            refused,
+        }
     }
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Every RCPT address it refused, in order (once per refusal).
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().unwrap().clone()
     }
 
     pub fn wait_count(&self, n: usize) -> Vec<Received> {
