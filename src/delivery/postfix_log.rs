@@ -88,8 +88,17 @@ pub fn parse<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, Fact<'a>)
     if text == "removed" {
         return Some((queue_id, Fact::Removed));
     }
-    if let Some(to) = text.strip_prefix("to=<") {
-        let (to, fields) = to.split_once(">, ")?;
+    if let Some(rest) = text.strip_prefix("to=<") {
+        // The recipient is the sender's choice: it is read as Postfix quotes it, never searched
+        // for field names. The fields after it are Postfix's own up to `status=`, whose text
+        // (the remote server's reply) runs to the end of the line.
+        let end = address_end(rest)?;
+        let to = &rest[..end];
+        let mut fields = rest[end..].strip_prefix(">, ")?;
+        if let Some(orig) = fields.strip_prefix("orig_to=<") {
+            let end = address_end(orig)?;
+            fields = orig[end..].strip_prefix(">, ")?;
+        }
         let status = field(fields, "status=")?;
         let (status_word, reply) = match status.split_once(' ') {
             Some((w, r)) => (w, r),
@@ -113,8 +122,27 @@ pub fn parse<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, Fact<'a>)
             },
         ));
     }
-    if text.starts_with("from=<") && text.contains(", status=expired") {
+    // qmgr's own line: "from=<SENDER>, status=expired, returned to sender". A sender that
+    // contains those words sits inside from=<…> of a line that ends otherwise.
+    if text.starts_with("from=<") && text.ends_with(", status=expired, returned to sender") {
         return Some((queue_id, Fact::Expired));
+    }
+    None
+}
+
+/// Where an address that Postfix logged as `<…>` ends: the first `>` outside a quoted local
+/// part (`"a>b, status=sent"@example.net` is one address).
+fn address_end(s: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Some(i),
+            _ => {}
+        }
     }
     None
 }
@@ -257,6 +285,38 @@ mod tests {
         ] {
             assert_eq!(parse(line, NAME), None, "{line}");
         }
+    }
+
+    #[test]
+    fn a_recipient_or_sender_that_looks_like_fields_fools_nothing() {
+        // Postfix logs a local part with specials quoted.
+        let forged = r#"Dec  3 13:20:02 vm postfix-postfwd/smtp[4711]: 3F2A1C0042: to=<"x>, relay=none, dsn=2.0.0, status=sent (forged)"@example.org>, relay=mx[192.0.2.1]:25, delay=0.1, delays=0/0/0/0.1, dsn=5.1.1, status=bounced (host mx said: 550 5.1.1 user unknown, status=sent)"#;
+        let (_, fact) = parse(forged, NAME).unwrap();
+        let Fact::Recipient {
+            to, status, dsn, ..
+        } = fact
+        else {
+            panic!("{fact:?}")
+        };
+        assert_eq!(
+            to,
+            r#""x>, relay=none, dsn=2.0.0, status=sent (forged)"@example.org"#
+        );
+        assert_eq!((status, dsn), (Status::Bounced, "5.1.1"));
+        let escaped = r#"Dec  3 13:20:02 vm postfix-postfwd/smtp[1]: 3F2A1C0042: to=<"a\"b>, status=sent"@x.org>, orig_to=<"c>, status=sent"@x.org>, relay=mx[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=4.2.0, status=deferred (later)"#;
+        let (_, fact) = parse(escaped, NAME).unwrap();
+        assert!(
+            matches!(
+                fact,
+                Fact::Recipient {
+                    status: Status::Deferred,
+                    ..
+                }
+            ),
+            "{fact:?}"
+        );
+        let sender = "Dec  3 13:20:04 vm postfix-postfwd/qmgr[99]: 3F2A1C0042: from=<\"x, status=expired, returned to sender\"@x.org>, size=300, nrcpt=1 (queue active)";
+        assert_eq!(parse(sender, NAME), None);
     }
 
     #[test]
