@@ -718,6 +718,14 @@ impl Config {
         let mut out = Vec::new();
         check_limits("defaults", &self.defaults.limits, &mut out);
         check_limits("server", &self.server.limits, &mut out);
+        for (owner, t) in [
+            ("defaults", &self.defaults.trigger),
+            ("server", &self.server.trigger),
+        ] {
+            if let Some(t) = t {
+                check_trigger(owner, t, &mut out);
+            }
+        }
         for (name, account) in &self.accounts {
             out.extend(account_problems(name, account));
         }
@@ -807,6 +815,9 @@ pub fn account_problems(name: &str, account: &Account) -> Vec<(String, String)> 
     }
     if let Some(limits) = &account.limits {
         check_limits(name, limits, &mut out);
+    }
+    if let Some(t) = &account.trigger {
+        check_trigger(name, t, &mut out);
     }
     if account.sender_policy == SenderPolicy::Rewrite
         && !account.allowed_senders.is_empty()
@@ -910,6 +921,28 @@ pub fn validate_account_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A trigger's window must lie within what the statistics keep (25 hours, 5-minute slots).
+fn check_trigger(owner: &str, t: &Trigger, out: &mut Vec<(String, String)>) {
+    if t.percent > 100 {
+        out.push((
+            "percent".into(),
+            format!(
+                "{owner}: trigger percent must be 0 to 100, not {}",
+                t.percent
+            ),
+        ));
+    }
+    if !(300..=25 * 3600).contains(&t.window.secs()) {
+        out.push((
+            "window".into(),
+            format!(
+                "{owner}: trigger window must be 5m to 25h (the statistics it reads), not \"{}\"",
+                t.window
+            ),
+        ));
+    }
+}
+
 fn check_limits(owner: &str, limits: &[Limit], out: &mut Vec<(String, String)>) {
     if limits.len() > MAX_WINDOWS {
         out.push((
@@ -958,6 +991,41 @@ mod tests {
         assert_eq!(TimeSpan::parse("36500d"), Ok(TimeSpan::MAX));
         assert_eq!(TimeSpan(5400).to_string(), "90m");
         assert_eq!(TimeSpan(3600).to_string(), "1h");
+    }
+
+    #[test]
+    fn triggers_default_inherit_and_are_checked() {
+        let c = Config::parse(
+            "[defaults.trigger]\npercent = 40\n[accounts.a]\n[accounts.b.trigger]\naction = \"notify\"\nobserve = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        let a = c.trigger_for("a").unwrap();
+        assert_eq!(
+            (a.percent, a.min_failures, a.window),
+            (40, 5, TimeSpan(3600))
+        );
+        assert_eq!(
+            (a.action, a.ends, a.observe),
+            (TriggerAction::Hold, TriggerEnd::Auto, false)
+        );
+        let b = c.trigger_for("b").unwrap();
+        assert_eq!(
+            (b.percent, b.action, b.observe),
+            (20, TriggerAction::Notify, true)
+        );
+        assert!(
+            Config::default().trigger_for("a").is_none(),
+            "off unless configured"
+        );
+        for bad in [
+            "[defaults.trigger]\npercent = 101\n",
+            "[server.trigger]\nwindow = \"1m\"\n",
+            "[accounts.x.trigger]\nwindow = \"26h\"\n",
+            "[defaults.trigger]\naction = \"discard\"\n",
+        ] {
+            assert!(Config::parse(bad, "t.toml").is_err(), "{bad}");
+        }
     }
 
     #[test]
