@@ -78,13 +78,17 @@ TOML
 }
 mkconf tcp $'host = "127.0.0.1"\nport = 825'
 mkconf lane "socket = \"$LANE\""
+# The lane with delivery outcomes on: each hand-over also writes its record (delivery/QUEUEID).
+mkconf outcomes "socket = \"$LANE\""
+printf '[outcomes]\nrelay_log = "/var/log/mailgate-chain-bench/postfix-postfwd.log"\n' >>"$work/outcomes/mailgate.toml"
 
 echo "bench/chain.sh: accepted latency through the chain ($RUNS runs each)..." >&2
 hyperfine -i --style none --warmup 20 --runs "$RUNS" --export-json "$work/latency.json" \
     "sh -c 'MAILGATE_CONFIG=$work/tcp/mailgate.toml $BIN -t -i < $work/small.eml'" \
     "sh -c 'MAILGATE_CONFIG=$work/lane/mailgate.toml $BIN -t -i < $work/small.eml'" \
-    "sh -c '/usr/sbin/sendmail -t -i < $work/small.eml'" >/dev/null
-read -r tcp_ms lane_ms pf_ms <<<"$(median_ms "$work/latency.json")"
+    "sh -c '/usr/sbin/sendmail -t -i < $work/small.eml'" \
+    "sh -c 'MAILGATE_CONFIG=$work/outcomes/mailgate.toml $BIN -t -i < $work/small.eml'" >/dev/null
+read -r tcp_ms lane_ms pf_ms outcomes_ms <<<"$(median_ms "$work/latency.json")"
 
 # 8 parallel senders x 250 messages; prints "sent-by-the-relay seconds".
 throughput() { # config-name
@@ -110,7 +114,9 @@ cat <<MD
 | before: TCP 127.0.0.1:825, postfwd on every RCPT | ${tcp_ms} ms | ${tcp_sent} in ${tcp_secs} s | ${tcp_rate} |
 | mailgate's lane: Unix socket, no postfwd | ${lane_ms} ms | ${lane_sent} in ${lane_secs} s | ${lane_rate} |
 | Postfix's own sendmail (into its queue only) | ${pf_ms} ms | | |
+| mailgate's lane with delivery outcomes on (hand-over record) | ${outcomes_ms} ms | | |
 
 - The lane: $(ratio "$lane_ms" "$tcp_ms") x the latency and $(ratio "$lane_rate" "$tcp_rate") x the throughput of the TCP lane
   (goal: <= 0.5 and >= 2); $(ratio "$lane_ms" "$pf_ms") x Postfix's own sendmail.
+- Delivery outcomes on: $(ratio "$outcomes_ms" "$lane_ms") x the lane's latency (one more small file per message).
 MD
