@@ -109,7 +109,8 @@ impl Drop for Fpm {
 }
 
 /// What the chain test finds before it changes anything, and puts back when it ends, pass or
-/// fail: it refuses to run over a real installation, and removes what it created.
+/// fail: it refuses to run over a real installation, and removes what it created. It starts
+/// each test with a fresh Postfix log directory and the two test users.
 struct Host {
     group_existed: bool,
 }
@@ -145,7 +146,16 @@ impl Host {
                 std::fs::write(format!("{m}{ABSENT}"), b"").unwrap();
             }
         }
-        Host { group_existed }
+        // A fresh log directory: lines of an earlier run must not count.
+        let _ = std::fs::remove_dir_all(LOGDIR);
+        std::fs::create_dir_all(LOGDIR).unwrap();
+        let host = Host { group_existed };
+        for u in USERS {
+            must(&format!(
+                "useradd --no-create-home --shell /usr/sbin/nologin {u}"
+            ));
+        }
+        host
     }
 }
 
@@ -235,14 +245,6 @@ fn php_to_postfwd_chain_end_to_end() {
     }
     let _one_at_a_time = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let _host = Host::take_over();
-    // A fresh log directory: lines of an earlier run must not count.
-    let _ = std::fs::remove_dir_all(LOGDIR);
-    std::fs::create_dir_all(LOGDIR).unwrap();
-    for u in USERS {
-        must(&format!(
-            "useradd --no-create-home --shell /usr/sbin/nologin {u}"
-        ));
-    }
     let before_main_cf = std::fs::read("/etc/postfix/main.cf").ok();
     let before_listeners = listeners();
     let cron_ran_before = sh("pgrep -x cron").status.success();
@@ -861,13 +863,6 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
     );
     let _one_at_a_time = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let _host = Host::take_over();
-    let _ = std::fs::remove_dir_all(LOGDIR);
-    std::fs::create_dir_all(LOGDIR).unwrap();
-    for u in USERS {
-        must(&format!(
-            "useradd --no-create-home --shell /usr/sbin/nologin {u}"
-        ));
-    }
     let gone: Vec<String> = (1..=6).map(|i| format!("gone{i}@example.net")).collect();
     let mut reject_rcpt: Vec<(String, String)> = gone
         .iter()

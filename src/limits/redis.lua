@@ -99,17 +99,24 @@ if not exempt then
   end
 end
 
-if #exceeded == 0 then
-  -- Observe-mode windows it went over: the first time in each window, an alert is due.
-  local alert = 0
-  for k = 1, #observed, 2 do
-    local w = windows[observed[k]]
+-- The windows named in `list` (index, what pairs) that have not alerted in this window yet
+-- do now: 1 when any did.
+local function alert_due(list)
+  local due = 0
+  for k = 1, #list, 2 do
+    local w = windows[list[k]]
     if w.alert <= now then
       w.alert = now + w.secs
       redis.call('HSET', w.key, 'alert', w.alert)
-      alert = 1
+      due = 1
     end
   end
+  return due
+end
+
+if #exceeded == 0 then
+  -- Observe-mode windows it went over: the first time in each window, an alert is due.
+  local alert = alert_due(observed)
   for i = 1, nw do bump(windows[i], 1, rcpts, 0) end
   if #observed == 0 then
     return {1, now}
@@ -123,15 +130,7 @@ if not count_refusal then
 end
 
 for i = 1, nw do bump(windows[i], 0, 0, 1) end
-local alert = 0
-for k = 1, #exceeded, 2 do
-  local w = windows[exceeded[k]]
-  if w.alert <= now then
-    w.alert = now + w.secs
-    redis.call('HSET', w.key, 'alert', w.alert)
-    alert = 1
-  end
-end
+local alert = alert_due(exceeded)
 local locked = ''
 if lock_after > 0 then
   local tried = 0

@@ -191,6 +191,17 @@ pub struct Envelope<'a> {
     pub origin: &'a str,
 }
 
+/// The headers of a notice to a customer: an alert's, with a Message-ID of its own kind.
+fn notice_headers(subject: &str, env: &Envelope<'_>) -> Vec<Header> {
+    let mut headers = envelope_headers(subject, env.hostname, env.to, env.origin);
+    headers.retain(|h| !h.is("Message-ID"));
+    headers.push(Header::new(
+        "Message-ID",
+        &format!("<{}.notice@{}>", crate::spool::new_id(), env.hostname),
+    ));
+    headers
+}
+
 /// The customer's notice: what happened, the limit, where the mail came from, what to do.
 pub fn notice_message(
     account: &str,
@@ -258,14 +269,8 @@ pub fn notice_message(
             " (the administrator releases them)"
         }
     );
-    let mut headers = envelope_headers(&subject, env.hostname, env.to, env.origin);
-    headers.retain(|h| !h.is("Message-ID"));
-    headers.push(Header::new(
-        "Message-ID",
-        &format!("<{}.notice@{}>", crate::spool::new_id(), env.hostname),
-    ));
     Message {
-        headers,
+        headers: notice_headers(&subject, env),
         body: body(&text),
     }
 }
@@ -335,14 +340,11 @@ pub fn bounces_message(b: &Bounces, to_admin: bool, env: &Envelope<'_>) -> Messa
              provider."
         );
     }
-    let mut headers = envelope_headers(&subject, env.hostname, env.to, env.origin);
-    if !to_admin {
-        headers.retain(|h| !h.is("Message-ID"));
-        headers.push(Header::new(
-            "Message-ID",
-            &format!("<{}.notice@{}>", crate::spool::new_id(), env.hostname),
-        ));
-    }
+    let headers = if to_admin {
+        envelope_headers(&subject, env.hostname, env.to, env.origin)
+    } else {
+        notice_headers(&subject, env)
+    };
     Message {
         headers,
         body: body(&text),
