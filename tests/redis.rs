@@ -363,3 +363,39 @@ fn redis_stopped_while_eight_senders_run_loses_nothing() {
         "every message is sent, kept or was refused"
     );
 }
+
+/// Observe mode through the Redis script: an observed limit counts and lets the mail go, the
+/// log says what it would have done, and an enforced limit beside it still refuses.
+#[test]
+fn an_observed_limit_lets_mail_go_and_an_enforced_one_still_refuses() {
+    let redis = Redis::start();
+    let sink = Sink::start(&[]);
+    let env = Env::new(
+        sink.port,
+        &format!(
+            "[alerts]\nadmin = \"\"\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 2000\n\
+             [accounts.watch]\nusers = [\"{}\", 0]\n\
+             limits = [ {{ window = \"1m\", messages = 1, observe = true }}, {{ window = \"1h\", messages = 3 }} ]\n",
+            redis.port,
+            me()
+        ),
+    );
+    let codes: Vec<i32> = (0..4)
+        .map(|_| code(&env.send(&["--account", "watch", "-i", "to@x.org"], MSG)))
+        .collect();
+    assert_eq!(
+        codes,
+        [0, 0, 0, 69],
+        "observed 1/min lets 3 go; enforced 3/h refuses the 4th"
+    );
+    assert_eq!(sink.wait_count(3).len(), 3);
+    let log = env.log_text();
+    assert_eq!(
+        log.matches("observed=\"would have been refused: watch exceeded 1 messages per 1m")
+            .count(),
+        2,
+        "{log}"
+    );
+    let st = json(&env, &["status", "watch"], None);
+    assert_eq!(st["accounts"][0]["windows"][0]["messages"], 3, "{st}");
+}
