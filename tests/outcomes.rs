@@ -426,6 +426,11 @@ fn observe_mode_counts_and_says_what_it_would_have_done_and_the_mail_flows() {
         text.contains("observed=\"would have been refused: blog exceeded 1 messages per 1m"),
         "{text}"
     );
+    let status = admin(&s.env, &["status", "blog"], Some(T0 + 302));
+    assert!(
+        status.contains("observe only: would have stopped mail"),
+        "{status}"
+    );
 }
 
 #[test]

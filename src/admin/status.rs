@@ -73,6 +73,8 @@ struct WindowStatus {
     remaining_messages: Option<u64>,
     /// Unix time of the next possible message when the window is full.
     next_possible: Option<i64>,
+    /// The limit only watches (observe mode): over it, mail still goes.
+    observe: bool,
 }
 
 pub(super) fn status(
@@ -266,10 +268,12 @@ fn print_counter(c: &CounterStatus) {
             (None, Some(r)) => format!("{r} rcpts"),
             (None, None) => "-".into(),
         };
-        let next = w
-            .next_possible
-            .map(limits::format_time)
-            .unwrap_or_else(|| "now".into());
+        let next = match w.next_possible {
+            Some(_) if w.observe => "now (observe only: would have stopped mail)".into(),
+            Some(t) => limits::format_time(t),
+            None if w.observe => "now (observe only)".into(),
+            None => "now".into(),
+        };
         out!(
             "  {:>5}  used {:>6} msgs {:>7} rcpts  limit {:<22} refused {:>5}  next {next}",
             w.window,
@@ -307,6 +311,7 @@ fn counter_status(
                 max_recipients: l.recipients,
                 remaining_messages: l.messages.map(|m| u64::from(m).saturating_sub(u.messages)),
                 next_possible: if exempt { None } else { next },
+                observe: l.observe,
             }
         })
         .collect();

@@ -304,11 +304,14 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         if crate::config::validate_account_name(&name).is_err() {
             continue;
         }
-        let totals = match stats::file::read(state, &name) {
-            Ok(s) => s.totals,
+        let (totals, last_hour) = match stats::file::read(state, &name) {
+            Ok(s) => {
+                let (t, _) = crate::delivery::trigger::tally(&s, now, 3600);
+                (s.totals, (t.delivered, t.bounced))
+            }
             Err(_) => {
                 statistics_unreadable += 1;
-                stats::Totals::default()
+                (stats::Totals::default(), (0, 0))
             }
         };
         let (usage, lock) = usage(Counter::Account(&name), config.limits_for(&name));
@@ -328,6 +331,7 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
             usage,
             locked: lock.is_some(),
             held_by_trigger: lock.is_some_and(|l| l.ends_itself),
+            last_hour,
             spools,
         });
     }

@@ -84,7 +84,12 @@ pub struct Batch {
 
 /// Why the log cannot be read at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blind(pub String);
+pub struct Blind {
+    pub why: String,
+    /// The caller lacks the permission (an admin in group mailgate, not root): not the log's
+    /// fault, and no reason to say the outcomes are blind.
+    pub denied: bool,
+}
 
 /// The log at `path`, opened without following a symlink, never blocking; a regular file.
 fn open(path: &Path) -> io::Result<File> {
@@ -114,10 +119,10 @@ pub fn read_new(path: &Path, from: Position, budget: u64) -> Result<Batch, Blind
             Some(libc::ELOOP) => "is a symbolic link (refused)".to_string(),
             _ => e.to_string(),
         };
-        Blind(format!(
-            "cannot read the relay's log {}: {what}",
-            path.display()
-        ))
+        Blind {
+            why: format!("cannot read the relay's log {}: {what}", path.display()),
+            denied: e.kind() == io::ErrorKind::PermissionDenied,
+        }
     };
     let mut file = open(path).map_err(why)?;
     let meta = file.metadata().map_err(why)?;
@@ -313,13 +318,13 @@ mod tests {
         assert!(read_new(&s.log(), Position::default(), 10).is_err());
         std::fs::write(s.0.join("elsewhere"), "secret\n").unwrap();
         std::os::unix::fs::symlink(s.0.join("elsewhere"), s.log()).unwrap();
-        let Blind(why) = read_new(&s.log(), Position::default(), 10).unwrap_err();
-        assert!(why.contains("symbolic link"), "{why}");
+        let Blind { why, denied } = read_new(&s.log(), Position::default(), 10).unwrap_err();
+        assert!(why.contains("symbolic link") && !denied, "{why}");
         std::fs::remove_file(s.log()).unwrap();
         let c = std::ffi::CString::new(s.log().as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let Blind(why) = read_new(&s.log(), Position::default(), 10).unwrap_err();
+        let Blind { why, .. } = read_new(&s.log(), Position::default(), 10).unwrap_err();
         assert!(why.contains("not a regular file"), "{why}");
     }
 

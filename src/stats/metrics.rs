@@ -15,6 +15,8 @@ pub struct Account {
     pub locked: bool,
     /// The lock is a failure-rate trigger's hold (it ends by itself).
     pub held_by_trigger: bool,
+    /// Recipients delivered and bounced in the last hour (the bounce rate's parts).
+    pub last_hour: (u64, u64),
     /// Hold, defer, queue and failed.
     pub spools: Vec<SpoolUse>,
 }
@@ -57,6 +59,8 @@ pub fn bound_accounts(accounts: &mut Vec<Account>, keep: usize) {
     };
     for a in accounts.drain(keep..) {
         other.totals.add(&a.totals);
+        other.last_hour.0 += a.last_hour.0;
+        other.last_hour.1 += a.last_hour.1;
         if other.spools.is_empty() {
             other.spools = a.spools.iter().map(|(k, _, _)| (*k, 0, 0)).collect();
         }
@@ -179,6 +183,21 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     o.family(
+        "mailgate_bounce_ratio",
+        "gauge",
+        "Bounced recipients as a share of those delivered or bounced in the last hour (accounts with any).",
+    );
+    for a in &s.accounts {
+        let (delivered, bounced) = a.last_hour;
+        if delivered + bounced > 0 {
+            o.sample(
+                "mailgate_bounce_ratio",
+                &[("account", &a.name)],
+                bounced as f64 / (delivered + bounced) as f64,
+            );
+        }
+    }
+    o.family(
         "mailgate_account_held_by_trigger",
         "gauge",
         "1 while a failure-rate trigger holds the account's new mail (it ends by itself when the bounce rate falls).",
@@ -294,6 +313,7 @@ mod tests {
                 usage: Vec::new(),
                 locked: false,
                 held_by_trigger: false,
+                last_hour: (1, 1),
                 spools: vec![("hold", 0, 0), ("queue", queued, queued * 100)],
             }
         };
@@ -310,6 +330,11 @@ mod tests {
         assert_eq!(names, ["big", OTHER]);
         assert_eq!(many[1].totals.all_messages(), 6);
         assert_eq!(many[1].spools, [("hold", 0, 0), ("queue", 4, 400)]);
+        assert_eq!(
+            many[1].last_hour,
+            (2, 2),
+            "the bounce rate's parts are summed too"
+        );
     }
 
     #[test]
@@ -326,6 +351,7 @@ mod tests {
                 usage: vec![("1h".into(), "messages", 0.5)],
                 locked: true,
                 held_by_trigger: true,
+                last_hour: (3, 1),
                 spools: vec![("hold", 2, 300)],
             }],
             server_usage: vec![],
@@ -352,6 +378,10 @@ mod tests {
         );
         assert!(text.contains(r#"mailgate_account_held_by_trigger{account="we\"ird\\acc"} 1"#));
         assert!(text.contains("mailgate_outcomes_blind 1\n"));
+        assert!(
+            text.contains(r#"mailgate_bounce_ratio{account="we\"ird\\acc"} 0.25"#),
+            "{text}"
+        );
         assert!(text.contains(r#"mailgate_window_usage_ratio{account="we\"ird\\acc",window="1h",limit="messages"} 0.5"#));
         let mut seen = std::collections::HashSet::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
