@@ -7,7 +7,7 @@
 //! unreadable or rotated away.
 
 use crate::config::{Trigger, TriggerAction, TriggerEnd};
-use crate::delivery::record::{self, Handed, Record, Step};
+use crate::delivery::record::{self, Handed, Step};
 use crate::delivery::{self, postfix_log, reader, trigger};
 use crate::limits::store::{AccountLock, Counter};
 use crate::log::{Fields, Severity};
@@ -160,40 +160,39 @@ pub fn learn(ctx: &Runtime) -> Learnt {
     }
     let now = ctx.now();
     let name = &ctx.config.outcomes.syslog_name;
-    let mut records: HashMap<String, Option<Record>> = HashMap::new();
-    let mut steps: BTreeMap<String, Vec<Step>> = BTreeMap::new();
-    let mut by_account: BTreeMap<String, Vec<Counted>> = BTreeMap::new();
+    // Each message's facts in log order, so that its record is opened once for all of them.
+    let mut facts: HashMap<&str, Vec<postfix_log::Fact<'_>>> = HashMap::new();
     for line in batch.text.lines() {
         learnt.lines += 1;
-        let Some((queue_id, fact)) = postfix_log::parse(line, name) else {
-            continue;
-        };
-        let entry = records
-            .entry(queue_id.to_string())
-            .or_insert_with(|| record::read(&dir, queue_id));
-        let Some(rec) = entry else { continue };
-        learnt.matched += 1;
-        let applied = delivery::apply(rec, &fact, now);
-        if applied.steps.is_empty() {
-            continue;
-        }
-        steps
-            .entry(queue_id.to_string())
-            .or_default()
-            .extend(applied.steps);
-        let counted = by_account.entry(rec.handed.account.clone()).or_default();
-        for (outcome, reply) in applied.counted {
-            learnt.counted += 1;
-            counted.push(Counted {
-                script: rec.handed.script.clone(),
-                cwd: rec.handed.cwd.clone(),
-                outcome,
-                reply,
-            });
+        if let Some((queue_id, fact)) = postfix_log::parse(line, name) {
+            facts.entry(queue_id).or_default().push(fact);
         }
     }
-    for (queue_id, s) in &steps {
-        if let Err(e) = record::append(&dir, queue_id, s) {
+    let mut by_account: BTreeMap<String, Vec<Counted>> = BTreeMap::new();
+    for (queue_id, facts) in facts {
+        let Some(mut opened) = record::open(&dir, queue_id) else {
+            continue;
+        };
+        let mut steps: Vec<Step> = Vec::new();
+        let rec = &mut opened.record;
+        for fact in &facts {
+            learnt.matched += 1;
+            let applied = delivery::apply(rec, fact, now);
+            steps.extend(applied.steps);
+            let counted = by_account.entry(rec.handed.account.clone()).or_default();
+            for (outcome, reply) in applied.counted {
+                learnt.counted += 1;
+                counted.push(Counted {
+                    script: rec.handed.script.clone(),
+                    cwd: rec.handed.cwd.clone(),
+                    outcome,
+                    reply,
+                });
+            }
+        }
+        if !steps.is_empty()
+            && let Err(e) = opened.append(&steps)
+        {
             ctx.logger.log(
                 Severity::Warning,
                 &format!("outcomes: cannot add to the record of {queue_id}: {e}"),

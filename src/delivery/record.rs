@@ -112,27 +112,51 @@ pub fn write(state: &StateDir, handed: &Handed) -> std::io::Result<()> {
     file.write_all(line.as_bytes())
 }
 
-/// Append steps (one `write` with `O_APPEND`).
-pub fn append(dir: &Dir, queue_id: &str, steps: &[Step]) -> std::io::Result<()> {
-    let mut text = String::new();
-    for s in steps {
-        text.push_str(&serde_json::to_string(s).map_err(std::io::Error::other)?);
-        text.push('\n');
-    }
-    let mut file = dir.open_file(queue_id, libc::O_WRONLY | libc::O_APPEND)?;
-    file.write_all(text.as_bytes())
+/// A record opened for reading and appending: one open for both (the queue run's way).
+pub struct Opened {
+    file: std::fs::File,
+    pub record: Record,
 }
 
-/// The record of `queue_id`; `None` when there is none (a message mailgate did not hand
-/// over) or its first line is not one.
+impl Opened {
+    /// Append steps (one `write` with `O_APPEND`).
+    pub fn append(&mut self, steps: &[Step]) -> std::io::Result<()> {
+        let mut text = String::new();
+        for s in steps {
+            text.push_str(&serde_json::to_string(s).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        self.file.write_all(text.as_bytes())
+    }
+}
+
+/// The record of `queue_id` for update; `None` when there is none (a message mailgate did not
+/// hand over) or its first line is not one.
+pub fn open(dir: &Dir, queue_id: &str) -> Option<Opened> {
+    if !valid_name(queue_id) {
+        return None;
+    }
+    let mut file = dir
+        .open_file(queue_id, libc::O_RDWR | libc::O_APPEND)
+        .ok()?;
+    let record = read_from(&mut file)?;
+    Some(Opened { file, record })
+}
+
+/// The record of `queue_id`, read only (`trace`).
 pub fn read(dir: &Dir, queue_id: &str) -> Option<Record> {
     if !valid_name(queue_id) {
         return None;
     }
-    let file = dir.open_file(queue_id, flags::READ).ok()?;
-    let mut text = String::new();
-    file.take(MAX_RECORD).read_to_string(&mut text).ok()?;
-    decode(&text)
+    read_from(&mut dir.open_file(queue_id, flags::READ).ok()?)
+}
+
+/// The whole record (at most `MAX_RECORD` bytes), in one read when it fits its size.
+fn read_from(file: &mut std::fs::File) -> Option<Record> {
+    let size = file.metadata().ok()?.len().min(MAX_RECORD);
+    let mut bytes = Vec::with_capacity(size as usize + 1);
+    file.take(MAX_RECORD).read_to_end(&mut bytes).ok()?;
+    decode(&String::from_utf8_lossy(&bytes))
 }
 
 /// The first line and every whole step line after it (a damaged line is skipped).
@@ -186,21 +210,16 @@ mod tests {
         let state = StateDir::open(&dir).unwrap();
         write(&state, &sample()).unwrap();
         let sub = state.subdir(DIR).unwrap();
-        append(
-            &sub,
-            "4Sb7Kd1zZkz9sWr",
-            &[step("a@example.org", "deferred")],
-        )
-        .unwrap();
-        append(
-            &sub,
-            "4Sb7Kd1zZkz9sWr",
-            &[
+        let mut opened = open(&sub, "4Sb7Kd1zZkz9sWr").unwrap();
+        assert!(opened.record.steps.is_empty());
+        opened.append(&[step("a@example.org", "deferred")]).unwrap();
+        opened
+            .append(&[
                 step("a@example.org", "delivered"),
                 step("b@example.org", "deferred"),
-            ],
-        )
-        .unwrap();
+            ])
+            .unwrap();
+        drop(opened);
         let r = read(&sub, "4Sb7Kd1zZkz9sWr").unwrap();
         assert_eq!(r.handed, sample());
         assert_eq!(r.steps.len(), 3);
