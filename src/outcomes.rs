@@ -141,10 +141,11 @@ pub fn learn(ctx: &Runtime) -> Learnt {
         Err(reader::Blind { denied: true, .. }) if unsafe { libc::geteuid() } != 0 => {
             return learnt;
         }
+        // Blind, the triggers are not asked: a hold ends on a rate that is seen to fall, never
+        // on outcomes that could not be read.
         Err(reader::Blind { why, .. }) => {
             went_blind(ctx, &dir, &why);
             learnt.blind = Some(why);
-            run_triggers(ctx, &dir, BTreeMap::new());
             return learnt;
         }
     };

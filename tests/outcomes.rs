@@ -345,9 +345,18 @@ fn outcomes_per_script_the_trigger_holds_and_lets_go_and_trace_shows_the_way() {
     let hostile = run_with_input(s.env.cmd().args(["trace", "../../etc/passwd"]), b"");
     assert_eq!(code(&hostile), 69, "{}", stderr(&hostile));
 
-    // Two hours on, shop's window holds no bounces: the hold ends by itself.
+    // Two hours on, shop's window holds no bounces; but while the relay's log cannot be read
+    // the rate is not seen to fall, and the hold stays.
+    let aside = s.relay_log.with_extension("aside");
+    std::fs::rename(&s.relay_log, &aside).unwrap();
     s.queue_run(T0 + 7200);
     let status = s.json(&["status", "shop", "--json"], T0 + 7201);
+    assert_eq!(status["accounts"][0]["bounces"]["held"], true, "{status}");
+    assert!(status["outcomes_blind"].is_string(), "{status}");
+    // Readable again: the hold ends by itself.
+    std::fs::rename(&aside, &s.relay_log).unwrap();
+    s.queue_run(T0 + 7260);
+    let status = s.json(&["status", "shop", "--json"], T0 + 7261);
     assert!(status["accounts"][0]["locked"].is_null(), "{status}");
     assert!(s.env.log_text().contains("account=shop trigger=ended"));
     let before = s.rec.received().len();
