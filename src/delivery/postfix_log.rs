@@ -6,6 +6,8 @@
 //! `2026-12-03T13:20:01.123456+00:00 host name/smtp[42]: …`). Only lines of the relay's
 //! instance (`syslog_name`) count: the primary instance's queue ids are another namespace.
 
+use crate::message::address::find_unquoted;
+
 /// What a recipient's delivery attempt came to (Postfix's `status=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -92,11 +94,13 @@ pub fn parse<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, Fact<'a>)
         // The recipient is the sender's choice: it is read as Postfix quotes it, never searched
         // for field names. The fields after it are Postfix's own up to `status=`, whose text
         // (the remote server's reply) runs to the end of the line.
-        let end = address_end(rest)?;
+        // Where the address ends: the first `>` outside a quoted local part
+        // (`"a>b, status=sent"@example.net` is one address).
+        let end = find_unquoted(rest, '>')?;
         let to = &rest[..end];
         let mut fields = rest[end..].strip_prefix(">, ")?;
         if let Some(orig) = fields.strip_prefix("orig_to=<") {
-            let end = address_end(orig)?;
+            let end = find_unquoted(orig, '>')?;
             fields = orig[end..].strip_prefix(">, ")?;
         }
         let status = field(fields, "status=")?;
@@ -126,23 +130,6 @@ pub fn parse<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, Fact<'a>)
     // contains those words sits inside from=<…> of a line that ends otherwise.
     if text.starts_with("from=<") && text.ends_with(", status=expired, returned to sender") {
         return Some((queue_id, Fact::Expired));
-    }
-    None
-}
-
-/// Where an address that Postfix logged as `<…>` ends: the first `>` outside a quoted local
-/// part (`"a>b, status=sent"@example.net` is one address).
-fn address_end(s: &str) -> Option<usize> {
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '>' if !quoted => return Some(i),
-            _ => {}
-        }
     }
     None
 }

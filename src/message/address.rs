@@ -97,18 +97,26 @@ fn strip_source_route(angle: &str) -> &str {
     if !angle.starts_with('@') {
         return angle;
     }
+    match find_unquoted(angle, ':') {
+        Some(i) => &angle[i + 1..],
+        None => angle,
+    }
+}
+
+/// Where `target` first stands outside a quoted string (`"…"`, with `\\` escapes inside).
+pub fn find_unquoted(text: &str, target: char) -> Option<usize> {
     let mut in_quotes = false;
     let mut escaped = false;
-    for (i, c) in angle.char_indices() {
+    for (i, c) in text.char_indices() {
         match c {
             _ if escaped => escaped = false,
             '\\' if in_quotes => escaped = true,
             '"' => in_quotes = !in_quotes,
-            ':' if !in_quotes => return &angle[i + 1..],
+            c if c == target && !in_quotes => return Some(i),
             _ => {}
         }
     }
-    angle
+    None
 }
 
 fn skip_comment(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
