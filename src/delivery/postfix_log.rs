@@ -307,6 +307,48 @@ mod tests {
     }
 
     #[test]
+    fn only_well_formed_stamps_are_read() {
+        let rest = " vm postfix-postfwd/smtp[1]: 3F2A1C0042: to=<a@x.org>, relay=mx[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (ok)";
+        for good in [
+            "Dec  3 13:20:01",
+            "Dec 13 13:20:01",
+            "2026-12-03T13:20:01.123456+00:00",
+        ] {
+            assert!(parse(&format!("{good}{rest}"), NAME).is_some(), "{good}");
+        }
+        // Each one part of a stamp wrong, the others right.
+        for bad in [
+            "Dec_ 3 13:20:01",
+            "Dec  3_13:20:01",
+            "Dec  3 13_20:01",
+            "Dec  3 13:20_01",
+            "Dec  3 13:20:01_",
+            "2026-12-03T13:20",
+            "20261203T132001.123456+00:00",
+            "2026-12-03_13:20:01.123456+00:00",
+            "2026-12-03",
+        ] {
+            assert_eq!(parse(&format!("{bad}{rest}"), NAME), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_recipient_expired_on_its_own_line_is_expired() {
+        let line = DEFERRED.replace("status=deferred", "status=expired");
+        assert!(matches!(
+            parse(&line, NAME),
+            Some((
+                _,
+                Fact::Recipient {
+                    status: Status::Expired,
+                    ..
+                }
+            ))
+        ));
+        assert!(Status::Expired.is_final() && !Status::Deferred.is_final());
+    }
+
+    #[test]
     fn a_line_cut_in_the_middle_says_nothing() {
         for cut in 0..SMTP_SENT.find("status=").unwrap() + 7 {
             if let Some(line) = SMTP_SENT.get(..cut) {

@@ -150,23 +150,26 @@ mod tests {
         }
         s.record(&event(t0 + 600, Outcome::Delivered, "1:/b.php"));
         s.record(&event(t0 + 600, Outcome::Bounced, "1:/b.php"));
+        s.record(&event(t0 + 600, Outcome::Delivered, "1:/clean.php"));
         // Within the hour: everything.
         let (all, worst) = tally(&s, t0 + 1800, 3600);
         assert_eq!(
             all,
             Tally {
-                delivered: 1,
+                delivered: 2,
                 bounced: 7
             }
         );
         assert_eq!(worst[0].0, SourceKey::Script("1:/a.php".into()));
         assert_eq!(worst[0].1.bounced, 6);
+        // Only sources that bounced are named.
+        assert_eq!(worst.len(), 2, "{worst:?}");
         // One hour and a second after the first slot began, it has left the window.
         let (all, _) = tally(&s, t0 + 3601, 3600);
         assert_eq!(
             all,
             Tally {
-                delivered: 1,
+                delivered: 2,
                 bounced: 1
             }
         );
