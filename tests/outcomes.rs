@@ -19,6 +19,8 @@ struct Setup {
     env: Env,
     relay_log: std::path::PathBuf,
     www: TempDir,
+    /// Holds the relay's log; removed with the setup.
+    _log_dir: TempDir,
 }
 
 fn setup(trigger: &str) -> Setup {
@@ -26,7 +28,6 @@ fn setup(trigger: &str) -> Setup {
     let dir = TempDir::new("outcomes-log");
     let relay_log = dir.path().join("postfix-postfwd.log");
     std::fs::write(&relay_log, "").unwrap();
-    // The log's directory must outlive the test's Env: keep it inside it.
     let env = Env::new(
         rec.port,
         &format!(
@@ -37,12 +38,12 @@ fn setup(trigger: &str) -> Setup {
             uid = uid()
         ),
     );
-    std::mem::forget(dir);
     Setup {
         rec,
         env,
         relay_log,
         www: TempDir::new("outcomes-www"),
+        _log_dir: dir,
     }
 }
 
