@@ -19,7 +19,7 @@ use crate::spool::Meta;
 use crate::state::{Dir, flags};
 use crate::stats::{self, Outcome};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Read;
 
 /// Files of this step in `delivery/` (dot names: never a queue id).
 const POSITION: &str = ".position";
@@ -545,12 +545,11 @@ fn send(ctx: &Runtime, b: &notify::Bounces, to_admin: bool, to: &str) {
 /// The first alert of `account` within `secs`: `true`, and no other until then.
 fn claim_alert(dir: &Dir, account: &str, now: i64, secs: i64) -> bool {
     let name = format!("{ALERTED}{account}");
-    let until: i64 = read_small(dir, &name).trim().parse().unwrap_or(0);
-    // Further ahead than one window: set by a clock that was ahead.
-    if now < until && until <= now + secs {
+    let mut until: i64 = read_small(dir, &name).trim().parse().unwrap_or(0);
+    if !stats::claim_window(&mut until, now, secs) {
         return false;
     }
-    write_small(dir, &name, &(now + secs).to_string());
+    write_small(dir, &name, &until.to_string());
     true
 }
 
@@ -637,13 +636,7 @@ fn read_small(dir: &Dir, name: &str) -> String {
     text
 }
 
-/// Replace a small state file whole (written aside, then renamed over it).
+/// Replace a small state file whole (best effort: the next run writes it again).
 fn write_small(dir: &Dir, name: &str, text: &str) {
-    let tmp = format!("{name}.tmp");
-    let written = dir
-        .open_file(&tmp, flags::REWRITE)
-        .and_then(|mut f| f.write_all(text.as_bytes()));
-    if written.is_ok() {
-        let _ = dir.rename(&tmp, dir, name);
-    }
+    let _ = dir.replace(name, text.as_bytes());
 }

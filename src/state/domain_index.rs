@@ -19,7 +19,7 @@ use crate::log::{Fields, Logger, Severity};
 use crate::state::{StateDir, flags};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 const FILE: &str = "domains.index";
@@ -271,9 +271,10 @@ impl DomainIndex<'_> {
         // A racy stamp is published as such: the next lookup builds again (parsing only what
         // changed), until the directory has been still for `RACY`.
         let published = if racy { "racy" } else { stamp.as_str() };
-        let saved = self
-            .publish(FILES, render_files(&files).as_bytes())
-            .and_then(|()| self.publish(FILE, &render(published, &owners)));
+        let top = self.state.top();
+        let saved = top
+            .replace(FILES, render_files(&files).as_bytes())
+            .and_then(|()| top.replace(FILE, &render(published, &owners)));
         self.note(&format!(
             "{FILE} {why}: rebuilt from {} ({} files, {parsed} read again, {} domains){}",
             dir.display(),
@@ -381,19 +382,6 @@ impl DomainIndex<'_> {
             return BTreeMap::new();
         }
         parse_files(&text)
-    }
-
-    fn publish(&self, name: &str, text: &[u8]) -> io::Result<()> {
-        let top = self.state.top();
-        let tmp = format!(".{name}.{}", std::process::id());
-        let mut file = top.open_file(&tmp, flags::REWRITE)?;
-        let written = file
-            .write_all(text)
-            .and_then(|()| top.rename(&tmp, top, name));
-        if written.is_err() {
-            let _ = top.unlink(&tmp);
-        }
-        written
     }
 
     fn note(&self, what: &str) {

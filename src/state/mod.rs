@@ -112,6 +112,19 @@ impl Dir {
         Ok(file)
     }
 
+    /// Replace the file `name` whole: written beside it, then renamed over it, so that a reader
+    /// sees the old content or the new, never a part.
+    pub fn replace(&self, name: &str, text: &[u8]) -> io::Result<()> {
+        let tmp = format!(".{name}.{}", std::process::id());
+        let mut file = self.open_file(&tmp, flags::REWRITE)?;
+        let written =
+            std::io::Write::write_all(&mut file, text).and_then(|()| self.rename(&tmp, self, name));
+        if written.is_err() {
+            let _ = self.unlink(&tmp);
+        }
+        written
+    }
+
     /// Rename `from` here to `to` in `dest` (replacing it atomically).
     pub fn rename(&self, from: &str, dest: &Dir, to: &str) -> io::Result<()> {
         let (f, t) = (c_name(from)?, c_name(to)?);

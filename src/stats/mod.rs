@@ -556,12 +556,7 @@ impl Stats {
     /// The first notice in a window: `true` (and no other until `now + secs`) when none was
     /// sent since `notice_until`.
     pub fn claim_notice(&mut self, now: i64, secs: i64) -> bool {
-        // Further ahead than one window: set by a clock that was ahead, not by this window.
-        if now < self.notice_until && self.notice_until <= now.saturating_add(secs.max(1)) {
-            return false;
-        }
-        self.notice_until = now.saturating_add(secs.max(1));
-        true
+        claim_window(&mut self.notice_until, now, secs)
     }
 
     pub fn encode(&self) -> String {
@@ -726,6 +721,17 @@ impl Stats {
         }
         Ok(stats)
     }
+}
+
+/// Once per window: `true`, and `until` moves to `now + secs`, unless an earlier claim's window
+/// is still open. An `until` further ahead than one window was set by a clock that was ahead,
+/// not by this window, and does not count.
+pub fn claim_window(until: &mut i64, now: i64, secs: i64) -> bool {
+    if now < *until && *until <= now.saturating_add(secs.max(1)) {
+        return false;
+    }
+    *until = now.saturating_add(secs.max(1));
+    true
 }
 
 /// `top`'s table of one account's rows (at most `max`, the rest summed), for a terminal or a
