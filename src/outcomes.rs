@@ -357,11 +357,7 @@ fn evaluate(
                 .map(|c| c.reply.clone())
                 .take(SAMPLES)
                 .collect();
-            let name = match &key {
-                stats::SourceKey::Cwd(d) => format!("cwd {d}"),
-                k => k.text().to_string(),
-            };
-            (name, t.bounced, t.delivered, samples)
+            (key.label(), t.bounced, t.delivered, samples)
         })
         .collect();
     Evaluation { tally, worst }
@@ -639,4 +635,44 @@ fn read_small(dir: &Dir, name: &str) -> String {
 /// Replace a small state file whole (best effort: the next run writes it again).
 fn write_small(dir: &Dir, name: &str, text: &str) {
     let _ = dir.replace(name, text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counted(script: &str, outcome: Outcome, reply: &str) -> Counted {
+        Counted {
+            script: script.into(),
+            cwd: "/var/www".into(),
+            outcome,
+            reply: reply.into(),
+        }
+    }
+
+    #[test]
+    fn the_worst_sources_are_named_escaped_with_their_own_bounces_as_samples() {
+        let hostile = "1:/x.php\nTo: victim@example.org";
+        let counted = [
+            counted(hostile, Outcome::Bounced, "550 one"),
+            counted(hostile, Outcome::Delivered, "250 ok"),
+            counted("1:/other.php", Outcome::Bounced, "550 other"),
+            counted(hostile, Outcome::Bounced, "550 two"),
+            counted(hostile, Outcome::Bounced, "550 three"),
+            counted(hostile, Outcome::Bounced, "550 four"),
+        ];
+        let tally = trigger::Tally {
+            delivered: 1,
+            bounced: 4,
+        };
+        let ev = evaluate(
+            tally,
+            vec![(stats::SourceKey::of(hostile, "/"), tally)],
+            &counted,
+        );
+        let (name, bounced, delivered, samples) = &ev.worst[0];
+        assert!(!name.contains('\n'), "{name}");
+        assert_eq!((*bounced, *delivered), (4, 1));
+        assert_eq!(samples, &["550 one", "550 two", "550 three"]);
+    }
 }

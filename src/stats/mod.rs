@@ -218,6 +218,16 @@ impl SourceKey {
         }
     }
 
+    /// How a person reads it (`top`, notices, alerts): the script, or "cwd DIR", escaped
+    /// (a script name is the caller's choice).
+    pub fn label(&self) -> String {
+        match self {
+            SourceKey::Script(s) => crate::log::printable(s, MAX_KEY),
+            SourceKey::Cwd(d) => format!("cwd {}", crate::log::printable(d, MAX_KEY)),
+            SourceKey::Other => "(other sources)".into(),
+        }
+    }
+
     pub fn text(&self) -> &str {
         match self {
             SourceKey::Script(s) | SourceKey::Cwd(s) => s,
@@ -758,12 +768,7 @@ pub fn render_rows(rows: &[Row], max: usize) -> String {
             rest.merge(&r.counts);
             continue;
         }
-        let source = match &r.key {
-            SourceKey::Script(s) => crate::log::printable(s, MAX_KEY),
-            SourceKey::Cwd(d) => format!("cwd {}", crate::log::printable(d, MAX_KEY)),
-            SourceKey::Other => "(other sources)".into(),
-        };
-        out.push_str(&row_line(&r.counts, &source));
+        out.push_str(&row_line(&r.counts, &r.key.label()));
     }
     if rows.len() > max {
         out.push_str(&row_line(&rest, &format!("({} more)", rows.len() - max)));
