@@ -218,14 +218,9 @@ fn went_blind(ctx: &Runtime, dir: &Dir, why: &str) {
         Severity::Warning,
         &format!("outcomes: blind: {why}; the failure-rate triggers cannot see bounces"),
     );
-    if !ctx.config.alerts.admin.is_empty() {
-        let admin = ctx.qualify(&ctx.config.alerts.admin);
-        let env = notify::Envelope {
-            hostname: &ctx.names.hostname,
-            to: &admin,
-            origin: &ctx.names.origin,
-        };
-        ctx.send_internal(notify::blind_message(why, &env), &admin, "alert");
+    if let Some(admin) = ctx.admin_address() {
+        let msg = notify::blind_message(why, &ctx.envelope_to(&admin));
+        ctx.send_internal(msg, &admin, "alert");
     }
 }
 
@@ -495,8 +490,7 @@ fn end_if_held(ctx: &Runtime, account: &str, ev: &Evaluation, held: &mut Vec<Str
         ev.tally.describe()
     );
     ctx.logger.log(Severity::Info, &line);
-    if !ctx.config.alerts.admin.is_empty() {
-        let admin = ctx.qualify(&ctx.config.alerts.admin);
+    if let Some(admin) = ctx.admin_address() {
         let b = notify::Bounces {
             account: account.to_string(),
             tally: ev.tally.describe(),
@@ -511,31 +505,20 @@ fn end_if_held(ctx: &Runtime, account: &str, ev: &Evaluation, held: &mut Vec<Str
 
 /// The admin's alert (`to_admin`), or the notice to the account's notify addresses.
 fn tell(ctx: &Runtime, b: &notify::Bounces, to_admin: bool) {
-    let to: Vec<String> = if to_admin {
-        [ctx.config.alerts.admin.clone()]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .collect()
+    let to = if to_admin {
+        ctx.admin_address().into_iter().collect()
     } else {
-        ctx.config
-            .accounts
-            .get(&b.account)
-            .map(|a| a.notify.clone())
-            .unwrap_or_default()
+        ctx.notify_addresses(&b.account)
     };
     for addr in to {
-        send(ctx, b, to_admin, &ctx.qualify(&addr));
+        send(ctx, b, to_admin, &addr);
     }
 }
 
 fn send(ctx: &Runtime, b: &notify::Bounces, to_admin: bool, to: &str) {
-    let env = notify::Envelope {
-        hostname: &ctx.names.hostname,
-        to,
-        origin: &ctx.names.origin,
-    };
     let what = if to_admin { "alert" } else { "notice" };
-    ctx.send_internal(notify::bounces_message(b, to_admin, &env), to, what);
+    let msg = notify::bounces_message(b, to_admin, &ctx.envelope_to(to));
+    ctx.send_internal(msg, to, what);
 }
 
 /// The first alert of `account` within `secs`: `true`, and no other until then.

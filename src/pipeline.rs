@@ -626,10 +626,9 @@ impl Pipeline {
 
     /// One mail to the admin; kept in the queue when the relay is down.
     pub fn send_alert(&self, alert: &limits::Alert, meta: &Meta) {
-        if self.config.alerts.admin.is_empty() {
+        let Some(admin) = self.admin_address() else {
             return;
-        }
-        let admin = self.qualify(&self.config.alerts.admin);
+        };
         let msg = notify::alert_message(
             alert,
             meta,

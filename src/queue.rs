@@ -238,8 +238,7 @@ fn entry_error(
     // A damaged entry can never be delivered: it goes to failed/ for the admin to see.
     if f.exit == Exit::DataErr {
         let _ = spool.quarantine(kind, id, &f.message);
-        if !ctx.config.alerts.admin.is_empty() {
-            let admin = ctx.qualify(&ctx.config.alerts.admin);
+        if let Some(admin) = ctx.admin_address() {
             ctx.send_internal(
                 notify::damaged_message(
                     kind.dir(),
@@ -497,8 +496,7 @@ fn give_up(
 ) -> Result<(), Failure> {
     meta.reason = why.to_string();
     spool.move_entry(from, Kind::Failed, meta, msg)?;
-    if !meta.internal && !ctx.config.alerts.admin.is_empty() {
-        let admin = ctx.qualify(&ctx.config.alerts.admin);
+    if let Some(admin) = ctx.admin_address().filter(|_| !meta.internal) {
         ctx.send_internal(
             notify::failed_message(meta, why, &ctx.names.hostname, &admin, &ctx.names.origin),
             &admin,

@@ -132,6 +132,32 @@ impl Runtime {
         }
     }
 
+    /// Where alerts go: `[alerts] admin`, qualified; `None` when alerts are off.
+    pub fn admin_address(&self) -> Option<String> {
+        let admin = &self.config.alerts.admin;
+        (!admin.is_empty()).then(|| self.qualify(admin))
+    }
+
+    /// The account's `notify` addresses (the customer's), qualified.
+    pub fn notify_addresses(&self, account: &str) -> Vec<String> {
+        self.config
+            .accounts
+            .get(account)
+            .map_or(&[][..], |a| a.notify.as_slice())
+            .iter()
+            .map(|a| self.qualify(a))
+            .collect()
+    }
+
+    /// How mailgate's own mail to `to` is addressed.
+    pub fn envelope_to<'a>(&'a self, to: &'a str) -> notify::Envelope<'a> {
+        notify::Envelope {
+            hostname: &self.names.hostname,
+            to,
+            origin: &self.names.origin,
+        }
+    }
+
     /// mailgate's own mail (alerts, failure notices): relayed with the null sender, never
     /// counted, queued when the relay is down.
     pub fn send_internal(&self, msg: Message, to: &str, what: &str) {

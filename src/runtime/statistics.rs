@@ -61,26 +61,14 @@ impl Runtime {
         }
     }
 
-    fn notify_addresses(&self, account: &str) -> &[String] {
-        self.config
-            .accounts
-            .get(account)
-            .map_or(&[][..], |a| a.notify.as_slice())
-    }
-
     /// The customer's notice, to each `notify` address (null sender, never counted).
     fn send_notice(&self, account: &str, notice: &notify::Notice, rows: &[stats::Row]) {
         for to in self.notify_addresses(account) {
-            let to = self.qualify(to);
             let msg = notify::notice_message(
                 account,
                 notice,
                 rows,
-                &notify::Envelope {
-                    hostname: &self.names.hostname,
-                    to: &to,
-                    origin: &self.names.origin,
-                },
+                &self.envelope_to(&to),
                 self.config.spool.customer_release,
             );
             self.send_internal(msg, &to, "notice");
