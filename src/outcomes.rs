@@ -371,11 +371,6 @@ fn fire(
     let now = ctx.now();
     let window = t.window;
     let tally = format!("{} within {window}", ev.tally.describe());
-    let current = ctx
-        .store()
-        .and_then(|s| s.read(&ctx.config, Counter::Account(account), now))
-        .ok()
-        .and_then(|r| r.lock);
     let ends_itself = t.action == TriggerAction::Hold && t.ends == TriggerEnd::Auto;
     let (action, ends) = match (t.observe, t.action) {
         (true, a) => (
@@ -399,7 +394,13 @@ fn fire(
     };
     let enforce = !t.observe && t.action != TriggerAction::Notify;
     if enforce {
-        if current.is_some() {
+        let locked = ctx
+            .store()
+            .and_then(|s| s.read(&ctx.config, Counter::Account(account), now))
+            .ok()
+            .and_then(|r| r.lock)
+            .is_some();
+        if locked {
             return; // held or locked already: told when it began
         }
         let lock = AccountLock {
@@ -579,7 +580,7 @@ fn server_buckets(dir: &Dir) -> BTreeMap<i64, trigger::Tally> {
 fn server_tally(dir: &Dir, now: i64, window: i64) -> trigger::Tally {
     let mut t = trigger::Tally::default();
     for (start, b) in server_buckets(dir) {
-        if start >= now - window && start <= now {
+        if trigger::in_window(start, now, window) {
             t.add(b);
         }
     }

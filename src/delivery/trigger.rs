@@ -44,13 +44,19 @@ impl Tally {
     }
 }
 
-/// The slots that lie in the window `[now - window, now]`: a slot that began before the
-/// window's start is left out, so the window is exact to a slot's length (5 minutes for the
-/// last hour, an hour beyond) and never reaches back further than `window`.
+/// Whether a slot that begins at `start` lies in the window `[now - window, now]`: one that
+/// began before the window's start is left out, so the window is exact to a slot's length and
+/// never reaches back further than `window`; one from a clock that was ahead is left out too.
+pub fn in_window(start: i64, now: i64, window: i64) -> bool {
+    start >= now - window && start <= now
+}
+
+/// The slots that lie in the window (`in_window`): exact to 5 minutes for the last hour, to
+/// the hour beyond.
 pub fn tally_slots<'a>(slots: impl IntoIterator<Item = &'a Slot>, now: i64, window: i64) -> Tally {
     let mut t = Tally::default();
     for s in slots {
-        if s.start >= now - window && s.start <= now {
+        if in_window(s.start, now, window) {
             t.add(Tally {
                 delivered: s.counts.delivered,
                 bounced: s.counts.bounced,
