@@ -40,6 +40,9 @@ struct CounterStatus {
     exempt: bool,
     /// Why the account is locked, if it is.
     locked: Option<String>,
+    /// The lock is a bounce trigger's hold, which ends by itself.
+    #[serde(skip)]
+    held_by_trigger: bool,
     /// Why its counter cannot be read (`mailgate reset` repairs it).
     #[serde(skip_serializing_if = "Option::is_none")]
     broken: Option<String>,
@@ -111,7 +114,7 @@ pub(super) fn status(
         c.held = count(Kind::Hold, name);
         c.deferred = count(Kind::Defer, name);
         c.queued = count(Kind::Queue, name);
-        c.bounces = bounce_status(ctx, name);
+        c.bounces = bounce_status(ctx, name, c.held_by_trigger);
         out.accounts.push(c);
     }
     if let (Some(a), true) = (only, names.is_empty()) {
@@ -150,19 +153,12 @@ pub(super) fn status(
 }
 
 /// The account's trigger and where its window stands (from its statistics); `None` without a
-/// trigger.
-fn bounce_status(ctx: &Runtime, account: &str) -> Option<BounceStatus> {
+/// trigger. `held`: its counter, read already, carries the trigger's hold.
+fn bounce_status(ctx: &Runtime, account: &str, held: bool) -> Option<BounceStatus> {
     use crate::delivery::trigger;
     let t = ctx.config.trigger_for(account)?;
     let stats = crate::stats::file::read(ctx.state().ok()?, account).unwrap_or_default();
     let (tally, _) = trigger::tally(&stats, ctx.now(), t.window.secs() as i64);
-    let held = ctx
-        .store()
-        .ok()?
-        .read(&ctx.config, Counter::Account(account), ctx.now())
-        .ok()
-        .and_then(|r| r.lock)
-        .is_some_and(|l| l.ends_itself);
     Some(BounceStatus {
         window: t.window.to_string(),
         delivered: tally.delivered,
@@ -319,6 +315,7 @@ fn counter_status(
         name: name.to_string(),
         exempt,
         locked: rec.lock.as_ref().map(|l| l.reason.clone()),
+        held_by_trigger: rec.lock.as_ref().is_some_and(|l| l.ends_itself),
         broken: None,
         busy: false,
         held: 0,
