@@ -25,12 +25,7 @@ impl Tally {
 
     /// Bounced as a share of all final outcomes, in percent (0 before any).
     pub fn percent(&self) -> f64 {
-        let all = self.delivered.saturating_add(self.bounced);
-        if all == 0 {
-            0.0
-        } else {
-            self.bounced as f64 * 100.0 / all as f64
-        }
+        crate::stats::bounce_percent(self.delivered, self.bounced).unwrap_or(0.0)
     }
 
     /// "8 of 20 recipients bounced (40 %)".

@@ -147,8 +147,7 @@ impl Counts {
     /// Bounced recipients as a share of those with a final outcome (delivered or bounced),
     /// in percent; `None` before any.
     pub fn bounce_percent(&self) -> Option<f64> {
-        let decided = self.delivered.saturating_add(self.bounced);
-        (decided > 0).then(|| self.bounced as f64 * 100.0 / decided as f64)
+        bounce_percent(self.delivered, self.bounced)
     }
 
     /// Every message, whatever its outcome: what `top` sorts by.
@@ -731,6 +730,13 @@ impl Stats {
         }
         Ok(stats)
     }
+}
+
+/// Bounced recipients as a share of those with a final outcome (delivered or bounced), in
+/// percent; `None` before any.
+pub fn bounce_percent(delivered: u64, bounced: u64) -> Option<f64> {
+    let decided = delivered.saturating_add(bounced);
+    (decided > 0).then(|| bounced as f64 * 100.0 / decided as f64)
 }
 
 /// Once per window: `true`, and `until` moves to `now + secs`, unless an earlier claim's window
