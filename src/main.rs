@@ -26,6 +26,7 @@ macro_rules! err {
 }
 
 mod admin;
+mod bounded;
 mod config;
 mod delivery;
 mod dispatch;

@@ -87,11 +87,19 @@ pub fn record_hand_over(
         route: route.to_string(),
         relay_id: relay_id.to_string(),
         reply,
+        recipients_cut: 0,
     };
-    let written = ctx
-        .state()
-        .map_err(|f| f.message)
-        .and_then(|state| record::write(state, &handed).map_err(|e| e.to_string()));
+    let written = ctx.state().map_err(|f| f.message).and_then(|state| {
+        // Below the spool's free-space reserve a customer's record is not written: kept mail
+        // and root's work come first (the message is the relay's already).
+        let reserve = ctx.config.spool.min_free_percent;
+        match state.top().free_percent() {
+            Some(free) if free < reserve && !ctx.config.is_exempt(&meta.account) => Err(format!(
+                "the state filesystem is down to {free}% free (reserve {reserve}%)"
+            )),
+            _ => record::write(state, handed).map_err(|e| e.to_string()),
+        }
+    });
     if let Err(why) = written {
         ctx.logger.log(
             Severity::Warning,
@@ -281,8 +289,17 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
                 }
                 t
             }
-            // Counted in the backlog; the trigger looks again in the next run.
-            Ok((stats::file::Updated::Busy, _)) => continue,
+            // A process of the account holds the file's lock (a customer's sender, perhaps
+            // stopped on purpose): the outcomes went to the backlog, and the lock-free read
+            // (file plus backlog) judges the account now, so no lock a customer holds can
+            // keep the trigger from looking.
+            Ok((stats::file::Updated::Busy, _)) => match stats::file::read(state, account) {
+                Ok(s) => trigger::tally(&s, now, window),
+                Err(f) => {
+                    ctx.logger.log(Severity::Warning, &f.message);
+                    continue;
+                }
+            },
             Err(f) => {
                 ctx.logger.log(Severity::Warning, &f.message);
                 continue;
@@ -310,9 +327,9 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
         let own = ctx.config.trigger_for(account);
         let fired = match (own, server_hit) {
             (Some(t), _) if trigger::passes(t, &ev.tally) => Some(t),
-            // The server's rate is over its threshold: it acts on the accounts that bounce
-            // at least its minimum themselves.
-            (_, Some(t)) if ev.tally.bounced >= u64::from(t.min_failures.max(1)) => Some(t),
+            // The server's rate is over its threshold: it acts on the accounts whose own
+            // rate passes it too (a newsletter's 5 % is not held for another's 60 %).
+            (_, Some(t)) if trigger::passes(t, &ev.tally) => Some(t),
             _ => None,
         };
         match fired {

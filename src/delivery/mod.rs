@@ -43,10 +43,17 @@ pub fn apply(record: &mut Record, fact: &Fact<'_>, now: i64) -> Applied {
     match fact {
         Fact::Recipient {
             to,
+            orig_to,
             status,
             dsn,
             reply,
         } => {
+            // Only the message's own recipients count: a line about any other address (made
+            // up, or of a recipient the record had to leave out) changes nothing.
+            let known = record.handed.knows(to) || orig_to.is_some_and(|o| record.handed.knows(o));
+            if !known {
+                return out;
+            }
             let before = record.last_status(to).and_then(Status::parse);
             if before.is_some_and(Status::is_final) {
                 return out;
@@ -102,6 +109,7 @@ mod tests {
                 route: "direct".into(),
                 relay_id: "ABCDEF".into(),
                 reply: String::new(),
+                recipients_cut: 0,
             },
             steps: Vec::new(),
         }
@@ -110,10 +118,37 @@ mod tests {
     fn rcpt(to: &str, status: Status) -> Fact<'_> {
         Fact::Recipient {
             to,
+            orig_to: None,
             status,
             dsn: "4.0.0",
             reply: "450 later",
         }
+    }
+
+    #[test]
+    fn only_the_records_own_recipients_count() {
+        let mut r = record();
+        // A made-up recipient (a forged line, or one the record left out) counts nothing.
+        assert_eq!(
+            apply(&mut r, &rcpt("victim@x", Status::Bounced), 1),
+            Applied::default()
+        );
+        // The relay's spelling may differ in case; a rewritten address names the original.
+        assert_eq!(
+            outcomes(&apply(&mut r, &rcpt("A@X", Status::Bounced), 1)),
+            [Outcome::Bounced]
+        );
+        let rewritten = Fact::Recipient {
+            to: "b@mailbox.example",
+            orig_to: Some("b@x"),
+            status: Status::Sent,
+            dsn: "2.0.0",
+            reply: "250 ok",
+        };
+        assert_eq!(
+            outcomes(&apply(&mut r, &rewritten, 2)),
+            [Outcome::Delivered]
+        );
     }
 
     fn outcomes(a: &Applied) -> Vec<Outcome> {

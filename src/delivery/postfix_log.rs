@@ -53,6 +53,8 @@ pub enum Fact<'a> {
     /// One recipient's delivery attempt.
     Recipient {
         to: &'a str,
+        /// The address before the relay rewrote it (`orig_to=`), when it logged one.
+        orig_to: Option<&'a str>,
         status: Status,
         dsn: &'a str,
         /// The text in parentheses after the status: the remote server's reply, or the
@@ -99,8 +101,10 @@ pub fn parse<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, Fact<'a>)
         let end = find_unquoted(rest, '>')?;
         let to = &rest[..end];
         let mut fields = rest[end..].strip_prefix(">, ")?;
+        let mut orig_to = None;
         if let Some(orig) = fields.strip_prefix("orig_to=<") {
             let end = find_unquoted(orig, '>')?;
+            orig_to = Some(&orig[..end]);
             fields = orig[end..].strip_prefix(">, ")?;
         }
         let status = field(fields, "status=")?;
@@ -120,6 +124,7 @@ pub fn parse<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, Fact<'a>)
             queue_id,
             Fact::Recipient {
                 to,
+                orig_to,
                 status,
                 dsn,
                 reply,
@@ -205,6 +210,7 @@ mod tests {
             fact,
             Fact::Recipient {
                 to: "a@example.org",
+                orig_to: None,
                 status: Status::Sent,
                 dsn: "2.0.0",
                 reply: "250 2.0.0 Ok: queued as 77F1A",

@@ -12,8 +12,20 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
 pub const DIR: &str = "delivery";
-/// Larger records are read only this far (a message to thousands of recipients, retried).
+/// Larger records are read only this far; steps stop being appended before it, so the first
+/// line (bounded by `HEAD_MAX`) and the steps are always read whole.
 const MAX_RECORD: u64 = 4 * 1024 * 1024;
+/// Every text field of a record (script, working directory, subject, Message-ID, a reply) is
+/// cut to this and marked as cut: a 4.5 MB script header makes a record of a few KiB.
+pub const FIELD_MAX: usize = 1024;
+/// A recipient longer than an address can be (RFC 5321: 256 octets with the brackets).
+const ADDRESS_MAX: usize = 320;
+/// The recipients a first line lists at most, in bytes; the rest are counted in
+/// `recipients_cut` (their outcomes are not learnt: the record does not know them).
+const RECIPIENTS_MAX: usize = 512 * 1024;
+/// The first line is never larger (fields and recipients bounded as above).
+#[cfg(test)]
+const HEAD_MAX: usize = RECIPIENTS_MAX + 16 * FIELD_MAX;
 
 /// Where a message came from and how it reached the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +53,52 @@ pub struct Handed {
     /// The relay's queue id and its whole 250 reply.
     pub relay_id: String,
     pub reply: String,
+    /// Recipients left out of `recipients` to keep the record bounded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recipients_cut: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Handed {
+    /// The record's first line as it is stored: every field the caller chooses cut to
+    /// `FIELD_MAX` (marked), recipients to `RECIPIENTS_MAX` bytes in all.
+    pub fn bounded(mut self) -> Handed {
+        use crate::bounded::marked;
+        for field in [
+            &mut self.id,
+            &mut self.user,
+            &mut self.script,
+            &mut self.cwd,
+            &mut self.message_id,
+            &mut self.subject,
+            &mut self.route,
+            &mut self.reply,
+        ] {
+            *field = marked(field, FIELD_MAX);
+        }
+        self.pool = self.pool.map(|p| marked(&p, FIELD_MAX));
+        self.sender = self.sender.map(|p| marked(&p, ADDRESS_MAX));
+        let mut bytes = 0;
+        let all = std::mem::take(&mut self.recipients);
+        for r in all {
+            if r.len() > ADDRESS_MAX || bytes + r.len() > RECIPIENTS_MAX {
+                self.recipients_cut += 1;
+                continue;
+            }
+            bytes += r.len() + 3;
+            self.recipients.push(r);
+        }
+        self
+    }
+
+    /// Whether `to` (as the relay logged it) is one of this message's recipients: only those
+    /// are counted, whatever a log line names.
+    pub fn knows(&self, to: &str) -> bool {
+        self.recipients.iter().any(|r| r.eq_ignore_ascii_case(to))
+    }
 }
 
 /// One step the relay's log reported.
@@ -94,22 +152,63 @@ pub fn valid_name(queue_id: &str) -> bool {
     super::postfix_log::is_queue_id(queue_id)
 }
 
-/// Write the first line (replacing an older record of a reused short queue id). Best
-/// effort: the message is the relay's now whatever happens here.
-pub fn write(state: &StateDir, handed: &Handed) -> std::io::Result<()> {
+/// Why a record was not written.
+#[derive(Debug)]
+pub enum WriteError {
+    /// Another message holds this queue id (it belongs to the first that recorded it, until
+    /// the relay logged it as removed): a listener's made-up `queued as` claims nothing.
+    Taken {
+        by: String,
+    },
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Taken { by } => write!(f, "the queue id is recorded already for {by}"),
+            WriteError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> WriteError {
+        WriteError::Io(e)
+    }
+}
+
+/// Write the first line, bounded (`Handed::bounded`). A queue id belongs to the first message
+/// that recorded it; a record is replaced only once the relay logged its message as removed
+/// (a short queue id that the relay reuses). Best effort: the message is the relay's now
+/// whatever happens here.
+pub fn write(state: &StateDir, handed: Handed) -> Result<(), WriteError> {
     if !valid_name(&handed.relay_id) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a queue id",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a queue id").into());
     }
     let dir = state
         .subdir(DIR)
         .map_err(|f| std::io::Error::other(f.message))?;
-    let mut line = serde_json::to_string(handed).map_err(std::io::Error::other)?;
+    let handed = handed.bounded();
+    let mut line = serde_json::to_string(&handed).map_err(std::io::Error::other)?;
     line.push('\n');
-    let mut file = dir.open_file(&handed.relay_id, flags::REWRITE)?;
-    file.write_all(line.as_bytes())
+    let exclusive = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let mut file = match dir.open_file(&handed.relay_id, exclusive) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match read(&dir, &handed.relay_id) {
+                Some(old) if !old.removed() => {
+                    return Err(WriteError::Taken {
+                        by: format!("{} (account {})", old.handed.id, old.handed.account),
+                    });
+                }
+                _ => dir.open_file(&handed.relay_id, flags::REWRITE)?,
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    file.write_all(line.as_bytes())?;
+    Ok(())
 }
 
 /// A record opened for reading and appending: one open for both (the queue run's way).
@@ -119,12 +218,24 @@ pub struct Opened {
 }
 
 impl Opened {
-    /// Append steps (one `write` with `O_APPEND`).
+    /// Append steps (one `write` with `O_APPEND`), their replies cut to `FIELD_MAX`. A record
+    /// that would pass `MAX_RECORD` takes no more: what it holds stays readable.
     pub fn append(&mut self, steps: &[Step]) -> std::io::Result<()> {
         let mut text = String::new();
         for s in steps {
-            text.push_str(&serde_json::to_string(s).map_err(std::io::Error::other)?);
+            let s = Step {
+                reply: crate::bounded::marked(&s.reply, FIELD_MAX),
+                ..s.clone()
+            };
+            text.push_str(&serde_json::to_string(&s).map_err(std::io::Error::other)?);
             text.push('\n');
+        }
+        let size = self.file.metadata()?.len();
+        if size + text.len() as u64 > MAX_RECORD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("the record is full ({size} bytes); further steps are not kept"),
+            ));
         }
         self.file.write_all(text.as_bytes())
     }
@@ -190,6 +301,7 @@ mod tests {
             route: "direct".into(),
             relay_id: "4Sb7Kd1zZkz9sWr".into(),
             reply: "250 2.0.0 Ok: queued as 4Sb7Kd1zZkz9sWr".into(),
+            recipients_cut: 0,
         }
     }
 
@@ -208,7 +320,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mg-record-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let state = StateDir::open(&dir).unwrap();
-        write(&state, &sample()).unwrap();
+        write(&state, sample()).unwrap();
         let sub = state.subdir(DIR).unwrap();
         let mut opened = open(&sub, "4Sb7Kd1zZkz9sWr").unwrap();
         assert!(opened.record.steps.is_empty());
@@ -229,6 +341,77 @@ mod tests {
         assert!(!r.removed());
         assert!(read(&sub, "../etc").is_none());
         assert!(read(&sub, "NOSUCHID").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_oversized_caller_field_is_cut_and_the_record_stays_readable() {
+        let dir = std::env::temp_dir().join(format!("mg-record-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = StateDir::open(&dir).unwrap();
+        let mut h = sample();
+        h.script = format!("1001:/var/www/{}.php", "x".repeat(4_500_000));
+        h.subject = "s".repeat(3_000_000);
+        h.message_id = format!("<{}@x>", "m".repeat(3_000_000));
+        h.recipients = (0..100_000).map(|i| format!("r{i}@example.org")).collect();
+        write(&state, h).unwrap();
+        let sub = state.subdir(DIR).unwrap();
+        let size = std::fs::metadata(dir.join(DIR).join("4Sb7Kd1zZkz9sWr"))
+            .unwrap()
+            .len();
+        assert!(size <= HEAD_MAX as u64, "{size} bytes");
+        let mut opened = open(&sub, "4Sb7Kd1zZkz9sWr").expect("readable");
+        let head = &opened.record.handed;
+        assert!(head.script.ends_with(crate::bounded::CUT_MARK));
+        assert!(head.script.len() <= FIELD_MAX);
+        assert!(head.knows("r0@example.org"));
+        assert!(head.recipients_cut > 0);
+        assert_eq!(head.recipients.len() + head.recipients_cut, 100_000);
+        // Steps stop before the read cap; what is there stays readable.
+        let steps: Vec<Step> = (0..400)
+            .map(|_| Step {
+                reply: "y".repeat(50_000),
+                ..step("r0@example.org", "deferred")
+            })
+            .collect();
+        for s in steps.chunks(10) {
+            let _ = opened.append(s);
+        }
+        drop(opened);
+        let r = read(&sub, "4Sb7Kd1zZkz9sWr").expect("still readable");
+        assert!(!r.steps.is_empty());
+        assert!(r.steps.iter().all(|s| s.reply.len() <= FIELD_MAX));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_queue_id_belongs_to_the_first_message_until_it_is_removed() {
+        let dir = std::env::temp_dir().join(format!("mg-record-first-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = StateDir::open(&dir).unwrap();
+        write(&state, sample()).unwrap();
+        let mut other = sample();
+        other.id = "MALLORY".into();
+        other.account = "mallory".into();
+        assert!(matches!(
+            write(&state, other.clone()),
+            Err(WriteError::Taken { .. })
+        ));
+        let sub = state.subdir(DIR).unwrap();
+        assert_eq!(
+            read(&sub, "4Sb7Kd1zZkz9sWr").unwrap().handed.account,
+            "shop"
+        );
+        // Once the relay removed the first message, its (short) id is free again.
+        open(&sub, "4Sb7Kd1zZkz9sWr")
+            .unwrap()
+            .append(&[step("", "removed")])
+            .unwrap();
+        write(&state, other).unwrap();
+        assert_eq!(
+            read(&sub, "4Sb7Kd1zZkz9sWr").unwrap().handed.account,
+            "mallory"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 //! hold the newest state, so a process killed at any instant leaves the other slot valid.
 
 use super::window::{BUCKETS, Bucket, Window};
+use crate::bounded::cut;
 use crate::config::MAX_WINDOWS;
 use crate::exit::{Exit, Failure};
 use crate::state::fnv1a;
@@ -64,19 +65,10 @@ impl CounterRecord {
         }
         self.recent.push(Recent {
             time,
-            sender: truncate(sender, SENDER_BYTES),
-            subject: truncate(subject, SUBJECT_BYTES),
+            sender: cut(sender, SENDER_BYTES),
+            subject: cut(subject, SUBJECT_BYTES),
         });
     }
-}
-
-/// The longest prefix of `s` that fits `max` bytes, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// Whose counter.
@@ -111,7 +103,7 @@ impl Put<'_> {
     }
     /// A length byte, then `width` bytes of which the first `len` are the string.
     fn str(&mut self, s: &str, width: usize) {
-        let s = truncate(s, width);
+        let s = cut(s, width);
         self.u8(s.len() as u8);
         self.bytes(s.as_bytes());
         self.pos += width - s.len();

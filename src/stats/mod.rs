@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod backlog;
 pub mod file;
 
+use crate::bounded::cut;
 use std::fmt::Write as _;
 
 /// Sources with their own row per account; the rest are summed in "(other)".
@@ -233,17 +234,6 @@ impl SourceKey {
             SourceKey::Other => "(other)",
         }
     }
-}
-
-fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// Counts of one time slot `[start, start + secs)`.
