@@ -14,7 +14,7 @@ use crate::relay::Envelope;
 use crate::relay::disposition::{self, Disposition, Refusal};
 use crate::runtime::Runtime;
 use crate::runtime::notify;
-use crate::spool::{Kind, Meta};
+use crate::spool::{KeepError, Kind, Meta, Share};
 use crate::state::journal;
 use crate::stats;
 
@@ -493,11 +493,12 @@ impl Pipeline {
         }
     }
 
-    /// Whether a customer's message may still be kept: the account's share of the spools and
-    /// the state filesystem's free-space reserve. mailgate's own mail and exempt accounts
-    /// (root) are not limited, so alerts and the admin's cron mail keep working.
+    /// Whether a customer's message may still be kept at all: the state filesystem's
+    /// free-space reserve (the account's share is reserved by the keep itself,
+    /// `Spool::keep_within`). mailgate's own mail and exempt accounts (root) are not limited,
+    /// so alerts and the admin's cron mail keep working.
     fn spool_room(&self, meta: &Meta) -> Result<(), String> {
-        if meta.internal || self.config.is_exempt(&meta.account) {
+        if !self.shared(meta) {
             return Ok(());
         }
         let spool = self.spool().map_err(|f| f.message)?;
@@ -510,17 +511,13 @@ impl Pipeline {
                 limits.min_free_percent
             ));
         }
-        let usage = spool.usage_of(&meta.account);
-        let (messages, bytes) = (usage.messages, usage.bytes);
-        if messages >= u64::from(limits.account_max_messages)
-            || bytes + meta.size > limits.account_max_bytes
-        {
-            return Err(format!(
-                "account {} already has {messages} messages ({bytes} bytes) kept; its share is {} messages, {} bytes",
-                meta.account, limits.account_max_messages, limits.account_max_bytes
-            ));
-        }
         Ok(())
+    }
+
+    /// Whether the message counts against its account's spool share (a customer's mail;
+    /// not mailgate's own, not an exempt account's).
+    fn shared(&self, meta: &Meta) -> bool {
+        !meta.internal && !self.config.is_exempt(&meta.account)
     }
 
     /// How many messages of this account wait in defer/ (`None`: none, or exempt).
@@ -579,8 +576,25 @@ impl Pipeline {
             meta.last_error = reason.clone();
         }
         meta.next_attempt = next_attempt.unwrap_or(0);
-        let kept = self.spool().and_then(|spool| spool.keep(kind, &meta, msg));
-        if let Err(f) = kept {
+        let share = Share {
+            messages: u64::from(self.config.spool.account_max_messages),
+            bytes: self.config.spool.account_max_bytes,
+        };
+        let kept = match self.spool() {
+            Ok(spool) if self.shared(&meta) => spool.keep_within(kind, &meta, msg, share),
+            Ok(spool) => spool.keep(kind, &meta, msg).map_err(KeepError::Failed),
+            Err(f) => Err(KeepError::Failed(f)),
+        };
+        if let Err(KeepError::Refused(full)) = &kept {
+            let text = format!("{reason}; and the message cannot be kept: {full}");
+            return Report {
+                exit: Exit::Unavailable,
+                status: Status::Refused,
+                smtp: format!("452 4.3.1 {text}"),
+                line: Some(text),
+            };
+        }
+        if let Err(KeepError::Failed(f)) = kept {
             let text = format!("{reason}; and the message could not be kept: {f}");
             return Report {
                 exit: Exit::IoErr,

@@ -12,7 +12,10 @@
 //!
 //! Nothing a customer's process holds stalls anyone else: the only lock is the account's own
 //! record, waited on by that account's senders; root's commands never wait for it (a busy
-//! record is left for the next queue run).
+//! record is left for the next queue run, which ends a stopped holder and repairs it). A
+//! customer's keep reserves its place in the record, under the lock, before the message is
+//! written (`Spool::keep_within`): a keep that cannot count itself is refused, never kept
+//! uncounted, so a record frozen by a stopped process cannot lift the share.
 
 use crate::exit::{Exit, Failure};
 use crate::state::fnv1a;
@@ -84,6 +87,16 @@ pub fn decode(bytes: &[u8]) -> Option<Usage> {
     })
 }
 
+/// What became of an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    Written,
+    /// The change left the record as it was.
+    Left,
+    /// Another process held the record's lock past the wait (and was not ended).
+    Busy,
+}
+
 /// The records in the state directory.
 pub struct Ledger<'a> {
     pub state: &'a StateDir,
@@ -115,23 +128,24 @@ impl Ledger<'_> {
         Ok(None)
     }
 
-    /// Apply `change` to the account's record under its lock, waiting at most `wait`; the
-    /// change sees `None` for a damaged record and may leave it (`None`). `Ok(false)`: the
-    /// lock stayed busy or nothing was written; left for `queue run`.
+    /// Apply `change` to the account's record under its lock, waiting at most `wait` (root
+    /// ends a stopped mailgate process that holds it, then takes it); the change sees `None`
+    /// for a damaged record and may leave it (`None`).
     pub fn update(
         &self,
         account: &str,
         wait: Duration,
         change: impl FnOnce(Option<Usage>) -> Option<Usage>,
-    ) -> Result<bool, Failure> {
+    ) -> Result<Changed, Failure> {
         let dir = self.state.subdir(DIR)?;
         let file = dir
             .open_file(account, flags::READ_WRITE | flags::CREATE)
             .map_err(|e| self.fail("open", account, &e))?;
-        match crate::state::lock::lock_with_deadline(&file, wait) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(false),
-            Err(e) => return Err(self.fail("lock", account, &e)),
+        let path = self.state.path().join(DIR).join(account);
+        match crate::state::lock::lock_ending_stopped(&file, &path, wait) {
+            (Ok(()), _) => {}
+            (Err(e), _) if e.kind() == io::ErrorKind::TimedOut => return Ok(Changed::Busy),
+            (Err(e), _) => return Err(self.fail("lock", account, &e)),
         }
         let mut buf = [0u8; LEN];
         let n = file
@@ -142,15 +156,16 @@ impl Ledger<'_> {
             _ => decode(&buf[..n]),
         };
         let Some(new) = change(current) else {
-            return Ok(false);
+            return Ok(Changed::Left);
         };
         file.write_all_at(&encode(new), 0)
             .map_err(|e| self.fail("write", account, &e))?;
-        Ok(true)
+        Ok(Changed::Written)
     }
 
-    /// Set the record to what the spools hold (`queue run`'s repair); never waits.
-    pub fn set(&self, account: &str, usage: Usage) -> Result<bool, Failure> {
+    /// Set the record to what the spools hold (`queue run`'s repair): never waits for a
+    /// running holder; a stopped one is ended (root).
+    pub fn set(&self, account: &str, usage: Usage) -> Result<Changed, Failure> {
         self.update(account, Duration::ZERO, |_| Some(usage))
     }
 

@@ -15,7 +15,7 @@ use crate::exit::{Exit, Failure};
 use crate::message::{self, Message, Terminator};
 use crate::state::StateDir;
 use crate::state::{Dir, flags};
-use ledger::{Ledger, Usage};
+use ledger::{Changed, Ledger, Usage};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -135,6 +135,22 @@ pub struct Claim {
     _lock: File,
 }
 
+/// An account's share of the spools (`[spool] account_max_messages`, `account_max_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// Why a customer's keep did not happen.
+#[derive(Debug)]
+pub enum KeepError {
+    /// The share is full or its record cannot be counted in: the caller is told (69).
+    Refused(String),
+    /// The message could not be written.
+    Failed(Failure),
+}
+
 pub struct Spool<'a> {
     state: &'a StateDir,
     /// How long to wait for an account's ledger record that another process holds.
@@ -177,6 +193,20 @@ impl<'a> Spool<'a> {
     /// Keep a message durably: write in tmp/, fsync, rename into `kind`, fsync the directory.
     /// Replaces an entry with the same id (used to update its bookkeeping).
     pub fn keep(&self, kind: Kind, meta: &Meta, msg: &Message) -> Result<(), Failure> {
+        // An entry rewritten with new bookkeeping is already counted.
+        let replaces = kind.counted()
+            && self
+                .dir(kind.dir())
+                .is_ok_and(|d| d.identity(&meta.id).is_ok());
+        self.write(kind, meta, msg)?;
+        if kind.counted() && !replaces {
+            self.count(&meta.account, 1, meta.size, kind);
+        }
+        Ok(())
+    }
+
+    /// Write an entry durably, without counting it.
+    fn write(&self, kind: Kind, meta: &Meta, msg: &Message) -> Result<(), Failure> {
         if !valid_id(&meta.id) {
             return Err(Failure::new(
                 Exit::Software,
@@ -194,8 +224,6 @@ impl<'a> Spool<'a> {
         let tmp = self.dir("tmp")?;
         let dest = self.dir(kind.dir())?;
         let name = meta.id.as_str();
-        // An entry rewritten with new bookkeeping is already counted.
-        let replaces = kind.counted() && dest.identity(name).is_ok();
         let file = tmp.open_file(name, flags::REWRITE).map_err(fail)?;
         let written = (|| {
             let mut w = io::BufWriter::with_capacity(64 * 1024, &file);
@@ -210,11 +238,64 @@ impl<'a> Spool<'a> {
             let _ = tmp.unlink(name);
             return Err(fail(e));
         }
-        dest.sync().map_err(fail)?;
-        if kind.counted() && !replaces {
-            self.count(&meta.account, 1, meta.size, kind);
+        dest.sync().map_err(fail)
+    }
+
+    /// A customer's keep: the message's place in the account's share is reserved in its
+    /// ledger record, under the record's lock, before the message is written; a share that is
+    /// full or a record that stays busy refuses the keep (`Refused`), so nothing is ever kept
+    /// uncounted. The place is given back when the write fails.
+    pub fn keep_within(
+        &self,
+        kind: Kind,
+        meta: &Meta,
+        msg: &Message,
+        share: Share,
+    ) -> Result<(), KeepError> {
+        if !kind.counted() {
+            return self.keep(kind, meta, msg).map_err(KeepError::Failed);
         }
-        Ok(())
+        let ledger = Ledger { state: self.state };
+        let mut full = None;
+        let changed = ledger
+            .update(&meta.account, self.ledger_wait, |u| {
+                let u = u.unwrap_or_else(|| {
+                    self.counted_usage()
+                        .remove(&meta.account)
+                        .unwrap_or_default()
+                });
+                if u.messages >= share.messages || u.bytes.saturating_add(meta.size) > share.bytes {
+                    full = Some(u);
+                    return None;
+                }
+                Some(u.adjusted(1, meta.size, kind == Kind::Defer))
+            })
+            .map_err(KeepError::Failed)?;
+        match changed {
+            Changed::Written => {}
+            Changed::Busy => {
+                return Err(KeepError::Refused(format!(
+                    "the spool record of account {} ({}) is held by another of its processes",
+                    meta.account,
+                    self.state
+                        .path()
+                        .join(ledger::DIR)
+                        .join(&meta.account)
+                        .display()
+                )));
+            }
+            Changed::Left => {
+                let u = full.unwrap_or_default();
+                return Err(KeepError::Refused(format!(
+                    "account {} already has {} messages ({} bytes) kept; its share is {} messages, {} bytes",
+                    meta.account, u.messages, u.bytes, share.messages, share.bytes
+                )));
+            }
+        }
+        self.write(kind, meta, msg).map_err(|f| {
+            self.count(&meta.account, -1, meta.size, kind);
+            KeepError::Failed(f)
+        })
     }
 
     /// Adjust the account's ledger record for one entry of `kind` added (1) or gone (-1).
@@ -229,7 +310,7 @@ impl<'a> Spool<'a> {
         let changed = ledger.update(account, wait, |u| {
             u.map(|u| u.adjusted(sign, size, kind == Kind::Defer))
         });
-        if !matches!(changed, Ok(true)) {
+        if !matches!(changed, Ok(Changed::Written)) {
             self.ledger_busy.borrow_mut().insert(account.to_string());
         }
     }
@@ -295,7 +376,7 @@ impl<'a> Spool<'a> {
         let mut repaired = Vec::new();
         for name in disagreeing(&second, &mut suspects.into_iter()) {
             let want = second.get(&name).copied().unwrap_or_default();
-            if matches!(ledger.set(&name, want), Ok(true)) {
+            if matches!(ledger.set(&name, want), Ok(Changed::Written)) {
                 repaired.push(name);
             }
         }

@@ -142,6 +142,30 @@ pub fn end_stopped_holder(busy: &Busy) -> Option<String> {
     })
 }
 
+/// Lock `file` (at `path`), waiting at most `wait`; when the wait runs out and this is root,
+/// a stopped mailgate process that holds the lock is ended first and the lock taken then
+/// (`end_stopped_holder`). Returns the result and what was ended, for the log.
+pub(crate) fn lock_ending_stopped(
+    file: &File,
+    path: &std::path::Path,
+    wait: Duration,
+) -> (io::Result<()>, Option<String>) {
+    let locked = lock_with_deadline(file, wait);
+    match &locked {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            let busy = Busy {
+                path: path.to_path_buf(),
+                holder: lock_holder(file),
+            };
+            match end_stopped_holder(&busy) {
+                Some(done) => (lock_with_deadline(file, Duration::from_secs(1)), Some(done)),
+                None => (locked, None),
+            }
+        }
+        _ => (locked, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

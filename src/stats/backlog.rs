@@ -11,7 +11,8 @@
 //! is emptied only under an exclusive `flock`, which appenders share while they append, and
 //! only when everything in it was folded.
 
-use super::{Event, Outcome, RelayError, Stats};
+use super::{Event, MAX_KEY, Outcome, RelayError, Stats};
+use crate::bounded::cut;
 use crate::state::fnv1a;
 use crate::state::{Dir, flags};
 use serde::{Deserialize, Serialize};
@@ -21,9 +22,12 @@ use std::io::{self, Read, Write};
 fn name(account: &str) -> String {
     format!(".backlog-{account}")
 }
-/// A backlog larger than this is not read further (a customer's stopped sender can make it
-/// grow only by the messages their limits let them try).
-const MAX_BACKLOG: u64 = 16 * 1024 * 1024;
+/// A backlog takes no line past this size, and is not read further: a customer who stops one
+/// of her senders while it holds her statistics lock can make it grow by every attempt, refused
+/// ones too, so it has a bound of its own (a line is at most a few hundred bytes: the script
+/// and the working directory are cut to what the statistics keep, `MAX_KEY`). Root's queue run
+/// ends such a stopped holder and folds the backlog.
+const MAX_BACKLOG: u64 = 4 * 1024 * 1024;
 
 /// One message's event, owned, as a backlog line stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +48,8 @@ impl Line {
             now: e.now,
             outcome: e.outcome.as_str().to_string(),
             recipients: e.recipients,
-            script: e.script.to_string(),
-            cwd: e.cwd.to_string(),
+            script: cut(e.script, MAX_KEY),
+            cwd: cut(e.cwd, MAX_KEY),
             lock_wait_us: e.lock_wait_us,
             lock_busy: e.lock_busy,
             relay_error: e.relay_error.map(|r| r.as_str().to_string()),
@@ -124,7 +128,15 @@ pub fn append(dir: &Dir, account: &str, event: &Event<'_>) -> io::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
-    file.write_all(encode(&Line::of(event)).as_bytes())
+    let line = encode(&Line::of(event));
+    let len = file.metadata()?.len();
+    if len + line.len() as u64 > MAX_BACKLOG {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("it is full ({len} bytes): this message is not counted in the statistics"),
+        ));
+    }
+    file.write_all(line.as_bytes())
 }
 
 /// The account's backlog from byte `from` on: its whole lines and the offset after them.
@@ -198,6 +210,36 @@ mod tests {
         damaged[10] ^= 1;
         let (lines, used) = decode(&damaged);
         assert_eq!((lines.len(), used), (1, bytes.len()));
+    }
+
+    #[test]
+    fn lines_are_bounded_and_the_backlog_stops_at_its_bound() {
+        let dir = std::env::temp_dir().join(format!("mg-backlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = Dir::open(&dir).unwrap();
+        let script = format!("1001:/{}", "s".repeat(6_000_000));
+        let e = Event {
+            now: 1,
+            outcome: Outcome::Refused,
+            recipients: 1,
+            script: &script,
+            cwd: &script,
+            lock_wait_us: None,
+            lock_busy: true,
+            relay_error: None,
+        };
+        let line = encode(&Line::of(&e));
+        assert!(line.len() < 1024, "{} bytes", line.len());
+        let mut appended = 0;
+        while append(&d, "shop", &e).is_ok() {
+            appended += 1;
+            assert!(appended < 100_000, "never stops");
+        }
+        let size = std::fs::metadata(dir.join(".backlog-shop")).unwrap().len();
+        assert!(size <= MAX_BACKLOG && size + line.len() as u64 > MAX_BACKLOG);
+        let (lines, _) = read_from(&d, "shop", 0).unwrap();
+        assert_eq!(lines.len(), appended, "every line it took is read");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

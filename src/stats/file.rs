@@ -49,7 +49,8 @@ pub fn update<T>(
     let file = dir
         .open_file(account, flags::READ_WRITE | flags::CREATE)
         .map_err(|e| fail("open", e))?;
-    match crate::state::lock::lock_with_deadline(&file, wait) {
+    let (locked, note_ended) = crate::state::lock::lock_ending_stopped(&file, &path, wait);
+    match locked {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             for event in events {
@@ -60,7 +61,7 @@ pub fn update<T>(
         }
         Err(e) => return Err(fail("lock", e)),
     }
-    let mut note = None;
+    let mut note = note_ended;
     let newest = newest_slot(&file).map_err(|e| fail("read", e))?;
     let (mut stats, folded, generation, target) = match newest {
         Ok(Some(slot)) => (slot.stats, slot.folded, slot.generation, 1 - slot.index),
