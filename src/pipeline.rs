@@ -687,13 +687,15 @@ impl Pipeline {
                 built: Default::default(),
             });
         for addr in sender.into_iter().map(str::to_string).chain(from_header) {
-            let Some((_, domain)) = addr.rsplit_once('@') else {
-                continue;
-            };
-            let Some(owner) = self.domain_owner(index.as_ref(), domain) else {
-                continue;
-            };
-            if owner != self.account.name && !own.iter().any(|p| address::glob_match(p, &addr)) {
+            // Every domain the address reaches the Internet in, as receiving servers see it:
+            // `ceo@alice.example.` is alice's domain, whatever the spelling.
+            for domain in address::domains_reached(&addr) {
+                let Some(owner) = self.domain_owner(index.as_ref(), &domain) else {
+                    continue;
+                };
+                if owner == self.account.name || own.iter().any(|p| address::glob_match(p, &addr)) {
+                    continue;
+                }
                 return Err(Failure::new(
                     Exit::NoPerm,
                     format!(

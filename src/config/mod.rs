@@ -791,15 +791,20 @@ impl Config {
                 .allowed_senders
                 .iter()
                 .filter_map(|p| p.rsplit_once('@').map(|(_, d)| d))
-                .any(|d| !d.contains('*') && d.eq_ignore_ascii_case(domain))
+                .any(|d| {
+                    !d.contains('*')
+                        && crate::message::address::canonical_domain(d)
+                            == crate::message::address::canonical_domain(domain)
+                })
                 .then_some(name.as_str())
         })
     }
 
     pub fn is_shared_domain(&self, domain: &str) -> bool {
+        let domain = crate::message::address::canonical_domain(domain);
         self.shared_domains
             .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain))
+            .any(|d| crate::message::address::canonical_domain(d) == domain)
     }
 
     pub fn is_exempt(&self, account: &str) -> bool {

@@ -188,6 +188,33 @@ fn remove_unquoted_whitespace(text: &str) -> String {
     out
 }
 
+/// A domain as DNS and Postfix treat it: ASCII case folded, the root's trailing dot(s)
+/// dropped (`Alice.Example.` is `alice.example`).
+pub fn canonical_domain(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Every domain that mail from `addr` can reach the Internet in, canonical: the domain after
+/// the last `@`, and the ones Postfix's rewriting makes of the local part where the domain is
+/// local to it (`allow_percent_hack`: `ceo%alice.example@localhost`; `swap_bangpath`:
+/// `alice.example!ceo@localhost`). Ownership is checked for each, so no spelling passes.
+pub fn domains_reached(addr: &str) -> Vec<String> {
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let mut out = vec![canonical_domain(domain)];
+    let local = local.trim_matches('"');
+    if let Some((_, d)) = local.rsplit_once('%') {
+        out.push(canonical_domain(d));
+    }
+    if let Some((d, _)) = local.split_once('!') {
+        out.push(canonical_domain(d));
+    }
+    out.retain(|d| !d.is_empty());
+    out.dedup();
+    out
+}
+
 /// `*@example.com`, case-insensitive; `*` matches any run of characters.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p = pattern.to_ascii_lowercase();
@@ -651,5 +678,21 @@ mod tests {
             let joined = addrs.join(", ");
             proptest::prop_assert_eq!(parse_list(&joined), addrs);
         }
+    }
+
+    #[test]
+    fn every_spelling_of_a_domain_is_the_same_domain() {
+        assert_eq!(canonical_domain("Alice.Example."), "alice.example");
+        assert_eq!(canonical_domain("alice.example.."), "alice.example");
+        assert_eq!(domains_reached("ceo@alice.example."), ["alice.example"]);
+        assert_eq!(
+            domains_reached("ceo%Alice.Example.@localhost"),
+            ["localhost", "alice.example"]
+        );
+        assert_eq!(
+            domains_reached("alice.example!ceo@localhost"),
+            ["localhost", "alice.example"]
+        );
+        assert!(domains_reached("no-domain").is_empty());
     }
 }

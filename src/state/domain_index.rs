@@ -143,7 +143,7 @@ pub fn owned_domains(account: &config::Account) -> impl Iterator<Item = String> 
                 && !d.contains('*')
                 && d.bytes().all(|b| b.is_ascii_graphic() && b != b',')
         })
-        .map(|d| d.to_ascii_lowercase())
+        .map(crate::message::address::canonical_domain)
 }
 
 /// The identity of `accounts.d/`, or `None` when there is no such directory. A stamp taken
@@ -249,7 +249,7 @@ pub struct DomainIndex<'a> {
 impl DomainIndex<'_> {
     /// The drop-in account that owns `domain`, if any.
     pub fn owner(&self, domain: &str) -> Option<String> {
-        let domain = domain.to_ascii_lowercase();
+        let domain = crate::message::address::canonical_domain(domain);
         if let Some(owners) = self.built.get() {
             return owners.get(&domain).cloned();
         }
