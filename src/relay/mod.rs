@@ -217,22 +217,31 @@ impl Relay<'_> {
     /// mail only to a relay process of root or the Postfix user. The connection we just
     /// opened is looked up from the other end with sock_diag: the accepted socket belongs
     /// to the uid of the process that accepted it (Postfix's smtpd runs as postfix), so
-    /// there is no race between check and use.
+    /// there is no race between check and use. This holds for every address of this host,
+    /// not only loopback: a relay on the host's LAN address is checked the same way. Only a
+    /// relay on another host (the kernel has no accepting end here) is not looked up.
     fn check_owner(&self, stream: &TcpStream) -> io::Result<()> {
-        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-            return Ok(());
-        };
-        if self.trusted_owners.is_empty() || !peer.ip().is_loopback() {
+        if self.trusted_owners.is_empty() {
             return Ok(());
         }
-        let owner = sockdiag::tcp_owner(peer, local).ok();
-        match owner {
-            Some(uid) if self.trusted_owners.contains(&uid) => Ok(()),
-            Some(uid) => Err(untrusted(uid)),
-            None => Err(io::Error::new(
+        let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
+        match sockdiag::tcp_owner(peer, local) {
+            Ok(uid) if self.trusted_owners.contains(&uid) => Ok(()),
+            Ok(uid) => Err(untrusted(uid)),
+            // No accepting end on this host: the relay is elsewhere (a connection to one of
+            // this host's own addresses always has one, and comes from that address).
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && !peer.ip().is_loopback()
+                    && peer.ip() != local.ip() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                "cannot tell who owns the relay's socket (sock_diag): not handing mail to it"
-                    .to_string(),
+                format!(
+                    "cannot tell who owns the relay's socket at {peer} (sock_diag: {e}): not handing mail to it"
+                ),
             )),
         }
     }
