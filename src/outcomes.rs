@@ -24,6 +24,8 @@ use std::io::Read;
 /// Files of this step in `delivery/` (dot names: never a queue id).
 const POSITION: &str = ".position";
 const BLIND: &str = ".blind";
+/// Why the relay's log may hold lines others wrote, as last said in the log.
+const FORGEABLE: &str = ".forgeable";
 /// Accounts a trigger holds until their rate falls (one name per line).
 const HELD: &str = ".held";
 /// The whole server's outcomes, in 5-minute buckets ("start delivered bounced" lines).
@@ -157,6 +159,7 @@ pub fn learn(ctx: &Runtime) -> Learnt {
             return learnt;
         }
     };
+    note_source(ctx, &dir, &path);
     if !read_small(&dir, BLIND).is_empty() && dir.unlink(BLIND).is_ok() {
         ctx.logger.log(
             Severity::Info,
@@ -230,6 +233,37 @@ fn went_blind(ctx: &Runtime, dir: &Dir, why: &str) {
         let msg = notify::blind_message(why, &ctx.envelope_to(&admin));
         ctx.send_internal(msg, &admin, "alert");
     }
+}
+
+/// Why local users could write lines into the relay's log, if they could (`check-config`
+/// says it too).
+pub fn source_warning(
+    outcomes: &crate::config::Outcomes,
+    path: &std::path::Path,
+) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let config_dir = &outcomes.relay_config;
+    let main_cf = std::fs::read_to_string(config_dir.join("main.cf")).ok();
+    let mode = std::fs::symlink_metadata(path).ok().map(|m| m.mode());
+    delivery::source::forgeable(path, config_dir, main_cf.as_deref(), mode)
+}
+
+/// Say in the log, once (and again when the reason changes), that the relay's log can hold
+/// lines that other local users wrote: the outcomes are then evidence anyone can forge.
+fn note_source(ctx: &Runtime, dir: &Dir, path: &std::path::Path) {
+    let why = source_warning(&ctx.config.outcomes, path).unwrap_or_default();
+    if read_small(dir, FORGEABLE) == why {
+        return;
+    }
+    if why.is_empty() {
+        let _ = dir.unlink(FORGEABLE);
+        return;
+    }
+    write_small(dir, FORGEABLE, &why);
+    ctx.logger.log(
+        Severity::Warning,
+        &format!("outcomes: the relay's log is not evidence only the relay writes: {why}"),
+    );
 }
 
 /// Why outcomes are not learnt, if they are not: for `status`.

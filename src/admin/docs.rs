@@ -159,7 +159,11 @@ const KEYS: &[(&str, &str)] = &[
     ),
     (
         "outcomes.relay_log",
-        "The relay instance's delivery log: its maillog_file (mailgate-chain sets /var/log/postfix-postfwd.log on hosts without syslog) or the syslog file its lines go to (/var/log/mail.log). Each queue run reads what was added since the last run and learns, per recipient, delivered, bounced, delayed (deferred) or expired, with the receiving server's reply. Unset: outcomes are not learnt and the failure-rate triggers are blind (status says so).",
+        "The relay instance's own delivery log: its maillog_file, written by its postlogd (mailgate-chain sets /var/log/postfix-postfwd.log and gives the relay instance a setgid_group of its own, so that no local user can write lines into it). Each queue run reads what was added since the last run and learns, per recipient, delivered, bounced, delayed (deferred) or expired, with the receiving server's reply; only the recipients a message's hand-over record lists count. A syslog file takes any local user's lines (logger): check-config and the queue run's log say so. Unset: outcomes are not learnt and the failure-rate triggers are blind (status says so).",
+    ),
+    (
+        "outcomes.relay_config",
+        "The relay instance's configuration directory (default /etc/postfix-postfwd): its main.cf tells whether relay_log is the instance's own maillog_file behind a closed postlogd (check-config and the queue run's log warn otherwise).",
     ),
     (
         "outcomes.syslog_name",

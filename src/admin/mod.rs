@@ -406,6 +406,14 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
     }
     if let Some(main) = &main {
         findings.extend(lane_findings(main, &account_files));
+        if let Some(log) = &main.outcomes.relay_log
+            && let Some(why) = crate::outcomes::source_warning(&main.outcomes, log)
+        {
+            findings.push(Finding {
+                warning: true,
+                text: format!("{file}: warning: [outcomes] relay_log: {why}"),
+            });
+        }
     }
     for (domain, mut accounts) in owners.into_iter().filter(|(_, a)| a.len() > 1) {
         accounts.sort();

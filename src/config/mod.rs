@@ -236,6 +236,9 @@ pub struct Outcomes {
     /// The relay instance's delivery log (its `maillog_file`, or the syslog file its lines go
     /// to). Unset: outcomes are not learnt and the failure-rate triggers are blind.
     pub relay_log: Option<PathBuf>,
+    /// The relay instance's configuration directory: its main.cf tells whether only the
+    /// relay can write `relay_log` (`check-config`, the queue run's log).
+    pub relay_config: PathBuf,
     /// The relay instance's `syslog_name`: only its lines count.
     pub syslog_name: String,
     /// How long hand-over records are kept for `mailgate trace`.
@@ -248,6 +251,7 @@ impl Default for Outcomes {
     fn default() -> Outcomes {
         Outcomes {
             relay_log: None,
+            relay_config: PathBuf::from("/etc/postfix-postfwd"),
             syslog_name: "postfix-postfwd".into(),
             keep: TimeSpan(7 * 86400),
             max_read: 64 * 1024 * 1024,

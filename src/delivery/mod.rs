@@ -6,13 +6,15 @@
 //! - `reader`: the relay's log read incrementally from a position that survives rotation;
 //! - `postfix_log`: one log line → (queue id, fact);
 //! - `apply` (here): what a fact changes in a record and which outcome it counts, once;
-//! - `trigger`: the failure-rate trigger's window arithmetic.
+//! - `trigger`: the failure-rate trigger's window arithmetic;
+//! - `source`: whether the relay's log holds only the relay's own lines.
 //!
 //! `crate::outcomes` runs them in `queue run`; `admin::trace` reads the records.
 
 pub mod postfix_log;
 pub mod reader;
 pub mod record;
+pub mod source;
 pub mod trigger;
 
 use crate::stats::Outcome;
