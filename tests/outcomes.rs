@@ -494,3 +494,184 @@ impl Setup {
         std::fs::write(&self.relay_log, text).unwrap();
     }
 }
+
+/// Setup with a relay answering as scripted (a fixed queue id, say).
+fn setup_with(trigger: &str, script: Script) -> Setup {
+    let mut s = setup(trigger);
+    s.rec = Recorder::start(script);
+    let config = std::fs::read_to_string(&s.env.config).unwrap();
+    let port_line = config
+        .lines()
+        .find(|l| l.starts_with("port = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &s.env.config,
+        config.replace(&port_line, &format!("port = {}", s.rec.port)),
+    )
+    .unwrap();
+    s
+}
+
+fn held(s: &Setup, account: &str, t: i64) -> bool {
+    let status = s.json(&["status", "--json"], t);
+    status["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == account)
+        .is_some_and(|a| !a["locked"].is_null())
+}
+
+/// Evidence issue, attacks 1 (what a forged line can still name) and 9: a line about an
+/// address the message was not sent to counts nothing, and a queue id belongs to the first
+/// message that recorded it; the honest bounces still hold the account.
+#[test]
+fn forged_recipients_and_a_claimed_queue_id_count_nothing() {
+    let trigger =
+        "[defaults.trigger]\nwindow = \"1h\"\nmin_failures = 3\npercent = 20\naction = \"hold\"";
+    let s = setup(trigger);
+    let shop: Vec<String> = (1..=3)
+        .map(|i| s.send("shop", "/var/www/shop/a.php", T0 + i, &["real@example.net"]))
+        .collect();
+    let blog = s.send(
+        "blog",
+        "/var/www/blog/b.php",
+        T0 + 5,
+        &["reader@example.net"],
+    );
+    // Forged: bounces for blog's queue id to addresses blog never wrote to, and deliveries
+    // of made-up recipients for shop's ids (to hide shop's own bounces).
+    let mut log = String::new();
+    for i in 0..20 {
+        log.push_str(&line(
+            &blog,
+            &format!("x{i}@example.net"),
+            "bounced",
+            "550 forged",
+        ));
+        log.push_str(&line(
+            &shop[0],
+            &format!("y{i}@example.net"),
+            "sent",
+            "250 forged",
+        ));
+    }
+    // The honest outcomes: shop's three real recipients bounced, blog's was delivered.
+    for q in &shop {
+        log.push_str(&line(q, "real@example.net", "bounced", "550 5.1.1 unknown"));
+    }
+    log.push_str(&line(&blog, "reader@example.net", "sent", "250 ok"));
+    s.log(&log);
+    s.queue_run(T0 + 60);
+    let top = s.json(&["top", "--json"], T0 + 61);
+    let a = source(&top, "shop", "a.php");
+    assert_eq!(
+        (a["bounced"].as_u64(), a["delivered"].as_u64()),
+        (Some(3), Some(0)),
+        "{top}"
+    );
+    let b = source(&top, "blog", "b.php");
+    assert_eq!(
+        (b["bounced"].as_u64(), b["delivered"].as_u64()),
+        (Some(0), Some(1)),
+        "{top}"
+    );
+    assert!(held(&s, "shop", T0 + 62), "the real bouncer is held");
+    assert!(!held(&s, "blog", T0 + 62), "the victim is not");
+
+    // A relay (or a listener in its place) that answers every message with the same queue
+    // id: the first message keeps it.
+    let fixed = Script {
+        data_reply: Some("250 2.0.0 Ok: queued as FIXEDQID1".into()),
+        ..Script::default()
+    };
+    let s = setup_with(trigger, fixed);
+    s.send(
+        "blog",
+        "/var/www/blog/b.php",
+        T0 + 1,
+        &["reader@example.net"],
+    );
+    s.send(
+        "shop",
+        "/var/www/shop/a.php",
+        T0 + 2,
+        &["reader@example.net"],
+    );
+    let trace = s.json(&["trace", "FIXEDQID1", "--json"], T0 + 3);
+    assert_eq!(trace["handed"]["account"], "blog", "{trace}");
+    assert!(
+        s.env.log_text().contains("recorded already"),
+        "the second claim is logged: {}",
+        s.env.log_text()
+    );
+}
+
+/// Evidence issue, attacks 3 and 4: a 4.5 MB script header and 3 MB Subject and Message-ID
+/// make a record of a few KiB whose outcomes are counted.
+#[test]
+fn an_oversized_header_neither_hides_bounces_nor_grows_the_record() {
+    let s = setup("");
+    let huge = format!("/var/www/shop/{}.php", "x".repeat(4_500_000));
+    let msg = format!(
+        "To: gone@example.net\nX-PHP-Originating-Script: {}:{huge}\nSubject: {}\nMessage-ID: <{}@x>\n\nhello\n",
+        uid(),
+        "s".repeat(3_000_000),
+        "m".repeat(3_000_000),
+    );
+    let mut cmd = s.env.cmd();
+    cmd.env("MAILGATE_ACCOUNT", "shop")
+        .env("MAILGATE_NOW", (T0 + 1).to_string())
+        .current_dir(s.www.path())
+        .args(["-i", "gone@example.net"]);
+    let o = run_with_input(&mut cmd, msg.as_bytes());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let record = s.env.state.join("delivery").join("REC1");
+    let size = std::fs::metadata(&record).unwrap().len();
+    assert!(size < 16 * 1024, "the record is {size} bytes");
+    s.log(&line("REC1", "gone@example.net", "bounced", "550 unknown"));
+    s.queue_run(T0 + 60);
+    let top = s.json(&["top", "--json", "--all"], T0 + 61);
+    let bounced: u64 = top["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["account"] == "shop")
+        .flat_map(|a| a["sources"].as_array().unwrap().iter())
+        .filter_map(|src| src["bounced"].as_u64())
+        .sum();
+    assert_eq!(bounced, 1, "{top}");
+    let trace = s.json(&["trace", "REC1", "--json"], T0 + 62);
+    let script = trace["handed"]["script"].as_str().unwrap();
+    assert!(
+        script.ends_with("[cut]") && script.len() <= 1024,
+        "the cut is marked: {script}"
+    );
+}
+
+/// Evidence issue, attack 11: the server's trigger acts only on accounts whose own rate
+/// passes its threshold; a newsletter with 5 % bounced is not held for another's 60.
+#[test]
+fn the_server_trigger_holds_only_the_accounts_that_bounce_themselves() {
+    let s = setup(
+        "[server.trigger]\nwindow = \"1h\"\nmin_failures = 5\npercent = 20\naction = \"hold\"",
+    );
+    let mut log = String::new();
+    for i in 0..60 {
+        let to = format!("dead{i}@example.net");
+        let q = s.send("shop", "/var/www/shop/spam.php", T0 + 1, &[&to]);
+        log.push_str(&line(&q, &to, "bounced", "550 unknown"));
+    }
+    let news: Vec<String> = (0..100).map(|i| format!("reader{i}@example.net")).collect();
+    let refs: Vec<&str> = news.iter().map(String::as_str).collect();
+    let q = s.send("blog", "/var/www/blog/news.php", T0 + 2, &refs);
+    for (i, to) in news.iter().enumerate() {
+        let status = if i < 5 { "bounced" } else { "sent" };
+        log.push_str(&line(&q, to, status, "reply"));
+    }
+    s.log(&log);
+    s.queue_run(T0 + 60);
+    assert!(held(&s, "shop", T0 + 61), "the bouncing account is held");
+    assert!(!held(&s, "blog", T0 + 61), "the 5 % newsletter is not");
+}

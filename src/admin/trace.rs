@@ -27,24 +27,47 @@ pub(super) fn trace(
     if wanted.is_empty() || wanted.len() > 998 {
         return Err(Failure::new(Exit::Usage, "trace: give a message id"));
     }
-    if let Ok(dir) = state.top().open_dir(record::DIR)
-        && let Some(rec) = find_record(&dir, wanted)
-    {
-        if !visible(&rec.handed.account) {
+    let found = match state.top().open_dir(record::DIR) {
+        Ok(dir) => find_records(&dir, wanted),
+        Err(_) => Vec::new(),
+    };
+    if !found.is_empty() {
+        // A Message-ID is the sender's choice: another customer may reuse hers. A customer
+        // sees her own matches only; the admin sees every match, oldest first.
+        let shown: Vec<&Record> = found
+            .iter()
+            .filter(|r| visible(&r.handed.account))
+            .collect();
+        if shown.is_empty() {
             return Err(super::not_yours(&format!("message {id:?}")));
         }
         if json {
-            let t = Traced {
-                handed: &rec.handed,
-                steps: &rec.steps,
+            let traced: Vec<Traced<'_>> = shown
+                .iter()
+                .map(|rec| Traced {
+                    handed: &rec.handed,
+                    steps: &rec.steps,
+                })
+                .collect();
+            let text = if traced.len() == 1 {
+                serde_json::to_string_pretty(&traced[0])
+            } else {
+                serde_json::to_string_pretty(&traced)
             };
             out!(
                 "{}",
-                serde_json::to_string_pretty(&t)
-                    .map_err(|e| Failure::new(Exit::Software, e.to_string()))?
+                text.map_err(|e| Failure::new(Exit::Software, e.to_string()))?
             );
         } else {
-            print!("{}", render(&rec));
+            if shown.len() > 1 {
+                out!(
+                    "{} messages match {}:\n",
+                    shown.len(),
+                    printable(wanted, 100)
+                );
+            }
+            let texts: Vec<String> = shown.iter().map(|rec| render(rec)).collect();
+            print!("{}", texts.join("\n"));
         }
         return Ok(());
     }
@@ -69,16 +92,16 @@ pub(super) fn trace(
     ))
 }
 
-/// By the relay's queue id (the record's name), else by mailgate's id or Message-ID (every
-/// record is read: an admin's command, not the hot path).
-fn find_record(dir: &crate::state::Dir, wanted: &str) -> Option<Record> {
+/// By the relay's queue id (the record's name), else every record with that mailgate id or
+/// Message-ID, oldest first (every record is read: an admin's command, not the hot path).
+fn find_records(dir: &crate::state::Dir, wanted: &str) -> Vec<Record> {
     if record::valid_name(wanted)
         && let Some(r) = record::read(dir, wanted)
     {
-        return Some(r);
+        return vec![r];
     }
-    let mut found: Option<Record> = None;
-    for name in dir.names().ok()? {
+    let mut found: Vec<Record> = Vec::new();
+    for name in dir.names().unwrap_or_default() {
         if !record::valid_name(&name) {
             continue;
         }
@@ -87,12 +110,11 @@ fn find_record(dir: &crate::state::Dir, wanted: &str) -> Option<Record> {
         };
         let h = &r.handed;
         let message_id = h.message_id.trim_start_matches('<').trim_end_matches('>');
-        if (h.id == wanted || message_id == wanted)
-            && found.as_ref().is_none_or(|f| f.handed.handed < h.handed)
-        {
-            found = Some(r);
+        if h.id == wanted || message_id == wanted {
+            found.push(r);
         }
     }
+    found.sort_by_key(|r| (r.handed.handed, r.handed.id.clone()));
     found
 }
 
