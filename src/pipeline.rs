@@ -693,7 +693,9 @@ impl Pipeline {
                 let Some(owner) = self.domain_owner(index.as_ref(), &domain) else {
                     continue;
                 };
-                if owner == self.account.name || own.iter().any(|p| address::glob_match(p, &addr)) {
+                if owner == self.account.name
+                    || own.iter().any(|p| address::sender_matches(p, &addr))
+                {
                     continue;
                 }
                 return Err(Failure::new(
@@ -743,7 +745,7 @@ impl Pipeline {
             return Ok(sender);
         }
         let allowed = policy.allowed_senders.iter().any(|p| match &sender {
-            Some(s) => address::glob_match(p, s),
+            Some(s) => address::sender_matches(p, s),
             None => p == "<>",
         });
         if allowed {

@@ -536,9 +536,17 @@ struct Squatter(std::process::Child);
 
 impl Squatter {
     fn start(user: &str, port: u16) -> (Squatter, std::io::BufReader<std::process::ChildStdout>) {
+        Squatter::start_on(user, "127.0.0.1", port)
+    }
+
+    fn start_on(
+        user: &str,
+        host: &str,
+        port: u16,
+    ) -> (Squatter, std::io::BufReader<std::process::ChildStdout>) {
         let script = "import socket, sys\n\
                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                 s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(16)\n\
+                 s.bind((sys.argv[2], int(sys.argv[1]))); s.listen(16)\n\
                  print('listening', flush=True)\n\
                  def serve(c):\n\
                  \x20   c.sendall(b'220 squat ESMTP\\r\\n')\n\
@@ -560,6 +568,7 @@ impl Squatter {
                 "-c",
                 script,
                 &port.to_string(),
+                host,
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -1184,4 +1193,389 @@ fn a_fifo_in_the_state_directory_hangs_nobody() {
         assert!(stderr(&o).contains("too long"), "{}", stderr(&o));
     }
     std::fs::remove_file(&stats).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// The evidence issue: outcomes, trigger, records and shares under attack by a customer.
+
+/// A setgid install whose relay is an in-test recorder (run by root, so trusted) that gives
+/// each message a queue id, and whose relay log is a root-only file the test writes.
+fn setgid_outcomes_fixture(
+    extra: &str,
+) -> (
+    std::sync::MutexGuard<'static, ()>,
+    Recorder,
+    Install,
+    SystemConfig,
+    PathBuf,
+) {
+    assert!(
+        is_root(),
+        "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
+    );
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rec = Recorder::start(Script::default());
+    let inst = install();
+    let relay_log = inst.prefix.join("postfix-postfwd.log");
+    std::fs::write(&relay_log, "").unwrap();
+    std::fs::set_permissions(&relay_log, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = SystemConfig::install(&format!(
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n[log]\nfile = \"{}\"\n\
+         [alerts]\nadmin = \"\"\n[outcomes]\nrelay_log = \"{}\"\n{extra}",
+        inst.state.display(),
+        rec.port,
+        inst.log.display(),
+        relay_log.display()
+    ));
+    (serial, rec, inst, config, relay_log)
+}
+
+fn relay_line(queue_id: &str, to: &str, status: &str) -> String {
+    let dsn = if status == "sent" { "2.0.0" } else { "5.1.1" };
+    format!(
+        "Dec  3 13:20:01 vm postfix-postfwd/smtp[4711]: {queue_id}: to=<{to}>, relay=mx.example.net[192.0.2.1]:25, delay=0.2, delays=0.01/0.01/0.1/0.08, dsn={dsn}, status={status} (550 5.1.1 user unknown)\n"
+    )
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+fn locked(inst: &Install, account: &str) -> Option<String> {
+    let status = json_as(inst, "root", &["status"]);
+    status["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == account)
+        .and_then(|a| a["locked"].as_str().map(str::to_string))
+}
+
+/// Attacks 2 and 5: a customer's process holding her statistics lock for good neither keeps
+/// the trigger from judging her account on every run nor lets her refused attempts with 6 MB
+/// script headers fill the state filesystem; another customer's mail flows.
+#[test]
+fn a_held_statistics_lock_neither_blinds_the_trigger_nor_fills_the_disk() {
+    let (_serial, rec, inst, _config, relay_log) = setgid_outcomes_fixture(
+        "[defaults]\nlimits = [ { window = \"1h\", messages = 5 } ]\n\
+         [defaults.trigger]\nwindow = \"1h\"\nmin_failures = 3\npercent = 20\naction = \"hold\"\n",
+    );
+    let (eve, alice) = (USERS[0], USERS[1]);
+    for i in 1..=4 {
+        let to = format!("dead{i}@x.org");
+        let o = send(&inst, eve, &[], &["-i", &to], b"Subject: list\n\nb\n");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    assert_eq!(rec.received().len(), 4);
+    // Her statistics lock, held for good (as by a sender of hers stopped at that instant).
+    let held = std::fs::File::open(inst.state.join("stats").join(eve)).unwrap();
+    held.lock().unwrap();
+    let script = format!("1001:/home/{eve}/{}.php", "s".repeat(6 * 1024 * 1024));
+    let msg = format!("X-PHP-Originating-Script: {script}\nSubject: big\n\nb\n");
+    for _ in 0..16 {
+        let o = send(&inst, eve, &[], &["-i", "more@x.org"], msg.as_bytes());
+        assert!(matches!(code(&o), 0 | 69), "{}", stderr(&o));
+    }
+    let backlog = std::fs::metadata(inst.state.join("stats").join(format!(".backlog-{eve}")))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        backlog > 0 && backlog < 64 * 1024,
+        "16 attempts with 6 MB headers: backlog of {backlog} bytes"
+    );
+    let o = send(
+        &inst,
+        alice,
+        &[],
+        &["-i", "friend@x.org"],
+        b"Subject: ok\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // The relay logs her four bounces; root's queue run judges her although the lock is held.
+    let text: String = (1..=4)
+        .map(|i| relay_line(&format!("REC{i}"), &format!("dead{i}@x.org"), "bounced"))
+        .collect();
+    append(&relay_log, &text);
+    let o = run_with_input(Command::new(&inst.bin).args(["queue", "run"]), b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let why = locked(&inst, eve).expect("the bouncing account is held");
+    assert!(why.contains("bounce rate"), "{why}");
+    assert_eq!(locked(&inst, alice), None, "the other customer is not");
+    drop(held);
+}
+
+/// Attack 6: a spool record whose lock a process of hers holds for good cannot lift her
+/// share: her keeps are refused (69, saying why), never kept uncounted; other customers keep.
+#[test]
+fn a_frozen_spool_record_lifts_no_share() {
+    let (_serial, _sink, inst, config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let dead = std::fs::read_to_string(SYSTEM_CONFIG)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("port = ") {
+                format!("port = {}", free_port())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n[spool]\naccount_max_messages = 3\n";
+    config.replace(&dead);
+    let (eve, alice) = (USERS[0], USERS[1]);
+    let o = send(&inst, eve, &[], &["-i", "a@x.org"], b"Subject: 1\n\nb\n");
+    assert_eq!(code(&o), 0, "queued: {}", stderr(&o));
+    let record = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(inst.state.join("spooled").join(eve))
+        .unwrap();
+    record.lock().unwrap();
+    for i in 0..4 {
+        let o = send(
+            &inst,
+            eve,
+            &[],
+            &["-i", "a@x.org"],
+            format!("Subject: {i}\n\nb\n").as_bytes(),
+        );
+        assert_eq!(code(&o), 69, "refused, not kept uncounted: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("held by another of its processes"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = send(
+        &inst,
+        alice,
+        &[],
+        &["-i", "a@x.org"],
+        b"Subject: alice\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    drop(record);
+    let listed = json_as(&inst, "root", &["queue", "list"]);
+    let eves = listed
+        .as_array()
+        .map_or(0, |l| l.iter().filter(|m| m["account"] == eve).count());
+    assert_eq!(eves, 1, "only the counted message is kept: {listed}");
+    // Free again: her keeps count up to her share, then are refused.
+    for i in 0..2 {
+        let o = send(
+            &inst,
+            eve,
+            &[],
+            &["-i", "a@x.org"],
+            format!("Subject: n{i}\n\nb\n").as_bytes(),
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let o = send(&inst, eve, &[], &["-i", "a@x.org"], b"Subject: over\n\nb\n");
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("its share is 3 messages"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Attack 7: a domain another account owns cannot be used in any spelling that reaches the
+/// Internet as the same domain (trailing dot, case, percent hack, bang path), in the envelope
+/// or in From:/Sender:, whether the owner is in the main file or in accounts.d/.
+#[test]
+fn no_spelling_of_another_accounts_domain_passes() {
+    let (_serial, sink, inst, config) = setgid_fixture(&format!(
+        "[alerts]\nadmin = \"\"\n[accounts.eve]\nusers = [\"{}\"]\n\
+         [accounts.alice]\nusers = [\"{}\"]\nallowed_senders = [\"*@alice.example\"]\nsender_policy = \"reject\"\n",
+        USERS[0], USERS[1]
+    ));
+    let _config = config.with_accounts(&[(
+        "bob".into(),
+        format!(
+            "users = [\"{}\"]\nallowed_senders = [\"*@bob.example\"]\nsender_policy = \"reject\"\n",
+            USERS[1]
+        ),
+    )]);
+    let eve = USERS[0];
+    for domain in ["alice.example", "bob.example"] {
+        let upper = domain.to_ascii_uppercase();
+        let spellings = [
+            format!("ceo@{domain}."),
+            format!("ceo@{upper}."),
+            format!("ceo@{domain}.."),
+            format!("ceo%{domain}.@localhost"),
+            format!("{domain}!ceo@localhost"),
+        ];
+        for from in &spellings {
+            let o = send(
+                &inst,
+                eve,
+                &[],
+                &["--account", "eve", "-f", from, "-i", "v@x.org"],
+                b"Subject: x\n\nb\n",
+            );
+            assert_eq!(code(&o), 77, "-f {from}: {}", stderr(&o));
+            for header in ["From", "Sender"] {
+                let msg = format!("{header}: {from}\nSubject: x\n\nb\n");
+                let o = send(
+                    &inst,
+                    eve,
+                    &[],
+                    &["--account", "eve", "-i", "v@x.org"],
+                    msg.as_bytes(),
+                );
+                assert_eq!(code(&o), 77, "{header}: {from}: {}", stderr(&o));
+            }
+        }
+    }
+    assert!(
+        sink.received().is_empty(),
+        "nothing went out in alice's or bob's name"
+    );
+    // The honest cases: eve in her own name, alice in hers (with the dot, too).
+    let o = send(
+        &inst,
+        eve,
+        &[],
+        &["--account", "eve", "-f", "eve@eve.example", "-i", "v@x.org"],
+        b"Subject: x\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = send(
+        &inst,
+        USERS[1],
+        &[],
+        &[
+            "--account",
+            "alice",
+            "-f",
+            "ceo@alice.example.",
+            "-i",
+            "v@x.org",
+        ],
+        b"Subject: x\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    sink.wait_count(2);
+}
+
+/// An address of this host that is not loopback: the first global one, else one added to
+/// `lo` for the test (removed when dropped).
+struct LocalAddress {
+    ip: String,
+    added: bool,
+}
+
+impl LocalAddress {
+    fn get() -> LocalAddress {
+        let out = must("ip -4 -o addr show scope global");
+        if let Some(ip) = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next())
+        {
+            return LocalAddress {
+                ip: ip.to_string(),
+                added: false,
+            };
+        }
+        must("ip addr add 192.0.2.77/32 dev lo");
+        LocalAddress {
+            ip: "192.0.2.77".into(),
+            added: true,
+        }
+    }
+}
+
+impl Drop for LocalAddress {
+    fn drop(&mut self) {
+        if self.added {
+            let _ = sh(&format!("ip addr del {}/32 dev lo", self.ip));
+        }
+    }
+}
+
+/// Attack 8: with the relay on another local address and an unprivileged port, a customer
+/// listening there while the relay is down gets nothing: the owner check covers every
+/// address of the host.
+#[test]
+fn a_customer_listening_on_another_local_address_receives_nothing() {
+    let (_serial, _sink, inst, config) = setgid_fixture("[alerts]\nadmin = \"\"\n");
+    let address = LocalAddress::get();
+    let port = free_port();
+    let (squatter, mut out) = Squatter::start_on(USERS[0], &address.ip, port);
+    config.replace(&format!(
+        "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nhost = \"{}\"\nport = {port}\n[log]\nfile = \"{}\"\n[alerts]\nadmin = \"\"\n",
+        inst.state.display(),
+        address.ip,
+        inst.log.display()
+    ));
+    let o = send(
+        &inst,
+        USERS[1],
+        &[],
+        &["-i", "victim@x.org"],
+        b"Subject: secret\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "kept, not lost: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not to a trusted owner"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_with_input(Command::new(&inst.bin).args(["queue", "flush"]), b"");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("not to a trusted owner"),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    drop(squatter);
+    let mut heard = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut heard);
+    assert!(
+        !heard.contains("MAIL FROM") && !heard.contains("secret"),
+        "the squatter got mail: {heard}"
+    );
+}
+
+/// Attack 10: a customer who reuses another's Message-ID neither hides hers from her nor
+/// shows root only one of the two: each customer traces her own, the admin sees both.
+#[test]
+fn a_reused_message_id_neither_hides_nor_misleads_trace() {
+    let (_serial, _rec, inst, _config, _relay_log) = setgid_outcomes_fixture("");
+    let (eve, alice) = (USERS[0], USERS[1]);
+    let msg = b"Message-ID: <order-4711@alice.example>\nSubject: your order\n\nb\n";
+    let o = send(&inst, alice, &[], &["-i", "customer@x.org"], msg);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = send(&inst, eve, &[], &["-i", "other@x.org"], msg);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = "<order-4711@alice.example>";
+    let o = as_user(alice, &[], &inst.bin, &["trace", id], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("customer@x.org") || text.contains(&format!("account {alice}")),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("account {eve}")), "{text}");
+    let o = as_user(eve, &[], &inst.bin, &["trace", id], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(&format!("account {alice}")));
+    let o = run_with_input(Command::new(&inst.bin).args(["trace", id]), b"");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("2 messages match"), "{text}");
+    assert!(
+        text.contains(&format!("account {alice}")) && text.contains(&format!("account {eve}")),
+        "{text}"
+    );
 }

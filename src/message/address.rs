@@ -215,6 +215,17 @@ pub fn domains_reached(addr: &str) -> Vec<String> {
     out
 }
 
+/// Whether the sender `addr` matches the `allowed_senders` pattern, its domain taken as DNS
+/// takes it (`ceo@Alice.Example.` matches `*@alice.example`).
+pub fn sender_matches(pattern: &str, addr: &str) -> bool {
+    match addr.rsplit_once('@') {
+        Some((local, domain)) => {
+            glob_match(pattern, &format!("{local}@{}", canonical_domain(domain)))
+        }
+        None => glob_match(pattern, addr),
+    }
+}
+
 /// `*@example.com`, case-insensitive; `*` matches any run of characters.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p = pattern.to_ascii_lowercase();
@@ -694,5 +705,7 @@ mod tests {
             ["localhost", "alice.example"]
         );
         assert!(domains_reached("no-domain").is_empty());
+        assert!(sender_matches("*@alice.example", "ceo@Alice.Example."));
+        assert!(!sender_matches("*@alice.example", "ceo@alice.example.evil"));
     }
 }
