@@ -27,6 +27,52 @@ fn install(sink_port: u16, extra: &str) -> String {
     out
 }
 
+/// README's install from source: the Debian package (built by install.sh with cargo deb),
+/// then mailgate-chain.
+fn install_packaged(sink_port: u16) -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = must(&format!(
+        "{repo}/install.sh --with-postfix --php --relayhost '[127.0.0.1]:{sink_port}' \
+         --postfix-log {LOGDIR} --postfwd-hourly 5 2>&1"
+    ));
+    wait_policy();
+    out
+}
+
+/// The cron daemon stopped for a test (a host where cron is installed but not running), and
+/// started again afterwards if it ran before.
+struct CronStopped {
+    ran: bool,
+}
+
+impl CronStopped {
+    fn take() -> CronStopped {
+        let ran = sh("pgrep -x cron").status.success();
+        if ran {
+            let _ = sh("/etc/init.d/cron stop >/dev/null 2>&1 || pkill -x cron");
+            wait_for("cron to stop", || {
+                (!sh("pgrep -x cron").status.success()).then_some(())
+            });
+        }
+        assert!(
+            Path::new("/usr/sbin/cron").exists(),
+            "the cron package must be installed for this test (.ci/run installs it)"
+        );
+        CronStopped { ran }
+    }
+}
+
+impl Drop for CronStopped {
+    fn drop(&mut self) {
+        let running = sh("pgrep -x cron").status.success();
+        if self.ran && !running {
+            let _ = sh("/etc/init.d/cron start >/dev/null 2>&1");
+        } else if !self.ran && running {
+            let _ = sh("/etc/init.d/cron stop >/dev/null 2>&1 || pkill -x cron");
+        }
+    }
+}
+
 /// postfwd answers policy requests (after a start or reload its workers take a moment).
 fn wait_policy() {
     wait_for("postfwd to answer a policy request", || {
@@ -167,6 +213,8 @@ impl Drop for Host {
         if Path::new("/usr/sbin/mailgate").exists() {
             let _ = sh(&format!("{repo}/install.sh --uninstall >/dev/null 2>&1"));
         }
+        // The package installed by install_packaged: removed by --uninstall, purged here.
+        let _ = sh("dpkg --purge mailgate >/dev/null 2>&1");
         // The test created these (take_over checked they were absent).
         let _ = std::fs::remove_dir_all("/etc/mailgate");
         let _ = std::fs::remove_dir_all("/var/lib/mailgate");
@@ -862,6 +910,8 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
         "this test installs the system chain; run it as root (.ci/run)"
     );
     let _one_at_a_time = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    // Dropped after the host is given back (whose --uninstall stops the cron it started).
+    let _cron = CronStopped::take();
     let _host = Host::take_over();
     let gone: Vec<String> = (1..=6).map(|i| format!("gone{i}@example.net")).collect();
     let mut reject_rcpt: Vec<(String, String)> = gone
@@ -881,8 +931,26 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
         reject_rcpt,
         ..Script::default()
     });
-    let installed = install(server.port, "");
+    // README's install, from the package, on a host without systemd where cron is installed
+    // but its daemon does not run: the install must leave a queue runner that runs, and it
+    // alone (no queue run by hand below) learns the outcomes and holds the bouncing account.
+    let installed = install_packaged(server.port);
     assert!(installed.contains("install.sh: done:"), "{installed}");
+    assert!(
+        installed.contains("queue runner: cron job /etc/cron.d/mailgate")
+            && installed.contains("run by the cron daemon"),
+        "{installed}"
+    );
+    assert!(sh("pgrep -x cron").status.success(), "{installed}");
+    // The relay's log is its own file behind a closed postlogd: check-config has nothing to
+    // say about it, and a customer can neither log into it nor list the relay's queue.
+    let checked = sh("/usr/sbin/mailgate check-config 2>&1");
+    let checked = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(!checked.contains("relay_log"), "{checked}");
+    assert_eq!(
+        must("postconf -c /etc/postfix-postfwd -h setgid_group").trim(),
+        "mailgate-relay"
+    );
     // The chain names the relay's log in mailgate.toml and gives the relay long queue ids.
     let toml = std::fs::read_to_string("/etc/mailgate/mailgate.toml").unwrap();
     let relay_log = format!("{LOGDIR}/postfix-postfwd.log");
@@ -975,19 +1043,69 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
             .cloned()
     };
     let n = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
-    let top = wait_for("top to show what the server recorded", || {
-        must("/usr/sbin/mailgate queue run");
-        let top: serde_json::Value =
-            serde_json::from_str(&must("/usr/sbin/mailgate top --json")).ok()?;
-        let c = row(&top, USERS[0], "contact.php")?;
-        let w = row(&top, USERS[0], "news.php")?;
-        let p = row(&top, USERS[1], "post.php")?;
-        (n(&c, "bounced") == refused("gone")
-            && n(&w, "delivered") == took("good1@example.net") + took("good2@example.net")
-            && n(&w, "delayed") == refused("later")
-            && n(&p, "delivered") == took("reader@example.net"))
-        .then_some(top)
+    // A customer forges bounces for the other customer's mail in the relay's name, through
+    // syslog (logger) and through the relay's postlogd (postlog -c, set-gid as Postfix
+    // installs it upstream): neither line reaches the relay's log.
+    let forged = |queue_id: &str| {
+        format!(
+            "{queue_id}: to=<reader@example.net>, relay=mx.example.net[192.0.2.1]:25, delay=0.2, delays=0.01/0.01/0.1/0.08, dsn=5.1.1, status=bounced (forged-by-{})",
+            USERS[0]
+        )
+    };
+    let relay_ids: Vec<String> = wait_for("the relay's queue ids of post.php", || {
+        let log = std::fs::read_to_string("/var/lib/mailgate/chain.log").ok()?;
+        let ids: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("post.php") && l.contains("status=sent"))
+            .filter_map(|l| l.split("queued as ").nth(1))
+            .filter_map(|r| r.split('"').next())
+            .map(str::to_string)
+            .collect();
+        (ids.len() == 3).then_some(ids)
     });
+    let postlog_mode = must("stat -c '%a %G' /usr/sbin/postlog");
+    must("chgrp postdrop /usr/sbin/postlog && chmod 2755 /usr/sbin/postlog");
+    for id in &relay_ids {
+        let tag = "postfix-postfwd/smtp[4001]";
+        let _ = as_user(USERS[0], &[], "logger", &["-t", tag, &forged(id)], b"");
+        let _ = as_user(
+            USERS[0],
+            &[],
+            "postlog",
+            &["-c", "/etc/postfix-postfwd", "-t", tag, &forged(id)],
+            b"",
+        );
+    }
+    let (mode, group) = postlog_mode.trim().split_once(' ').unwrap();
+    must(&format!(
+        "chgrp {group} /usr/sbin/postlog && chmod {mode} /usr/sbin/postlog"
+    ));
+    // Nor can a customer list the relay's queue or the primary's.
+    for args in [&["-c", "/etc/postfix-postfwd", "-p"][..], &["-p"][..]] {
+        let o = as_user(USERS[0], &[], "postqueue", args, b"");
+        assert!(
+            !o.status.success() && !String::from_utf8_lossy(&o.stdout).contains('@'),
+            "postqueue {args:?} as a customer: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        );
+    }
+    let top = wait_for_within(
+        "cron's queue run to show what the server recorded",
+        std::time::Duration::from_secs(180),
+        || {
+            let top: serde_json::Value =
+                serde_json::from_str(&must("/usr/sbin/mailgate top --json")).ok()?;
+            let c = row(&top, USERS[0], "contact.php")?;
+            let w = row(&top, USERS[0], "news.php")?;
+            let p = row(&top, USERS[1], "post.php")?;
+            (n(&c, "bounced") == refused("gone")
+                && n(&w, "delivered") == took("good1@example.net") + took("good2@example.net")
+                && n(&w, "delayed") == refused("later")
+                && n(&p, "delivered") == took("reader@example.net"))
+            .then_some(top)
+        },
+    );
     let c = row(&top, USERS[0], "contact.php").unwrap();
     assert_eq!((n(&c, "bounced"), n(&c, "delivered")), (6, 0), "{top}");
     let w = row(&top, USERS[0], "news.php").unwrap();
@@ -998,6 +1116,10 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
     );
     let p = row(&top, USERS[1], "post.php").unwrap();
     assert_eq!((n(&p, "delivered"), n(&p, "bounced")), (3, 0), "{top}");
+    assert!(
+        !postfix_log().contains(&format!("forged-by-{}", USERS[0])),
+        "a forged line reached the relay's log"
+    );
 
     // mgchain1 bounced 6 of 10 (60 % ≥ 30 %): held and told; mgchain2's mail flows.
     let status: serde_json::Value = serde_json::from_str(&must(&format!(

@@ -335,6 +335,33 @@ pub fn newaliases() -> Exit {
 /// finding with its file and line. Errors (what would stop or misdirect mail) exit 78;
 /// warnings alone exit 0. Customers may not probe files with the setgid binary (77); root
 /// and group mailgate check PATH as given.
+/// Whether mail would be handed to the configured relay now: reachable, and its end of the
+/// connection a trusted owner's (on every address of this host), or why not.
+fn relay_finding(config: &Config) -> Option<crate::config::check::Finding> {
+    let uids: Vec<u32> = config
+        .relay
+        .trusted_owners
+        .iter()
+        .filter_map(identity::uid_of_ref)
+        .collect();
+    let relay = crate::relay::Relay {
+        host: &config.relay.host,
+        port: config.relay.port,
+        socket: config.relay.socket.as_deref(),
+        timeout: std::time::Duration::from_secs(5),
+        helo: "check-config",
+        trusted_owners: &uids,
+    };
+    let why = relay.probe().err()?;
+    Some(crate::config::check::Finding {
+        warning: true,
+        text: format!(
+            "warning: relay {}: mail would not be handed to it now: {why}",
+            relay.name()
+        ),
+    })
+}
+
 fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), Failure> {
     use crate::config::check::{self as config_check, Finding};
     require_admin(&Caller::current(), privileged)?;
@@ -406,6 +433,7 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
     }
     if let Some(main) = &main {
         findings.extend(lane_findings(main, &account_files));
+        findings.extend(relay_finding(main));
         if let Some(log) = &main.outcomes.relay_log
             && let Some(why) = crate::outcomes::source_warning(&main.outcomes, log)
         {

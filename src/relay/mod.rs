@@ -169,6 +169,13 @@ impl Relay<'_> {
         }
     }
 
+    /// Connect once and check whom the connection reaches, sending nothing (`check-config`):
+    /// `Err` says why mail would not be handed to it (down, or not a trusted owner's, or an
+    /// owner that cannot be told).
+    pub fn probe(&self) -> io::Result<()> {
+        self.connect(Instant::now() + self.timeout).map(drop)
+    }
+
     /// How log lines and errors name the relay: its socket path or host:port.
     pub fn name(&self) -> String {
         match self.socket {
