@@ -1294,7 +1294,25 @@ fn install_into_a_prefix_dry_run_and_non_root_refusal() {
         .unwrap();
     assert_eq!(o.status.code(), Some(77));
     assert!(stderr(&o).contains("must run as root"), "{}", stderr(&o));
-    must(&format!("{repo}/install.sh --prefix {p} --uninstall"));
+    // The backups are root's alone; a backup directory planted where group mailgate may
+    // write (the old place, under the state directory) is never restored from.
+    assert_eq!(
+        must(&format!("stat -c '%a %U:%G' {p}/var/lib/mailgate-chain")).trim(),
+        "700 root:root"
+    );
+    let planted = format!("{p}/var/lib/mailgate/install-backup");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(format!("{planted}/%etc%planted"), "owned\n").unwrap();
+    must(&format!("chown -R nobody {planted}"));
+    let undone = must(&format!("{repo}/install.sh --prefix {p} --uninstall 2>&1"));
+    assert!(
+        undone.contains("ignoring") && undone.contains("not root's alone"),
+        "{undone}"
+    );
+    assert!(
+        !Path::new(&format!("{p}/etc/planted")).exists(),
+        "restored from a planted backup"
+    );
     assert!(!Path::new(&format!("{p}/usr/sbin/mailgate")).exists());
     if !group_existed {
         must("groupdel mailgate");
