@@ -35,7 +35,6 @@ mod identity;
 mod limits;
 mod log;
 mod message;
-mod outcomes;
 mod pipeline;
 mod queue;
 mod relay;

@@ -410,7 +410,7 @@ impl Pipeline {
             msg,
         );
         trail.relay_error = disposition.trouble().map(Into::into);
-        crate::outcomes::record_hand_over(self, &meta, msg, &disposition, "direct");
+        crate::delivery::hand_over::record_hand_over(self, &meta, msg, &disposition, "direct");
         match disposition {
             Disposition::Delivered { reply } => {
                 fields.add("relay", &reply);
@@ -782,7 +782,7 @@ fn would_be(action: Action) -> &'static str {
 fn queued_as(reply: &crate::relay::Reply, id: &str) -> String {
     format!(
         "250 2.0.0 Ok: queued as {}",
-        crate::delivery::postfix_log::queued_as(&reply.text).unwrap_or(id)
+        crate::relay::queue_id::queued_as(&reply.text).unwrap_or(id)
     )
 }
 

@@ -34,7 +34,7 @@ pub struct Summary {
     /// The relay did not answer; the rest of the run left it alone.
     pub relay_down: Option<String>,
     /// What the relay's log said about the mail it took.
-    pub outcomes: crate::outcomes::Learnt,
+    pub outcomes: crate::delivery::learn::Learnt,
 }
 
 impl std::fmt::Display for Summary {
@@ -123,7 +123,7 @@ pub fn run(ctx: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> 
     }
     release_deferred(ctx, &spool, now, &mut summary)?;
     // What became of the mail the relay took: its log since the last run.
-    summary.outcomes = crate::outcomes::learn(ctx);
+    summary.outcomes = crate::delivery::learn::learn(ctx);
     // Each account's spool count, kept per change, is compared with the spools and repaired
     // (a sender killed between its rename and its count leaves it off by one).
     summary.ledgers_repaired = spool.repair_ledgers();
@@ -424,7 +424,7 @@ pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposi
             meta.reason, meta.last_error, ctx.caller.login
         ),
     };
-    crate::outcomes::record_hand_over(ctx, meta, msg, &outcome, &route);
+    crate::delivery::hand_over::record_hand_over(ctx, meta, msg, &outcome, &route);
     let mut fields = Fields::default();
     fields
         .add("id", &meta.id)

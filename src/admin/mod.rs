@@ -435,7 +435,7 @@ fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), F
         findings.extend(lane_findings(main, &account_files));
         findings.extend(relay_finding(main));
         if let Some(log) = &main.outcomes.relay_log
-            && let Some(why) = crate::outcomes::source_warning(&main.outcomes, log)
+            && let Some(why) = crate::delivery::learn::source_warning(&main.outcomes, log)
         {
             findings.push(Finding {
                 warning: true,

@@ -101,7 +101,7 @@ pub(super) fn status(
     };
     let names = visible_accounts(ctx, caller, only)?;
     let mut out = Status {
-        outcomes_blind: crate::outcomes::blindness(ctx),
+        outcomes_blind: crate::delivery::learn::blindness(ctx),
         accounts: Vec::new(),
         server: None,
     };
@@ -155,16 +155,16 @@ pub(super) fn status(
 /// The account's trigger and where its window stands (from its statistics); `None` without a
 /// trigger. `held`: its counter, read already, carries the trigger's hold.
 fn bounce_status(ctx: &Runtime, account: &str, held: bool) -> Option<BounceStatus> {
-    use crate::delivery::trigger;
+    use crate::delivery::rate;
     let t = ctx.config.trigger_for(account)?;
     let stats = crate::stats::file::read(ctx.state().ok()?, account).unwrap_or_default();
-    let (tally, _) = trigger::tally(&stats, ctx.now(), t.window.secs() as i64);
+    let (tally, _) = rate::tally(&stats, ctx.now(), t.window.secs() as i64);
     Some(BounceStatus {
         window: t.window.to_string(),
         delivered: tally.delivered,
         bounced: tally.bounced,
         percent: (tally.percent() * 10.0).round() / 10.0,
-        threshold: trigger::threshold(t),
+        threshold: rate::threshold(t),
         action: t.action.as_str(),
         observe: t.observe,
         held,

@@ -306,7 +306,7 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         }
         let (totals, last_hour) = match stats::file::read(state, &name) {
             Ok(s) => {
-                let (t, _) = crate::delivery::trigger::tally(&s, now, 3600);
+                let (t, _) = crate::delivery::rate::tally(&s, now, 3600);
                 (s.totals, (t.delivered, t.bounced))
             }
             Err(_) => {
@@ -345,7 +345,7 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         accounts,
         server_usage,
         oldest_waiting: oldest.map(|t| now - t),
-        outcomes_blind: crate::outcomes::blindness(ctx).is_some(),
+        outcomes_blind: crate::delivery::learn::blindness(ctx).is_some(),
         statistics_unreadable,
     })
 }

@@ -1,21 +1,30 @@
-//! What became of a message after the relay took it. mailgate sees a message until the relay's
-//! 250; the relay's own log says the rest: delivered, bounced, deferred, expired, per recipient,
-//! with the receiving server's reply. The pieces:
+//! Everything after the relay took a message. mailgate sees a message until the relay's 250;
+//! the relay's own log says the rest: delivered, bounced, deferred, expired, per recipient,
+//! with the receiving server's reply. This folder owns all of it:
 //!
-//! - `record`: at the 250, the hand-over record `delivery/QUEUEID` (caller, script, route);
+//! - `hand_over`: at the 250, the sender or the queue run writes the message's record;
+//! - `record`: the hand-over record `delivery/QUEUEID` (caller, script, route, steps), bounded;
+//! - `learn`: the queue run's step: read the log, tie lines to records, count, ask the triggers;
 //! - `reader`: the relay's log read incrementally from a position that survives rotation;
 //! - `postfix_log`: one log line → (queue id, fact);
+//! - `source`: whether the relay's log holds only the relay's own lines;
 //! - `apply` (here): what a fact changes in a record and which outcome it counts, once;
-//! - `trigger`: the failure-rate trigger's window arithmetic;
-//! - `source`: whether the relay's log holds only the relay's own lines.
+//! - `rate`: the bounce rate's window arithmetic (pure);
+//! - `triggers`: the failure-rate triggers acting on it (hold, lock, tell, end);
+//! - `marks`: this step's small files beside the records (`.position`, `.held`, …).
 //!
-//! `crate::outcomes` runs them in `queue run`; `admin::trace` reads the records.
+//! The relay's 250 is parsed for its queue id by `relay::queue_id`; `admin::trace` reads the
+//! records; `queue run` calls `learn`.
 
+pub mod hand_over;
+pub mod learn;
+mod marks;
 pub mod postfix_log;
+pub mod rate;
 pub mod reader;
 pub mod record;
 pub mod source;
-pub mod trigger;
+mod triggers;
 
 use crate::stats::Outcome;
 use postfix_log::{Fact, Status};

@@ -7,6 +7,7 @@
 //! instance (`syslog_name`) count: the primary instance's queue ids are another namespace.
 
 use crate::message::address::find_unquoted;
+pub use crate::relay::queue_id::is_queue_id;
 
 /// What a recipient's delivery attempt came to (Postfix's `status=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,18 +170,6 @@ fn after_stamp(line: &str) -> Option<&str> {
     looks_right.then(|| &line[16..])
 }
 
-/// The relay's queue id in its 250 reply: "2.0.0 Ok: queued as 4Xyz12" → "4Xyz12".
-pub fn queued_as(reply: &str) -> Option<&str> {
-    let rest = &reply[reply.find("queued as ")? + "queued as ".len()..];
-    rest.split_whitespace().next().filter(|id| is_queue_id(id))
-}
-
-/// Postfix's short (hexadecimal) and long (`enable_long_queue_ids`) queue ids; also what makes
-/// a record's file name safe (no path, no dot).
-pub fn is_queue_id(s: &str) -> bool {
-    (3..=24).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,13 +183,6 @@ mod tests {
     const DEFERRED: &str = "Dec 13 13:20:03 vm postfix-postfwd/smtp[4711]: 3F2A1C0042: to=<later@example.org>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.1, delays=0.01/0.01/0.01/0.07, dsn=4.2.0, status=deferred (host 127.0.0.1[127.0.0.1] said: 450 4.2.0 try again later (in reply to RCPT TO command))";
     const EXPIRED: &str = "Dec  3 13:20:04 vm postfix-postfwd/qmgr[99]: 3F2A1C0042: from=<www@vm>, status=expired, returned to sender";
     const REMOVED: &str = "Dec  3 13:20:05 vm postfix-postfwd/qmgr[99]: 3F2A1C0042: removed";
-
-    #[test]
-    fn the_queue_id_in_a_250_reply() {
-        assert_eq!(queued_as("250 2.0.0 Ok: queued as 4Xyz12"), Some("4Xyz12"));
-        assert_eq!(queued_as("2.0.0 Ok: queued as ../x"), None);
-        assert_eq!(queued_as("250 2.0.0 Ok"), None);
-    }
 
     #[test]
     fn smtp_and_local_deliveries() {

@@ -13,6 +13,7 @@
 //! count or log a message — the pipeline and the queue runner carry the disposition out.
 
 pub mod disposition;
+pub mod queue_id;
 mod sockdiag;
 
 pub use disposition::Disposition;

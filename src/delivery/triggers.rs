@@ -1,294 +1,36 @@
-//! What became of the mail after the relay took it: the hand-over record written at the relay's
-//! 250, and `queue run`'s step that learns the outcomes from the relay's log, counts them per
-//! account and script, and runs the failure-rate triggers (`delivery` has the pure parts).
-//!
-//! Nothing here can stop a message that the limits let through, except a trigger's hold; and
-//! everything here keeps working (blind, and saying so) when the relay's log is missing,
-//! unreadable or rotated away.
+//! The failure-rate triggers acting on what `learn` counted: each account's own trigger and
+//! the server's, judged on every run (a busy statistics file is read without its lock), and
+//! what they do: hold or lock the account, tell the admin and the customer once, end a hold
+//! when the rate falls. The arithmetic is `rate`'s; the marks (`.held`, `.server`,
+//! `.alerted-ACCOUNT`) are `marks`'.
 
+use super::learn::Counted;
+use super::{marks, rate};
 use crate::config::{Trigger, TriggerAction, TriggerEnd};
-use crate::delivery::record::{self, Handed, Step};
-use crate::delivery::{self, postfix_log, reader, trigger};
 use crate::limits::store::{AccountLock, Counter};
 use crate::log::{Fields, Severity};
-use crate::message::Message;
-use crate::relay::disposition::Disposition;
 use crate::runtime::Runtime;
 use crate::runtime::notify;
-use crate::spool::Meta;
-use crate::state::{Dir, flags};
+use crate::state::Dir;
 use crate::stats::{self, Outcome};
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::collections::BTreeMap;
 
-/// Files of this step in `delivery/` (dot names: never a queue id).
-const POSITION: &str = ".position";
-const BLIND: &str = ".blind";
-/// Why the relay's log may hold lines others wrote, as last said in the log.
-const FORGEABLE: &str = ".forgeable";
-/// Accounts a trigger holds until their rate falls (one name per line).
-const HELD: &str = ".held";
-/// The whole server's outcomes, in 5-minute buckets ("start delivered bounced" lines).
-const SERVER: &str = ".server";
-/// Per account: until when no further trigger alert goes out ("alerted-ACCOUNT").
-const ALERTED: &str = ".alerted-";
 /// Sample replies kept per source for the notices.
 const SAMPLES: usize = 3;
 
-/// At the relay's 250: write the hand-over record, when outcomes are learnt at all.
-/// Best effort (the message is the relay's now): a failure is logged, never returned.
-pub fn record_hand_over(
-    ctx: &Runtime,
-    meta: &Meta,
-    msg: &Message,
-    disposition: &Disposition,
-    route: &str,
-) {
-    if ctx.config.outcomes.relay_log.is_none() || meta.internal {
-        return;
-    }
-    let (reply, left_out) = match disposition {
-        Disposition::Delivered { reply } => (reply, Vec::new()),
-        Disposition::Partly {
-            reply,
-            retry,
-            failed,
-        } => (
-            reply,
-            retry.iter().chain(failed).map(|(r, _)| r.clone()).collect(),
-        ),
-        _ => return,
-    };
-    let reply = reply.to_string();
-    let Some(relay_id) = postfix_log::queued_as(&reply) else {
-        return;
-    };
-    let handed = Handed {
-        id: meta.id.clone(),
-        account: meta.account.clone(),
-        uid: meta.uid,
-        user: meta.user.clone(),
-        script: meta.script.clone(),
-        cwd: meta.cwd.clone(),
-        pool: meta.pool.clone(),
-        sender: meta.sender.clone(),
-        recipients: meta
-            .recipients
-            .iter()
-            .filter(|r| !left_out.contains(r))
-            .cloned()
-            .collect(),
-        message_id: msg
-            .header("Message-ID")
-            .map(|h| h.value().trim().to_string())
-            .unwrap_or_default(),
-        subject: meta.subject.clone(),
-        size: meta.size,
-        time: meta.time,
-        handed: ctx.now(),
-        route: route.to_string(),
-        relay_id: relay_id.to_string(),
-        reply,
-        recipients_cut: 0,
-    };
-    let written = ctx.state().map_err(|f| f.message).and_then(|state| {
-        // Below the spool's free-space reserve a customer's record is not written: kept mail
-        // and root's work come first (the message is the relay's already).
-        let reserve = ctx.config.spool.min_free_percent;
-        match state.top().free_percent() {
-            Some(free) if free < reserve && !ctx.config.is_exempt(&meta.account) => Err(format!(
-                "the state filesystem is down to {free}% free (reserve {reserve}%)"
-            )),
-            _ => record::write(state, handed).map_err(|e| e.to_string()),
-        }
-    });
-    if let Err(why) = written {
-        ctx.logger.log(
-            Severity::Warning,
-            &format!(
-                "id={} cannot write its hand-over record (trace and outcomes will not know it): {why}",
-                meta.id
-            ),
-        );
-    }
-}
-
-/// What one run learnt.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Learnt {
-    pub lines: usize,
-    /// Facts about messages mailgate handed over.
-    pub matched: usize,
-    /// Recipient outcomes counted.
-    pub counted: usize,
-    pub blind: Option<String>,
-}
-
-/// One counted outcome of an account, with where the message came from.
-struct Counted {
-    script: String,
-    cwd: String,
-    outcome: Outcome,
-    reply: String,
-}
-
-/// `queue run`'s step: read what the relay logged since the last run, count it, run the
-/// triggers.
-pub fn learn(ctx: &Runtime) -> Learnt {
-    let mut learnt = Learnt::default();
-    let Some(path) = ctx.config.outcomes.relay_log.clone() else {
-        return learnt;
-    };
-    let Ok(dir) = ctx.state().and_then(|s| s.subdir(record::DIR)) else {
-        return learnt;
-    };
-    let position = reader::Position::decode(&read_small(&dir, POSITION));
-    let batch = match reader::read_new(&path, position, ctx.config.outcomes.max_read) {
-        Ok(batch) => batch,
-        // Only root reads the relay's log (its mode is 0600 root); a queue run by an admin in
-        // group mailgate leaves the outcomes to root's next run.
-        // SAFETY: geteuid cannot fail.
-        Err(reader::Blind { denied: true, .. }) if unsafe { libc::geteuid() } != 0 => {
-            return learnt;
-        }
-        // Blind, the triggers are not asked: a hold ends on a rate that is seen to fall, never
-        // on outcomes that could not be read.
-        Err(reader::Blind { why, .. }) => {
-            went_blind(ctx, &dir, &why);
-            learnt.blind = Some(why);
-            return learnt;
-        }
-    };
-    note_source(ctx, &dir, &path);
-    if !read_small(&dir, BLIND).is_empty() && dir.unlink(BLIND).is_ok() {
-        ctx.logger.log(
-            Severity::Info,
-            &format!("outcomes: {} can be read again", path.display()),
-        );
-    }
-    for note in &batch.notes {
-        ctx.logger
-            .log(Severity::Warning, &format!("outcomes: {note}"));
-    }
-    let now = ctx.now();
-    let name = &ctx.config.outcomes.syslog_name;
-    // Each message's facts in log order, so that its record is opened once for all of them.
-    let mut facts: HashMap<&str, Vec<postfix_log::Fact<'_>>> = HashMap::new();
-    for line in batch.text.lines() {
-        learnt.lines += 1;
-        if let Some((queue_id, fact)) = postfix_log::parse(line, name) {
-            facts.entry(queue_id).or_default().push(fact);
-        }
-    }
-    let mut by_account: BTreeMap<String, Vec<Counted>> = BTreeMap::new();
-    for (queue_id, facts) in facts {
-        let Some(mut opened) = record::open(&dir, queue_id) else {
-            continue;
-        };
-        let mut steps: Vec<Step> = Vec::new();
-        let rec = &mut opened.record;
-        for fact in &facts {
-            learnt.matched += 1;
-            let applied = delivery::apply(rec, fact, now);
-            steps.extend(applied.steps);
-            let counted = by_account.entry(rec.handed.account.clone()).or_default();
-            for (outcome, reply) in applied.counted {
-                learnt.counted += 1;
-                counted.push(Counted {
-                    script: rec.handed.script.clone(),
-                    cwd: rec.handed.cwd.clone(),
-                    outcome,
-                    reply,
-                });
-            }
-        }
-        if !steps.is_empty()
-            && let Err(e) = opened.append(&steps)
-        {
-            ctx.logger.log(
-                Severity::Warning,
-                &format!("outcomes: cannot add to the record of {queue_id}: {e}"),
-            );
-        }
-    }
-    write_small(&dir, POSITION, &batch.next.encode());
-    add_to_server(&dir, &by_account, now);
-    run_triggers(ctx, &dir, by_account);
-    expire_records(ctx, &dir);
-    learnt
-}
-
-/// The relay's log cannot be read: said in the log and to the admin once (and again only when
-/// the reason changes); `status` shows `.blind` as long as it lasts.
-fn went_blind(ctx: &Runtime, dir: &Dir, why: &str) {
-    if read_small(dir, BLIND) == why {
-        return;
-    }
-    write_small(dir, BLIND, why);
-    ctx.logger.log(
-        Severity::Warning,
-        &format!("outcomes: blind: {why}; the failure-rate triggers cannot see bounces"),
-    );
-    if let Some(admin) = ctx.admin_address() {
-        let msg = notify::blind_message(why, &ctx.envelope_to(&admin));
-        ctx.send_internal(msg, &admin, "alert");
-    }
-}
-
-/// Why local users could write lines into the relay's log, if they could (`check-config`
-/// says it too).
-pub fn source_warning(
-    outcomes: &crate::config::Outcomes,
-    path: &std::path::Path,
-) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let config_dir = &outcomes.relay_config;
-    let main_cf = std::fs::read_to_string(config_dir.join("main.cf")).ok();
-    let mode = std::fs::symlink_metadata(path).ok().map(|m| m.mode());
-    delivery::source::forgeable(path, config_dir, main_cf.as_deref(), mode)
-}
-
-/// Say in the log, once (and again when the reason changes), that the relay's log can hold
-/// lines that other local users wrote: the outcomes are then evidence anyone can forge.
-fn note_source(ctx: &Runtime, dir: &Dir, path: &std::path::Path) {
-    let why = source_warning(&ctx.config.outcomes, path).unwrap_or_default();
-    if read_small(dir, FORGEABLE) == why {
-        return;
-    }
-    if why.is_empty() {
-        let _ = dir.unlink(FORGEABLE);
-        return;
-    }
-    write_small(dir, FORGEABLE, &why);
-    ctx.logger.log(
-        Severity::Warning,
-        &format!("outcomes: the relay's log is not evidence only the relay writes: {why}"),
-    );
-}
-
-/// Why outcomes are not learnt, if they are not: for `status`.
-pub fn blindness(ctx: &Runtime) -> Option<String> {
-    if ctx.config.outcomes.relay_log.is_none() {
-        return Some("[outcomes] relay_log is not set: delivery outcomes are not learnt".into());
-    }
-    let dir = ctx.state().ok()?.top().open_dir(record::DIR).ok()?;
-    let why = read_small(&dir, BLIND);
-    (!why.is_empty()).then_some(why)
-}
-
 /// A trigger's view of one account after this run.
 struct Evaluation {
-    tally: trigger::Tally,
+    tally: rate::Tally,
     /// (source, bounced, delivered, sample replies).
     worst: Vec<(String, u64, u64, Vec<String>)>,
 }
 
 /// Count each account's outcomes, then ask its trigger (and the server's). Accounts a trigger
 /// holds are asked too, without new outcomes, so that their hold ends when the window moves on.
-fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Counted>>) {
+pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Counted>>) {
     let Ok(state) = ctx.state() else { return };
     let now = ctx.now();
-    let mut held: Vec<String> = read_small(dir, HELD)
+    let mut held: Vec<String> = marks::read(dir, marks::HELD)
         .lines()
         .filter(|l| crate::config::validate_account_name(l).is_ok())
         .map(str::to_string)
@@ -314,7 +56,7 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
             account,
             std::time::Duration::from_millis(200),
             &events,
-            |s| trigger::tally(s, now, window),
+            |s| rate::tally(s, now, window),
         );
         let (tally, sources) = match updated {
             Ok((stats::file::Updated::Done(t), note)) => {
@@ -328,7 +70,7 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
             // (file plus backlog) judges the account now, so no lock a customer holds can
             // keep the trigger from looking.
             Ok((stats::file::Updated::Busy, _)) => match stats::file::read(state, account) {
-                Ok(s) => trigger::tally(&s, now, window),
+                Ok(s) => rate::tally(&s, now, window),
                 Err(f) => {
                     ctx.logger.log(Severity::Warning, &f.message);
                     continue;
@@ -346,13 +88,13 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
             continue;
         }
         if let Ok(s) = stats::file::read(state, account) {
-            let (tally, sources) = trigger::tally(&s, now, trigger_window(ctx, account));
+            let (tally, sources) = rate::tally(&s, now, trigger_window(ctx, account));
             evaluations.insert(account.clone(), evaluate(tally, sources, &[]));
         }
     }
     let server_hit = ctx.config.server.trigger.as_ref().filter(|t| {
         let tally = server_tally(dir, now, t.window.secs() as i64);
-        trigger::passes(t, &tally)
+        rate::passes(t, &tally)
     });
     for (account, ev) in &evaluations {
         if ctx.config.is_exempt(account) {
@@ -360,10 +102,10 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
         }
         let own = ctx.config.trigger_for(account);
         let fired = match (own, server_hit) {
-            (Some(t), _) if trigger::passes(t, &ev.tally) => Some(t),
+            (Some(t), _) if rate::passes(t, &ev.tally) => Some(t),
             // The server's rate is over its threshold: it acts on the accounts whose own
             // rate passes it too (a newsletter's 5 % is not held for another's 60 %).
-            (_, Some(t)) if trigger::passes(t, &ev.tally) => Some(t),
+            (_, Some(t)) if rate::passes(t, &ev.tally) => Some(t),
             _ => None,
         };
         match fired {
@@ -373,9 +115,9 @@ fn run_triggers(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Count
     }
     held.sort();
     held.dedup();
-    write_small(
+    marks::write(
         dir,
-        HELD,
+        marks::HELD,
         &held.iter().map(|a| format!("{a}\n")).collect::<String>(),
     );
 }
@@ -388,8 +130,8 @@ fn trigger_window(ctx: &Runtime, account: &str) -> i64 {
 }
 
 fn evaluate(
-    tally: trigger::Tally,
-    sources: Vec<(stats::SourceKey, trigger::Tally)>,
+    tally: rate::Tally,
+    sources: Vec<(stats::SourceKey, rate::Tally)>,
     counted: &[Counted],
 ) -> Evaluation {
     let worst = sources
@@ -498,7 +240,7 @@ fn fire(
     let b = notify::Bounces {
         account: account.to_string(),
         tally,
-        threshold: trigger::threshold(t),
+        threshold: rate::threshold(t),
         action,
         ends,
         worst: ev.worst.clone(),
@@ -575,20 +317,20 @@ fn send(ctx: &Runtime, b: &notify::Bounces, to_admin: bool, to: &str) {
 
 /// The first alert of `account` within `secs`: `true`, and no other until then.
 fn claim_alert(dir: &Dir, account: &str, now: i64, secs: i64) -> bool {
-    let name = format!("{ALERTED}{account}");
-    let mut until: i64 = read_small(dir, &name).trim().parse().unwrap_or(0);
+    let name = format!("{}{account}", marks::ALERTED);
+    let mut until: i64 = marks::read(dir, &name).trim().parse().unwrap_or(0);
     if !stats::claim_window(&mut until, now, secs) {
         return false;
     }
-    write_small(dir, &name, &until.to_string());
+    marks::write(dir, &name, &until.to_string());
     true
 }
 
 /// The server's buckets, with this run's outcomes added; older than a day dropped.
-fn add_to_server(dir: &Dir, by_account: &BTreeMap<String, Vec<Counted>>, now: i64) {
+pub(super) fn add_to_server(dir: &Dir, by_account: &BTreeMap<String, Vec<Counted>>, now: i64) {
     let mut buckets = server_buckets(dir);
     let start = now.div_euclid(stats::FINE) * stats::FINE;
-    let mut add = trigger::Tally::default();
+    let mut add = rate::Tally::default();
     for c in by_account.values().flatten() {
         match c.outcome {
             Outcome::Delivered => add.delivered += 1,
@@ -596,7 +338,7 @@ fn add_to_server(dir: &Dir, by_account: &BTreeMap<String, Vec<Counted>>, now: i6
             _ => {}
         }
     }
-    if add == trigger::Tally::default() {
+    if add == rate::Tally::default() {
         return;
     }
     buckets.entry(start).or_default().add(add);
@@ -605,12 +347,12 @@ fn add_to_server(dir: &Dir, by_account: &BTreeMap<String, Vec<Counted>>, now: i6
         .iter()
         .map(|(s, t)| format!("{s} {} {}\n", t.delivered, t.bounced))
         .collect();
-    write_small(dir, SERVER, &text);
+    marks::write(dir, marks::SERVER, &text);
 }
 
-fn server_buckets(dir: &Dir) -> BTreeMap<i64, trigger::Tally> {
+fn server_buckets(dir: &Dir) -> BTreeMap<i64, rate::Tally> {
     let mut out = BTreeMap::new();
-    for line in read_small(dir, SERVER).lines() {
+    for line in marks::read(dir, marks::SERVER).lines() {
         let n: Vec<i64> = line
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
@@ -618,7 +360,7 @@ fn server_buckets(dir: &Dir) -> BTreeMap<i64, trigger::Tally> {
         if let [start, d, b] = n[..] {
             out.insert(
                 start,
-                trigger::Tally {
+                rate::Tally {
                     delivered: d.max(0) as u64,
                     bounced: b.max(0) as u64,
                 },
@@ -628,48 +370,14 @@ fn server_buckets(dir: &Dir) -> BTreeMap<i64, trigger::Tally> {
     out
 }
 
-fn server_tally(dir: &Dir, now: i64, window: i64) -> trigger::Tally {
-    let mut t = trigger::Tally::default();
+fn server_tally(dir: &Dir, now: i64, window: i64) -> rate::Tally {
+    let mut t = rate::Tally::default();
     for (start, b) in server_buckets(dir) {
-        if trigger::in_window(start, now, window) {
+        if rate::in_window(start, now, window) {
             t.add(b);
         }
     }
     t
-}
-
-/// Records older than `[outcomes] keep` go, at most once an hour (a directory listing).
-fn expire_records(ctx: &Runtime, dir: &Dir) {
-    const MARK: &str = ".expired";
-    let recent = dir
-        .modified(MARK)
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|e| e.as_secs() < 3600);
-    if recent {
-        return;
-    }
-    write_small(dir, MARK, "");
-    let keep = std::time::Duration::from_secs(ctx.config.outcomes.keep.secs());
-    for name in crate::state::older_than(dir, keep) {
-        if record::valid_name(&name) {
-            let _ = dir.unlink(&name);
-        }
-    }
-}
-
-/// A small state file of this step ("" when missing or unreadable).
-fn read_small(dir: &Dir, name: &str) -> String {
-    let mut text = String::new();
-    if let Ok(f) = dir.open_file(name, flags::READ) {
-        let _ = f.take(1 << 20).read_to_string(&mut text);
-    }
-    text
-}
-
-/// Replace a small state file whole (best effort: the next run writes it again).
-fn write_small(dir: &Dir, name: &str, text: &str) {
-    let _ = dir.replace(name, text.as_bytes());
 }
 
 #[cfg(test)]
@@ -696,7 +404,7 @@ mod tests {
             counted(hostile, Outcome::Bounced, "550 three"),
             counted(hostile, Outcome::Bounced, "550 four"),
         ];
-        let tally = trigger::Tally {
+        let tally = rate::Tally {
             delivered: 1,
             bounced: 4,
         };
