@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by bench/run.sh and bench/scale.sh (sourced): free loopback ports, waiting for a
 # listener, a sink, and reading hyperfine's medians. The caller keeps the pids it must kill
 # in the array `pids`.

@@ -206,7 +206,7 @@ mkconf deadrelay 100000000
 refused_port=$(free_port)   # nothing listens there: queueing is instant
 sed -i "s/^port = .*/port = $refused_port\ntimeout = \"2s\"/" "$work/deadrelay/mailgate.toml"
 for _ in $(seq 1000); do MAILGATE_CONFIG=$work/deadrelay/mailgate.toml "$BIN" -t -i <"$work/small.eml" 2>/dev/null; done
-queued=$(ls "$work/deadrelay/state/queue" | wc -l)
+queued=$(find "$work/deadrelay/state/queue" -mindepth 1 -maxdepth 1 | wc -l)
 python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(4096); print(s.getsockname()[1], flush=True); time.sleep(3600)' >"$work/silent.port" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/silent.port" ] && break; sleep 0.05; done

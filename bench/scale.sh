@@ -76,6 +76,8 @@ send() { # config account message
 }
 
 rows=""
+# Filled by the loop (printf -v acc_$n ...) for each account count.
+acc_1="" acc_10000="" ref_1="" ref_10000=""
 for n in 1 1000 10000; do
     echo "bench: $n accounts..." >&2
     mkconf "acc$n" "$n" "$SINK_PORT" 100000000
@@ -89,7 +91,7 @@ for n in 1 1000 10000; do
         --export-json "$work/ref$n.json" "$BIN --account site1 -i customer@example.net" "/bin/true" >/dev/null
     read -r acc <<<"$(median_ms "$work/acc$n.json")"
     read -r ref tru <<<"$(median_ms "$work/ref$n.json")"
-    eval "acc_$n=$acc ref_$n=$ref"
+    printf -v "acc_$n" %s "$acc"; printf -v "ref_$n" %s "$ref"
     rows+="| $n | $acc ms | $ref ms ($(ratio "$ref" "$tru") x /bin/true, $tru ms) |"$'\n'
 done
 
@@ -117,7 +119,7 @@ hyperfine -i --style none --warmup 5 --runs "$RUNS" --export-json "$work/queued.
     "sh -c 'MAILGATE_CONFIG=$work/queued-empty/mailgate.toml $BIN --account site1 -t -i < $work/site1.eml 2>/dev/null'" \
     "sh -c 'MAILGATE_CONFIG=$work/queued/mailgate.toml $BIN --account site1 -t -i < $work/site1.eml 2>/dev/null'" >/dev/null
 read -r q_empty q_full <<<"$(median_ms "$work/queued.json")"
-q_count=$(ls "$work/queued/state/queue" | wc -l)
+q_count=$(find "$work/queued/state/queue" -mindepth 1 -maxdepth 1 | wc -l)
 
 echo "bench: another account with 10,000 deferred..." >&2
 mkconf deferred 2 "$SINK_PORT" 100000000
@@ -125,7 +127,7 @@ mkconf deferred-empty 2 "$SINK_PORT" 100000000
 sed -i 's/messages = 100000000 }, { window = "1d"/messages = 1, action = "defer" }, { window = "1d"/' "$work/deferred/accounts.d/site2.toml"
 echo 'max_deferred = 100000' >>"$work/deferred/accounts.d/site2.toml"
 for _ in $(seq 10001); do send deferred site2 site2 2>/dev/null; done
-d_count=$(ls "$work/deferred/state/defer" | wc -l)
+d_count=$(find "$work/deferred/state/defer" -mindepth 1 -maxdepth 1 | wc -l)
 hyperfine -i --style none --warmup 5 --runs "$RUNS" --export-json "$work/deferred.json" \
     "sh -c 'MAILGATE_CONFIG=$work/deferred-empty/mailgate.toml $BIN --account site1 -t -i < $work/site1.eml'" \
     "sh -c 'MAILGATE_CONFIG=$work/deferred/mailgate.toml $BIN --account site1 -t -i < $work/site1.eml'" >/dev/null
