@@ -302,3 +302,34 @@ fn the_postfix_logs_are_rotated() {
         );
     }
 }
+
+/// The queue service is hardened as far as the queue run allows: systemd's own judgement,
+/// offline (systemd need not run), is at most 2.0 ("OK"); and the cron fallback runs the
+/// same command as the unit.
+#[test]
+fn the_queue_service_is_hardened_and_cron_runs_the_same_command() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let unit = format!("{repo}/pkg/debian/mailgate-queue.service");
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", &unit])
+        .output()
+        .expect("systemd-analyze must be installed (.ci/run installs systemd)");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("exposure level for mailgate-queue.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}{}", stderr(&o)));
+    assert!(level <= 2.0, "exposure {level}:\n{text}");
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    let exec = unit_text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let cron = std::fs::read_to_string(format!("{repo}/pkg/etc/cron.d-mailgate")).unwrap();
+    assert!(cron.contains(exec), "cron runs {exec:?}:\n{cron}");
+}
