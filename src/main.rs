@@ -3,6 +3,32 @@
 //!
 //! Under a name containing "sendmail" the binary is purely sendmail(1). As `mailgate`, a first
 //! argument naming an admin subcommand selects it; anything else is sendmail mode.
+//!
+//! # The privilege contract (as Postfix's postdrop.c states its own)
+//!
+//! The binary is installed set-gid `mailgate`, never set-uid. Group `mailgate` alone may write
+//! the state directory; the caller may be any local user, and is assumed hostile. A process
+//! that runs with privileges the caller lacks (`identity::is_privileged`):
+//!
+//! - trusts only the kernel for identity: the real uid (`getuid`), never `USER`, `LOGNAME` or a
+//!   header; the account is `--account`/the account variable only when the configuration
+//!   binds the caller to it;
+//! - empties its environment before any library reads it (`identity::clean_env`; the account
+//!   variable is read from a private copy) and sets its own umask;
+//! - ignores every caller override: `--config`, `MAILGATE_CONFIG`, the state directory, the
+//!   test clock `MAILGATE_NOW`; reads the configuration only from /etc/mailgate;
+//! - never opens a path that argv names; opens state files relative to a directory it opened
+//!   itself, with `O_NOFOLLOW|O_NONBLOCK`, and uses them only if they are regular files;
+//! - treats argv, stdin, headers, the working directory and inherited descriptors as data:
+//!   bounded (`bounded`), escaped before any log line or terminal, never markup;
+//! - holds a state lock for microseconds and waits for one at most a deadline: a caller who
+//!   stops her own process holding it delays others by that deadline, and root's queue run
+//!   ends such a stopped holder (`state::lock`);
+//! - hands mail only to a relay whose end of the connection a trusted owner holds
+//!   (`relay::sockdiag`, the lane's socket credentials).
+//!
+//! Root's admin commands and queue run (real uid 0) may read everything; a customer's admin
+//! command sees only her own accounts.
 
 /// `println!` that never panics: a closed or broken stdout (`mailgate status | head -1`, EBADF)
 /// must not turn into an abort, nor change the exit code that reports the message's fate.
