@@ -24,13 +24,37 @@ const PATHS: [&str; 10] = [
     "/usr/share/man/man8/mailgate.8.gz",
 ];
 
-/// Purges the package and removes the test user, whatever happened.
-struct Cleanup;
+/// Purges the package and removes the test user, whatever happened; what `mailgate-chain`
+/// made (its root-only backups, the cron daemon it started where systemd does not run) goes
+/// too, unless it was there before the test.
+struct Cleanup {
+    cron_ran: bool,
+    chain_backups_existed: bool,
+}
+
+const CHAIN_BACKUPS: &str = "/var/lib/mailgate-chain";
+
+impl Cleanup {
+    fn take() -> Cleanup {
+        Cleanup {
+            cron_ran: sh("pgrep -x cron").status.success(),
+            chain_backups_existed: Path::new(CHAIN_BACKUPS).exists(),
+        }
+    }
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = sh("dpkg --purge mailgate >/dev/null 2>&1");
         let _ = sh(&format!("userdel {USER} >/dev/null 2>&1"));
+        if !self.chain_backups_existed {
+            let _ = std::fs::remove_dir_all(CHAIN_BACKUPS);
+        }
+        if !self.cron_ran {
+            let _ = sh("/etc/init.d/cron stop >/dev/null 2>&1; pkill -x cron; \
+                 for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -x cron >/dev/null || exit 0; sleep 0.5; done; \
+                 pkill -9 -x cron");
+        }
     }
 }
 
@@ -102,7 +126,7 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
             && PATHS.iter().all(|p| !Path::new(p).exists()),
         "mailgate is installed on this machine; this test installs and purges its own package, not over a real one"
     );
-    let _cleanup = Cleanup;
+    let _cleanup = Cleanup::take();
     let group_before = sh("getent group mailgate").status.success();
     assert!(!group_before, "group mailgate exists without the package");
 
