@@ -562,15 +562,6 @@ impl Pipeline {
         reason: String,
         next_attempt: Option<i64>,
     ) -> Report {
-        if let Err(full) = self.spool_room(&meta) {
-            let text = format!("{reason}; and the message cannot be kept: {full}");
-            return Report {
-                exit: Exit::Unavailable,
-                status: Status::Refused,
-                smtp: format!("452 4.3.1 {text}"),
-                line: Some(text),
-            };
-        }
         meta.reason = reason.clone();
         if kind == Kind::Queue {
             meta.last_error = reason.clone();
@@ -580,11 +571,14 @@ impl Pipeline {
             messages: u64::from(self.config.spool.account_max_messages),
             bytes: self.config.spool.account_max_bytes,
         };
-        let kept = match self.spool() {
-            Ok(spool) if self.shared(&meta) => spool.keep_within(kind, &meta, msg, share),
-            Ok(spool) => spool.keep(kind, &meta, msg).map_err(KeepError::Failed),
-            Err(f) => Err(KeepError::Failed(f)),
-        };
+        let kept = self
+            .spool_room(&meta)
+            .map_err(KeepError::Refused)
+            .and_then(|()| match self.spool() {
+                Ok(spool) if self.shared(&meta) => spool.keep_within(kind, &meta, msg, share),
+                Ok(spool) => spool.keep(kind, &meta, msg).map_err(KeepError::Failed),
+                Err(f) => Err(KeepError::Failed(f)),
+            });
         if let Err(KeepError::Refused(full)) = &kept {
             let text = format!("{reason}; and the message cannot be kept: {full}");
             return Report {
