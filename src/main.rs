@@ -70,6 +70,7 @@ mod spelling;
 mod spool;
 mod state;
 mod stats;
+mod status;
 
 use std::ffi::OsString;
 

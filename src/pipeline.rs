@@ -17,6 +17,7 @@ use crate::runtime::notify;
 use crate::spool::{KeepError, Kind, Meta, Share};
 use crate::state::journal;
 use crate::stats;
+use crate::status::Status;
 
 /// One message's way through mailgate, on the runtime's services, for one account.
 pub struct Pipeline {
@@ -56,42 +57,6 @@ struct Trail {
     /// A limit or a lock stopped the message: what the account's `notify` addresses hear
     /// (once per window).
     notice: Option<notify::Notice>,
-}
-
-/// What became of a message, for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Sent,
-    SentPartly,
-    Queued,
-    Held,
-    Deferred,
-    Refused,
-}
-
-impl Status {
-    /// What the statistics count it as: a message sent in part is sent (the rest is counted
-    /// when it goes).
-    pub fn outcome(self) -> stats::Outcome {
-        match self {
-            Status::Sent | Status::SentPartly => stats::Outcome::Sent,
-            Status::Queued => stats::Outcome::Queued,
-            Status::Held => stats::Outcome::Held,
-            Status::Deferred => stats::Outcome::Deferred,
-            Status::Refused => stats::Outcome::Refused,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Sent => "sent",
-            Status::SentPartly => "sent-partly",
-            Status::Queued => "queued",
-            Status::Held => "held",
-            Status::Deferred => "deferred",
-            Status::Refused => "refused",
-        }
-    }
 }
 
 /// What happened, in the words of both interfaces.

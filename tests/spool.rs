@@ -105,6 +105,27 @@ fn queued_message_gives_up_after_max_age_and_real_attempts_and_tells_the_admin()
         "tried again at once, not in a year: {out}"
     );
     assert_eq!(json(&env, &["queue", "list"], None)[0]["attempts"], 2);
+    // One vocabulary: the relay's 4xx is `queued` in the sender's line and in each retry of
+    // the queue run, never a limit's `deferred`; `top` counts it in the same column.
+    let log = env.log_text();
+    let retries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("from_spool=queue"))
+        .collect();
+    assert_eq!(retries.len(), 2, "{log}");
+    for line in &retries {
+        assert!(line.contains("status=queued"), "{line}");
+    }
+    assert!(!log.contains("status=deferred"), "{log}");
+    let top = json(&env, &["top"], Some(now() + 61));
+    // Within the last hour: the sender's hand-over and the retry a minute later (the retry
+    // under the clock a year ahead is outside it).
+    let counts = &top["accounts"][0];
+    assert_eq!(
+        (counts["queued"].as_u64(), counts["deferred"].as_u64()),
+        (Some(2), Some(0)),
+        "{top}"
+    );
     // Past max_age with enough attempts (2h / 1h = 2): it fails, once, with the admin told.
     let out = admin(&env, &["queue", "run"], Some(now() + 3 * 3600));
     assert!(out.contains("1 failed"), "{out}");

@@ -63,15 +63,6 @@ pub enum Trouble {
 }
 
 impl Disposition {
-    /// The word of the log line's `status=`.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Disposition::Delivered { .. } | Disposition::Partly { .. } => "sent",
-            Disposition::Retry { .. } => "deferred",
-            Disposition::Failed { .. } => "refused",
-        }
-    }
-
     /// What went wrong, if anything: a partial delivery counts as permanent only when every
     /// recipient left out was refused for good.
     pub fn trouble(&self) -> Option<Trouble> {
@@ -141,7 +132,6 @@ mod tests {
                 failed: vec![("b@x".into(), reply(550))],
             }
         );
-        assert_eq!(partly.status(), "sent");
         assert_eq!(partly.trouble(), Some(Trouble::Temporary));
         let only_failed = Answer::Delivered {
             reply: ok,
@@ -151,7 +141,6 @@ mod tests {
         assert_eq!(only_failed.trouble(), Some(Trouble::Permanent));
         let down = Answer::Unreachable("no".into()).disposition();
         assert_eq!(down.trouble(), Some(Trouble::Unreachable));
-        assert_eq!(down.status(), "deferred");
         let later = Answer::Temporary("451".into()).disposition();
         assert_eq!(
             later,
@@ -161,7 +150,6 @@ mod tests {
             }
         );
         let never = Answer::Permanent("554".into()).disposition();
-        assert_eq!(never.status(), "refused");
         assert_eq!(never.trouble(), Some(Trouble::Permanent));
     }
 

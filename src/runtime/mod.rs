@@ -21,6 +21,7 @@ use crate::message::origin::LocalNames;
 use crate::relay::{Disposition, Envelope, Relay};
 use crate::spool::{Kind, Meta, Spool};
 use crate::state::StateDir;
+use crate::status::Status;
 use std::time::Duration;
 
 /// Everything about this run that does not change from message to message.
@@ -173,10 +174,14 @@ impl Runtime {
         fields.add("internal", what).add("to", to);
         match outcome {
             Disposition::Delivered { reply } | Disposition::Partly { reply, .. } => {
-                fields.add("status", "sent").add("relay", reply);
+                fields
+                    .add("status", Status::Sent.as_str())
+                    .add("relay", reply);
             }
             Disposition::Failed { why } => {
-                fields.add("status", "refused").add("reason", why);
+                fields
+                    .add("status", Status::Refused.as_str())
+                    .add("reason", why);
             }
             Disposition::Retry { why, .. } => {
                 let meta = Meta {
@@ -202,7 +207,14 @@ impl Runtime {
                     .spool()
                     .and_then(|spool| spool.keep(Kind::Queue, &meta, &msg));
                 fields
-                    .add("status", if kept.is_ok() { "queued" } else { "lost" })
+                    .add(
+                        "status",
+                        if kept.is_ok() {
+                            Status::Queued.as_str()
+                        } else {
+                            "lost"
+                        },
+                    )
                     .add("id", &meta.id);
             }
         }

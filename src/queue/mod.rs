@@ -12,12 +12,16 @@ use crate::limits::{self, Verdict};
 use crate::log::{Fields, Severity};
 use crate::message::Message;
 use crate::relay::Envelope;
-use crate::relay::disposition::{self, Disposition, Refusal};
+use crate::relay::disposition::Disposition;
 use crate::runtime::Runtime;
 use crate::runtime::notify;
 use crate::spool::{Kind, Meta, Spool};
 use crate::stats;
+use crate::status::Status;
 use std::collections::BTreeSet;
+
+mod settle;
+pub use settle::Settled;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -35,6 +39,36 @@ pub struct Summary {
     pub relay_down: Option<String>,
     /// What the relay's log said about the mail it took.
     pub outcomes: crate::delivery::learn::Learnt,
+}
+
+impl Summary {
+    /// One settled entry, counted by where it came from.
+    fn count(&mut self, from: Kind, settled: &Settled) {
+        match settled {
+            Settled::Done { .. } if from == Kind::Defer => self.released += 1,
+            Settled::Done { .. } => self.delivered += 1,
+            Settled::Queued {
+                delivered,
+                why,
+                relay_down,
+            } => {
+                match (from, delivered.is_some()) {
+                    // Released in part: the rest waits in the queue, counted there later.
+                    (Kind::Defer, true) => self.released += 1,
+                    (_, true) => {
+                        self.delivered += 1;
+                        self.retry_later += 1;
+                    }
+                    (_, false) => self.retry_later += 1,
+                }
+                if *relay_down {
+                    self.relay_down = Some(why.clone());
+                }
+            }
+            Settled::Failed { .. } => self.failed += 1,
+            Settled::StaysHeld { .. } => {}
+        }
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -155,52 +189,9 @@ fn run_queued(
         summary.retry_later += 1;
         return Ok(());
     }
-    let why = match deliver(ctx, &meta, &msg, "queue") {
-        Disposition::Delivered { .. } => {
-            spool.remove(Kind::Queue, id)?;
-            summary.delivered += 1;
-            return Ok(());
-        }
-        Disposition::Partly { retry, .. } if retry.is_empty() => {
-            spool.remove(Kind::Queue, id)?;
-            summary.delivered += 1;
-            return Ok(());
-        }
-        Disposition::Partly { retry, .. } => {
-            // Delivered to some; just the ones the relay put off stay queued.
-            summary.delivered += 1;
-            meta.recipients = disposition::recipients(&retry);
-            describe(&retry)
-        }
-        Disposition::Failed { why } => {
-            give_up(ctx, spool, Kind::Queue, &mut meta, &msg, &why)?;
-            summary.failed += 1;
-            return Ok(());
-        }
-        Disposition::Retry {
-            why,
-            relay_down: true,
-        } => {
-            summary.relay_down = Some(why.clone());
-            why
-        }
-        Disposition::Retry { why, .. } => why,
-    };
-    meta.attempts += 1;
-    meta.last_error = why.clone();
-    if expired(ctx, &meta, now) {
-        let why = format!(
-            "still undeliverable after {} and {} attempts (max_age): {why}",
-            crate::config::TimeSpan((now - meta.time).max(1) as u64),
-            meta.attempts
-        );
-        give_up(ctx, spool, Kind::Queue, &mut meta, &msg, &why)?;
-        summary.failed += 1;
-        return Ok(());
-    }
-    meta.next_attempt = now + backoff_delay(ctx, meta.attempts);
-    spool.keep(Kind::Queue, &meta, &msg)?;
-    summary.retry_later += 1;
+    let disposition = deliver(ctx, &meta, &msg, "queue");
+    let settled = settle::carry_out(ctx, spool, Kind::Queue, &mut meta, &msg, disposition, None)?;
+    summary.count(Kind::Queue, &settled);
     Ok(())
 }
 
@@ -211,11 +202,6 @@ fn expired(ctx: &Runtime, meta: &Meta, now: i64) -> bool {
     let max_age = ctx.config.spool.max_age.secs();
     let needed = max_age.div_ceil(ctx.config.spool.max_retry.secs().max(1));
     now - meta.time > max_age as i64 && u64::from(meta.attempts) >= needed
-}
-
-/// The recipients the relay put off (4xx); 5xx ones are final and only logged.
-fn describe(deferred: &[Refusal]) -> String {
-    format!("relay deferred {}", disposition::describe(deferred, 5))
 }
 
 /// Log an entry that could not be handled and count it; the run goes on.
@@ -320,37 +306,17 @@ fn release_one(
             return Ok(());
         }
     };
-    match deliver(ctx, &meta, &msg, "defer") {
-        Disposition::Delivered { .. } => {
-            spool.remove(Kind::Defer, id)?;
-            summary.released += 1;
-        }
-        Disposition::Partly { retry, .. } => {
-            if retry.is_empty() {
-                spool.remove(Kind::Defer, id)?;
-            } else {
-                meta.recipients = disposition::recipients(&retry);
-                meta.last_error = describe(&retry);
-                meta.next_attempt = now + backoff_delay(ctx, 1);
-                spool.move_entry(Kind::Defer, Kind::Queue, &meta, &msg)?;
-            }
-            summary.released += 1;
-        }
-        Disposition::Retry { why, .. } => {
-            // Counted already: it now waits in the queue like any relay trouble.
-            meta.last_error = why;
-            meta.next_attempt = now + backoff_delay(ctx, 1);
-            spool.move_entry(Kind::Defer, Kind::Queue, &meta, &msg)?;
-            summary.retry_later += 1;
-        }
-        Disposition::Failed { why } => {
-            if let Some(t) = &ticket {
-                ctx.store()?.refund(&ctx.config, t)?;
-            }
-            give_up(ctx, spool, Kind::Defer, &mut meta, &msg, &why)?;
-            summary.failed += 1;
-        }
-    }
+    let disposition = deliver(ctx, &meta, &msg, "defer");
+    let settled = settle::carry_out(
+        ctx,
+        spool,
+        Kind::Defer,
+        &mut meta,
+        &msg,
+        disposition,
+        ticket.as_ref(),
+    )?;
+    summary.count(Kind::Defer, &settled);
     Ok(())
 }
 
@@ -438,9 +404,11 @@ pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposi
     if !meta.cwd.is_empty() {
         fields.add("cwd", &meta.cwd);
     }
+    let status = Status::of(&outcome);
+    fields.add("status", status.as_str());
     match &outcome {
         Disposition::Delivered { reply } => {
-            fields.add("status", outcome.status()).add("relay", reply);
+            fields.add("relay", reply);
         }
         Disposition::Partly {
             reply,
@@ -453,25 +421,19 @@ pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposi
                 .map(|(r, _)| r.as_str())
                 .collect();
             fields
-                .add("status", outcome.status())
                 .add("relay", reply)
                 .add("rejected", left_out.join(","));
         }
         Disposition::Failed { why } | Disposition::Retry { why, .. } => {
-            fields.add("status", outcome.status()).add("reason", why);
+            fields.add("reason", why);
         }
     }
-    let status = match &outcome {
-        Disposition::Delivered { .. } | Disposition::Partly { .. } => stats::Outcome::Sent,
-        Disposition::Failed { .. } => stats::Outcome::Refused,
-        Disposition::Retry { .. } => stats::Outcome::Deferred,
-    };
     // Counted before it is logged: a process killed in between leaves the statistics one
     // ahead of the log, never behind it.
     if !meta.internal {
         let event = stats::Event {
             now: ctx.now(),
-            outcome: status,
+            outcome: status.outcome(),
             recipients: meta.recipients.len() as u64,
             script: &meta.script,
             cwd: &meta.cwd,
@@ -527,34 +489,24 @@ pub fn release(ctx: &Runtime, id: &str, by_customer: bool) -> Result<String, Fai
     if by_customer {
         counted_release(ctx, &meta)?;
     }
-    match deliver(ctx, &meta, &msg, "hold") {
-        Disposition::Delivered { reply } => {
-            spool.remove(Kind::Hold, id)?;
-            Ok(format!("{id}: delivered ({reply})"))
-        }
-        Disposition::Partly { reply, retry, .. } if retry.is_empty() => {
-            spool.remove(Kind::Hold, id)?;
-            Ok(format!("{id}: delivered ({reply})"))
-        }
-        Disposition::Partly { reply, retry, .. } => {
-            meta.recipients = disposition::recipients(&retry);
-            meta.last_error = describe(&retry);
-            meta.next_attempt = ctx.now();
-            spool.move_entry(Kind::Hold, Kind::Queue, &meta, &msg)?;
-            Ok(format!(
-                "{id}: delivered ({reply}); {}: moved to the queue",
-                meta.last_error
-            ))
-        }
-        Disposition::Retry { why, .. } => {
-            meta.last_error = why.clone();
-            meta.next_attempt = ctx.now();
-            spool.move_entry(Kind::Hold, Kind::Queue, &meta, &msg)?;
-            Ok(format!(
-                "{id}: relay unavailable ({why}); moved to the queue"
-            ))
-        }
-        Disposition::Failed { why } => Err(Failure::new(
+    let disposition = deliver(ctx, &meta, &msg, "hold");
+    match settle::carry_out(ctx, &spool, Kind::Hold, &mut meta, &msg, disposition, None)? {
+        Settled::Done { reply } => Ok(format!("{id}: delivered ({reply})")),
+        Settled::Queued {
+            delivered: Some(reply),
+            why,
+            ..
+        } => Ok(format!(
+            "{id}: delivered ({reply}); {why}: moved to the queue"
+        )),
+        Settled::Queued { why, .. } => Ok(format!(
+            "{id}: relay unavailable ({why}); moved to the queue"
+        )),
+        Settled::Failed { why } => Err(Failure::new(
+            Exit::Unavailable,
+            format!("{id}: {why}; moved to failed/"),
+        )),
+        Settled::StaysHeld { why } => Err(Failure::new(
             Exit::Unavailable,
             format!("{id}: the relay refused it: {why}; it stays held"),
         )),
