@@ -11,7 +11,8 @@ use crate::sendmail::args;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Admin,
-    Sendmail,
+    /// argv parsed once, here, for sendmail mode to use (a usage error is its to report).
+    Sendmail(Result<args::Invocation, args::UsageError>),
     /// A usage error (exit 64) with this message; nothing is read, nothing is sent.
     Typo(String),
 }
@@ -24,7 +25,7 @@ pub fn route(
     is_login: &dyn Fn(&str) -> bool,
 ) -> Route {
     if program.contains("sendmail") {
-        return Route::Sendmail;
+        return Route::Sendmail(args::parse(args));
     }
     if let Some(first) = first_after_global_options(args)
         && (matches!(first, "--help" | "-h" | "--version" | "-V" | "help")
@@ -32,11 +33,13 @@ pub fn route(
     {
         return Route::Admin;
     }
-    let Ok(inv) = args::parse(args) else {
-        return Route::Sendmail; // sendmail mode reports the usage error itself
+    let inv = match args::parse(args) {
+        Ok(inv) => inv,
+        // sendmail mode reports the usage error itself
+        Err(usage) => return Route::Sendmail(Err(usage)),
     };
     if inv.mode != args::Mode::Deliver {
-        return Route::Sendmail;
+        return Route::Sendmail(Ok(inv));
     }
     for operand in &inv.recipients {
         if operand.contains('@') || is_login(operand) {
@@ -56,7 +59,7 @@ pub fn route(
                 .into(),
         );
     }
-    Route::Sendmail
+    Route::Sendmail(Ok(inv))
 }
 
 /// The first argument after `--config PATH` / `--config=PATH`.
@@ -79,6 +82,11 @@ mod tests {
     use super::*;
 
     const SUBS: &[&str] = crate::admin::SUBCOMMANDS;
+
+    /// Sendmail mode with argv parsed.
+    fn sends(route: Route) -> bool {
+        matches!(route, Route::Sendmail(Ok(_)))
+    }
 
     fn r(args: &[&str], tty: bool) -> Route {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -114,22 +122,19 @@ mod tests {
             }
         }
         // A local login or a full address is mail, even when it looks like a command.
-        assert_eq!(r(&["root"], false), Route::Sendmail);
-        assert_eq!(r(&["stats@example.org"], false), Route::Sendmail);
-        assert_eq!(r(&["-i", "alice@example.org"], false), Route::Sendmail);
-        assert_eq!(r(&["somebody-else"], false), Route::Sendmail);
-        assert_eq!(r(&["joe"], false), Route::Sendmail, "2 edits from top");
+        assert!(sends(r(&["root"], false)));
+        assert!(sends(r(&["stats@example.org"], false)));
+        assert!(sends(r(&["-i", "alice@example.org"], false)));
+        assert!(sends(r(&["somebody-else"], false)));
+        assert!(sends(r(&["joe"], false)), "2 edits from top");
     }
 
     #[test]
     fn a_terminal_on_stdin_is_never_a_message() {
         assert!(matches!(r(&["alice@example.org"], true), Route::Typo(_)));
-        assert_eq!(r(&["-bp"], true), Route::Sendmail);
+        assert!(sends(r(&["-bp"], true)));
         // Under the sendmail name nothing is second-guessed.
         let args = vec!["stats".to_string()];
-        assert_eq!(
-            route("sendmail", &args, SUBS, true, &|_| false),
-            Route::Sendmail
-        );
+        assert!(sends(route("sendmail", &args, SUBS, true, &|_| false)));
     }
 }

@@ -112,7 +112,7 @@ fn main() {
         &identity::is_login,
     ) {
         dispatch::Route::Admin => admin::run(&argv),
-        dispatch::Route::Sendmail => sendmail::run(&rest),
+        dispatch::Route::Sendmail(parsed) => sendmail::run(parsed),
         dispatch::Route::Typo(why) => {
             err!("mailgate: {why}");
             exit::Exit::Usage

@@ -27,16 +27,6 @@ pub struct Pipeline {
     pending: Option<journal::Pending>,
 }
 
-/// The runtime's services (config, caller, clock, state, store, relay, log) read through the
-/// pipeline as if they were its own.
-impl std::ops::Deref for Pipeline {
-    type Target = Runtime;
-
-    fn deref(&self) -> &Runtime {
-        &self.runtime
-    }
-}
-
 /// A message with its envelope as the caller gave it.
 pub struct Submission {
     /// `None` when the caller gave no sender; `Some(None)` is the null sender.
@@ -102,8 +92,8 @@ impl Pipeline {
             .fields
             .add("id", &id)
             .add("account", &self.account.name)
-            .add("uid", self.caller.uid)
-            .add("user", &self.caller.login);
+            .add("uid", self.runtime.caller.uid)
+            .add("user", &self.runtime.caller.login);
         if !script.is_empty() {
             trail.fields.add("script", &script);
         }
@@ -126,7 +116,7 @@ impl Pipeline {
         // Counted before it is logged: a sender killed in between leaves the statistics one
         // ahead of the log, never behind it (a customer cannot hide a message from `top`).
         let event = stats::Event {
-            now: self.now(),
+            now: self.runtime.now(),
             outcome: report.status.outcome(),
             recipients: nrcpt,
             script: &script,
@@ -135,8 +125,9 @@ impl Pipeline {
             lock_busy: trail.lock_busy,
             relay_error: trail.relay_error,
         };
-        self.record_statistics(&self.account.name, &event, trail.notice.take());
-        let logged = self.logger.log(severity, trail.fields.as_str());
+        self.runtime
+            .record_statistics(&self.account.name, &event, trail.notice.take());
+        let logged = self.runtime.logger.log(severity, trail.fields.as_str());
         if let Some(pending) = self.pending.take()
             && logged
         {
@@ -187,21 +178,21 @@ impl Pipeline {
         fields.add("nrcpt", recipients.len());
 
         let date = chrono::Local::now().to_rfc2822();
-        let message_id = format!("<{id}@{}>", self.names.hostname);
+        let message_id = format!("<{id}@{}>", self.runtime.names.hostname);
         let from_addr = sender
             .clone()
-            .unwrap_or_else(|| self.qualify(&self.caller.login));
-        sub.message.qualify_addresses(&self.names.origin);
+            .unwrap_or_else(|| self.runtime.qualify(&self.runtime.caller.login));
+        sub.message.qualify_addresses(&self.runtime.names.origin);
         sub.message.complete_headers(&Trace {
-            host: &self.names.hostname,
-            uid: self.caller.uid,
+            host: &self.runtime.names.hostname,
+            uid: self.runtime.caller.uid,
             date: &date,
             message_id: &message_id,
             from_addr: &from_addr,
             full_name: sub
                 .full_name
                 .as_deref()
-                .or(self.caller.full_name.as_deref()),
+                .or(self.runtime.caller.full_name.as_deref()),
         });
         let size = sub.message.size();
         fields.add("size", size);
@@ -213,8 +204,8 @@ impl Pipeline {
         let meta = Meta {
             id: id.to_string(),
             account: self.account.name.clone(),
-            uid: self.caller.uid,
-            user: self.caller.login.clone(),
+            uid: self.runtime.caller.uid,
+            user: self.runtime.caller.login.clone(),
             script: script.to_string(),
             cwd: origin.cwd.clone(),
             pool: origin.pool.clone(),
@@ -222,7 +213,7 @@ impl Pipeline {
             recipients,
             subject,
             size,
-            time: self.now(),
+            time: self.runtime.now(),
             reason: String::new(),
             attempts: 0,
             next_attempt: 0,
@@ -283,11 +274,11 @@ impl Pipeline {
         let attempt = limits::Attempt {
             account: &self.account.name,
             recipients: meta.recipients.len() as u32,
-            now: self.now(),
+            now: self.runtime.now(),
             sender: meta.sender.as_deref().unwrap_or("<>"),
             subject: &meta.subject,
             count_refusal: true,
-            test_clock: self.fixed_now.is_some(),
+            test_clock: self.runtime.fixed_now.is_some(),
         };
         let decision = match self.decide(&attempt) {
             Ok(d) => d,
@@ -330,7 +321,8 @@ impl Pipeline {
                 let why = busy.describe();
                 fields.add("busy", &why);
                 trail.lock_busy = true;
-                self.logger
+                self.runtime
+                    .logger
                     .log(Severity::Warning, &format!("{why}; deferring"));
                 return Err(self.defer_or_hold(meta.clone(), msg, why));
             }
@@ -364,10 +356,11 @@ impl Pipeline {
         // From here the relay may take the message: make sure it is logged even if this
         // process dies before the outcome is (root's next queue run logs what is left).
         self.pending = self
+            .runtime
             .state()
             .ok()
             .and_then(|state| journal::begin(state, &meta.id, fields.as_str()));
-        let disposition = self.relay().send(
+        let disposition = self.runtime.relay().send(
             &Envelope {
                 sender: meta.sender.as_deref(),
                 recipients: &meta.recipients,
@@ -375,7 +368,13 @@ impl Pipeline {
             msg,
         );
         trail.relay_error = disposition.trouble().map(Into::into);
-        crate::delivery::hand_over::record_hand_over(self, &meta, msg, &disposition, "direct");
+        crate::delivery::hand_over::record_hand_over(
+            &self.runtime,
+            &meta,
+            msg,
+            &disposition,
+            "direct",
+        );
         match disposition {
             Disposition::Delivered { reply } => {
                 fields.add("relay", &reply);
@@ -406,7 +405,7 @@ impl Pipeline {
             }
             Disposition::Retry { why, .. } => {
                 fields.add("relay", &why);
-                let retry = self.now() + self.config.spool.retry.secs() as i64;
+                let retry = self.runtime.now() + self.runtime.config.spool.retry.secs() as i64;
                 let report = self.keep(Kind::Queue, meta, msg, why, Some(retry));
                 if report.exit != Exit::Ok {
                     self.give_back(ticket.as_ref(), fields);
@@ -438,7 +437,7 @@ impl Pipeline {
             rest.recipients = disposition::recipients(&deferred);
             let why = format!("relay deferred {}", list(&deferred));
             fields.add("deferred_rcpts", rest.recipients.len());
-            let retry = self.now() + self.config.spool.retry.secs() as i64;
+            let retry = self.runtime.now() + self.runtime.config.spool.retry.secs() as i64;
             let kept = self.keep(Kind::Queue, rest, msg, why, Some(retry));
             if kept.exit != Exit::Ok {
                 return Report {
@@ -466,8 +465,8 @@ impl Pipeline {
         if !self.shared(meta) {
             return Ok(());
         }
-        let spool = self.spool().map_err(|f| f.message)?;
-        let limits = &self.config.spool;
+        let spool = self.runtime.spool().map_err(|f| f.message)?;
+        let limits = &self.runtime.config.spool;
         if let Some(free) = spool.free_percent()
             && free < limits.min_free_percent
         {
@@ -482,23 +481,29 @@ impl Pipeline {
     /// Whether the message counts against its account's spool share (a customer's mail;
     /// not mailgate's own, not an exempt account's).
     fn shared(&self, meta: &Meta) -> bool {
-        !meta.internal && !self.config.is_exempt(&meta.account)
+        !meta.internal && !self.runtime.config.is_exempt(&meta.account)
     }
 
     /// How many messages of this account wait in defer/ (`None`: none, or exempt).
     fn deferred_ahead(&self) -> Option<usize> {
-        if self.config.is_exempt(&self.account.name) {
+        if self.runtime.config.is_exempt(&self.account.name) {
             return None;
         }
         // The account's own ledger record: no other account's spool is looked at.
-        let deferred = self.spool().ok()?.usage_of(&self.account.name).deferred;
+        let deferred = self
+            .runtime
+            .spool()
+            .ok()?
+            .usage_of(&self.account.name)
+            .deferred;
         Some(deferred as usize).filter(|n| *n > 0)
     }
 
     /// Defer, unless the account already has `max_deferred` waiting: then hold.
     fn defer_or_hold(&self, meta: Meta, msg: &Message, text: String) -> Report {
-        let cap = self.config.max_deferred(&self.account.name) as usize;
+        let cap = self.runtime.config.max_deferred(&self.account.name) as usize;
         let deferred = self
+            .runtime
             .spool()
             .map(|s| s.usage_of(&self.account.name).deferred as usize);
         if deferred.is_ok_and(|n| n < cap) {
@@ -512,7 +517,10 @@ impl Pipeline {
     /// The message was counted but will not go: give its count back.
     fn give_back(&self, ticket: Option<&limits::Ticket>, fields: &mut Fields) {
         if let Some(t) = ticket
-            && let Err(f) = self.store().and_then(|store| store.refund(&self.config, t))
+            && let Err(f) = self
+                .runtime
+                .store()
+                .and_then(|store| store.refund(&self.runtime.config, t))
         {
             fields.add("refund", &f.message);
         }
@@ -533,13 +541,13 @@ impl Pipeline {
         }
         meta.next_attempt = next_attempt.unwrap_or(0);
         let share = Share {
-            messages: u64::from(self.config.spool.account_max_messages),
-            bytes: self.config.spool.account_max_bytes,
+            messages: u64::from(self.runtime.config.spool.account_max_messages),
+            bytes: self.runtime.config.spool.account_max_bytes,
         };
         let kept = self
             .spool_room(&meta)
             .map_err(KeepError::Refused)
-            .and_then(|()| match self.spool() {
+            .and_then(|()| match self.runtime.spool() {
                 Ok(spool) if self.shared(&meta) => spool.keep_within(kind, &meta, msg, share),
                 Ok(spool) => spool.keep(kind, &meta, msg).map_err(KeepError::Failed),
                 Err(f) => Err(KeepError::Failed(f)),
@@ -581,7 +589,8 @@ impl Pipeline {
     /// How long one customer notice about a lock holds: the account's shortest window (an
     /// hour when it has none).
     fn notice_window(&self) -> u64 {
-        self.config
+        self.runtime
+            .config
             .limits_for(&self.account.name)
             .iter()
             .map(|l| l.window.secs())
@@ -590,26 +599,27 @@ impl Pipeline {
     }
 
     fn decide(&self, attempt: &limits::Attempt<'_>) -> Result<limits::Decision, Failure> {
-        let logger = &self.logger;
-        self.store()?
-            .check_and_record(&self.config, attempt, &mut |w| {
+        let logger = &self.runtime.logger;
+        self.runtime
+            .store()?
+            .check_and_record(&self.runtime.config, attempt, &mut |w| {
                 logger.log(Severity::Warning, w);
             })
     }
 
     /// One mail to the admin; kept in the queue when the relay is down.
     pub fn send_alert(&self, alert: &limits::Alert, meta: &Meta) {
-        let Some(admin) = self.admin_address() else {
+        let Some(admin) = self.runtime.admin_address() else {
             return;
         };
         let msg = notify::alert_message(
             alert,
             meta,
-            &self.names.hostname,
+            &self.runtime.names.hostname,
             &admin,
-            &self.names.origin,
+            &self.runtime.names.origin,
         );
-        self.send_internal(msg, &admin, "alert");
+        self.runtime.send_internal(msg, &admin, "alert");
     }
 
     /// The caller's sender (or the default), qualified, then the account's sender policy.
@@ -621,10 +631,11 @@ impl Pipeline {
         sender: Option<&str>,
         message: &Message,
     ) -> Result<(), Failure> {
-        if self.config.is_exempt(&self.account.name) {
+        if self.runtime.config.is_exempt(&self.account.name) {
             return Ok(());
         }
         let own = self
+            .runtime
             .config
             .accounts
             .get(&self.account.name)
@@ -636,15 +647,16 @@ impl Pipeline {
             .flat_map(|h| address::parse_list(&h.value()))
             .collect();
         // One index for the message's addresses: built at most once if it is stale.
-        let index = self
-            .state()
-            .ok()
-            .map(|state| crate::state::domain_index::DomainIndex {
-                config: &self.config,
-                state,
-                logger: &self.logger,
-                built: Default::default(),
-            });
+        let index =
+            self.runtime
+                .state()
+                .ok()
+                .map(|state| crate::state::domain_index::DomainIndex {
+                    config: &self.runtime.config,
+                    state,
+                    logger: &self.runtime.logger,
+                    built: Default::default(),
+                });
         for addr in sender.into_iter().map(str::to_string).chain(from_header) {
             // Every domain the address reaches the Internet in, as receiving servers see it:
             // `ceo@alice.example.` is alice's domain, whatever the spelling.
@@ -676,10 +688,10 @@ impl Pipeline {
         index: Option<&crate::state::domain_index::DomainIndex<'_>>,
         domain: &str,
     ) -> Option<String> {
-        if self.config.is_shared_domain(domain) {
+        if self.runtime.config.is_shared_domain(domain) {
             return None;
         }
-        let inline = self.config.domain_owner(domain).map(str::to_string);
+        let inline = self.runtime.config.domain_owner(domain).map(str::to_string);
         let dropin = index.and_then(|index| index.owner(domain));
         match (inline, dropin) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -694,10 +706,10 @@ impl Pipeline {
     ) -> Result<Option<String>, Failure> {
         let sender = match given {
             Some(None) => None,
-            Some(Some(s)) => Some(self.qualify(&s)),
-            None => Some(self.qualify(&self.caller.login)),
+            Some(Some(s)) => Some(self.runtime.qualify(&s)),
+            None => Some(self.runtime.qualify(&self.runtime.caller.login)),
         };
-        let Some(policy) = self.config.accounts.get(&self.account.name) else {
+        let Some(policy) = self.runtime.config.accounts.get(&self.account.name) else {
             return Ok(sender);
         };
         if policy.allowed_senders.is_empty() {

@@ -105,39 +105,37 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
 
-    let ctx = Runtime::start(config, caller.clone(), privileged);
+    let rt = Runtime::start(config, caller.clone(), privileged);
     let viewer = Viewer {
         admin: admin.is_ok(),
-        caller: &ctx.caller,
-        config: &ctx.config,
+        caller: &rt.caller,
+        config: &rt.config,
     };
-    let state = ctx.state()?;
+    let state = rt.state()?;
     let spool = Spool::new(state);
     match cli.command {
-        Command::Status { account, json } => {
-            status::status(&ctx, &caller, account.as_deref(), json)
-        }
+        Command::Status { account, json } => status::status(&rt, &caller, account.as_deref(), json),
         Command::Reset { account } => {
             let counter = if account == "server" {
                 Counter::Server
             } else {
                 Counter::Account(checked(&account)?)
             };
-            let store = ctx.store()?;
-            store.reset(&ctx.config, counter)?;
+            let store = rt.store()?;
+            store.reset(&rt.config, counter)?;
             out!("{}: counters reset", store.counter_name(counter));
-            log_admin(&ctx, "reset", &account, "");
+            log_admin(&rt, "reset", &account, "");
             Ok(())
         }
         Command::Lock { account, reason } => {
             let lock = store::AccountLock {
-                since: ctx.now(),
+                since: rt.now(),
                 reason: reason.clone(),
                 ends_itself: false,
             };
-            let changed = ctx
+            let changed = rt
                 .store()?
-                .set_lock(&ctx.config, checked(&account)?, Some(lock))?;
+                .set_lock(&rt.config, checked(&account)?, Some(lock))?;
             out!(
                 "{account}: {}",
                 if changed {
@@ -146,13 +144,11 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                     "lock reason updated"
                 }
             );
-            log_admin(&ctx, "lock", &account, &reason);
+            log_admin(&rt, "lock", &account, &reason);
             Ok(())
         }
         Command::Unlock { account } => {
-            let changed = ctx
-                .store()?
-                .set_lock(&ctx.config, checked(&account)?, None)?;
+            let changed = rt.store()?.set_lock(&rt.config, checked(&account)?, None)?;
             out!(
                 "{account}: {}",
                 if changed {
@@ -161,7 +157,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                     "was not locked"
                 }
             );
-            log_admin(&ctx, "unlock", &account, "");
+            log_admin(&rt, "unlock", &account, "");
             Ok(())
         }
         Command::Top {
@@ -171,19 +167,17 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             all,
             json,
         } => traffic::top(
-            &ctx,
+            &rt,
             &since,
             account.as_deref(),
             json,
             (!all).then_some(limit),
             &|a| viewer.may_see(a),
         ),
-        Command::Metrics => traffic::print_metrics(&ctx),
-        Command::Trace { id, json } => {
-            trace::trace(&ctx, &spool, &id, json, &|a| viewer.may_see(a))
-        }
-        Command::Hold { action } => spools::hold(&ctx, &spool, action, &viewer),
-        Command::Queue { action } => spools::queue(&ctx, &spool, action),
+        Command::Metrics => traffic::print_metrics(&rt),
+        Command::Trace { id, json } => trace::trace(&rt, &spool, &id, json, &|a| viewer.may_see(a)),
+        Command::Hold { action } => spools::hold(&rt, &spool, action, &viewer),
+        Command::Queue { action } => spools::queue(&rt, &spool, action),
         Command::CheckConfig { .. } | Command::PostfwdRules { .. } => {
             unreachable!("handled above")
         }
@@ -224,20 +218,20 @@ fn checked(account: &str) -> Result<&str, Failure> {
     Ok(account)
 }
 
-fn log_admin(ctx: &Runtime, what: &str, target: &str, detail: &str) {
+fn log_admin(rt: &Runtime, what: &str, target: &str, detail: &str) {
     let mut f = Fields::default();
     f.add("admin", what)
         .add("target", target)
-        .add("by", &ctx.caller.login)
-        .add("uid", ctx.caller.uid);
+        .add("by", &rt.caller.login)
+        .add("uid", rt.caller.uid);
     if !detail.is_empty() {
         f.add("detail", detail);
     }
-    ctx.logger.log(Severity::Info, f.as_str());
+    rt.logger.log(Severity::Info, f.as_str());
 }
 
 /// The runtime for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
-fn admin_context(config_option: Option<&str>) -> Result<(Runtime, bool), Failure> {
+fn admin_runtime(config_option: Option<&str>) -> Result<(Runtime, bool), Failure> {
     let privileged = identity::is_privileged();
     let config = load_config(config_option, privileged, None)?;
     Ok((
@@ -254,9 +248,7 @@ fn load_config(
     privileged: bool,
     only: Option<&str>,
 ) -> Result<Config, Failure> {
-    let (path, is_default) = crate::config::path_for(option, privileged);
-    let mut config =
-        Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))?;
+    let mut config = crate::runtime::load_config(option, privileged)?;
     let errors = match only {
         Some(name) => config.load_account(name).err().into_iter().collect(),
         None => config.load_all_accounts(),

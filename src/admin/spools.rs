@@ -1,6 +1,6 @@
 //! The admin's spool commands: `hold`, `queue`, `mailq`, `sendmail -q`, and the listings.
 
-use super::{Viewer, admin_context, log_admin, not_yours, report, require_admin};
+use super::{Viewer, admin_runtime, log_admin, not_yours, report, require_admin};
 use crate::admin::cli::{HoldAction, QueueAction};
 use crate::exit::{Exit, Failure};
 use crate::limits;
@@ -10,7 +10,7 @@ use crate::spool::{Kind, Meta, Spool};
 use serde::Serialize;
 
 pub(super) fn hold(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     action: HoldAction,
     viewer: &Viewer<'_>,
@@ -63,14 +63,14 @@ pub(super) fn hold(
             let ids = select(spool, Kind::Hold, ids, account.as_deref(), all, viewer)?;
             let mut failed = None;
             for id in ids {
-                match queue::release(ctx, &id, !viewer.admin) {
+                match queue::release(rt, &id, !viewer.admin) {
                     Ok(line) => out!("{line}"),
                     Err(f) => {
                         err!("mailgate: {}", f.message);
                         failed = Some(f);
                     }
                 }
-                log_admin(ctx, "release", &id, "");
+                log_admin(rt, "release", &id, "");
             }
             failed.map_or(Ok(()), Err)
         }
@@ -81,7 +81,7 @@ pub(super) fn hold(
             for id in select(spool, Kind::Hold, ids, account.as_deref(), false, viewer)? {
                 if spool.delete(Kind::Hold, &id)? {
                     out!("{id}: deleted");
-                    log_admin(ctx, "delete", &id, "hold");
+                    log_admin(rt, "delete", &id, "hold");
                 } else {
                     busy = Some(busy_or_gone(&id));
                 }
@@ -95,9 +95,9 @@ pub(super) fn hold(
 /// sees every entry, a customer only the ones they sent.
 pub fn mailq(config_option: Option<&str>) -> Exit {
     report((|| {
-        let (ctx, privileged) = admin_context(config_option)?;
-        let everyone = require_admin(&ctx.caller, privileged).is_ok();
-        let spool = Spool::new(ctx.state()?);
+        let (rt, privileged) = admin_runtime(config_option)?;
+        let everyone = require_admin(&rt.caller, privileged).is_ok();
+        let spool = Spool::new(rt.state()?);
         let mut lists = Vec::new();
         for kind in [Kind::Queue, Kind::Defer, Kind::Hold] {
             lists.push((kind, spool.list(kind)?));
@@ -105,7 +105,7 @@ pub fn mailq(config_option: Option<&str>) -> Exit {
         let mut entries: Vec<(Kind, &Meta)> = lists
             .iter()
             .flat_map(|(k, l)| l.iter().map(move |m| (*k, m)))
-            .filter(|(_, m)| everyone || m.uid == ctx.caller.uid)
+            .filter(|(_, m)| everyone || m.uid == rt.caller.uid)
             .collect();
         entries.sort_by(|a, b| (a.1.time, &a.1.id).cmp(&(b.1.time, &b.1.id)));
         let asctime = |t: i64| {
@@ -127,17 +127,17 @@ pub fn mailq(config_option: Option<&str>) -> Exit {
 /// `sendmail -q`: `mailgate queue flush`.
 pub fn flush(config_option: Option<&str>) -> Exit {
     report((|| {
-        let (ctx, privileged) = admin_context(config_option)?;
-        require_admin(&ctx.caller, privileged)?;
-        queue_run(&ctx, queue::Backoff::Ignore)
+        let (rt, privileged) = admin_runtime(config_option)?;
+        require_admin(&rt.caller, privileged)?;
+        queue_run(&rt, queue::Backoff::Ignore)
     })())
 }
 
-pub(super) fn queue_run(ctx: &Runtime, backoff: queue::Backoff) -> Result<(), Failure> {
-    match queue::run(ctx, backoff)? {
+pub(super) fn queue_run(rt: &Runtime, backoff: queue::Backoff) -> Result<(), Failure> {
+    match queue::run(rt, backoff)? {
         Some(summary) => {
             out!("queue run: {summary}");
-            let metrics = super::traffic::write_textfile(ctx);
+            let metrics = super::traffic::write_textfile(rt);
             run_result(&summary).and(metrics)
         }
         None => {
@@ -199,7 +199,7 @@ pub(super) fn select(
         .collect())
 }
 
-pub(super) fn queue(ctx: &Runtime, spool: &Spool<'_>, action: QueueAction) -> Result<(), Failure> {
+pub(super) fn queue(rt: &Runtime, spool: &Spool<'_>, action: QueueAction) -> Result<(), Failure> {
     match action {
         QueueAction::List { json } => print_list(
             &[
@@ -208,8 +208,8 @@ pub(super) fn queue(ctx: &Runtime, spool: &Spool<'_>, action: QueueAction) -> Re
             ],
             json,
         ),
-        QueueAction::Run => queue_run(ctx, queue::Backoff::Honour),
-        QueueAction::Flush => queue_run(ctx, queue::Backoff::Ignore),
+        QueueAction::Run => queue_run(rt, queue::Backoff::Honour),
+        QueueAction::Flush => queue_run(rt, queue::Backoff::Ignore),
         QueueAction::Show { id, body } => show(spool, queued_kind(spool, &id)?, &id, body),
         QueueAction::Delete { ids } => {
             let mut busy = None;
@@ -217,7 +217,7 @@ pub(super) fn queue(ctx: &Runtime, spool: &Spool<'_>, action: QueueAction) -> Re
                 let kind = queued_kind(spool, &id)?;
                 if spool.delete(kind, &id)? {
                     out!("{id}: deleted");
-                    log_admin(ctx, "delete", &id, kind.dir());
+                    log_admin(rt, "delete", &id, kind.dir());
                 } else {
                     busy = Some(busy_or_gone(&id));
                 }

@@ -81,12 +81,12 @@ struct WindowStatus {
 }
 
 pub(super) fn status(
-    ctx: &Runtime,
+    rt: &Runtime,
     caller: &Caller,
     only: Option<&str>,
     json: bool,
 ) -> Result<(), Failure> {
-    let (config, state) = (&ctx.config, ctx.state()?);
+    let (config, state) = (&rt.config, rt.state()?);
     let spool = Spool::new(state);
     let kept: Vec<(Kind, Vec<Meta>)> = [Kind::Hold, Kind::Defer, Kind::Queue]
         .into_iter()
@@ -99,9 +99,9 @@ pub(super) fn status(
             .filter(|m| m.account == account)
             .count()
     };
-    let names = visible_accounts(ctx, caller, only)?;
+    let names = visible_accounts(rt, caller, only)?;
     let mut out = Status {
-        outcomes_blind: crate::delivery::learn::blindness(ctx),
+        outcomes_blind: crate::delivery::learn::blindness(rt),
         accounts: Vec::new(),
         server: None,
     };
@@ -109,19 +109,19 @@ pub(super) fn status(
     for name in &names {
         crate::config::validate_account_name(name).map_err(|why| Failure::new(Exit::Usage, why))?;
         let limits = config.limits_for(name);
-        let mut c = read_counter(ctx, Counter::Account(name), config.is_exempt(name), limits)?;
+        let mut c = read_counter(rt, Counter::Account(name), config.is_exempt(name), limits)?;
         broken += usize::from(c.broken.is_some() && !c.busy);
         c.held = count(Kind::Hold, name);
         c.deferred = count(Kind::Defer, name);
         c.queued = count(Kind::Queue, name);
-        c.bounces = bounce_status(ctx, name, c.held_by_trigger);
+        c.bounces = bounce_status(rt, name, c.held_by_trigger);
         out.accounts.push(c);
     }
     if let (Some(a), true) = (only, names.is_empty()) {
         return Err(super::not_yours(&format!("account {a:?}")));
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
-        let c = read_counter(ctx, Counter::Server, false, &config.server.limits)?;
+        let c = read_counter(rt, Counter::Server, false, &config.server.limits)?;
         broken += usize::from(c.broken.is_some() && !c.busy);
         out.server = Some(c);
     }
@@ -154,11 +154,11 @@ pub(super) fn status(
 
 /// The account's trigger and where its window stands (from its statistics); `None` without a
 /// trigger. `held`: its counter, read already, carries the trigger's hold.
-fn bounce_status(ctx: &Runtime, account: &str, held: bool) -> Option<BounceStatus> {
+fn bounce_status(rt: &Runtime, account: &str, held: bool) -> Option<BounceStatus> {
     use crate::delivery::rate;
-    let t = ctx.config.trigger_for(account)?;
-    let stats = crate::stats::file::read(ctx.state().ok()?, account).unwrap_or_default();
-    let (tally, _) = rate::tally(&stats, ctx.now(), t.window.secs() as i64);
+    let t = rt.config.trigger_for(account)?;
+    let stats = crate::stats::file::read(rt.state().ok()?, account).unwrap_or_default();
+    let (tally, _) = rate::tally(&stats, rt.now(), t.window.secs() as i64);
     Some(BounceStatus {
         window: t.window.to_string(),
         delivered: tally.delivered,
@@ -174,19 +174,19 @@ fn bounce_status(ctx: &Runtime, account: &str, held: bool) -> Option<BounceStatu
 /// The accounts `status` shows: the one asked for, or every account with counters; a
 /// customer sees only the accounts they may send as.
 fn visible_accounts(
-    ctx: &Runtime,
+    rt: &Runtime,
     caller: &Caller,
     only: Option<&str>,
 ) -> Result<Vec<String>, Failure> {
     let mut names: Vec<String> = match only {
         Some(a) => vec![a.to_string()],
-        None => ctx.store()?.accounts()?,
+        None => rt.store()?.accounts()?,
     };
     names.sort();
     if identity::is_privileged() && caller.uid != 0 {
         names.retain(|n| {
             n == &caller.login
-                || identity::resolve_account(caller, Some(n), None, &ctx.config).is_ok()
+                || identity::resolve_account(caller, Some(n), None, &rt.config).is_ok()
         });
     }
     Ok(names)
@@ -195,17 +195,17 @@ fn visible_accounts(
 /// One counter's status. One damaged counter must not hide the others: it is listed as
 /// broken (or busy, when a stopped sender holds it: news for the admin, not damage).
 fn read_counter(
-    ctx: &Runtime,
+    rt: &Runtime,
     counter: Counter<'_>,
     exempt: bool,
     limits: &[Limit],
 ) -> Result<CounterStatus, Failure> {
-    let now = ctx.now();
+    let now = rt.now();
     let name = match counter {
         Counter::Account(a) => a,
         Counter::Server => "server",
     };
-    Ok(match ctx.store()?.read(&ctx.config, counter, now) {
+    Ok(match rt.store()?.read(&rt.config, counter, now) {
         Ok(rec) => counter_status(name, exempt, &rec, limits, now),
         Err(f) => {
             let mut c = counter_status(name, exempt, &CounterRecord::default(), &[], now);

@@ -16,13 +16,13 @@ struct Traced<'a> {
 }
 
 pub(super) fn trace(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     id: &str,
     json: bool,
     visible: &dyn Fn(&str) -> bool,
 ) -> Result<(), Failure> {
-    let state = ctx.state()?;
+    let state = rt.state()?;
     let wanted = id.trim().trim_start_matches('<').trim_end_matches('>');
     if wanted.is_empty() || wanted.len() > 998 {
         return Err(Failure::new(Exit::Usage, "trace: give a message id"));
@@ -87,7 +87,7 @@ pub(super) fn trace(
         format!(
             "trace: no message {:?} in the hand-over records (kept {}) or the spools; a refused message is only in the log (its id= field)",
             printable(wanted, 100),
-            ctx.config.outcomes.keep
+            rt.config.outcomes.keep
         ),
     ))
 }

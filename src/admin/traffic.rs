@@ -44,7 +44,7 @@ struct SourceTop {
 /// `mailgate top [--since SPAN] [--account A] [--json]`. `visible` says which accounts the
 /// caller may see (an admin all, a customer their own).
 pub(super) fn top(
-    ctx: &Runtime,
+    rt: &Runtime,
     since: &str,
     only: Option<&str>,
     json: bool,
@@ -52,8 +52,8 @@ pub(super) fn top(
     visible: &dyn Fn(&str) -> bool,
 ) -> Result<(), Failure> {
     let span = parse_span(since)?;
-    let state = ctx.state()?;
-    let from = ctx.now() - span.secs() as i64;
+    let state = rt.state()?;
+    let from = rt.now() - span.secs() as i64;
     let mut names = match only {
         Some(a) => vec![super::checked(a)?.to_string()],
         None => stats::file::accounts(state),
@@ -240,12 +240,12 @@ type WindowUsage = (
 );
 
 fn window_usage(
-    ctx: &Runtime,
+    rt: &Runtime,
     counter: Counter<'_>,
     limits: &[crate::config::Limit],
     now: i64,
 ) -> WindowUsage {
-    let Ok(rec) = ctx.store().and_then(|s| s.read(&ctx.config, counter, now)) else {
+    let Ok(rec) = rt.store().and_then(|s| s.read(&rt.config, counter, now)) else {
         return (Vec::new(), None);
     };
     let mut windows = reconcile(&rec, limits, now);
@@ -271,14 +271,14 @@ fn window_usage(
     (out, rec.lock)
 }
 
-pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
-    let state = ctx.state()?;
+pub fn snapshot(rt: &Runtime) -> Result<metrics::Snapshot, Failure> {
+    let state = rt.state()?;
     let spool = Spool::new(state);
-    let now = ctx.now();
-    let config = &ctx.config;
+    let now = rt.now();
+    let config = &rt.config;
     let mut names: std::collections::BTreeSet<String> =
         stats::file::accounts(state).into_iter().collect();
-    names.extend(ctx.store()?.accounts().unwrap_or_default());
+    names.extend(rt.store()?.accounts().unwrap_or_default());
     let mut kept: BTreeMap<(String, &'static str), (u64, u64)> = BTreeMap::new();
     let mut oldest: Option<i64> = None;
     for kind in Kind::ALL {
@@ -296,7 +296,7 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         }
     }
     let usage = |counter: Counter<'_>, limits: &[crate::config::Limit]| {
-        window_usage(ctx, counter, limits, now)
+        window_usage(rt, counter, limits, now)
     };
     let mut accounts = Vec::new();
     let mut statistics_unreadable = 0;
@@ -345,14 +345,14 @@ pub fn snapshot(ctx: &Runtime) -> Result<metrics::Snapshot, Failure> {
         accounts,
         server_usage,
         oldest_waiting: oldest.map(|t| now - t),
-        outcomes_blind: crate::delivery::learn::blindness(ctx).is_some(),
+        outcomes_blind: crate::delivery::learn::blindness(rt).is_some(),
         statistics_unreadable,
     })
 }
 
 /// `mailgate metrics`.
-pub(super) fn print_metrics(ctx: &Runtime) -> Result<(), Failure> {
-    let text = metrics::render(&snapshot(ctx)?);
+pub(super) fn print_metrics(rt: &Runtime) -> Result<(), Failure> {
+    let text = metrics::render(&snapshot(rt)?);
     use std::io::Write as _;
     let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(())
@@ -360,8 +360,8 @@ pub(super) fn print_metrics(ctx: &Runtime) -> Result<(), Failure> {
 
 /// `[metrics] textfile`: written beside its final name and renamed into place, so
 /// node_exporter never reads half a file.
-pub(super) fn write_textfile(ctx: &Runtime) -> Result<(), Failure> {
-    let Some(path) = &ctx.config.metrics.textfile else {
+pub(super) fn write_textfile(rt: &Runtime) -> Result<(), Failure> {
+    let Some(path) = &rt.config.metrics.textfile else {
         return Ok(());
     };
     let fail = |e: std::io::Error| {
@@ -371,7 +371,7 @@ pub(super) fn write_textfile(ctx: &Runtime) -> Result<(), Failure> {
             &e,
         )
     };
-    let text = metrics::render(&snapshot(ctx)?);
+    let text = metrics::render(&snapshot(rt)?);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

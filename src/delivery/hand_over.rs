@@ -11,13 +11,13 @@ use crate::spool::Meta;
 /// At the relay's 250: write the hand-over record, when outcomes are learnt at all.
 /// Best effort (the message is the relay's now): a failure is logged, never returned.
 pub fn record_hand_over(
-    ctx: &Runtime,
+    rt: &Runtime,
     meta: &Meta,
     msg: &Message,
     disposition: &Disposition,
     route: &str,
 ) {
-    if ctx.config.outcomes.relay_log.is_none() || meta.internal {
+    if rt.config.outcomes.relay_log.is_none() || meta.internal {
         return;
     }
     let (reply, left_out) = match disposition {
@@ -58,25 +58,25 @@ pub fn record_hand_over(
         subject: meta.subject.clone(),
         size: meta.size,
         time: meta.time,
-        handed: ctx.now(),
+        handed: rt.now(),
         route: route.to_string(),
         relay_id: relay_id.to_string(),
         reply,
         recipients_cut: 0,
     };
-    let written = ctx.state().map_err(|f| f.message).and_then(|state| {
+    let written = rt.state().map_err(|f| f.message).and_then(|state| {
         // Below the spool's free-space reserve a customer's record is not written: kept mail
         // and root's work come first (the message is the relay's already).
-        let reserve = ctx.config.spool.min_free_percent;
+        let reserve = rt.config.spool.min_free_percent;
         match state.top().free_percent() {
-            Some(free) if free < reserve && !ctx.config.is_exempt(&meta.account) => Err(format!(
+            Some(free) if free < reserve && !rt.config.is_exempt(&meta.account) => Err(format!(
                 "the state filesystem is down to {free}% free (reserve {reserve}%)"
             )),
             _ => record::write(state, handed).map_err(|e| e.to_string()),
         }
     });
     if let Err(why) = written {
-        ctx.logger.log(
+        rt.logger.log(
             crate::log::Severity::Warning,
             &format!(
                 "id={} cannot write its hand-over record (trace and outcomes will not know it): {why}",

@@ -34,16 +34,16 @@ pub(super) struct Counted {
 
 /// `queue run`'s step: read what the relay logged since the last run, count it, run the
 /// triggers.
-pub fn learn(ctx: &Runtime) -> Learnt {
+pub fn learn(rt: &Runtime) -> Learnt {
     let mut learnt = Learnt::default();
-    let Some(path) = ctx.config.outcomes.relay_log.clone() else {
+    let Some(path) = rt.config.outcomes.relay_log.clone() else {
         return learnt;
     };
-    let Ok(dir) = ctx.state().and_then(|s| s.subdir(record::DIR)) else {
+    let Ok(dir) = rt.state().and_then(|s| s.subdir(record::DIR)) else {
         return learnt;
     };
     let position = reader::Position::decode(&marks::read(&dir, marks::POSITION));
-    let batch = match reader::read_new(&path, position, ctx.config.outcomes.max_read) {
+    let batch = match reader::read_new(&path, position, rt.config.outcomes.max_read) {
         Ok(batch) => batch,
         // Only root reads the relay's log (its mode is 0600 root); a queue run by an admin in
         // group mailgate leaves the outcomes to root's next run.
@@ -54,24 +54,24 @@ pub fn learn(ctx: &Runtime) -> Learnt {
         // Blind, the triggers are not asked: a hold ends on a rate that is seen to fall, never
         // on outcomes that could not be read.
         Err(reader::Blind { why, .. }) => {
-            went_blind(ctx, &dir, &why);
+            went_blind(rt, &dir, &why);
             learnt.blind = Some(why);
             return learnt;
         }
     };
-    note_source(ctx, &dir, &path);
+    note_source(rt, &dir, &path);
     if !marks::read(&dir, marks::BLIND).is_empty() && dir.unlink(marks::BLIND).is_ok() {
-        ctx.logger.log(
+        rt.logger.log(
             Severity::Info,
             &format!("outcomes: {} can be read again", path.display()),
         );
     }
     for note in &batch.notes {
-        ctx.logger
+        rt.logger
             .log(Severity::Warning, &format!("outcomes: {note}"));
     }
-    let now = ctx.now();
-    let name = &ctx.config.outcomes.syslog_name;
+    let now = rt.now();
+    let name = &rt.config.outcomes.syslog_name;
     // Each message's facts in log order, so that its record is opened once for all of them.
     let mut facts: HashMap<&str, Vec<postfix_log::Fact<'_>>> = HashMap::new();
     for line in batch.text.lines() {
@@ -105,7 +105,7 @@ pub fn learn(ctx: &Runtime) -> Learnt {
         if !steps.is_empty()
             && let Err(e) = opened.append(&steps)
         {
-            ctx.logger.log(
+            rt.logger.log(
                 Severity::Warning,
                 &format!("outcomes: cannot add to the record of {queue_id}: {e}"),
             );
@@ -113,25 +113,25 @@ pub fn learn(ctx: &Runtime) -> Learnt {
     }
     marks::write(&dir, marks::POSITION, &batch.next.encode());
     triggers::add_to_server(&dir, &by_account, now);
-    triggers::run(ctx, &dir, by_account);
-    expire_records(ctx, &dir);
+    triggers::run(rt, &dir, by_account);
+    expire_records(rt, &dir);
     learnt
 }
 
 /// The relay's log cannot be read: said in the log and to the admin once (and again only when
 /// the reason changes); `status` shows `.blind` as long as it lasts.
-fn went_blind(ctx: &Runtime, dir: &Dir, why: &str) {
+fn went_blind(rt: &Runtime, dir: &Dir, why: &str) {
     if marks::read(dir, marks::BLIND) == why {
         return;
     }
     marks::write(dir, marks::BLIND, why);
-    ctx.logger.log(
+    rt.logger.log(
         Severity::Warning,
         &format!("outcomes: blind: {why}; the failure-rate triggers cannot see bounces"),
     );
-    if let Some(admin) = ctx.admin_address() {
-        let msg = notify::blind_message(why, &ctx.envelope_to(&admin));
-        ctx.send_internal(msg, &admin, "alert");
+    if let Some(admin) = rt.admin_address() {
+        let msg = notify::blind_message(why, &rt.envelope_to(&admin));
+        rt.send_internal(msg, &admin, "alert");
     }
 }
 
@@ -150,8 +150,8 @@ pub fn source_warning(
 
 /// Say in the log, once (and again when the reason changes), that the relay's log can hold
 /// lines that other local users wrote: the outcomes are then evidence anyone can forge.
-fn note_source(ctx: &Runtime, dir: &Dir, path: &std::path::Path) {
-    let why = source_warning(&ctx.config.outcomes, path).unwrap_or_default();
+fn note_source(rt: &Runtime, dir: &Dir, path: &std::path::Path) {
+    let why = source_warning(&rt.config.outcomes, path).unwrap_or_default();
     if marks::read(dir, marks::FORGEABLE) == why {
         return;
     }
@@ -160,24 +160,24 @@ fn note_source(ctx: &Runtime, dir: &Dir, path: &std::path::Path) {
         return;
     }
     marks::write(dir, marks::FORGEABLE, &why);
-    ctx.logger.log(
+    rt.logger.log(
         Severity::Warning,
         &format!("outcomes: the relay's log is not evidence only the relay writes: {why}"),
     );
 }
 
 /// Why outcomes are not learnt, if they are not: for `status`.
-pub fn blindness(ctx: &Runtime) -> Option<String> {
-    if ctx.config.outcomes.relay_log.is_none() {
+pub fn blindness(rt: &Runtime) -> Option<String> {
+    if rt.config.outcomes.relay_log.is_none() {
         return Some("[outcomes] relay_log is not set: delivery outcomes are not learnt".into());
     }
-    let dir = ctx.state().ok()?.top().open_dir(record::DIR).ok()?;
+    let dir = rt.state().ok()?.top().open_dir(record::DIR).ok()?;
     let why = marks::read(&dir, marks::BLIND);
     (!why.is_empty()).then_some(why)
 }
 
 /// Records older than `[outcomes] keep` go, at most once an hour (a directory listing).
-fn expire_records(ctx: &Runtime, dir: &Dir) {
+fn expire_records(rt: &Runtime, dir: &Dir) {
     let recent = dir
         .modified(marks::EXPIRED)
         .ok()
@@ -187,7 +187,7 @@ fn expire_records(ctx: &Runtime, dir: &Dir) {
         return;
     }
     marks::write(dir, marks::EXPIRED, "");
-    let keep = std::time::Duration::from_secs(ctx.config.outcomes.keep.secs());
+    let keep = std::time::Duration::from_secs(rt.config.outcomes.keep.secs());
     for name in crate::state::older_than(dir, keep) {
         if record::valid_name(&name) {
             let _ = dir.unlink(&name);

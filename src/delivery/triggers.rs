@@ -27,9 +27,9 @@ struct Evaluation {
 
 /// Count each account's outcomes, then ask its trigger (and the server's). Accounts a trigger
 /// holds are asked too, without new outcomes, so that their hold ends when the window moves on.
-pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Counted>>) {
-    let Ok(state) = ctx.state() else { return };
-    let now = ctx.now();
+pub(super) fn run(rt: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Counted>>) {
+    let Ok(state) = rt.state() else { return };
+    let now = rt.now();
     let mut held: Vec<String> = marks::read(dir, marks::HELD)
         .lines()
         .filter(|l| crate::config::validate_account_name(l).is_ok())
@@ -50,7 +50,7 @@ pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Cou
                 relay_error: None,
             })
             .collect();
-        let window = trigger_window(ctx, account);
+        let window = trigger_window(rt, account);
         let updated = stats::file::update(
             state,
             account,
@@ -61,7 +61,7 @@ pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Cou
         let (tally, sources) = match updated {
             Ok((stats::file::Updated::Done(t), note)) => {
                 if let Some(why) = note {
-                    ctx.logger.log(Severity::Warning, &why);
+                    rt.logger.log(Severity::Warning, &why);
                 }
                 t
             }
@@ -72,12 +72,12 @@ pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Cou
             Ok((stats::file::Updated::Busy, _)) => match stats::file::read(state, account) {
                 Ok(s) => rate::tally(&s, now, window),
                 Err(f) => {
-                    ctx.logger.log(Severity::Warning, &f.message);
+                    rt.logger.log(Severity::Warning, &f.message);
                     continue;
                 }
             },
             Err(f) => {
-                ctx.logger.log(Severity::Warning, &f.message);
+                rt.logger.log(Severity::Warning, &f.message);
                 continue;
             }
         };
@@ -88,19 +88,19 @@ pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Cou
             continue;
         }
         if let Ok(s) = stats::file::read(state, account) {
-            let (tally, sources) = rate::tally(&s, now, trigger_window(ctx, account));
+            let (tally, sources) = rate::tally(&s, now, trigger_window(rt, account));
             evaluations.insert(account.clone(), evaluate(tally, sources, &[]));
         }
     }
-    let server_hit = ctx.config.server.trigger.as_ref().filter(|t| {
+    let server_hit = rt.config.server.trigger.as_ref().filter(|t| {
         let tally = server_tally(dir, now, t.window.secs() as i64);
         rate::passes(t, &tally)
     });
     for (account, ev) in &evaluations {
-        if ctx.config.is_exempt(account) {
+        if rt.config.is_exempt(account) {
             continue;
         }
-        let own = ctx.config.trigger_for(account);
+        let own = rt.config.trigger_for(account);
         let fired = match (own, server_hit) {
             (Some(t), _) if rate::passes(t, &ev.tally) => Some(t),
             // The server's rate is over its threshold: it acts on the accounts whose own
@@ -109,8 +109,8 @@ pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Cou
             _ => None,
         };
         match fired {
-            Some(t) => fire(ctx, dir, account, t, ev, &mut held),
-            None => end_if_held(ctx, account, ev, &mut held),
+            Some(t) => fire(rt, dir, account, t, ev, &mut held),
+            None => end_if_held(rt, account, ev, &mut held),
         }
     }
     held.sort();
@@ -122,10 +122,10 @@ pub(super) fn run(ctx: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Cou
     );
 }
 
-fn trigger_window(ctx: &Runtime, account: &str) -> i64 {
-    ctx.config
+fn trigger_window(rt: &Runtime, account: &str) -> i64 {
+    rt.config
         .trigger_for(account)
-        .or(ctx.config.server.trigger.as_ref())
+        .or(rt.config.server.trigger.as_ref())
         .map_or(3600, |t| t.window.secs() as i64)
 }
 
@@ -154,14 +154,14 @@ fn evaluate(
 /// The trigger fired for `account`: hold, lock or only tell; in observe mode only say what it
 /// would have done. Told once per window (a hold or lock: once when it begins).
 fn fire(
-    ctx: &Runtime,
+    rt: &Runtime,
     dir: &Dir,
     account: &str,
     t: &Trigger,
     ev: &Evaluation,
     held: &mut Vec<String>,
 ) {
-    let now = ctx.now();
+    let now = rt.now();
     let window = t.window;
     let tally = format!("{} within {window}", ev.tally.describe());
     let ends_itself = t.action == TriggerAction::Hold && t.ends == TriggerEnd::Auto;
@@ -187,9 +187,9 @@ fn fire(
     };
     let enforce = !t.observe && t.action != TriggerAction::Notify;
     if enforce {
-        let locked = ctx
+        let locked = rt
             .store()
-            .and_then(|s| s.read(&ctx.config, Counter::Account(account), now))
+            .and_then(|s| s.read(&rt.config, Counter::Account(account), now))
             .ok()
             .and_then(|r| r.lock)
             .is_some();
@@ -201,9 +201,9 @@ fn fire(
             reason: format!("bounce rate: {}", ev.tally.describe()),
             ends_itself,
         };
-        match ctx
+        match rt
             .store()
-            .and_then(|s| s.set_lock(&ctx.config, account, Some(lock)))
+            .and_then(|s| s.set_lock(&rt.config, account, Some(lock)))
         {
             Ok(_) => {
                 if ends_itself {
@@ -211,7 +211,7 @@ fn fire(
                 }
             }
             Err(f) => {
-                ctx.logger.log(Severity::Warning, &f.message);
+                rt.logger.log(Severity::Warning, &f.message);
                 return;
             }
         }
@@ -236,7 +236,7 @@ fn fire(
     if let Some((worst, ..)) = ev.worst.first() {
         fields.add("worst", worst);
     }
-    ctx.logger.log(Severity::Warning, fields.as_str());
+    rt.logger.log(Severity::Warning, fields.as_str());
     let b = notify::Bounces {
         account: account.to_string(),
         tally,
@@ -245,9 +245,9 @@ fn fire(
         ends,
         worst: ev.worst.clone(),
     };
-    tell(ctx, &b, true);
+    tell(rt, &b, true);
     if !t.observe {
-        tell(ctx, &b, false);
+        tell(rt, &b, false);
     }
 }
 
@@ -260,14 +260,14 @@ fn would(a: TriggerAction) -> &'static str {
 }
 
 /// A trigger's own hold ends when the account's rate is under the threshold again.
-fn end_if_held(ctx: &Runtime, account: &str, ev: &Evaluation, held: &mut Vec<String>) {
+fn end_if_held(rt: &Runtime, account: &str, ev: &Evaluation, held: &mut Vec<String>) {
     if !held.iter().any(|a| a == account) {
         return;
     }
-    let now = ctx.now();
-    let Ok(store) = ctx.store() else { return };
+    let now = rt.now();
+    let Ok(store) = rt.store() else { return };
     let lock = store
-        .read(&ctx.config, Counter::Account(account), now)
+        .read(&rt.config, Counter::Account(account), now)
         .ok()
         .and_then(|r| r.lock);
     held.retain(|a| a != account);
@@ -275,7 +275,7 @@ fn end_if_held(ctx: &Runtime, account: &str, ev: &Evaluation, held: &mut Vec<Str
     if !lock.is_some_and(|l| l.ends_itself) {
         return;
     }
-    if store.set_lock(&ctx.config, account, None).is_err() {
+    if store.set_lock(&rt.config, account, None).is_err() {
         held.push(account.to_string());
         return;
     }
@@ -283,8 +283,8 @@ fn end_if_held(ctx: &Runtime, account: &str, ev: &Evaluation, held: &mut Vec<Str
         "account={account} trigger=ended reason=\"bounce rate back under the threshold: {}\"",
         ev.tally.describe()
     );
-    ctx.logger.log(Severity::Info, &line);
-    if let Some(admin) = ctx.admin_address() {
+    rt.logger.log(Severity::Info, &line);
+    if let Some(admin) = rt.admin_address() {
         let b = notify::Bounces {
             account: account.to_string(),
             tally: ev.tally.describe(),
@@ -293,26 +293,26 @@ fn end_if_held(ctx: &Runtime, account: &str, ev: &Evaluation, held: &mut Vec<Str
             ends: "ended".into(),
             worst: ev.worst.clone(),
         };
-        send(ctx, &b, true, &admin);
+        send(rt, &b, true, &admin);
     }
 }
 
 /// The admin's alert (`to_admin`), or the notice to the account's notify addresses.
-fn tell(ctx: &Runtime, b: &notify::Bounces, to_admin: bool) {
+fn tell(rt: &Runtime, b: &notify::Bounces, to_admin: bool) {
     let to = if to_admin {
-        ctx.admin_address().into_iter().collect()
+        rt.admin_address().into_iter().collect()
     } else {
-        ctx.notify_addresses(&b.account)
+        rt.notify_addresses(&b.account)
     };
     for addr in to {
-        send(ctx, b, to_admin, &addr);
+        send(rt, b, to_admin, &addr);
     }
 }
 
-fn send(ctx: &Runtime, b: &notify::Bounces, to_admin: bool, to: &str) {
+fn send(rt: &Runtime, b: &notify::Bounces, to_admin: bool, to: &str) {
     let what = if to_admin { "alert" } else { "notice" };
-    let msg = notify::bounces_message(b, to_admin, &ctx.envelope_to(to));
-    ctx.send_internal(msg, to, what);
+    let msg = notify::bounces_message(b, to_admin, &rt.envelope_to(to));
+    rt.send_internal(msg, to, what);
 }
 
 /// The first alert of `account` within `secs`: `true`, and no other until then.

@@ -128,15 +128,15 @@ pub enum Backoff {
 
 /// Deliver due queue entries and release deferred ones that fit. `None` when another
 /// `queue run` is active.
-pub fn run(ctx: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> {
-    let state = ctx.state()?;
+pub fn run(rt: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> {
+    let state = rt.state()?;
     let Some(_running) = state.try_lock_named("queue.lock")? else {
         return Ok(None);
     };
     // Subdirectories a customer's sender had to create become root's again.
     state.settle_all();
     let spool = Spool::new(state);
-    let now = ctx.now();
+    let now = rt.now();
     // A sender killed between writing tmp/ and the rename leaves a file nobody was told about.
     let mut summary = Summary {
         stale_removed: spool.remove_stale_tmp(std::time::Duration::from_secs(3600)),
@@ -144,34 +144,34 @@ pub fn run(ctx: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> 
     };
     // Senders that died between the hand-over and their log line: log them now. A live sender
     // finishes within the relay timeout.
-    let unfinished = std::time::Duration::from_secs(ctx.config.relay.timeout.secs() + 60);
-    crate::state::journal::recover(state, unfinished, &ctx.logger);
+    let unfinished = std::time::Duration::from_secs(rt.config.relay.timeout.secs() + 60);
+    crate::state::journal::recover(state, unfinished, &rt.logger);
     for id in spool.ids(Kind::Queue)? {
         if summary.relay_down.is_some() {
             summary.retry_later += 1;
             continue;
         }
-        if let Err(f) = run_queued(ctx, &spool, &id, now, backoff, &mut summary) {
-            entry_error(ctx, &spool, Kind::Queue, &id, &f, &mut summary);
+        if let Err(f) = run_queued(rt, &spool, &id, now, backoff, &mut summary) {
+            entry_error(rt, &spool, Kind::Queue, &id, &f, &mut summary);
         }
     }
-    release_deferred(ctx, &spool, now, &mut summary)?;
+    release_deferred(rt, &spool, now, &mut summary)?;
     // What became of the mail the relay took: its log since the last run.
-    summary.outcomes = crate::delivery::learn::learn(ctx);
+    summary.outcomes = crate::delivery::learn::learn(rt);
     // Each account's spool count, kept per change, is compared with the spools and repaired
     // (a sender killed between its rename and its count leaves it off by one).
     summary.ledgers_repaired = spool.repair_ledgers();
     if !summary.ledgers_repaired.is_empty() {
         let mut fields = Fields::default();
         fields.add("spool-count-repaired", summary.ledgers_repaired.join(","));
-        ctx.logger.log(Severity::Warning, fields.as_str());
+        rt.logger.log(Severity::Warning, fields.as_str());
     }
     Ok(Some(summary))
 }
 
 /// One queue entry: deliver it if due, else leave it.
 fn run_queued(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     id: &str,
     now: i64,
@@ -184,13 +184,13 @@ fn run_queued(
     let (mut meta, msg) = (claim.meta, claim.msg);
     // A next attempt further away than max_retry can only come from a clock that was ahead:
     // it is due now, so that a clock step never strands an entry.
-    let clock_stepped = meta.next_attempt > now + ctx.config.spool.max_retry.secs() as i64;
+    let clock_stepped = meta.next_attempt > now + rt.config.spool.max_retry.secs() as i64;
     if backoff == Backoff::Honour && meta.next_attempt > now && !clock_stepped {
         summary.retry_later += 1;
         return Ok(());
     }
-    let disposition = deliver(ctx, &meta, &msg, "queue");
-    let settled = settle::carry_out(ctx, spool, Kind::Queue, &mut meta, &msg, disposition, None)?;
+    let disposition = deliver(rt, &meta, &msg, "queue");
+    let settled = settle::carry_out(rt, spool, Kind::Queue, &mut meta, &msg, disposition, None)?;
     summary.count(Kind::Queue, &settled);
     Ok(())
 }
@@ -198,15 +198,15 @@ fn run_queued(
 /// An entry gives up after `max_age` by the clock *and* enough real attempts to have spanned
 /// `max_age` at the longest retry interval (`max_age / max_retry`). A clock step forward
 /// cannot fail mail that was never really retried; a clock that is right fails it on time.
-fn expired(ctx: &Runtime, meta: &Meta, now: i64) -> bool {
-    let max_age = ctx.config.spool.max_age.secs();
-    let needed = max_age.div_ceil(ctx.config.spool.max_retry.secs().max(1));
+fn expired(rt: &Runtime, meta: &Meta, now: i64) -> bool {
+    let max_age = rt.config.spool.max_age.secs();
+    let needed = max_age.div_ceil(rt.config.spool.max_retry.secs().max(1));
     now - meta.time > max_age as i64 && u64::from(meta.attempts) >= needed
 }
 
 /// Log an entry that could not be handled and count it; the run goes on.
 fn entry_error(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     kind: Kind,
     id: &str,
@@ -220,19 +220,19 @@ fn entry_error(
         .add("spool", kind.dir())
         .add("status", "error")
         .add("reason", &f.message);
-    ctx.logger.log(Severity::Warning, fields.as_str());
+    rt.logger.log(Severity::Warning, fields.as_str());
     // A damaged entry can never be delivered: it goes to failed/ for the admin to see.
     if f.exit == Exit::DataErr {
         let _ = spool.quarantine(kind, id, &f.message);
-        if let Some(admin) = ctx.admin_address() {
-            ctx.send_internal(
+        if let Some(admin) = rt.admin_address() {
+            rt.send_internal(
                 notify::damaged_message(
                     kind.dir(),
                     id,
                     &f.message,
-                    &ctx.names.hostname,
+                    &rt.names.hostname,
                     &admin,
-                    &ctx.names.origin,
+                    &rt.names.origin,
                 ),
                 &admin,
                 "damaged",
@@ -242,7 +242,7 @@ fn entry_error(
 }
 
 fn release_deferred(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     now: i64,
     summary: &mut Summary,
@@ -253,15 +253,15 @@ fn release_deferred(
             summary.still_deferred += 1;
             continue;
         }
-        if let Err(f) = release_one(ctx, spool, &id, now, &mut blocked, summary) {
-            entry_error(ctx, spool, Kind::Defer, &id, &f, summary);
+        if let Err(f) = release_one(rt, spool, &id, now, &mut blocked, summary) {
+            entry_error(rt, spool, Kind::Defer, &id, &f, summary);
         }
     }
     Ok(())
 }
 
 fn release_one(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     id: &str,
     now: i64,
@@ -276,7 +276,7 @@ fn release_one(
         summary.still_deferred += 1;
         return Ok(());
     }
-    let decision = count_kept(ctx, &meta, now)?;
+    let decision = count_kept(rt, &meta, now)?;
     let ticket = match decision.verdict {
         Verdict::Accepted(t) => t,
         Verdict::Refused(_) | Verdict::StoreUnavailable(_) => {
@@ -295,7 +295,7 @@ fn release_one(
             if let Some(done) = crate::state::lock::end_stopped_holder(&busy) {
                 fields.add("action", done);
             }
-            ctx.logger.log(Severity::Warning, fields.as_str());
+            rt.logger.log(Severity::Warning, fields.as_str());
             blocked.insert(meta.account.clone());
             summary.still_deferred += 1;
             return Ok(());
@@ -306,9 +306,9 @@ fn release_one(
             return Ok(());
         }
     };
-    let disposition = deliver(ctx, &meta, &msg, "defer");
+    let disposition = deliver(rt, &meta, &msg, "defer");
     let settled = settle::carry_out(
-        ctx,
+        rt,
         spool,
         Kind::Defer,
         &mut meta,
@@ -322,7 +322,7 @@ fn release_one(
 
 /// A kept message checked against its account's limits and counted when it fits (a refusal
 /// is not counted: the message is still kept).
-fn count_kept(ctx: &Runtime, meta: &Meta, now: i64) -> Result<limits::Decision, Failure> {
+fn count_kept(rt: &Runtime, meta: &Meta, now: i64) -> Result<limits::Decision, Failure> {
     let attempt = limits::Attempt {
         account: &meta.account,
         recipients: meta.recipients.len() as u32,
@@ -330,11 +330,11 @@ fn count_kept(ctx: &Runtime, meta: &Meta, now: i64) -> Result<limits::Decision, 
         sender: meta.sender.as_deref().unwrap_or("<>"),
         subject: &meta.subject,
         count_refusal: false,
-        test_clock: ctx.fixed_now.is_some(),
+        test_clock: rt.fixed_now.is_some(),
     };
-    ctx.store()?
-        .check_and_record(&ctx.config, &attempt, &mut |w| {
-            ctx.logger.log(Severity::Warning, w);
+    rt.store()?
+        .check_and_record(&rt.config, &attempt, &mut |w| {
+            rt.logger.log(Severity::Warning, w);
         })
 }
 
@@ -342,12 +342,12 @@ fn count_kept(ctx: &Runtime, meta: &Meta, now: i64) -> Result<limits::Decision, 
 /// against the account's limits (past them it stays held, unless the admin set
 /// `customer_release_past_limits`). The admin's release is neither checked nor counted:
 /// deciding past the limits is the admin's to make.
-fn counted_release(ctx: &Runtime, meta: &Meta) -> Result<(), Failure> {
-    let decision = count_kept(ctx, meta, ctx.now())?;
+fn counted_release(rt: &Runtime, meta: &Meta) -> Result<(), Failure> {
+    let decision = count_kept(rt, meta, rt.now())?;
     let id = &meta.id;
     match decision.verdict {
         Verdict::Accepted(_) => Ok(()),
-        Verdict::Refused(_) if ctx.config.spool.customer_release_past_limits => Ok(()),
+        Verdict::Refused(_) if rt.config.spool.customer_release_past_limits => Ok(()),
         Verdict::Locked(reason) => Err(Failure::new(
             Exit::NoPerm,
             format!(
@@ -370,11 +370,11 @@ fn counted_release(ctx: &Runtime, meta: &Meta) -> Result<(), Failure> {
 }
 
 /// Relay a kept message and log the outcome.
-pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposition {
+pub fn deliver(rt: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposition {
     let relay = if meta.internal {
-        ctx.relay_internal()
+        rt.relay_internal()
     } else {
-        ctx.relay()
+        rt.relay()
     };
     let outcome = relay.send(
         &Envelope {
@@ -384,19 +384,19 @@ pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposi
         msg,
     );
     let route = match meta.attempts {
-        0 => format!("{from} ({}), then by {}", meta.reason, ctx.caller.login),
+        0 => format!("{from} ({}), then by {}", meta.reason, rt.caller.login),
         n => format!(
             "{from} ({}; {n} attempts, last: {}), then by {}",
-            meta.reason, meta.last_error, ctx.caller.login
+            meta.reason, meta.last_error, rt.caller.login
         ),
     };
-    crate::delivery::hand_over::record_hand_over(ctx, meta, msg, &outcome, &route);
+    crate::delivery::hand_over::record_hand_over(rt, meta, msg, &outcome, &route);
     let mut fields = Fields::default();
     fields
         .add("id", &meta.id)
         .add("account", &meta.account)
         .add("from_spool", from)
-        .add("by", &ctx.caller.login)
+        .add("by", &rt.caller.login)
         .add("nrcpt", meta.recipients.len());
     if !meta.script.is_empty() {
         fields.add("script", &meta.script);
@@ -432,7 +432,7 @@ pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposi
     // ahead of the log, never behind it.
     if !meta.internal {
         let event = stats::Event {
-            now: ctx.now(),
+            now: rt.now(),
             outcome: status.outcome(),
             recipients: meta.recipients.len() as u64,
             script: &meta.script,
@@ -441,15 +441,15 @@ pub fn deliver(ctx: &Runtime, meta: &Meta, msg: &Message, from: &str) -> Disposi
             lock_busy: false,
             relay_error: outcome.trouble().map(Into::into),
         };
-        ctx.record_statistics(&meta.account, &event, None);
+        rt.record_statistics(&meta.account, &event, None);
     }
-    ctx.logger.log(Severity::Info, fields.as_str());
+    rt.logger.log(Severity::Info, fields.as_str());
     outcome
 }
 
 /// Move to failed/ and tell the admin (not for mailgate's own mail: no loops).
 fn give_up(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     from: Kind,
     meta: &mut Meta,
@@ -458,9 +458,9 @@ fn give_up(
 ) -> Result<(), Failure> {
     meta.reason = why.to_string();
     spool.move_entry(from, Kind::Failed, meta, msg)?;
-    if let Some(admin) = ctx.admin_address().filter(|_| !meta.internal) {
-        ctx.send_internal(
-            notify::failed_message(meta, why, &ctx.names.hostname, &admin, &ctx.names.origin),
+    if let Some(admin) = rt.admin_address().filter(|_| !meta.internal) {
+        rt.send_internal(
+            notify::failed_message(meta, why, &rt.names.hostname, &admin, &rt.names.origin),
             &admin,
             "failed",
         );
@@ -469,15 +469,15 @@ fn give_up(
 }
 
 /// retry, 2 x retry, 4 x retry, ... up to max_retry.
-fn backoff_delay(ctx: &Runtime, attempts: u32) -> i64 {
-    let first = ctx.config.spool.retry.secs();
+fn backoff_delay(rt: &Runtime, attempts: u32) -> i64 {
+    let first = rt.config.spool.retry.secs();
     let delay = first.saturating_mul(1u64 << attempts.saturating_sub(1).min(20));
-    delay.min(ctx.config.spool.max_retry.secs()) as i64
+    delay.min(rt.config.spool.max_retry.secs()) as i64
 }
 
 /// `hold release`: deliver now, bypassing limits. Temporary trouble moves it to the queue.
-pub fn release(ctx: &Runtime, id: &str, by_customer: bool) -> Result<String, Failure> {
-    let state = ctx.state()?;
+pub fn release(rt: &Runtime, id: &str, by_customer: bool) -> Result<String, Failure> {
+    let state = rt.state()?;
     let spool = Spool::new(state);
     let Some(claim) = spool.claim(Kind::Hold, id)? else {
         return Err(Failure::new(
@@ -487,10 +487,10 @@ pub fn release(ctx: &Runtime, id: &str, by_customer: bool) -> Result<String, Fai
     };
     let (mut meta, msg) = (claim.meta, claim.msg);
     if by_customer {
-        counted_release(ctx, &meta)?;
+        counted_release(rt, &meta)?;
     }
-    let disposition = deliver(ctx, &meta, &msg, "hold");
-    match settle::carry_out(ctx, &spool, Kind::Hold, &mut meta, &msg, disposition, None)? {
+    let disposition = deliver(rt, &meta, &msg, "hold");
+    match settle::carry_out(rt, &spool, Kind::Hold, &mut meta, &msg, disposition, None)? {
         Settled::Done { reply } => Ok(format!("{id}: delivered ({reply})")),
         Settled::Queued {
             delivered: Some(reply),

@@ -77,7 +77,7 @@ pub enum Settled {
 /// Carry out what `disposition` means for the entry claimed from `from`. `ticket`: the count
 /// the release of a deferred entry took, given back when the relay refuses it for good.
 pub(super) fn carry_out(
-    ctx: &Runtime,
+    rt: &Runtime,
     spool: &Spool<'_>,
     from: Kind,
     meta: &mut Meta,
@@ -85,7 +85,7 @@ pub(super) fn carry_out(
     disposition: Disposition,
     ticket: Option<&Ticket>,
 ) -> Result<Settled, Failure> {
-    let now = ctx.now();
+    let now = rt.now();
     match Settlement::of(disposition) {
         Settlement::Done { reply } => {
             spool.remove(from, &meta.id)?;
@@ -94,9 +94,9 @@ pub(super) fn carry_out(
         Settlement::Failed { why } if from == Kind::Hold => Ok(Settled::StaysHeld { why }),
         Settlement::Failed { why } => {
             if let Some(t) = ticket {
-                ctx.store()?.refund(&ctx.config, t)?;
+                rt.store()?.refund(&rt.config, t)?;
             }
-            give_up(ctx, spool, from, meta, msg, &why)?;
+            give_up(rt, spool, from, meta, msg, &why)?;
             Ok(Settled::Failed { why })
         }
         Settlement::Requeue {
@@ -110,19 +110,19 @@ pub(super) fn carry_out(
             }
             meta.attempts += 1;
             meta.last_error = why.clone();
-            if expired(ctx, meta, now) {
+            if expired(rt, meta, now) {
                 let why = format!(
                     "still undeliverable after {} and {} attempts (max_age): {why}",
                     crate::config::TimeSpan((now - meta.time).max(1) as u64),
                     meta.attempts
                 );
-                give_up(ctx, spool, from, meta, msg, &why)?;
+                give_up(rt, spool, from, meta, msg, &why)?;
                 return Ok(Settled::Failed { why });
             }
             // An admin's release is tried again by the next run; anything else backs off.
             meta.next_attempt = match from {
                 Kind::Hold => now,
-                _ => now + backoff_delay(ctx, meta.attempts),
+                _ => now + backoff_delay(rt, meta.attempts),
             };
             if from == Kind::Queue {
                 spool.keep(Kind::Queue, meta, msg)?;

@@ -12,7 +12,7 @@ pub mod notify;
 mod statistics;
 
 use crate::config::Config;
-use crate::exit::Failure;
+use crate::exit::{Exit, Failure};
 use crate::identity::Caller;
 use crate::limits;
 use crate::log::{Fields, Logger, Severity};
@@ -220,6 +220,14 @@ impl Runtime {
         }
         self.logger.log(Severity::Warning, fields.as_str());
     }
+}
+
+/// The main configuration file, as `--config` names it (honoured only without setgid): the
+/// one loader of every mode. Account files are loaded by what needs them: the sender only
+/// its own, admin commands all or one.
+pub fn load_config(option: Option<&str>, privileged: bool) -> Result<Config, Failure> {
+    let (path, is_default) = crate::config::path_for(option, privileged);
+    Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))
 }
 
 /// The test clock: `MAILGATE_NOW` (Unix seconds), honoured only when not running setgid.

@@ -7,7 +7,7 @@
 pub mod args;
 pub mod bs;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
 use crate::message::address;
@@ -17,10 +17,11 @@ use crate::runtime::Runtime;
 use args::{Invocation, Mode};
 use std::io::{self, BufReader, Read};
 
-pub fn run(argv: &[String]) -> Exit {
+/// `parsed`: argv as `dispatch` parsed it (once, for both).
+pub fn run(parsed: Result<Invocation, args::UsageError>) -> Exit {
     let stdin = io::stdin();
     let mut input = BufReader::with_capacity(64 * 1024, stdin.lock());
-    let inv = match args::parse(argv) {
+    let inv = match parsed {
         Ok(inv) => inv,
         Err(args::UsageError(why)) => {
             drain_unless_tty(&mut input);
@@ -33,20 +34,11 @@ pub fn run(argv: &[String]) -> Exit {
         Mode::Flush => crate::admin::flush(inv.config.as_deref()),
         Mode::Aliases => crate::admin::newaliases(),
         Mode::Smtp => {
-            let idle = setup_idle_timeout(&inv);
-            let mut timed = BufReader::with_capacity(64 * 1024, IdleStdin { idle });
-            smtp_session(&inv, &mut timed)
+            drop(input);
+            smtp_session(&inv)
         }
         Mode::Deliver => deliver(&inv, &mut input),
     }
-}
-
-/// `-bs` waits at most this long for the client's next bytes (`[smtp] idle_timeout`).
-fn setup_idle_timeout(inv: &Invocation) -> std::time::Duration {
-    let seconds = load_config(inv, identity::is_privileged())
-        .map_or(Config::default().smtp.idle_timeout, |c| c.smtp.idle_timeout)
-        .secs();
-    std::time::Duration::from_secs(seconds)
 }
 
 /// stdin that fails with `TimedOut` when the client sends nothing for `idle`, so that a `-bs`
@@ -108,7 +100,7 @@ fn drain_unless_tty<R: Read>(input: &mut R) {
 /// Config, caller and account: everything needed before a message can be decided on.
 fn setup(inv: &Invocation) -> Result<Pipeline, Failure> {
     let privileged = identity::is_privileged();
-    let mut config = load_config(inv, privileged)?;
+    let mut config = crate::runtime::load_config(inv.config.as_deref(), privileged)?;
     let caller = Caller::current();
     let env_account = identity::caller_env(&config.identity.account_env)
         .filter(|_| !config.identity.account_env.is_empty());
@@ -129,17 +121,12 @@ fn setup(inv: &Invocation) -> Result<Pipeline, Failure> {
     ))
 }
 
-fn load_config(inv: &Invocation, privileged: bool) -> Result<Config, Failure> {
-    let (path, is_default) = config::path_for(inv.config.as_deref(), privileged);
-    Config::load(&path, is_default).map_err(|e| Failure::new(Exit::Config, e.0))
-}
-
 fn deliver<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
-    let context = setup(inv);
-    let max_size = context
+    let pipeline = setup(inv);
+    let max_size = pipeline
         .as_ref()
         .map_or(Config::default().max_message_size, |c| {
-            c.config.max_message_size
+            c.runtime.config.max_message_size
         });
     let terminator = if inv.ignore_dots {
         Terminator::Eof
@@ -149,7 +136,7 @@ fn deliver<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
     let read = message::read_message(input, terminator, max_size);
     // Whatever happens next, the caller's pipe is read to its end first.
     message::drain(input);
-    let mut context = match context {
+    let mut pipeline = match pipeline {
         Ok(c) => c,
         Err(f) => return fail(&f),
     };
@@ -169,11 +156,11 @@ fn deliver<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
             ));
         }
     };
-    let submission = match envelope(inv, &context, message) {
+    let submission = match envelope(inv, &pipeline, message) {
         Ok(s) => s,
         Err(f) => return fail(&f),
     };
-    let report = context.submit(submission);
+    let report = pipeline.submit(submission);
     if let Some(line) = &report.line {
         err!("mailgate: {line}");
     }
@@ -183,7 +170,7 @@ fn deliver<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
 /// Sender and recipients from argv (and the headers with `-t`).
 fn envelope(
     inv: &Invocation,
-    context: &Pipeline,
+    pipeline: &Pipeline,
     message: message::Message,
 ) -> Result<Submission, Failure> {
     let sender = inv
@@ -208,7 +195,7 @@ fn envelope(
     for r in recipients {
         address::check_address(&r)
             .map_err(|why| Failure::new(Exit::NoUser, format!("invalid recipient {r:?}: {why}")))?;
-        let r = context.qualify(&r);
+        let r = pipeline.runtime.qualify(&r);
         if !unique.contains(&r) {
             unique.push(r);
         }
@@ -227,35 +214,54 @@ fn envelope(
     })
 }
 
-fn smtp_session<R: io::BufRead>(inv: &Invocation, input: &mut R) -> Exit {
+/// `-bs`: one SMTP session on stdin and stdout. The configuration is loaded once, by `setup`;
+/// its idle timeout bounds every wait for the client.
+fn smtp_session(inv: &Invocation) -> Exit {
     let stdout = io::stdout();
     let mut output = io::BufWriter::new(stdout.lock());
-    let (mut context, unavailable) = match setup(inv) {
-        Ok(c) => (Some(c), None),
+    let (mut pipeline, unavailable) = match setup(inv) {
+        Ok(p) => (Some(p), None),
         Err(f) => (None, Some(f)),
     };
-    let hostname = context
+    let idle = pipeline
         .as_ref()
-        .map_or_else(|| "localhost".to_string(), |c| c.names.hostname.clone());
-    let max_size = context
+        .map_or(Config::default().smtp.idle_timeout, |p| {
+            p.runtime.config.smtp.idle_timeout
+        })
+        .secs();
+    let mut input = BufReader::with_capacity(
+        64 * 1024,
+        IdleStdin {
+            idle: std::time::Duration::from_secs(idle),
+        },
+    );
+    let hostname = pipeline.as_ref().map_or_else(
+        || "localhost".to_string(),
+        |c| c.runtime.names.hostname.clone(),
+    );
+    let max_size = pipeline
         .as_ref()
         .map_or(Config::default().max_message_size, |c| {
-            c.config.max_message_size
+            c.runtime.config.max_message_size
         });
     let server = bs::Server {
         hostname: &hostname,
         max_size,
         unavailable: unavailable.as_ref().map(|f| f.message.clone()),
     };
-    let result = server.run(input, &mut output, &mut |mut sub: Submission| {
-        let Some(ctx) = context.as_mut() else {
+    let result = server.run(&mut input, &mut output, &mut |mut sub: Submission| {
+        let Some(pipeline) = pipeline.as_mut() else {
             return "554 5.3.5 mailgate is not available".into();
         };
         if let Some(Some(s)) = &sub.sender {
-            sub.sender = Some(Some(ctx.qualify(s)));
+            sub.sender = Some(Some(pipeline.runtime.qualify(s)));
         }
-        sub.recipients = sub.recipients.iter().map(|r| ctx.qualify(r)).collect();
-        ctx.submit(sub).smtp
+        sub.recipients = sub
+            .recipients
+            .iter()
+            .map(|r| pipeline.runtime.qualify(r))
+            .collect();
+        pipeline.submit(sub).smtp
     });
     match (result, unavailable) {
         (_, Some(f)) => f.exit,
