@@ -954,12 +954,16 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__queue__subcmd__run)
-            opts="-h --config --help"
+            opts="-h --follow --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --follow)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

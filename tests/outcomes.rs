@@ -675,3 +675,82 @@ fn the_server_trigger_holds_only_the_accounts_that_bounce_themselves() {
     assert!(held(&s, "shop", T0 + 61), "the bouncing account is held");
     assert!(!held(&s, "blog", T0 + 61), "the 5 % newsletter is not");
 }
+
+/// Issue 30: `queue run --follow` learns a bounce the relay logs without another run, and it
+/// and a queue run never count a line twice.
+#[test]
+fn a_follower_holds_a_bouncing_script_without_waiting_for_the_next_run() {
+    let s = setup(
+        "[defaults.trigger]\nwindow = \"1h\"\nmin_failures = 5\npercent = 30\naction = \"hold\"",
+    );
+    let contact: Vec<String> = (1..=6)
+        .map(|i| {
+            s.send(
+                "shop",
+                "/var/www/shop/contact.php",
+                T0 + i,
+                &[&format!("gone{i}@example.net")],
+            )
+        })
+        .collect();
+    // The minute's run, then it stays and follows the relay's log.
+    let mut cmd = s.env.cmd();
+    cmd.args(["queue", "run", "--follow", "120s"])
+        .env("MAILGATE_NOW", (T0 + 30).to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let follower = cmd.spawn().unwrap();
+    let pid = follower.id();
+    let follower = Guard(follower);
+    // Only one follower at a time: a second one says so and leaves at once.
+    let second = wait_for("the first follower to hold follow.lock", || {
+        let out = admin(&s.env, &["queue", "run", "--follow", "120s"], Some(T0 + 30));
+        out.contains("another process follows").then_some(out)
+    });
+    assert!(second.contains("queue run: delivered"), "{second}");
+
+    let mut log = String::new();
+    for (i, q) in contact.iter().enumerate() {
+        let to = format!("gone{}@example.net", i + 1);
+        log.push_str(&line(
+            q,
+            &to,
+            "bounced",
+            "host mx said: 550 5.1.1 user unknown",
+        ));
+    }
+    s.log(&log);
+    // No further run: the follower learns the six bounces and the trigger holds shop.
+    let status = wait_for("the follower's trigger to hold shop", || {
+        let status = s.json(&["status", "--json", "shop"], T0 + 31);
+        (status["accounts"][0]["bounces"]["held"] == true).then_some(status)
+    });
+    assert!(
+        status["accounts"][0]["locked"]
+            .as_str()
+            .unwrap()
+            .contains("6 of 6 recipients bounced"),
+        "{status}"
+    );
+    // The next message of shop is held, not relayed.
+    let before = s.rec.received().len();
+    s.send(
+        "shop",
+        "/var/www/shop/contact.php",
+        T0 + 32,
+        &["x@example.net"],
+    );
+    assert_eq!(s.rec.received().len(), before, "held, not relayed");
+    // A queue run meanwhile reads nothing twice: the follower moved the position past them.
+    let summary = s.queue_run(T0 + 33);
+    assert!(!summary.contains("learnt"), "{summary}");
+    let top = s.json(&["top", "--json"], T0 + 34);
+    assert_eq!(
+        source(&top, "shop", "contact.php")["bounced"].as_u64(),
+        Some(6),
+        "{top}"
+    );
+    let _ = pid;
+    drop(follower); // killed and reaped by PID
+}

@@ -4,7 +4,8 @@
 //! would be handed mail now, and whether only the relay writes the log outcomes come from.
 //! Admins only (a customer could otherwise probe files through the setgid binary).
 
-use super::{Cli, require_admin};
+use super::Cli;
+use super::access::require_admin;
 use crate::config::Config;
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};

@@ -111,6 +111,35 @@ pub enum Command {
     },
 }
 
+/// Who may run a command: its permission, beside its definition. Every command is named (no
+/// catch-all), so a new one cannot be added without deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// Root, or a member of the group the binary runs setgid to.
+    Admin,
+    /// Anyone; a customer sees and handles only their own accounts' data and mail.
+    Customer,
+}
+
+impl Command {
+    pub fn who(&self) -> Who {
+        match self {
+            Command::Status { .. }
+            | Command::Top { .. }
+            | Command::Trace { .. }
+            | Command::Hold { .. } => Who::Customer,
+            // check-config reads files a path names: a customer could probe through setgid.
+            Command::CheckConfig { .. }
+            | Command::Metrics
+            | Command::Queue { .. }
+            | Command::Reset { .. }
+            | Command::Lock { .. }
+            | Command::Unlock { .. }
+            | Command::PostfwdRules { .. } => Who::Admin,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum HoldAction {
     /// List held messages.
@@ -150,7 +179,13 @@ pub enum QueueAction {
         json: bool,
     },
     /// Deliver due queued messages and release deferred ones that fit (run it from a timer).
-    Run,
+    Run {
+        /// Then stay for SPAN (at most 1h) and learn each line the relay logs within half a
+        /// second of its writing, so that a bounce reaches the triggers within seconds. The
+        /// shipped timer and cron entry run `queue run --follow 55s` every minute.
+        #[arg(long, value_name = "SPAN")]
+        follow: Option<String>,
+    },
     /// Try every queued message now, ignoring the retry backoff (like `postqueue -f`).
     Flush,
     /// Envelope and headers of a queued or deferred message (the body with --body).

@@ -61,6 +61,15 @@ pub struct Owner<'a> {
     pub limits: &'a [Limit],
 }
 
+/// `mailgate postfwd-rules`: the rules for the bypass lane, from the configuration.
+pub fn print(config: &crate::config::Config, action: Verdict, server: u64) {
+    let owners = owners(
+        &config.defaults.limits,
+        config.accounts.iter().map(|(n, a)| (n.as_str(), a)),
+    );
+    print!("{}", render(&owners, &config.server.limits, server, action));
+}
+
 /// The owners whose limits a bypass rule must respect: the defaults and every account with
 /// limits of its own that is not exempt.
 pub fn owners<'a>(

@@ -1,7 +1,10 @@
-//! The admin's command line: dispatch, the permission check, and the small commands
-//! (`reset`, `lock`, `unlock`, `newaliases`). Its children: the clap schema `cli`, `check`
-//! (`check-config`), `docs` (the man pages and completion), `lanes` (`postfwd-rules`), `mailq`,
-//! `spools` (hold/queue), `status`, `trace`, `traffic` (`top`, `metrics`).
+//! The admin's command line: this file parses, checks the permission each command states
+//! (`cli::Command::who`), loads the configuration, starts the runtime and dispatches. Its
+//! children, one per command or family: the clap schema `cli`, `access` (who may see and act
+//! on what, the admin's log line), `check` (`check-config`), `counters` (`reset`, `lock`,
+//! `unlock`), `docs` (the man pages and completion), `lanes` (`postfwd-rules`), `mailq`
+//! (`mailq`, `sendmail -bp`), `spools` (`hold`, `queue`, `sendmail -q`), `status`, `trace`,
+//! `traffic` (`top`, `metrics`). `newaliases` is the one line below.
 //!
 //! It must not bypass the pipeline's rules: a customer sees and handles only their own
 //! account's mail, and a release goes through the queue runner's one way of delivering.
@@ -12,23 +15,25 @@ mod docs;
 pub mod lanes;
 pub mod mailq;
 
-use crate::admin::cli::{Cli, Command};
+use crate::admin::cli::{Cli, Command, Who};
 use crate::config::Config;
 use crate::exit::{Exit, Failure};
 use crate::identity::{self, Caller};
-use crate::limits::store::{self, Counter};
 use crate::log::{Fields, Severity};
 use crate::runtime::Runtime;
 use crate::spool::Spool;
 use clap::Parser;
 use std::ffi::OsString;
 
+mod access;
 mod check;
+mod counters;
 mod spools;
 mod status;
 mod trace;
 mod traffic;
 
+use access::Viewer;
 pub use spools::{flush, mailq};
 
 /// The subcommand names, as plain data: `mailgate` runs once per mail, and building the
@@ -72,6 +77,11 @@ pub fn run(argv: &[OsString]) -> Exit {
 
 fn execute(cli: Cli) -> Result<(), Failure> {
     let privileged = identity::is_privileged();
+    let caller = Caller::current();
+    let admin = access::require_admin(&caller, privileged);
+    if cli.command.who() == Who::Admin {
+        admin.clone()?;
+    }
     if let Command::CheckConfig { path } = &cli.command {
         return check::check_config(&cli, path.as_deref(), privileged);
     }
@@ -84,27 +94,10 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         _ => None,
     };
     let config = load_config(cli.config.as_deref(), privileged, only)?;
-    let caller = Caller::current();
-    let admin = require_admin(&caller, privileged);
-    // Customers may look at their own accounts (status, top) and their own held mail.
-    if !matches!(
-        cli.command,
-        Command::Status { .. } | Command::Top { .. } | Command::Hold { .. } | Command::Trace { .. }
-    ) {
-        admin.clone()?;
-    }
     if let Command::PostfwdRules { action, server } = cli.command {
-        let owners = crate::admin::lanes::owners(
-            &config.defaults.limits,
-            config.accounts.iter().map(|(n, a)| (n.as_str(), a)),
-        );
-        print!(
-            "{}",
-            crate::admin::lanes::render(&owners, &config.server.limits, server, action)
-        );
+        lanes::print(&config, action, server);
         return Ok(());
     }
-
     let rt = Runtime::start(config, caller.clone(), privileged);
     let viewer = Viewer {
         admin: admin.is_ok(),
@@ -115,51 +108,9 @@ fn execute(cli: Cli) -> Result<(), Failure> {
     let spool = Spool::new(state);
     match cli.command {
         Command::Status { account, json } => status::status(&rt, &caller, account.as_deref(), json),
-        Command::Reset { account } => {
-            let counter = if account == "server" {
-                Counter::Server
-            } else {
-                Counter::Account(checked(&account)?)
-            };
-            let store = rt.store()?;
-            store.reset(&rt.config, counter)?;
-            out!("{}: counters reset", store.counter_name(counter));
-            log_admin(&rt, "reset", &account, "");
-            Ok(())
-        }
-        Command::Lock { account, reason } => {
-            let lock = store::AccountLock {
-                since: rt.now(),
-                reason: reason.clone(),
-                ends_itself: false,
-            };
-            let changed = rt
-                .store()?
-                .set_lock(&rt.config, checked(&account)?, Some(lock))?;
-            out!(
-                "{account}: {}",
-                if changed {
-                    "locked; everything it sends is held"
-                } else {
-                    "lock reason updated"
-                }
-            );
-            log_admin(&rt, "lock", &account, &reason);
-            Ok(())
-        }
-        Command::Unlock { account } => {
-            let changed = rt.store()?.set_lock(&rt.config, checked(&account)?, None)?;
-            out!(
-                "{account}: {}",
-                if changed {
-                    "unlocked"
-                } else {
-                    "was not locked"
-                }
-            );
-            log_admin(&rt, "unlock", &account, "");
-            Ok(())
-        }
+        Command::Reset { account } => counters::reset(&rt, &account),
+        Command::Lock { account, reason } => counters::lock(&rt, &account, &reason),
+        Command::Unlock { account } => counters::unlock(&rt, &account),
         Command::Top {
             since,
             account,
@@ -182,52 +133,6 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             unreachable!("handled above")
         }
     }
-}
-
-/// What a customer hears about an account or message that is not theirs (exit 77).
-pub(super) fn not_yours(what: &str) -> Failure {
-    Failure::new(
-        Exit::NoPerm,
-        format!("{what}: you may not see it (it is not yours)"),
-    )
-}
-
-/// Which accounts the caller may see and act on: an admin every one, a customer the ones
-/// they may send as.
-pub(super) struct Viewer<'a> {
-    pub admin: bool,
-    caller: &'a Caller,
-    config: &'a Config,
-}
-
-impl Viewer<'_> {
-    pub fn may_see(&self, account: &str) -> bool {
-        self.admin
-            || account == self.caller.login
-            || identity::resolve_account(self.caller, Some(account), None, self.config).is_ok()
-    }
-
-    /// A customer may release held mail only where the admin allows it.
-    pub fn may_release(&self) -> bool {
-        self.admin || self.config.spool.customer_release
-    }
-}
-
-fn checked(account: &str) -> Result<&str, Failure> {
-    crate::config::validate_account_name(account).map_err(|why| Failure::new(Exit::Usage, why))?;
-    Ok(account)
-}
-
-fn log_admin(rt: &Runtime, what: &str, target: &str, detail: &str) {
-    let mut f = Fields::default();
-    f.add("admin", what)
-        .add("target", target)
-        .add("by", &rt.caller.login)
-        .add("uid", rt.caller.uid);
-    if !detail.is_empty() {
-        f.add("detail", detail);
-    }
-    rt.logger.log(Severity::Info, f.as_str());
 }
 
 /// The runtime for an admin operation outside clap's commands (`mailq`, `sendmail -q`).
@@ -283,24 +188,6 @@ pub fn newaliases() -> Exit {
     Exit::Ok
 }
 
-/// Changing state needs root or membership in the group the binary runs setgid to.
-fn require_admin(caller: &Caller, privileged: bool) -> Result<(), Failure> {
-    // SAFETY: getegid cannot fail; getgroups writes at most groups.len() entries.
-    let egid = unsafe { libc::getegid() };
-    if !privileged || caller.uid == 0 {
-        return Ok(());
-    }
-    let mut groups = vec![0 as libc::gid_t; 256];
-    let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
-    if n > 0 && groups[..n as usize].contains(&egid) {
-        return Ok(());
-    }
-    Err(Failure::new(
-        Exit::NoPerm,
-        "this command needs root or membership in group mailgate",
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +201,22 @@ mod tests {
             .map(str::to_string)
             .collect();
         assert_eq!(from_clap, SUBCOMMANDS);
+    }
+
+    #[test]
+    fn customers_may_run_only_the_commands_that_show_their_own() {
+        let customer: Vec<String> = SUBCOMMANDS
+            .iter()
+            .filter(|name| {
+                let argv = match **name {
+                    "trace" | "reset" | "lock" | "unlock" => vec!["mailgate", name, "x"],
+                    "hold" | "queue" => vec!["mailgate", name, "list"],
+                    _ => vec!["mailgate", name],
+                };
+                Cli::try_parse_from(argv).unwrap().command.who() == Who::Customer
+            })
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(customer, ["status", "top", "trace", "hold"]);
     }
 }

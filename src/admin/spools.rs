@@ -1,6 +1,7 @@
 //! The admin's spool commands: `hold`, `queue`, `mailq`, `sendmail -q`, and the listings.
 
-use super::{Viewer, admin_runtime, log_admin, not_yours, report, require_admin};
+use super::access::{Viewer, log_admin, not_yours, require_admin};
+use super::{admin_runtime, report};
 use crate::admin::cli::{HoldAction, QueueAction};
 use crate::exit::{Exit, Failure};
 use crate::limits;
@@ -147,6 +148,23 @@ pub(super) fn queue_run(rt: &Runtime, backoff: queue::Backoff) -> Result<(), Fai
     }
 }
 
+/// `queue run --follow`: the relay's log, learnt within a tick until the span is over.
+fn follow_log(
+    rt: &Runtime,
+    started: std::time::Instant,
+    span: std::time::Duration,
+) -> Result<(), Failure> {
+    match crate::delivery::follow::follow(rt, started, span)? {
+        Some(f) => out!(
+            "follow: learnt {} recipient outcomes in {} reads of the relay's log",
+            f.counted,
+            f.passes
+        ),
+        None => out!("follow: another process follows the relay's log; nothing done"),
+    }
+    Ok(())
+}
+
 /// An entry another process is delivering (or that went meanwhile) is left alone.
 pub(super) fn busy_or_gone(id: &str) -> Failure {
     let f = Failure::new(
@@ -208,7 +226,21 @@ pub(super) fn queue(rt: &Runtime, spool: &Spool<'_>, action: QueueAction) -> Res
             ],
             json,
         ),
-        QueueAction::Run => queue_run(rt, queue::Backoff::Honour),
+        QueueAction::Run { follow } => {
+            let started = std::time::Instant::now();
+            let span = follow
+                .as_deref()
+                .map(|s| {
+                    crate::config::TimeSpan::parse(s)
+                        .map_err(|why| Failure::new(Exit::Usage, format!("--follow {s:?}: {why}")))
+                })
+                .transpose()?;
+            let ran = queue_run(rt, queue::Backoff::Honour);
+            if let Some(span) = span {
+                follow_log(rt, started, std::time::Duration::from_secs(span.secs()))?;
+            }
+            ran
+        }
         QueueAction::Flush => queue_run(rt, queue::Backoff::Ignore),
         QueueAction::Show { id, body } => show(spool, queued_kind(spool, &id)?, &id, body),
         QueueAction::Delete { ids } => {

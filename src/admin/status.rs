@@ -118,7 +118,7 @@ pub(super) fn status(
         out.accounts.push(c);
     }
     if let (Some(a), true) = (only, names.is_empty()) {
-        return Err(super::not_yours(&format!("account {a:?}")));
+        return Err(super::access::not_yours(&format!("account {a:?}")));
     }
     if !config.server.limits.is_empty() && (caller.uid == 0 || !identity::is_privileged()) {
         let c = read_counter(rt, Counter::Server, false, &config.server.limits)?;

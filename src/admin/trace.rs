@@ -39,7 +39,7 @@ pub(super) fn trace(
             .filter(|r| visible(&r.handed.account))
             .collect();
         if shown.is_empty() {
-            return Err(super::not_yours(&format!("message {id:?}")));
+            return Err(super::access::not_yours(&format!("message {id:?}")));
         }
         if json {
             let traced: Vec<Traced<'_>> = shown
@@ -77,7 +77,7 @@ pub(super) fn trace(
     {
         let meta = spool.read_meta(kind, wanted)?;
         if !visible(&meta.account) {
-            return Err(super::not_yours(&format!("message {id:?}")));
+            return Err(super::access::not_yours(&format!("message {id:?}")));
         }
         print!("{}", render_kept(&meta, kind));
         return Ok(());

@@ -55,12 +55,12 @@ pub(super) fn top(
     let state = rt.state()?;
     let from = rt.now() - span.secs() as i64;
     let mut names = match only {
-        Some(a) => vec![super::checked(a)?.to_string()],
+        Some(a) => vec![super::access::checked(a)?.to_string()],
         None => stats::file::accounts(state),
     };
     names.retain(|n| visible(n));
     if let (Some(a), true) = (only, names.is_empty()) {
-        return Err(super::not_yours(&format!("account {a:?}")));
+        return Err(super::access::not_yours(&format!("account {a:?}")));
     }
     let Senders {
         mut accounts,

@@ -22,6 +22,8 @@ pub struct Learnt {
     /// Recipient outcomes counted.
     pub counted: usize,
     pub blind: Option<String>,
+    /// Another process (a follower, another run) was learning: nothing was read.
+    pub busy: bool,
 }
 
 /// One counted outcome of an account, with where the message came from.
@@ -39,7 +41,22 @@ pub fn learn(rt: &Runtime) -> Learnt {
     let Some(path) = rt.config.outcomes.relay_log.clone() else {
         return learnt;
     };
-    let Ok(dir) = rt.state().and_then(|s| s.subdir(record::DIR)) else {
+    let Ok(state) = rt.state() else {
+        return learnt;
+    };
+    // One learner at a time: two would read the same lines from the same position.
+    let _learning = match state.try_lock_named("learn.lock") {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            learnt.busy = true;
+            return learnt;
+        }
+        Err(f) => {
+            rt.logger.log(Severity::Warning, &f.message);
+            return learnt;
+        }
+    };
+    let Ok(dir) = state.subdir(record::DIR) else {
         return learnt;
     };
     let position = reader::Position::decode(&marks::read(&dir, marks::POSITION));

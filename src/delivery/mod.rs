@@ -5,6 +5,7 @@
 //! - `hand_over`: at the 250, the sender or the queue run writes the message's record;
 //! - `record`: the hand-over record `delivery/QUEUEID` (caller, script, route, steps), bounded;
 //! - `learn`: the queue run's step: read the log, tie lines to records, count, ask the triggers;
+//! - `follow`: `queue run --follow`, the same step within a tick of the relay writing a line;
 //! - `reader`: the relay's log read incrementally from a position that survives rotation;
 //! - `postfix_log`: one log line → (queue id, fact);
 //! - `source`: whether the relay's log holds only the relay's own lines;
@@ -16,6 +17,7 @@
 //! The relay's 250 is parsed for its queue id by `relay::queue_id`; `admin::trace` reads the
 //! records; `queue run` calls `learn`.
 
+pub mod follow;
 pub mod hand_over;
 pub mod learn;
 mod marks;
