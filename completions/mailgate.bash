@@ -40,6 +40,9 @@ _mailgate() {
             mailgate,reset)
                 cmd="mailgate__subcmd__reset"
                 ;;
+            mailgate,scripts)
+                cmd="mailgate__subcmd__scripts"
+                ;;
             mailgate,status)
                 cmd="mailgate__subcmd__status"
                 ;;
@@ -75,6 +78,9 @@ _mailgate() {
                 ;;
             mailgate__subcmd__help,reset)
                 cmd="mailgate__subcmd__help__subcmd__reset"
+                ;;
+            mailgate__subcmd__help,scripts)
+                cmd="mailgate__subcmd__help__subcmd__scripts"
                 ;;
             mailgate__subcmd__help,status)
                 cmd="mailgate__subcmd__help__subcmd__status"
@@ -114,6 +120,12 @@ _mailgate() {
                 ;;
             mailgate__subcmd__help__subcmd__queue,show)
                 cmd="mailgate__subcmd__help__subcmd__queue__subcmd__show"
+                ;;
+            mailgate__subcmd__help__subcmd__scripts,approve)
+                cmd="mailgate__subcmd__help__subcmd__scripts__subcmd__approve"
+                ;;
+            mailgate__subcmd__help__subcmd__scripts,block)
+                cmd="mailgate__subcmd__help__subcmd__scripts__subcmd__block"
                 ;;
             mailgate__subcmd__hold,delete)
                 cmd="mailgate__subcmd__hold__subcmd__delete"
@@ -181,6 +193,24 @@ _mailgate() {
             mailgate__subcmd__queue__subcmd__help,show)
                 cmd="mailgate__subcmd__queue__subcmd__help__subcmd__show"
                 ;;
+            mailgate__subcmd__scripts,approve)
+                cmd="mailgate__subcmd__scripts__subcmd__approve"
+                ;;
+            mailgate__subcmd__scripts,block)
+                cmd="mailgate__subcmd__scripts__subcmd__block"
+                ;;
+            mailgate__subcmd__scripts,help)
+                cmd="mailgate__subcmd__scripts__subcmd__help"
+                ;;
+            mailgate__subcmd__scripts__subcmd__help,approve)
+                cmd="mailgate__subcmd__scripts__subcmd__help__subcmd__approve"
+                ;;
+            mailgate__subcmd__scripts__subcmd__help,block)
+                cmd="mailgate__subcmd__scripts__subcmd__help__subcmd__block"
+                ;;
+            mailgate__subcmd__scripts__subcmd__help,help)
+                cmd="mailgate__subcmd__scripts__subcmd__help__subcmd__help"
+                ;;
             *)
                 ;;
         esac
@@ -188,7 +218,7 @@ _mailgate() {
 
     case "${cmd}" in
         mailgate)
-            opts="-h -V --config --help --version status top metrics trace hold queue reset lock unlock check-config postfwd-rules help"
+            opts="-h -V --config --help --version status top metrics trace scripts hold queue reset lock unlock check-config postfwd-rules help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -224,7 +254,7 @@ _mailgate() {
             return 0
             ;;
         mailgate__subcmd__help)
-            opts="status top metrics trace hold queue reset lock unlock check-config postfwd-rules help"
+            opts="status top metrics trace scripts hold queue reset lock unlock check-config postfwd-rules help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -464,6 +494,48 @@ _mailgate() {
         mailgate__subcmd__help__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__help__subcmd__scripts)
+            opts="approve block"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__help__subcmd__scripts__subcmd__approve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__help__subcmd__scripts__subcmd__block)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1004,6 +1076,116 @@ _mailgate() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__scripts)
+            opts="-h --json --config --help approve block help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__scripts__subcmd__approve)
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__scripts__subcmd__block)
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__scripts__subcmd__help)
+            opts="approve block help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__scripts__subcmd__help__subcmd__approve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__scripts__subcmd__help__subcmd__block)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailgate__subcmd__scripts__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

@@ -86,6 +86,9 @@ pub fn caller_env(name: &str) -> Option<String> {
 pub struct CallSite {
     pub cwd: String,
     pub pool: Option<String>,
+    /// The script a PHP interpreter up the chain was started with (`php job.php`), as its
+    /// argv gave it.
+    pub php_script: Option<String>,
 }
 
 impl CallSite {
@@ -98,11 +101,21 @@ impl CallSite {
         // SAFETY: getppid cannot fail.
         let mut parent = unsafe { libc::getppid() } as u32;
         let mut pool = None;
+        let mut php_script = None;
         for level in 0..2 {
             if parent <= 1 {
                 break;
             }
             let title = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
+            let argv: Vec<String> = String::from_utf8_lossy(&title)
+                .split('\0')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            if let Some(script) = crate::script::php_cli_script(&argv) {
+                php_script = Some(script.to_string());
+                break;
+            }
             if let Some(name) = fpm_pool(&title) {
                 // Any user can start PHP-FPM's binary with a pool name of their choosing; the
                 // system's pools are the workers of a master that runs as root.
@@ -119,7 +132,11 @@ impl CallSite {
                 None => break,
             }
         }
-        CallSite { cwd, pool }
+        CallSite {
+            cwd,
+            pool,
+            php_script,
+        }
     }
 }
 

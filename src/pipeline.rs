@@ -145,11 +145,31 @@ impl Pipeline {
         origin: &crate::identity::CallSite,
         trail: &mut Trail,
     ) -> Report {
-        let meta = match self.prepare(&mut sub, id, script, origin, &mut trail.fields) {
+        let mut meta = match self.prepare(&mut sub, id, script, origin, &mut trail.fields) {
             Ok(meta) => meta,
             Err(report) => return report,
         };
-        let ticket = match self.admit(&meta, &sub.message, trail) {
+        // The calling script: a dropper's signs hold the message; its rules narrow the count.
+        let judged = crate::script::check::judge(&self.runtime, &self.account.name, script, origin);
+        meta.script_path = judged.script.path.clone();
+        trail
+            .fields
+            .add("script_path", &judged.script.path)
+            .add("script_status", judged.standing.as_str());
+        if !judged.signs.is_empty() {
+            trail
+                .fields
+                .add("signs", crate::script::describe(&judged.signs));
+        }
+        if let Some(why) = judged.hold {
+            trail.notice = Some(notify::Notice {
+                what: why.clone(),
+                limit: None,
+                window_secs: self.notice_window(),
+            });
+            return self.keep(Kind::Hold, meta, &sub.message, why, None);
+        }
+        let ticket = match self.admit(&meta, &sub.message, &judged.rules, trail) {
             Ok(ticket) => ticket,
             Err(report) => return report,
         };
@@ -208,6 +228,7 @@ impl Pipeline {
             user: self.runtime.caller.login.clone(),
             script: script.to_string(),
             cwd: origin.cwd.clone(),
+            script_path: String::new(),
             pool: origin.pool.clone(),
             sender: sender.clone(),
             recipients,
@@ -268,6 +289,7 @@ impl Pipeline {
         &self,
         meta: &Meta,
         msg: &Message,
+        rules: &[crate::script::rules::Rule],
         trail: &mut Trail,
     ) -> Result<Option<limits::Ticket>, Report> {
         let fields = &mut trail.fields;
@@ -280,7 +302,7 @@ impl Pipeline {
             count_refusal: true,
             test_clock: self.runtime.fixed_now.is_some(),
         };
-        let decision = match self.decide(&attempt) {
+        let decision = match self.decide(&attempt, rules) {
             Ok(d) => d,
             Err(f) => return Err(Report::failure(&f, "451 4.3.0")),
         };
@@ -598,13 +620,22 @@ impl Pipeline {
             .unwrap_or(3600)
     }
 
-    fn decide(&self, attempt: &limits::Attempt<'_>) -> Result<limits::Decision, Failure> {
+    fn decide(
+        &self,
+        attempt: &limits::Attempt<'_>,
+        rules: &[crate::script::rules::Rule],
+    ) -> Result<limits::Decision, Failure> {
         let logger = &self.runtime.logger;
-        self.runtime
-            .store()?
-            .check_and_record(&self.runtime.config, attempt, &mut |w| {
+        crate::script::rules::check_and_record(
+            self.runtime.state()?,
+            self.runtime.store()?,
+            &self.runtime.config,
+            attempt,
+            rules,
+            &mut |w| {
                 logger.log(Severity::Warning, w);
-            })
+            },
+        )
     }
 
     /// One mail to the admin; kept in the queue when the relay is down.

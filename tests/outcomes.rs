@@ -703,11 +703,14 @@ fn a_follower_holds_a_bouncing_script_without_waiting_for_the_next_run() {
     let follower = cmd.spawn().unwrap();
     let pid = follower.id();
     let follower = Guard(follower);
-    // Only one follower at a time: a second one says so and leaves at once.
-    let second = wait_for("the first follower to hold follow.lock", || {
-        let out = admin(&s.env, &["queue", "run", "--follow", "120s"], Some(T0 + 30));
-        out.contains("another process follows").then_some(out)
+    // Only one follower at a time: once the first holds follow.lock, a second one says so
+    // and leaves at once.
+    wait_for("the first follower to hold follow.lock", || {
+        let f = std::fs::File::open(s.env.state.join("follow.lock")).ok()?;
+        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)).then_some(())
     });
+    let second = admin(&s.env, &["queue", "run", "--follow", "120s"], Some(T0 + 30));
+    assert!(second.contains("another process follows"), "{second}");
     assert!(second.contains("queue run: delivered"), "{second}");
 
     let mut log = String::new();

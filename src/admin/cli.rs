@@ -70,6 +70,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The scripts that send for each account: standing (new, known, approved, blocked), first
+    /// and last seen, sent and bounced in the last 24 hours, and the signs of a dropper each
+    /// showed. `approve` and `block` decide about one.
+    ///
+    /// Customers see their own accounts' scripts (and decide about them when the admin set
+    /// `[scripts] customer_approve`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Scripts {
+        #[command(subcommand)]
+        action: Option<ScriptsAction>,
+        /// Only this account.
+        account: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Messages kept over a limit (action hold) or from a locked account.
     ///
     /// Customers list, show and delete their own (and release them when `customer_release`
@@ -127,6 +143,7 @@ impl Command {
             Command::Status { .. }
             | Command::Top { .. }
             | Command::Trace { .. }
+            | Command::Scripts { .. }
             | Command::Hold { .. } => Who::Customer,
             // check-config reads files a path names: a customer could probe through setgid.
             Command::CheckConfig { .. }
@@ -138,6 +155,15 @@ impl Command {
             | Command::PostfwdRules { .. } => Who::Admin,
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum ScriptsAction {
+    /// Let a script send: its signs no longer hold its mail and the new-script budget no
+    /// longer applies (the account's limits and the script's own still do).
+    Approve { account: String, script: String },
+    /// Hold everything a script sends until it is approved.
+    Block { account: String, script: String },
 }
 
 #[derive(Subcommand)]

@@ -158,6 +158,66 @@ const KEYS: &[(&str, &str)] = &[
         "Limits on the sum over all accounts, same form as defaults.limits.",
     ),
     (
+        "defaults.script_limits",
+        "Narrower limits for some scripts, on top of the account's: [ { script = \"*/contact.php\", window = \"1h\", messages = 20 } ]. script is a glob over the script's path (* crosses /); window, messages, recipients, action and observe as in defaults.limits. Counted exactly, per node, in scripts/ACCOUNT#g<hash>. An account's own script_limits replace these.",
+    ),
+    (
+        "scripts.suspicious_dirs",
+        "Globs of directories honest deployments do not send mail from (uploads, caches, temporary and hidden directories of WordPress, Joomla, Drupal, Magento); a script in one, or a caller working in one, shows the sign suspicious-dir.",
+    ),
+    (
+        "scripts.recent",
+        "A script file changed within this span shows the sign recent (a plugin update changes every file: observe by default).",
+    ),
+    (
+        "scripts.new_script_budget",
+        "Messages all new scripts of an account may send together per new_script_window (a script is new until it has sent for history, or is approved); 0 turns it off.",
+    ),
+    (
+        "scripts.new_script_window",
+        "The window of the new-script budget.",
+    ),
+    (
+        "scripts.new_script_action",
+        "What a new script over its budget gets: defer (late, never lost), hold or reject.",
+    ),
+    (
+        "scripts.history",
+        "How long a script is new after it first sent.",
+    ),
+    (
+        "scripts.learning",
+        "For this span after mailgate first saw an account's scripts every script it meets is learnt as known, so that an upgrade does not make every script of a server new. Signs still apply.",
+    ),
+    (
+        "scripts.customer_approve",
+        "true: customers may approve and block their own accounts' scripts (mailgate scripts approve|block).",
+    ),
+    (
+        "scripts.on_suspicious_dir",
+        "What the sign suspicious-dir does: hold (kept for the admin, who is told once per script), budget (treated as new), notify (the admin is told once per script), observe (logged) or off.",
+    ),
+    (
+        "scripts.on_eval",
+        "What the sign eval (mail() ran in eval()'d code) does; default hold.",
+    ),
+    (
+        "scripts.on_missing",
+        "What the sign missing (the PHP interpreter's script file is gone) does; default hold.",
+    ),
+    (
+        "scripts.on_foreign_owner",
+        "What the sign foreign-owner (another uid than the caller's, and not root, owns the script) does; default notify.",
+    ),
+    (
+        "scripts.on_writable_by_others",
+        "What the sign writable-by-others (anyone may write the script) does; default notify.",
+    ),
+    (
+        "scripts.on_recent",
+        "What the sign recent (the script changed within scripts.recent) does; default observe.",
+    ),
+    (
         "outcomes.relay_log",
         "The relay instance's own delivery log: its maillog_file, written by its postlogd (mailgate-chain sets /var/log/postfix-postfwd.log and gives the relay instance a setgid_group of its own, so that no local user can write lines into it). Each queue run reads what was added since the last run and learns, per recipient, delivered, bounced, delayed (deferred) or expired, with the receiving server's reply; only the recipients a message's hand-over record lists count. A syslog file takes any local user's lines (logger): check-config and the queue run's log say so. Unset: outcomes are not learnt and the failure-rate triggers are blind (status says so).",
     ),
@@ -532,7 +592,10 @@ mod tests {
     #[test]
     fn every_key_is_documented() {
         for (key, _) in defaults() {
-            let key = key.replace("server.limits.", "defaults.limits.");
+            // [server] shares the form of [defaults]; check-config refuses its script_limits.
+            let key = key
+                .replace("server.limits.", "defaults.limits.")
+                .replace("server.script_limits", "defaults.script_limits");
             assert!(
                 KEYS.iter().any(|(k, _)| *k == key),
                 "configuration key {key} has no entry in docs::KEYS"

@@ -3,7 +3,7 @@
 //! children, one per command or family: the clap schema `cli`, `access` (who may see and act
 //! on what, the admin's log line), `check` (`check-config`), `counters` (`reset`, `lock`,
 //! `unlock`), `docs` (the man pages and completion), `lanes` (`postfwd-rules`), `mailq`
-//! (`mailq`, `sendmail -bp`), `spools` (`hold`, `queue`, `sendmail -q`), `status`, `trace`,
+//! (`mailq`, `sendmail -bp`), `scripts`, `spools` (`hold`, `queue`, `sendmail -q`), `status`, `trace`,
 //! `traffic` (`top`, `metrics`). `newaliases` is the one line below.
 //!
 //! It must not bypass the pipeline's rules: a customer sees and handles only their own
@@ -28,6 +28,7 @@ use std::ffi::OsString;
 mod access;
 mod check;
 mod counters;
+mod scripts;
 mod spools;
 mod status;
 mod trace;
@@ -44,6 +45,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "top",
     "metrics",
     "trace",
+    "scripts",
     "hold",
     "queue",
     "reset",
@@ -127,6 +129,11 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         ),
         Command::Metrics => traffic::print_metrics(&rt),
         Command::Trace { id, json } => trace::trace(&rt, &spool, &id, json, &|a| viewer.may_see(a)),
+        Command::Scripts {
+            action,
+            account,
+            json,
+        } => scripts::scripts(&rt, action, account.as_deref(), json, &viewer),
         Command::Hold { action } => spools::hold(&rt, &spool, action, &viewer),
         Command::Queue { action } => spools::queue(&rt, &spool, action),
         Command::CheckConfig { .. } | Command::PostfwdRules { .. } => {
@@ -217,6 +224,6 @@ mod tests {
             })
             .map(|n| n.to_string())
             .collect();
-        assert_eq!(customer, ["status", "top", "trace", "hold"]);
+        assert_eq!(customer, ["status", "top", "trace", "scripts", "hold"]);
     }
 }

@@ -4,6 +4,7 @@
 //! It reads configuration files and nothing else: no decision about a message is taken here.
 
 pub mod check;
+pub mod scripts;
 
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct Config {
     pub alerts: Alerts,
     pub metrics: Metrics,
     pub outcomes: Outcomes,
+    /// What the calling script is allowed (`[scripts]`).
+    pub scripts: scripts::Scripts,
     pub defaults: Limits,
     pub server: Limits,
     /// The accounts written in the main file, plus those loaded from `accounts.d/`.
@@ -336,6 +339,9 @@ pub enum OnStateError {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub limits: Vec<Limit>,
+    /// Narrower limits for some scripts (`[defaults]` only: every account's unless it has
+    /// its own).
+    pub script_limits: Vec<scripts::ScriptLimit>,
     /// The failure-rate trigger (`[defaults.trigger]`: every account's unless it has its own;
     /// `[server.trigger]`: the whole server's rate, acting on the accounts that bounce).
     pub trigger: Option<Trigger>,
@@ -367,6 +373,10 @@ pub struct Account {
     pub notify: Vec<String>,
     /// Replaces `[defaults.trigger]` for this account.
     pub trigger: Option<Trigger>,
+    /// Replaces `[defaults] script_limits` for this account.
+    pub script_limits: Option<Vec<scripts::ScriptLimit>>,
+    /// Replaces `[scripts]` for this account.
+    pub scripts: Option<scripts::Scripts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -528,6 +538,7 @@ impl Default for Config {
             alerts: Alerts::default(),
             metrics: Metrics::default(),
             outcomes: Outcomes::default(),
+            scripts: scripts::Scripts::default(),
             defaults: Limits {
                 limits: vec![
                     Limit {
@@ -545,6 +556,7 @@ impl Default for Config {
                         observe: false,
                     },
                 ],
+                script_limits: Vec::new(),
                 trigger: None,
             },
             server: Limits::default(),
@@ -722,6 +734,14 @@ impl Config {
         let mut out = Vec::new();
         check_limits("defaults", &self.defaults.limits, &mut out);
         check_limits("server", &self.server.limits, &mut out);
+        scripts::problems("defaults", &self.defaults.script_limits, &mut out);
+        if !self.server.script_limits.is_empty() {
+            out.push((
+                "script_limits".into(),
+                "server: script_limits belong in [defaults] or an account".into(),
+            ));
+        }
+        scripts::scripts_problems("scripts", &self.scripts, &mut out);
         for (owner, t) in [
             ("defaults", &self.defaults.trigger),
             ("server", &self.server.trigger),
@@ -752,6 +772,26 @@ impl Config {
         match self.accounts.get(account).and_then(|a| a.limits.as_ref()) {
             Some(own) => own,
             None => &self.defaults.limits,
+        }
+    }
+
+    /// The account's script limits: its own, else the defaults'.
+    pub fn script_limits_for<'a>(&'a self, account: &str) -> &'a [scripts::ScriptLimit] {
+        match self
+            .accounts
+            .get(account)
+            .and_then(|a| a.script_limits.as_ref())
+        {
+            Some(own) => own,
+            None => &self.defaults.script_limits,
+        }
+    }
+
+    /// The account's `[scripts]`: its own, else the server's.
+    pub fn scripts_for<'a>(&'a self, account: &str) -> &'a scripts::Scripts {
+        match self.accounts.get(account).and_then(|a| a.scripts.as_ref()) {
+            Some(own) => own,
+            None => &self.scripts,
         }
     }
 
@@ -827,6 +867,12 @@ pub fn account_problems(name: &str, account: &Account) -> Vec<(String, String)> 
     }
     if let Some(t) = &account.trigger {
         check_trigger(name, t, &mut out);
+    }
+    if let Some(l) = &account.script_limits {
+        scripts::problems(name, l, &mut out);
+    }
+    if let Some(s) = &account.scripts {
+        scripts::scripts_problems(name, s, &mut out);
     }
     if account.sender_policy == SenderPolicy::Rewrite
         && !account.allowed_senders.is_empty()

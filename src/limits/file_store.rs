@@ -91,7 +91,7 @@ fn lock_both(
 
 /// What a decision may wait for a lock: `lock_timeout`, but never more than
 /// `SENDER_LOCK_WAIT`.
-fn decision_wait(config: &Config) -> std::time::Duration {
+pub fn decision_wait(config: &Config) -> std::time::Duration {
     std::time::Duration::from_secs(config.state.lock_timeout.secs()).min(SENDER_LOCK_WAIT)
 }
 
@@ -246,6 +246,8 @@ fn first_in_window(
     let windows = match r.scope {
         Scope::Account => awin,
         Scope::Server => swin,
+        // A script's windows are not in these records (`crate::script::rules`).
+        Scope::Script => return None,
     };
     let w = windows
         .iter_mut()

@@ -5,6 +5,7 @@
 //! It decides and counts, nothing else: it must not read spools, relay or log a message.
 
 mod file_store;
+pub use file_store::decision_wait;
 mod redis_store;
 pub mod store;
 pub mod window;
@@ -19,6 +20,8 @@ use window::Window;
 pub enum Scope {
     Account,
     Server,
+    /// A script's own window (`crate::script::rules`): a script limit or the new-script budget.
+    Script,
 }
 
 /// Why a message may not go now.
@@ -31,6 +34,8 @@ pub struct Refusal {
     pub max: u32,
     /// When the message would fit; `None` when it never can (too many recipients for the limit).
     pub next: Option<i64>,
+    /// For `Scope::Script`: whose window ("script */contact.php", "new script /x/y.php").
+    pub script: Option<String>,
 }
 
 impl Refusal {
@@ -43,6 +48,7 @@ impl Refusal {
         let who = match self.scope {
             Scope::Account => account.to_string(),
             Scope::Server => "the server-wide cap".to_string(),
+            Scope::Script => format!("{account}'s {}", self.script.as_deref().unwrap_or("script")),
         };
         let window = self.limit.window;
         match self.next {
@@ -131,7 +137,13 @@ pub fn decide(
     }
 }
 
-fn check(w: &Window, l: &Limit, scope: Scope, now: i64, recipients: u32) -> Option<Refusal> {
+pub(crate) fn check(
+    w: &Window,
+    l: &Limit,
+    scope: Scope,
+    now: i64,
+    recipients: u32,
+) -> Option<Refusal> {
     let used = w.usage(now);
     let (what, max) = if l.messages.is_some_and(|m| used.messages + 1 > u64::from(m)) {
         ("messages", l.messages?)
@@ -149,11 +161,12 @@ fn check(w: &Window, l: &Limit, scope: Scope, now: i64, recipients: u32) -> Opti
         what,
         max,
         next: w.next_room(now, (1, u64::from(recipients)), (l.messages, l.recipients)),
+        script: None,
     })
 }
 
 /// reject beats hold beats defer; among equals, the one that frees up later.
-fn worse(a: &Refusal, b: &Refusal) -> bool {
+pub(crate) fn worse(a: &Refusal, b: &Refusal) -> bool {
     let rank = |r: &Refusal| match r.action() {
         Action::Reject => 2,
         Action::Hold => 1,

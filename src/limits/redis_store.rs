@@ -242,6 +242,7 @@ impl RedisStore {
         });
         Refusal {
             scope: Scope::Account,
+            script: None,
             max: limit.messages.unwrap_or(0),
             limit,
             what: "messages",
@@ -415,6 +416,7 @@ fn refusal(
             (1, u64::from(recipients)),
             (limit.messages, limit.recipients),
         ),
+        script: None,
     }
 }
 

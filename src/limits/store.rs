@@ -277,18 +277,19 @@ impl StateDir {
             Counter::Server => open_counter_at(self.top(), "server"),
         }
         .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
-        match lock_with_deadline(&file, timeout) {
-            Ok(()) => Ok(Ok(CounterFile { file, path })),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                let holder = lock_holder(&file);
-                Ok(Err(Busy { path, holder }))
-            }
-            Err(e) => Err(Failure::io(
-                Exit::OsErr,
-                format!("cannot lock {}", path.display()),
-                &e,
-            )),
-        }
+        lock_counter(file, path, timeout)
+    }
+
+    /// A script's counter, `scripts/NAME` (`crate::script::rules`), locked like `lock_within`.
+    pub fn lock_script_counter(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Result<CounterFile, Busy>, Failure> {
+        let path = self.path().join(crate::state::SCRIPTS).join(name);
+        let file = open_counter_at(&self.subdir(crate::state::SCRIPTS)?, name)
+            .map_err(|e| Failure::io(Exit::OsErr, format!("cannot open {}", path.display()), &e))?;
+        lock_counter(file, path, timeout)
     }
 
     /// Whether the counter is a regular file (not a directory, symlink or device put there).
@@ -331,6 +332,25 @@ impl StateDir {
 /// Open a counter file, never following a symlink. A missing one is created whole: a valid
 /// empty record is written under a temporary name and linked into place, so that a counter
 /// file of zero bytes can only be damage (fail-closed applies), never a fresh start.
+fn lock_counter(
+    file: File,
+    path: PathBuf,
+    timeout: Duration,
+) -> Result<Result<CounterFile, Busy>, Failure> {
+    match lock_with_deadline(&file, timeout) {
+        Ok(()) => Ok(Ok(CounterFile { file, path })),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            let holder = lock_holder(&file);
+            Ok(Err(Busy { path, holder }))
+        }
+        Err(e) => Err(Failure::io(
+            Exit::OsErr,
+            format!("cannot lock {}", path.display()),
+            &e,
+        )),
+    }
+}
+
 fn open_counter_at(dir: &Dir, name: &str) -> io::Result<File> {
     match dir.open_file(name, flags::READ_WRITE) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -332,10 +332,17 @@ fn count_kept(rt: &Runtime, meta: &Meta, now: i64) -> Result<limits::Decision, F
         count_refusal: false,
         test_clock: rt.fixed_now.is_some(),
     };
-    rt.store()?
-        .check_and_record(&rt.config, &attempt, &mut |w| {
+    let rules = crate::script::check::rules(rt, &meta.account, &meta.script_path);
+    crate::script::rules::check_and_record(
+        rt.state()?,
+        rt.store()?,
+        &rt.config,
+        &attempt,
+        &rules,
+        &mut |w| {
             rt.logger.log(Severity::Warning, w);
-        })
+        },
+    )
 }
 
 /// A customer's release is a send like any other: the admin's lock holds it, and it counts

@@ -191,6 +191,7 @@ impl Runtime {
                     user: self.caller.login.clone(),
                     script: String::new(),
                     cwd: String::new(),
+                    script_path: String::new(),
                     pool: None,
                     sender: None,
                     recipients: rcpts.clone(),

@@ -370,3 +370,44 @@ pub fn blind_message(why: &str, env: &Envelope<'_>) -> Message {
         body: body(&text),
     }
 }
+
+/// The admin's mail about a script that shows signs of a dropper (once per script and sign).
+pub fn script_message(
+    account: &str,
+    path: &str,
+    signs: &str,
+    held: bool,
+    env: &Envelope<'_>,
+) -> Message {
+    let subject = format!(
+        "mailgate: script {} of account {account} on {} {}",
+        crate::log::printable(path, 200),
+        env.hostname,
+        if held {
+            "is held: signs of a dropper"
+        } else {
+            "shows signs of a dropper"
+        }
+    );
+    let what = if held {
+        "Its mail is HELD for you to look at: `mailgate hold list --account ACCOUNT`, then\n\
+         `mailgate hold release ID` or `mailgate hold delete ID`. If the script is honest,\n\
+         `mailgate scripts approve ACCOUNT PATH` lets it send."
+    } else {
+        "Its mail went. `mailgate scripts block ACCOUNT PATH` holds everything it sends from\n\
+         now on; `mailgate scripts approve ACCOUNT PATH` says it is honest."
+    };
+    let text = format!(
+        "Account: {account}\nScript:  {}\nSigns:   {signs}\n\n{what}\n\n\
+         What the signs mean (README \"Scripts\"): suspicious-dir: the script or the caller's\n\
+         directory is an upload, cache, temporary or hidden directory; eval: mail() ran in\n\
+         eval()'d code; missing: the script file is gone; foreign-owner: another uid owns\n\
+         the file; writable-by-others: anyone may change it; recent: it was changed lately.\n\
+         You hear about each sign of a script once.",
+        crate::log::printable(path, 500),
+    );
+    Message {
+        headers: envelope_headers(&subject, env.hostname, env.to, env.origin),
+        body: body(&text),
+    }
+}

@@ -61,6 +61,9 @@ pub struct Meta {
     /// The caller's working directory (where the mail came from when there is no script).
     #[serde(default)]
     pub cwd: String,
+    /// The script as mailgate resolved it (`crate::script`): the key of its limits.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub script_path: String,
     /// The caller's PHP-FPM pool, when it was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
@@ -94,6 +97,7 @@ impl Meta {
             uid: 0,
             user: String::new(),
             script: String::new(),
+            script_path: String::new(),
             sender: None,
             recipients: Vec::new(),
             subject: String::new(),
@@ -681,6 +685,7 @@ mod tests {
             uid: 1,
             user: "u".into(),
             script: String::new(),
+            script_path: String::new(),
             sender: None,
             recipients: vec!["r@x".into()],
             subject: "s".into(),

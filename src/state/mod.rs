@@ -285,10 +285,13 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// Every subdirectory of the state directory (each made on first use, `StateDir::subdir`).
-pub const SUBDIRS: [&str; 10] = [
+pub const SUBDIRS: [&str; 11] = [
     "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
-    "delivery",
+    "delivery", SCRIPTS,
 ];
+
+/// Each account's scripts and their counters (`crate::script`).
+pub const SCRIPTS: &str = "scripts";
 
 /// The state directory, opened once.
 pub struct StateDir {

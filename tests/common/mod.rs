@@ -515,6 +515,14 @@ impl Env {
 
     /// With `relay` as the `[relay]` table's address keys (host and port, or socket).
     pub fn with_relay(relay: &str, extra: &str) -> Env {
+        // The tests' scripts and working directories live under /tmp, which the default
+        // `[scripts] suspicious_dirs` rightly distrusts: here only an upload directory is
+        // suspicious, unless a test says otherwise (tests/scripts.rs).
+        let scripts = if extra.contains("[scripts]") {
+            ""
+        } else {
+            "[scripts]\nsuspicious_dirs = [\"*/wp-content/uploads/*\"]\n"
+        };
         let dir = TempDir::new("env");
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
@@ -526,7 +534,7 @@ impl Env {
                 "origin = \"example.org\"\nhostname = \"web1.example.org\"\nstate_dir = \"{}\"\n\
                  [relay]\n{relay}\ntimeout = \"5s\"\n\
                  trusted_owners = [0, {uid}, \"nobody\"]\n\
-                 [log]\nfile = \"{}\"\n{extra}\n",
+                 [log]\nfile = \"{}\"\n{scripts}{extra}\n",
                 state.display(),
                 log.display(),
                 // SAFETY: getuid cannot fail. The in-test relays are this user's sockets;
