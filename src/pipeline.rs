@@ -240,6 +240,7 @@ impl Pipeline {
             next_attempt: 0,
             last_error: String::new(),
             internal: false,
+            script_deferred: false,
         };
         Ok(meta)
     }
@@ -281,7 +282,12 @@ impl Pipeline {
                 line: Some(text),
             },
             Action::Hold => self.keep(Kind::Hold, meta.clone(), msg, text, None),
-            Action::Defer => self.defer_or_hold(meta.clone(), msg, text),
+            Action::Defer => {
+                let mut meta = meta.clone();
+                // Only this script's window is full: the account's other mail goes on.
+                meta.script_deferred = refusal.scope == limits::Scope::Script;
+                self.defer_or_hold(meta, msg, text)
+            }
         }
     }
 

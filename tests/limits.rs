@@ -433,3 +433,67 @@ fn one_syslog_line_per_message_and_a_file_when_syslog_is_gone() {
     );
     assert_eq!(rec.received().len(), 2);
 }
+
+/// Issue 30: a script's own limit is exact under 8 parallel senders, and narrows only that
+/// script: another script of the same account goes on under the account's limit.
+#[test]
+fn a_script_limit_is_exact_under_eight_parallel_senders() {
+    let sink = Sink::start(&[]);
+    let limit = 13;
+    let env = Env::new(
+        sink.port,
+        &format!(
+            "[alerts]\nadmin = \"\"\n[accounts.shop]\nusers = [\"{}\", 0]\nlimits = [ {{ window = \"1h\", messages = 1000 }} ]\nscript_limits = [ {{ script = \"*/contact.php\", window = \"1h\", messages = {limit} }} ]\n",
+            whoami()
+        ),
+    );
+    let msg = |script: &str| format!("X-PHP-Originating-Script: 1000:{script}\nSubject: s\n\nb\n");
+    let per_sender = 5;
+    let contact = msg("contact.php");
+    let codes: Vec<i32> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..per_sender)
+                            .map(|_| {
+                                code(&env.send(
+                                    &["--account", "shop", "-i", "to@x.org"],
+                                    contact.as_bytes(),
+                                ))
+                            })
+                            .collect::<Vec<i32>>()
+                    })
+                })
+                .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let accepted = codes.iter().filter(|&&c| c == 0).count();
+    let refused = codes.iter().filter(|&&c| c == 69).count();
+    assert_eq!(
+        (accepted, refused),
+        (limit, 8 * per_sender - limit),
+        "exit codes: {codes:?}"
+    );
+    assert_eq!(sink.wait_count(limit).len(), limit);
+    // The refusal names the script's limit; the account's window counted only what went.
+    let o = env.send(&["--account", "shop", "-i", "to@x.org"], contact.as_bytes());
+    assert_eq!(code(&o), 69);
+    assert!(
+        stderr(&o).contains("script limit \"*/contact.php\""),
+        "{}",
+        stderr(&o)
+    );
+    let st = status_json(&env, None);
+    assert_eq!(window(&st, "shop", "1h")["messages"], limit as u64);
+    // Another script of the account is not narrowed.
+    let news = msg("news.php");
+    for _ in 0..3 {
+        let o = env.send(&["--account", "shop", "-i", "to@x.org"], news.as_bytes());
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    assert_eq!(sink.wait_count(limit + 3).len(), limit + 3);
+}

@@ -272,15 +272,23 @@ fn release_one(
         return Ok(());
     };
     let (mut meta, msg) = (claim.meta, claim.msg);
-    if blocked.contains(&meta.account) {
+    // Order is kept per account, and per script for what a script's own window deferred.
+    let script_line = format!("{}\0{}", meta.account, meta.script_path);
+    if blocked.contains(&meta.account) || blocked.contains(&script_line) {
         summary.still_deferred += 1;
         return Ok(());
     }
     let decision = count_kept(rt, &meta, now)?;
     let ticket = match decision.verdict {
         Verdict::Accepted(t) => t,
+        Verdict::Refused(r) if r.scope == limits::Scope::Script => {
+            // Only this script's mail waits behind it.
+            blocked.insert(script_line);
+            summary.still_deferred += 1;
+            return Ok(());
+        }
         Verdict::Refused(_) | Verdict::StoreUnavailable(_) => {
-            // Order is kept per account: nothing of it goes before this one.
+            // Nothing of the account goes before this one.
             blocked.insert(meta.account.clone());
             summary.still_deferred += 1;
             return Ok(());

@@ -203,6 +203,7 @@ impl Runtime {
                     next_attempt: self.now(),
                     last_error: String::new(),
                     internal: true,
+                    script_deferred: false,
                 };
                 let kept = self
                     .spool()

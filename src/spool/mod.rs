@@ -86,6 +86,18 @@ pub struct Meta {
     /// True for mailgate's own mail (alerts): never counted against an account.
     #[serde(default)]
     pub internal: bool,
+    /// Deferred by its script's own window (a script limit, the new-script budget): it waits
+    /// for that script's room only, and the account's other mail does not wait behind it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub script_deferred: bool,
+}
+
+impl Meta {
+    /// Whether the entry holds the account's other mail back (`Usage::deferred`): a deferred
+    /// one, unless only its script's window put it there.
+    pub fn waits_in_line(&self, kind: Kind) -> bool {
+        kind == Kind::Defer && !self.script_deferred
+    }
 }
 
 impl Meta {
@@ -108,6 +120,7 @@ impl Meta {
             next_attempt: 0,
             last_error: why.to_string(),
             internal: false,
+            script_deferred: false,
             cwd: String::new(),
             pool: None,
         }
@@ -204,7 +217,7 @@ impl<'a> Spool<'a> {
                 .is_ok_and(|d| d.identity(&meta.id).is_ok());
         self.write(kind, meta, msg)?;
         if kind.counted() && !replaces {
-            self.count(&meta.account, 1, meta.size, kind);
+            self.count(meta, 1, kind);
         }
         Ok(())
     }
@@ -272,7 +285,7 @@ impl<'a> Spool<'a> {
                     full = Some(u);
                     return None;
                 }
-                Some(u.adjusted(1, meta.size, kind == Kind::Defer))
+                Some(u.adjusted(1, meta.size, meta.waits_in_line(kind)))
             })
             .map_err(KeepError::Failed)?;
         match changed {
@@ -297,14 +310,15 @@ impl<'a> Spool<'a> {
             }
         }
         self.write(kind, meta, msg).map_err(|f| {
-            self.count(&meta.account, -1, meta.size, kind);
+            self.count(meta, -1, kind);
             KeepError::Failed(f)
         })
     }
 
     /// Adjust the account's ledger record for one entry of `kind` added (1) or gone (-1).
     /// A record that stays busy or is damaged is left for `queue run` to repair.
-    fn count(&self, account: &str, sign: i8, size: u64, kind: Kind) {
+    fn count(&self, meta: &Meta, sign: i8, kind: Kind) {
+        let account = meta.account.as_str();
         let wait = if self.ledger_busy.borrow().contains(account) {
             Duration::ZERO
         } else {
@@ -312,7 +326,7 @@ impl<'a> Spool<'a> {
         };
         let ledger = Ledger { state: self.state };
         let changed = ledger.update(account, wait, |u| {
-            u.map(|u| u.adjusted(sign, size, kind == Kind::Defer))
+            u.map(|u| u.adjusted(sign, meta.size, meta.waits_in_line(kind)))
         });
         if !matches!(changed, Ok(Changed::Written)) {
             self.ledger_busy.borrow_mut().insert(account.to_string());
@@ -328,7 +342,7 @@ impl<'a> Spool<'a> {
 
     fn uncount(&self, kind: Kind, meta: Option<Meta>) {
         if let Some(m) = meta {
-            self.count(&m.account, -1, m.size, kind);
+            self.count(&m, -1, kind);
         }
     }
 
@@ -347,7 +361,7 @@ impl<'a> Spool<'a> {
         for kind in [Kind::Queue, Kind::Defer, Kind::Hold] {
             for m in self.list(kind).unwrap_or_default() {
                 let u = usage.entry(m.account.clone()).or_default();
-                *u = u.adjusted(1, m.size, kind == Kind::Defer);
+                *u = u.adjusted(1, m.size, m.waits_in_line(kind));
             }
         }
         usage
@@ -696,6 +710,7 @@ mod tests {
             next_attempt: 0,
             last_error: String::new(),
             internal: false,
+            script_deferred: false,
             cwd: String::new(),
             pool: None,
         };
