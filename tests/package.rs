@@ -161,7 +161,7 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
     );
     for sub in [
         "accounts", "queue", "defer", "hold", "failed", "tmp", "pending", "stats", "spooled",
-        "delivery",
+        "delivery", "scripts",
     ] {
         assert_eq!(
             must(&format!("stat -c '%a %U:%G' /var/lib/mailgate/{sub}")).trim(),

@@ -1054,7 +1054,9 @@ fn the_alert_about_a_customer_never_goes_to_her_listener() {
         "the alert about her went to her listener: {heard}"
     );
     // The subdirectories her senders created first are root's after root's queue run.
-    for sub in ["accounts", "pending", "stats", "spooled", "queue"] {
+    for sub in [
+        "accounts", "pending", "stats", "spooled", "queue", "scripts",
+    ] {
         let path = inst.state.join(sub);
         if !path.exists() {
             continue;
@@ -1550,4 +1552,60 @@ fn a_reused_message_id_neither_hides_nor_misleads_trace() {
         text.contains(&format!("account {alice}")) && text.contains(&format!("account {eve}")),
         "{text}"
     );
+}
+
+/// Issue 30 under setgid: the script path a customer names (in PHP's header) is looked at with
+/// her own credentials, never mailgate's group: it tells her nothing about the state
+/// directory. And her planted script is held at its first message.
+#[test]
+fn a_script_path_never_looks_into_the_state_directory_and_a_planted_script_is_held() {
+    let (eve, alice) = (USERS[0], USERS[1]);
+    let (_serial, sink, inst, _config) = setgid_fixture(
+        "[alerts]\nadmin = \"\"\n[scripts]\nsuspicious_dirs = [\"*/wp-content/uploads/*\"]\n",
+    );
+    let o = send(&inst, alice, &[], &["-i", "a@x.org"], b"Subject: a\n\nb\n");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Each customer is her own account (her login).
+    let counter = inst.state.join("accounts").join(alice);
+    assert!(counter.exists());
+    // Eve names alice's counter (changed a moment ago) as her script: with mailgate's group it
+    // would show the sign "recent" in her log line; with her own credentials it is not seen.
+    let msg = format!(
+        "X-PHP-Originating-Script: 1:{}\nSubject: probe\n\nb\n",
+        counter.display()
+    );
+    let o = send(&inst, eve, &[], &["-i", "e@x.org"], msg.as_bytes());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let log = std::fs::read_to_string(&inst.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("account={eve} ")) && l.contains("status="))
+        .unwrap_or_else(|| panic!("eve's line in {log}"));
+    assert!(!line.contains("signs="), "{line}");
+    // Her planted script in an upload directory of her own: held, nothing relayed.
+    let up = inst.prefix.join("www/wp-content/uploads");
+    std::fs::create_dir_all(&up).unwrap();
+    std::fs::write(up.join("x.php"), "<?php").unwrap();
+    must(&format!(
+        "chown -R {eve} {}",
+        inst.prefix.join("www").display()
+    ));
+    let relayed = sink.received().len();
+    let o = as_user(
+        eve,
+        &[],
+        "env",
+        &[
+            &format!("--chdir={}", up.display()),
+            &inst.bin.display().to_string(),
+            "-i",
+            "v@x.org",
+        ],
+        b"X-PHP-Originating-Script: 1:x.php\nSubject: planted\n\nb\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("held"), "{}", stderr(&o));
+    assert_eq!(sink.received().len(), relayed, "nothing relayed");
+    let log = std::fs::read_to_string(&inst.log).unwrap();
+    assert!(log.contains("signs=suspicious-dir"), "{log}");
 }
