@@ -56,6 +56,9 @@ pub fn alert_message(
     if !meta.script.is_empty() {
         let _ = writeln!(text, "Script:   {}", meta.script);
     }
+    if !meta.script_path.is_empty() {
+        let _ = writeln!(text, "Path:     {}", meta.script_path);
+    }
     if let Some(r) = &alert.refusal {
         let _ = writeln!(
             text,
