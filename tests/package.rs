@@ -357,3 +357,83 @@ fn the_queue_service_is_hardened_and_cron_runs_the_same_command() {
     let cron = std::fs::read_to_string(format!("{repo}/pkg/etc/cron.d-mailgate")).unwrap();
     assert!(cron.contains(exec), "cron runs {exec:?}:\n{cron}");
 }
+
+/// Issue 34: the package is reproducible. Two builds of the same commit through
+/// pkg/build-deb.sh, from two checkouts at different paths and a minute apart (the second
+/// rebuilds mailgate itself), give the same .deb byte for byte; its files carry the commit's
+/// time, not the build's, and the binary names neither checkout nor CARGO_HOME.
+#[test]
+fn two_builds_from_two_checkouts_are_byte_identical() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reproducible");
+    // Shared, so that the dependencies are built once; mailgate is rebuilt from each checkout.
+    let target = base.join("target");
+    let mut debs = Vec::new();
+    for (i, name) in ["first-checkout", "some/other/path/second"]
+        .iter()
+        .enumerate()
+    {
+        let dir = base.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        let o = Command::new("git")
+            .args(["clone", "--quiet", "--no-hardlinks", repo])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git clone: {}", stderr(&o));
+        let o = Command::new("cargo")
+            .args(["clean", "-q", "-p", "mailgate", "--release"])
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cargo clean: {}", stderr(&o));
+        let deb = base.join(format!("{i}.deb"));
+        let o = Command::new(dir.join("pkg/build-deb.sh"))
+            .args(["-q", "--output"])
+            .arg(&deb)
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "pkg/build-deb.sh: {}", stderr(&o));
+        let strings = Command::new("strings")
+            .arg(target.join("release/mailgate"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&strings.stdout);
+        let cargo_home = std::env::var("CARGO_HOME")
+            .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+        for path in [dir.display().to_string(), cargo_home] {
+            assert!(!text.contains(&path), "the binary names {path}");
+        }
+        debs.push(std::fs::read(&deb).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    assert!(
+        debs[0] == debs[1],
+        "two builds of one commit differ (diffoscope {})",
+        base.display()
+    );
+    // The archive's times are the commit's.
+    let commit = Command::new("git")
+        .args(["log", "-1", "--format=%cd", "--date=format:%Y-%m-%d %H:%M"])
+        .current_dir(repo)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(base.join("0.deb"))
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.lines().all(|l| l.contains(&commit)),
+        "file times other than the commit's ({commit}):\n{listing}"
+    );
+}
