@@ -58,6 +58,41 @@ impl Drop for Cleanup {
     }
 }
 
+/// node_exporter's textfile directory, which the unit may write.
+const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+
+/// The unit's `ReadWritePaths=` (a leading `-`, "if it exists", dropped).
+fn unit_writable_paths(unit: &str) -> Vec<String> {
+    std::fs::read_to_string(unit)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+        .flat_map(|v| v.split_whitespace())
+        .map(|p| p.trim_start_matches('-').to_string())
+        .collect()
+}
+
+/// Run `command` in a mount namespace where every mount is read-only except `writable`
+/// (what `ProtectSystem=strict` with `ReadWritePaths=` gives the unit, proven here without
+/// systemd as PID 1).
+fn run_confined(writable: &[String], command: &str) -> std::process::Output {
+    let script = format!(
+        "set -e\n\
+         for p in {rw}; do [ -e \"$p\" ] && mount --bind \"$p\" \"$p\"; done\n\
+         for m in $(awk '{{print $2}}' /proc/self/mounts | sort -u); do\n\
+           case \" {rw} \" in *\" $m \"*) continue ;; esac\n\
+           mount -o remount,bind,ro \"$m\" 2>/dev/null || true\n\
+         done\n\
+         touch /etc/.mailgate-confined-probe 2>/dev/null && {{ echo 'not read-only' >&2; exit 99; }}\n\
+         exec {command}\n",
+        rw = writable.join(" ")
+    );
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)")
+}
+
 /// Builds the package of version `version` from the release binary into `dir`.
 fn build(dir: &Path, version: &str, no_build: bool) -> PathBuf {
     let repo = env!("CARGO_MANIFEST_DIR");
@@ -258,12 +293,60 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
     );
     assert!(must("/usr/sbin/mailgate queue list --json").contains("dest@example.net"));
 
-    // The relay is back: delivered exactly once.
+    // The relay is back: delivered exactly once, by a queue run confined as the shipped unit
+    // confines it (everything read-only but the paths the unit names as writable), which
+    // also learns outcomes and writes the metrics file. Left out, the state directory makes
+    // the run fail clearly and keep the message.
     sink = Sink::start_on(port, &[]);
-    must("/usr/sbin/mailgate queue flush");
+    let made_textfile_dir = !Path::new(TEXTFILE_DIR).exists();
+    std::fs::create_dir_all(TEXTFILE_DIR).unwrap();
+    let relay_log = "/var/log/mailgate-package-test-relay.log";
+    std::fs::write(relay_log, "").unwrap();
+    let confined_config = format!(
+        "{edited}\n[metrics]\ntextfile = \"{TEXTFILE_DIR}/mailgate.prom\"\n[outcomes]\nrelay_log = \"{relay_log}\"\n"
+    );
+    std::fs::write("/etc/mailgate/mailgate.toml", &confined_config).unwrap();
+    let writable = unit_writable_paths("/lib/systemd/system/mailgate-queue.service");
+    assert!(writable.iter().any(|p| p == "/var/lib/mailgate"), "{writable:?}");
+    let without_state: Vec<String> = writable
+        .iter()
+        .filter(|p| *p != "/var/lib/mailgate")
+        .cloned()
+        .collect();
+    let o = run_confined(&without_state, "/usr/sbin/mailgate queue flush");
+    assert!(!o.status.success(), "a read-only state directory must fail the run");
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "the failure says why: {}",
+        stderr(&o)
+    );
+    assert!(must("/usr/sbin/mailgate queue list --json").contains("dest@example.net"));
+    let o = run_confined(&writable, "/usr/sbin/mailgate queue flush");
+    assert!(
+        o.status.success(),
+        "the queue run under the unit's file-system view: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
     wait_for("the queued message at the sink", || {
         (at_sink(&sink, "package queued") == 1).then_some(())
     });
+    assert!(
+        std::fs::read_to_string(format!("{TEXTFILE_DIR}/mailgate.prom"))
+            .unwrap()
+            .contains("mailgate_messages_total"),
+        "the metrics file was written"
+    );
+    assert!(
+        Path::new("/var/lib/mailgate/delivery/.position").exists(),
+        "the outcomes were read (the relay log's position written)"
+    );
+    std::fs::write("/etc/mailgate/mailgate.toml", &edited).unwrap();
+    let _ = std::fs::remove_file(relay_log);
+    let _ = std::fs::remove_file(format!("{TEXTFILE_DIR}/mailgate.prom"));
+    if made_textfile_dir {
+        let _ = std::fs::remove_dir_all("/var/lib/prometheus");
+    }
     must("/usr/sbin/mailgate queue run");
     assert!(!must("/usr/sbin/mailgate queue list --json").contains("dest@example.net"));
     assert_eq!(at_sink(&sink, "package queued"), 1);
