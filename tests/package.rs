@@ -307,14 +307,20 @@ fn install_upgrade_remove_and_purge_the_debian_package() {
     );
     std::fs::write("/etc/mailgate/mailgate.toml", &confined_config).unwrap();
     let writable = unit_writable_paths("/lib/systemd/system/mailgate-queue.service");
-    assert!(writable.iter().any(|p| p == "/var/lib/mailgate"), "{writable:?}");
+    assert!(
+        writable.iter().any(|p| p == "/var/lib/mailgate"),
+        "{writable:?}"
+    );
     let without_state: Vec<String> = writable
         .iter()
         .filter(|p| *p != "/var/lib/mailgate")
         .cloned()
         .collect();
     let o = run_confined(&without_state, "/usr/sbin/mailgate queue flush");
-    assert!(!o.status.success(), "a read-only state directory must fail the run");
+    assert!(
+        !o.status.success(),
+        "a read-only state directory must fail the run"
+    );
     assert!(
         stderr(&o).contains("Read-only file system"),
         "the failure says why: {}",

@@ -29,7 +29,8 @@ pub fn judge(rt: &Runtime, account: &str, header: &str, origin: &CallSite) -> Ju
         _ => super::probe::file_facts(&script.path, crate::identity::is_privileged()),
     };
     let now = rt.now();
-    let signs = super::signs(&script, &origin.cwd, facts, cfg, rt.caller.uid, now);
+    let fpm = origin.pool.is_some();
+    let signs = super::signs(&script, (&origin.cwd, fpm), facts, cfg, rt.caller.uid, now);
     let standing = match rt.state() {
         Ok(state) => {
             let source = if header.is_empty() {

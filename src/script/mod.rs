@@ -201,10 +201,13 @@ impl Sign {
 
 /// The signs a message's script shows. `facts`: the script file's, `None` when there is no
 /// file to look at (no script known, or a name PHP gave that is not in the working
-/// directory); `exists` only counts for a script the interpreter names itself.
+/// directory); `exists` only counts for a script the interpreter names itself. `fpm`: a
+/// PHP-FPM worker called: its working directory is the requested script's even when PHP
+/// names no script; for any other caller without a script (a shell, cron, an admin in /tmp)
+/// the working directory says nothing about a dropper.
 pub fn signs(
     script: &Script,
-    cwd: &str,
+    (cwd, fpm): (&str, bool),
     facts: Option<Result<FileFacts, Missing>>,
     cfg: &Scripts,
     caller_uid: u32,
@@ -212,10 +215,12 @@ pub fn signs(
 ) -> Vec<Sign> {
     let mut out = Vec::new();
     let dir = format!("{}/", cwd.trim_end_matches('/'));
-    if cfg
-        .suspicious_dirs
-        .iter()
-        .any(|g| crate::glob::glob_match(g, &script.path) || crate::glob::glob_match(g, &dir))
+    let judged = script.source != Source::Cwd || fpm;
+    if judged
+        && cfg
+            .suspicious_dirs
+            .iter()
+            .any(|g| crate::glob::glob_match(g, &script.path) || crate::glob::glob_match(g, &dir))
     {
         out.push(Sign::SuspiciousDir);
     }
@@ -336,7 +341,7 @@ mod tests {
         let dropper = resolve("33:x.php", "/var/www/shop/wp-content/uploads/2026/12", None);
         let found = signs(
             &dropper,
-            "/var/www/shop/wp-content/uploads/2026/12",
+            ("/var/www/shop/wp-content/uploads/2026/12", true),
             facts(33, 0o666, now - 60),
             &cfg,
             1000,
@@ -354,7 +359,7 @@ mod tests {
         let honest = resolve("1000:contact.php", "/var/www/shop", None);
         let found = signs(
             &honest,
-            "/var/www/shop",
+            ("/var/www/shop", true),
             facts(1000, 0o644, now - 30 * 86400),
             &cfg,
             1000,
@@ -364,7 +369,7 @@ mod tests {
         // A root-owned script (a system tool) is not foreign.
         let found = signs(
             &honest,
-            "/var/www/shop",
+            ("/var/www/shop", true),
             facts(0, 0o644, now - 30 * 86400),
             &cfg,
             1000,
@@ -378,12 +383,22 @@ mod tests {
         let cfg = Scripts::default();
         let cli = resolve("", "/home/u", Some("gone.php"));
         assert_eq!(
-            signs(&cli, "/home/u", Some(Err(Missing)), &cfg, 1, 0),
+            signs(&cli, ("/home/u", true), Some(Err(Missing)), &cfg, 1, 0),
             [Sign::Missing]
         );
         // WordPress sends from wp-includes/pluggable.php while its cwd is the site's root.
         let fpm = resolve("1:pluggable.php", "/var/www/site", None);
-        assert!(signs(&fpm, "/var/www/site", Some(Err(Missing)), &cfg, 1, 0).is_empty());
+        assert!(
+            signs(
+                &fpm,
+                ("/var/www/site", true),
+                Some(Err(Missing)),
+                &cfg,
+                1,
+                0
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -397,14 +412,21 @@ mod tests {
         ] {
             let s = resolve("1:a.php", dir, None);
             assert_eq!(
-                signs(&s, dir, None, &cfg, 1, 0),
+                signs(&s, (dir, true), None, &cfg, 1, 0),
                 [Sign::SuspiciousDir],
                 "{dir}"
             );
         }
+        // A shell or cron job working in /tmp, no PHP: nothing to judge.
+        let shell = resolve("", "/tmp", None);
+        assert!(signs(&shell, ("/tmp", false), None, &cfg, 1, 0).is_empty());
+        assert_eq!(
+            signs(&shell, ("/tmp", true), None, &cfg, 1, 0),
+            [Sign::SuspiciousDir]
+        );
         cfg.on_suspicious_dir = SignAction::Off;
         let s = resolve("1:a.php", "/tmp", None);
-        assert!(signs(&s, "/tmp", None, &cfg, 1, 0).is_empty());
+        assert!(signs(&s, ("/tmp", true), None, &cfg, 1, 0).is_empty());
         assert_eq!(describe(&[Sign::Eval, Sign::Recent]), "eval,recent");
         assert_eq!(
             Sign::parse("writable-by-others"),
