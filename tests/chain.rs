@@ -454,7 +454,7 @@ fn php_to_postfwd_chain_end_to_end() {
     }
 
     // PHP-FPM pool with its own account, driven through FastCGI.
-    let www = TempDir::new("chain-www");
+    let www = TempDir::new_in(Path::new("/srv"), "chain-www");
     std::fs::set_permissions(
         www.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -987,7 +987,7 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
     .unwrap();
 
     // Three scripts, readable by both users.
-    let www = TempDir::new("chain-outcomes");
+    let www = TempDir::new_in(Path::new("/srv"), "chain-outcomes");
     std::fs::set_permissions(
         www.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -1015,6 +1015,27 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
         assert!(o.status.success(), "php as {user}: {}", stderr(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
+    // A script planted in an upload directory (issue 30): held at its first message, with the
+    // default [scripts]; nothing of it reaches the server.
+    std::fs::create_dir_all(www.path().join("wp-content/uploads")).unwrap();
+    let planted = script(
+        "wp-content/uploads/x.php",
+        r#"for ($i = 1; $i <= 3; $i++) { echo mail("victim$i@example.net", "planted $i", "x") ? "T" : "F"; }"#,
+    );
+    assert_eq!(php_file(USERS[1], &planted), "TTT", "held mail is accepted");
+    let held = must("/usr/sbin/mailgate hold list --json");
+    assert_eq!(held.matches("victim").count(), 3, "{held}");
+    assert!(
+        std::fs::read_to_string("/var/lib/mailgate/chain.log")
+            .unwrap()
+            .contains("signs=suspicious-dir"),
+        "the log names the sign"
+    );
+    must(&format!(
+        "/usr/sbin/mailgate hold delete --account {}",
+        USERS[1]
+    ));
+
     assert_eq!(php_file(USERS[0], &contact), "TTTTTT");
     assert_eq!(php_file(USERS[0], &news), "TT");
     assert_eq!(php_file(USERS[1], &post), "TTT");
@@ -1041,7 +1062,16 @@ fn outcomes_from_the_relays_log_per_script_and_the_bounce_trigger() {
             && took("reader@example.net") == 3)
             .then_some(())
     });
-    // The queue runs (this one, or cron's) learn them from the relay's own log.
+    assert_eq!(
+        server
+            .received()
+            .iter()
+            .filter(|r| r.rcpts.iter().any(|x| x.starts_with("victim")))
+            .count(),
+        0,
+        "the planted script relayed nothing"
+    );
+    // The queue runs (cron's, following the relay's log) learn them from the relay's own log.
     let row = |top: &serde_json::Value, account: &str, file: &str| -> Option<serde_json::Value> {
         let acc = top["accounts"]
             .as_array()?

@@ -100,8 +100,14 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// Under `parent`: a site's scripts belong in a web root (/srv), not under /tmp, which
+    /// mailgate's `[scripts] suspicious_dirs` rightly distrusts.
+    pub fn new_in(parent: &Path, tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
+        let p = parent.join(format!(
             "mailgate-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
