@@ -69,6 +69,10 @@ impl Drop for CronStopped {
             let _ = sh("/etc/init.d/cron start >/dev/null 2>&1");
         } else if !self.ran && running {
             let _ = sh("/etc/init.d/cron stop >/dev/null 2>&1 || pkill -x cron");
+            // Gone before the next test looks: a cron still exiting would pass for running.
+            wait_for("cron to stop", || {
+                (!sh("pgrep -x cron").status.success()).then_some(())
+            });
         }
     }
 }
