@@ -108,12 +108,7 @@ fn files_check_and_record(
     let locked = match lock_both(state, config, account, decision_wait(config))? {
         Ok(locked) => locked,
         Err(busy) => {
-            return Ok(Decision {
-                verdict: Verdict::Busy(busy),
-                alert: None,
-                lock_wait: started.elapsed(),
-                observed: Vec::new(),
-            });
+            return Ok(Decision::busy(busy, started.elapsed()));
         }
     };
     let lock_wait = started.elapsed();

@@ -242,6 +242,18 @@ pub struct Decision {
     pub observed: Vec<Refusal>,
 }
 
+impl Decision {
+    /// A counter lock stayed busy past the decision's wait (a stopped sender holds it).
+    pub fn busy(busy: crate::state::lock::Busy, lock_wait: std::time::Duration) -> Decision {
+        Decision {
+            verdict: Verdict::Busy(busy),
+            alert: None,
+            lock_wait,
+            observed: Vec::new(),
+        }
+    }
+}
+
 /// Where the counters live. Everything above the store (decide, refunds, status) is the same
 /// for both: the local locked files, or Redis shared by the nodes of a cluster.
 pub trait CounterStore {

@@ -81,12 +81,7 @@ pub fn check_and_record(
         match state.lock_script_counter(&rule.counter, wait)? {
             Ok(file) => held.push(file),
             Err(busy) => {
-                return Ok(Decision {
-                    verdict: Verdict::Busy(busy),
-                    alert: None,
-                    lock_wait: started.elapsed(),
-                    observed: Vec::new(),
-                });
+                return Ok(Decision::busy(busy, started.elapsed()));
             }
         }
     }
