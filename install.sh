@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# install.sh: mailgate from source. Builds the Debian package (cargo deb) and installs it with
-# apt, then sets up what was asked for (--with-postfix, --php, --as-sendmail) with the same
-# pkg/mailgate-chain the package ships as /usr/sbin/mailgate-chain: one way things get installed.
+# install.sh: mailgate from source. Builds the Debian package (pkg/build-deb.sh: the static
+# binary, then cargo deb) and installs it with apt, then sets up what was asked for
+# (--with-postfix, --php, --as-sendmail) with the same pkg/mailgate-chain the package ships
+# as /usr/sbin/mailgate-chain: one way things get installed.
 #
 # --binary PATH or --prefix DIR install without the package (development, tests, packaging
 # into a directory): pkg/mailgate-chain then installs the binary, configuration, state directory
@@ -50,11 +51,11 @@ fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/Cargo.toml" | head -n1)
 deb=$here/target/debian/mailgate_${version}-1_amd64.deb
 if [ $dry_run = 1 ]; then
-    echo "would run: cargo deb (in $here), apt-get install $deb"
+    echo "would run: pkg/build-deb.sh (in $here), apt-get install $deb"
     export MAILGATE_CHAIN_PACKAGED=1
 else
     command -v cargo-deb >/dev/null || (cd "$here" && cargo install --locked cargo-deb)
-    (cd "$here" && cargo deb --output "$deb" >/dev/null)
+    "$here/pkg/build-deb.sh" --output "$deb" >/dev/null
     # Postfix comes as the package's dependency: unconfigured, as mailgate-chain sets it up
     # (Debian's default would be an Internet site listening on port 25).
     if ! dpkg -s postfix >/dev/null 2>&1; then

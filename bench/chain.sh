@@ -20,8 +20,7 @@ for tool in hyperfine smtp-sink postmulti postfwd python3; do
     command -v "$tool" >/dev/null || { echo "bench/chain.sh: $tool is missing (sudo bench/run.sh installs it)" >&2; exit 1; }
 done
 
-cargo build --release -q
-BIN=$PWD/target/release/mailgate
+BIN=$(pkg/build.sh --quiet)   # the shipped binary: static, release
 work=$(mktemp -d /tmp/mailgate-chain-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
@@ -101,9 +100,28 @@ throughput() { # config-name
 }
 echo "bench/chain.sh: 8 senders x 250 messages, each lane..." >&2
 read -r tcp_sent tcp_secs <<<"$(throughput tcp)"
+# Where the lane's time goes: CPU samples of the whole machine by process name while the lane
+# runs (perf record -a; left out when perf is missing).
+profile="(perf is not installed: no profile)"
+if command -v perf >/dev/null; then
+    perf record -q -a -F 999 -o "$work/lane.perf" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+fi
 read -r lane_sent lane_secs <<<"$(throughput lane)"
+if command -v perf >/dev/null; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    profile=$(perf report -i "$work/lane.perf" --sort comm --stdio 2>/dev/null | awk '/^ +[0-9.]+%/ && $1+0 >= 1 {printf "%s%s %s", sep, $2, $1; sep=", "}')
+fi
 tcp_rate=$(python3 -c "print('%.0f' % ($tcp_sent / $tcp_secs))")
 lane_rate=$(python3 -c "print('%.0f' % ($lane_sent / $lane_secs))")
+# What an admin can change on Postfix's side, measured: in_flow_delay (cleanup waits up to a
+# second per message for the queue manager when mail arrives faster than it leaves).
+postconf -c /etc/postfix-postfwd -e in_flow_delay=0s && postfix -c /etc/postfix-postfwd reload >/dev/null 2>&1
+for _ in $(seq 100); do [ -S "$LANE" ] && break; sleep 0.05; done
+read -r flow_sent flow_secs <<<"$(throughput lane)"
+postconf -c /etc/postfix-postfwd -X in_flow_delay && postfix -c /etc/postfix-postfwd reload >/dev/null 2>&1
+flow_rate=$(python3 -c "print('%.0f' % ($flow_sent / $flow_secs))")
 
 cat <<MD
 
@@ -115,9 +133,11 @@ cat <<MD
 | mailgate's lane: Unix socket, no postfwd | ${lane_ms} ms | ${lane_sent} in ${lane_secs} s | ${lane_rate} |
 | Postfix's own sendmail (into its queue only) | ${pf_ms} ms | | |
 | mailgate's lane with delivery outcomes on (hand-over record) | ${outcomes_ms} ms | | |
+| mailgate's lane, relay instance with \`in_flow_delay = 0s\` | | ${flow_sent} in ${flow_secs} s | ${flow_rate} |
 
 - The lane: $(ratio "$lane_ms" "$tcp_ms") x the latency and $(ratio "$lane_rate" "$tcp_rate") x the throughput of the TCP lane
   (goal: <= 0.5 and >= 2); $(ratio "$lane_ms" "$pf_ms") x Postfix's own sendmail.
+- CPU by process while the lane ran (perf record -a, share of all samples, >= 1 %): ${profile}.
 - Delivery outcomes on: $(ratio "$outcomes_ms" "$lane_ms") x the lane's latency (one more small file per message;
   measured before the lane without it, so the relay's backlog of the earlier runs weighs on it, not on the lane).
 MD

@@ -31,8 +31,7 @@ for tool in postmulti postfwd python3; do
     command -v "$tool" >/dev/null || { echo "bench/containment.sh: $tool is missing (sudo bench/run.sh installs it)" >&2; exit 1; }
 done
 
-cargo build --release -q
-BIN=$PWD/target/release/mailgate
+BIN=$(pkg/build.sh --quiet)   # the shipped binary: static, release
 # Not under /tmp: the sites must look like a web server's (mailgate distrusts /tmp).
 work=$(mktemp -d /srv/mailgate-containment.XXXXXX)
 chmod 755 "$work"

@@ -4,11 +4,11 @@
 # message (relayed to a loopback server that answers "queued as", so the hand-over record is
 # written) and one refused message, for two binaries on the same configuration.
 #
-#   bench/evidence.sh OLD_BINARY [NEW_BINARY]     (NEW defaults to target/release/mailgate)
+#   bench/evidence.sh OLD_BINARY [NEW_BINARY]     (NEW defaults to the binary pkg/build.sh builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old=${1:?usage: bench/evidence.sh OLD_BINARY [NEW_BINARY]}
-new=${2:-$PWD/target/release/mailgate}
+new=${2:-$(pkg/build.sh --quiet)}
 for tool in strace valgrind python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install $tool)" >&2; exit 1; }
 done

@@ -13,8 +13,7 @@ cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"10000 100000 1000000"}
 RUNS=${RUNS:-5}
 command -v hyperfine >/dev/null || { echo "bench/outcomes.sh: hyperfine is missing (apt-get install hyperfine)" >&2; exit 1; }
-cargo build --release -q
-BIN=$PWD/target/release/mailgate
+BIN=$(pkg/build.sh --quiet)   # the shipped binary: static, release
 work=$(mktemp -d /tmp/mailgate-outcomes-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 

@@ -23,8 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-cargo build --release -q
-BIN=$PWD/target/release/mailgate
+BIN=$(pkg/build.sh --quiet)   # the shipped binary: static, release
 work=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
@@ -137,13 +136,29 @@ hf() { # name command...
     hyperfine -i --style none --warmup 20 --runs "$RUNS" --export-json "$work/$1.json" "${@:2}" >/dev/null
 }
 
-echo "bench: accepted path ($RUNS runs each)..." >&2
-hf accepted \
-    "sh -c 'MAILGATE_CONFIG=$work/accepted/mailgate.toml $BIN -t -i < $work/small.eml'" \
-    "sh -c '/usr/sbin/sendmail -t -i < $work/small.eml'" \
-    "sh -c 'msmtp -C $work/msmtprc -t < $work/small.eml'" \
-    "sh -c 'true < $work/small.eml'"
-read -r mg_acc pf_acc ms_acc sh_acc <<<"$(median_ms "$work/accepted.json")"
+# Paired runs (bench/paired.py): each round runs every command once in a shuffled order, no
+# shell in between, stdin from the message file; ratios are medians of per-round ratios.
+paired() { # name args...
+    python3 bench/paired.py --runs "$RUNS" --warmup 20 "${@:2}" >"$work/$1.json"
+}
+field() { # name command key: the median of wall_ms (or of ratio_to_first)
+    python3 -c "import json; d=json.load(open('$work/$1.json'))['$2']; print('%.3f' % d['$3']['median'])"
+}
+spread() { # name command: q1–q3 of its ratio to the first
+    python3 -c "import json; r=json.load(open('$work/$1.json'))['$2']['ratio_to_first']; print('%.2f–%.2f' % (r['q1'], r['q3']))"
+}
+
+echo "bench: accepted path ($RUNS paired rounds)..." >&2
+paired accepted --stdin "$work/small.eml" --env "MAILGATE_CONFIG=$work/accepted/mailgate.toml" \
+    "mailgate=$BIN -t -i" \
+    "sendmail=/usr/sbin/sendmail -t -i" \
+    "msmtp=msmtp -C $work/msmtprc -t" \
+    "true=/bin/true" \
+    "shtrue=sh -c 'exec true'"
+mg_acc=$(field accepted mailgate wall_ms); pf_acc=$(field accepted sendmail wall_ms)
+ms_acc=$(field accepted msmtp wall_ms); true_acc=$(field accepted true wall_ms); shtrue_acc=$(field accepted shtrue wall_ms)
+acc_pf_ratio=$(field accepted sendmail ratio_to_first); acc_pf_spread=$(spread accepted sendmail)
+acc_ms_ratio=$(field accepted msmtp ratio_to_first)
 
 echo "bench: accepted path, Redis store vs file store..." >&2
 hf store \
@@ -151,12 +166,12 @@ hf store \
     "sh -c 'MAILGATE_CONFIG=$work/accepted/mailgate.toml $BIN -t -i < $work/small.eml'"
 read -r mg_redis mg_files <<<"$(median_ms "$work/store.json")"
 
-echo "bench: refused path (no shell: empty stdin, recipient on argv)..." >&2
-# hyperfine -N runs commands directly with stdin from /dev/null: an empty message to an argv
-# recipient is refused exactly like a 4 KiB one, and no shell blurs the ratio.
-MAILGATE_CONFIG=$work/refused/mailgate.toml hyperfine -N -i --style none --warmup 20 --runs "$RUNS" \
-    --export-json "$work/refused.json" "$BIN -i customer@example.net" "/bin/true" >/dev/null
-read -r mg_ref true_ref <<<"$(median_ms "$work/refused.json")"
+echo "bench: refused path ($RUNS paired rounds; empty stdin, recipient on argv)..." >&2
+# An empty message to an argv recipient is refused exactly like a 4 KiB one.
+paired refused --env "MAILGATE_CONFIG=$work/refused/mailgate.toml" \
+    "mailgate=$BIN -i customer@example.net" "true=/bin/true" "shtrue=sh -c 'exec true'"
+mg_ref=$(field refused mailgate wall_ms); true_ref=$(field refused true wall_ms); shtrue_ref=$(field refused shtrue wall_ms)
+ref_ratio=$(field refused true ratio_to_first); ref_spread=$(spread refused true)
 
 echo "bench: large message..." >&2
 LRUNS=$(( RUNS / 10 > 5 ? RUNS / 10 : 5 ))
@@ -223,18 +238,18 @@ dead_silent=$(queue_run_secs "$silent_port")
 dead_refused=$(queue_run_secs "$refused_port")
 
 size=$(stat -c %s "$BIN")
-libs=$(ldd "$BIN" | awk '{print $1}' | grep -v vdso | tr '\n' ' ')
-openssl=no; ldd "$BIN" | grep -qiE 'ssl|crypto' && openssl=YES
+# The shipped binary is static: no shared object at all (file(1) says "static-pie linked").
+libs=$(file -b "$BIN" | grep -o 'static[-a-z]* linked' || ldd "$BIN" | awk '{print $1}' | grep -v vdso | tr '\n' ' ')
+openssl=no; strings "$BIN" | grep -qE '^OpenSSL [0-9]|libssl\.so' && openssl=YES
 state_size=$(stat -c %s "$work/accepted/state/accounts/root")
-net() { python3 -c "print('%.2f' % (($1-$sh_acc)/($2-$sh_acc)))"; }
 
 report=$(cat <<MD
 ### Benchmark $(date -u +%Y-%m-%d) on $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), Postfix $(postconf -h mail_version), $(msmtp --version | head -1)
 
-| case | mailgate | Postfix sendmail | msmtp | /bin/true | mailgate ratio (net of shell) | target |
+| case | mailgate | Postfix sendmail | msmtp | /bin/true; \`sh -c 'exec true'\` | mailgate ratio (paired median, quartiles) | target |
 |---|---|---|---|---|---|---|
-| accepted, ${small_size} B, 1 rcpt (median) | ${mg_acc} ms | ${pf_acc} ms | ${ms_acc} ms | | $(ratio "$mg_acc" "$pf_acc") ($(net "$mg_acc" "$pf_acc")) x sendmail, $(ratio "$mg_acc" "$ms_acc") ($(net "$mg_acc" "$ms_acc")) x msmtp | <= 0.5, <= 0.1 |
-| refused, account over its limit (median, no shell) | ${mg_ref} ms | | | ${true_ref} ms | $(ratio "$mg_ref" "$true_ref") x /bin/true | <= 2.5 |
+| accepted, ${small_size} B, 1 rcpt | ${mg_acc} ms | ${pf_acc} ms | ${ms_acc} ms | ${true_acc} ms; ${shtrue_acc} ms | ${acc_pf_ratio} (${acc_pf_spread}) x sendmail, ${acc_ms_ratio} x msmtp | <= 0.2 x sendmail |
+| refused, account over its limit | ${mg_ref} ms | | | ${true_ref} ms; ${shtrue_ref} ms | ${ref_ratio} (${ref_spread}) x /bin/true | <= 1.3 x /bin/true |
 | large, ${large_size} B (median) | ${mg_large} ms | ${pf_large} ms | | | $(ratio "$mg_large" "$pf_large") x sendmail | <= 2 |
 | accepted, Redis store (median) | ${mg_redis} ms | | | | $(ratio "$mg_redis" "$mg_files") x file store (${mg_files} ms) | |
 
@@ -248,8 +263,8 @@ report=$(cat <<MD
 - Large message peak RSS: ${rss_kb} KiB for a $((large_size / 1024)) KiB message ($(ratio "$rss_kb*1024" "$large_size") x message size; target <= 3).
 - Footprint: stripped binary ${size} bytes; linked: ${libs}; OpenSSL linked: ${openssl};
   state file per account with three windows: ${state_size} bytes.
-- The accepted and large rows run as \`sh -c '... < message'\` (hyperfine 1.15 has no --input); that shell
-  costs ${sh_acc} ms and is in those numbers. "Net of shell" subtracts it from both sides.
+- The accepted and refused rows are paired (bench/paired.py: every round runs each command once, shuffled,
+  no shell, stdin from the message file); the large row runs as \`sh -c '... < message'\` under hyperfine.
 MD
 )
 echo "$report"

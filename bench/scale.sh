@@ -13,8 +13,7 @@ RUNS=${RUNS:-100}
 for tool in hyperfine smtp-sink python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install hyperfine postfix python3)" >&2; exit 1; }
 done
-cargo build --release -q
-BIN=$PWD/target/release/mailgate
+BIN=$(pkg/build.sh --quiet)   # the shipped binary: static, release
 work=$(mktemp -d /tmp/mailgate-scale.XXXXXX)
 chmod 755 "$work"
 pids=()

@@ -30,6 +30,9 @@
 //! Root's admin commands and queue run (real uid 0) may read everything; a customer's admin
 //! command sees only her own accounts.
 
+// The process entry is mailgate's own (`main` below), not std's runtime: see `start`.
+#![cfg_attr(not(test), no_main)]
+
 /// `println!` that never panics: a closed or broken stdout (`mailgate status | head -1`, EBADF)
 /// must not turn into an abort, nor change the exit code that reports the message's fate.
 macro_rules! out {
@@ -76,7 +79,55 @@ mod status;
 
 use std::ffi::OsString;
 
-fn main() {
+/// The process entry, in place of std's `fn main` start-up. std's start-up also installs a
+/// stack-overflow guard: `pthread_getattr_np` reading /proc/self/maps, an alternate signal
+/// stack, handlers for SIGSEGV and SIGBUS — 17 system calls and a tenth of a refused
+/// message's instructions (docs/PERFORMANCE.md, "The floor") for a process that lives a
+/// millisecond; a stack overflow is now a plain SIGSEGV. The rest of std's start-up, which
+/// mailgate relies on, is `start`'s. `std::env::args_os` works as before: glibc hands argv to
+/// std through its init_array, not through this function.
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    start();
+    run()
+}
+
+/// What std's start-up does that mailgate needs: descriptors 0, 1 and 2 open (a caller who
+/// closed stdout must not have the next state file opened as descriptor 1 and written to by
+/// an error line; /dev/null takes the place, as std and Postfix do), and SIGPIPE ignored (a
+/// reader that went away is an error to report, not a death between the relay's 250 and the
+/// log line).
+#[cfg_attr(test, allow(dead_code))]
+fn start() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: poll reads and writes the three pollfd structs it is given.
+    let polled = unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } >= 0;
+    for pfd in fds {
+        let closed = if polled {
+            pfd.revents & libc::POLLNVAL != 0
+        } else {
+            // SAFETY: fcntl F_GETFD only inspects the descriptor.
+            let flags = unsafe { libc::fcntl(pfd.fd, libc::F_GETFD) };
+            flags == -1
+        };
+        // The lowest free descriptor is the closed one: open fills the gaps in order.
+        // SAFETY: the path is a NUL-terminated literal.
+        if closed && unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } == -1 {
+            std::process::abort();
+        }
+    }
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Everything after start-up; the exit code is the process's.
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> ! {
     // State files must come out 0660 whatever umask the (untrusted) caller left us.
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o007) };

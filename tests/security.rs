@@ -1609,3 +1609,157 @@ fn a_script_path_never_looks_into_the_state_directory_and_a_planted_script_is_he
     let log = std::fs::read_to_string(&inst.log).unwrap();
     assert!(log.contains("signs=suspicious-dir"), "{log}");
 }
+
+/// A user only an NSS module knows: libnss-extrausers (Debian's real module) configured in
+/// /etc/nsswitch.conf, the user in /var/lib/extrausers. Dropping it gives nsswitch.conf back
+/// and removes the files. It refuses to run over a real extrausers database.
+struct ExtraUsers {
+    nsswitch: String,
+    made_dir: bool,
+}
+
+const EXTRAUSERS: &str = "/var/lib/extrausers";
+
+impl ExtraUsers {
+    fn install(name: &str, uid: u32) -> ExtraUsers {
+        assert!(
+            [
+                "/usr/lib/libnss_extrausers.so.2",
+                "/lib/x86_64-linux-gnu/libnss_extrausers.so.2"
+            ]
+            .iter()
+            .any(|p| Path::new(p).exists()),
+            "libnss-extrausers must be installed (.ci/run installs it)"
+        );
+        assert!(
+            !Path::new(EXTRAUSERS).join("passwd").exists(),
+            "{EXTRAUSERS}/passwd exists: refusing to run over a real extrausers database"
+        );
+        let nsswitch = std::fs::read_to_string("/etc/nsswitch.conf").unwrap();
+        let made_dir = !Path::new(EXTRAUSERS).exists();
+        std::fs::create_dir_all(EXTRAUSERS).unwrap();
+        std::fs::write(
+            Path::new(EXTRAUSERS).join("passwd"),
+            format!("{name}:x:{uid}:{uid}:Only NSS Knows:/nonexistent:/usr/sbin/nologin\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            Path::new(EXTRAUSERS).join("group"),
+            format!("{name}:x:{uid}:\n"),
+        )
+        .unwrap();
+        let with_module: String = nsswitch
+            .lines()
+            .map(|l| {
+                if l.starts_with("passwd:") || l.starts_with("group:") {
+                    format!("{l} extrausers\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let guard = ExtraUsers { nsswitch, made_dir };
+        std::fs::write("/etc/nsswitch.conf", with_module).unwrap();
+        guard
+    }
+}
+
+impl Drop for ExtraUsers {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/etc/nsswitch.conf", &self.nsswitch);
+        for f in ["passwd", "group"] {
+            let _ = std::fs::remove_file(Path::new(EXTRAUSERS).join(f));
+        }
+        if self.made_dir {
+            let _ = std::fs::remove_dir(EXTRAUSERS);
+        }
+    }
+}
+
+/// A uid that neither /etc/passwd nor NSS knows, from `from` up.
+fn unused_uid(from: u32) -> u32 {
+    (from..from + 1000)
+        .find(|u| !sh(&format!("getent passwd {u}")).status.success())
+        .unwrap()
+}
+
+/// Issue 33: the shipped binary is static and reads no NSS module itself; a customer whom only
+/// an NSS module knows (here libnss-extrausers) is still identified by uid, through the
+/// system's `getent`, and limited like anyone else; a uid no database knows is refused with
+/// Postfix's answer (EX_OSERR, "no login name found for user ID N"), never counted under a
+/// made-up account.
+#[test]
+fn a_customer_only_nss_knows_is_limited_and_an_unknown_uid_is_refused() {
+    let (_serial, sink, inst, _config) = setgid_fixture(
+        "[defaults]\nlimits = [ { window = \"1h\", messages = 2 } ]\n[accounts.root]\nexempt = true\n",
+    );
+    // The binary a package installs: pkg/build.sh's static one, set-gid like the rest.
+    std::fs::copy(static_binary(), &inst.bin).unwrap();
+    must(&format!(
+        "chown root:mailgate {b} && chmod 2755 {b}",
+        b = inst.bin.display()
+    ));
+    let file =
+        String::from_utf8(Command::new("file").arg(&inst.bin).output().unwrap().stdout).unwrap();
+    assert!(
+        file.contains("static"),
+        "the shipped binary is static: {file}"
+    );
+
+    let uid = unused_uid(4290);
+    let _nss = ExtraUsers::install("mgnssonly", uid);
+    assert!(
+        sh("getent passwd mgnssonly").status.success(),
+        "NSS must know the extrausers user"
+    );
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd.contains("mgnssonly"),
+        "the user is not in /etc/passwd"
+    );
+
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let o = send(&inst, "mgnssonly", &[], &["-i", "to@x.org"], MSG);
+        codes.push((code(&o), stderr(&o)));
+    }
+    assert_eq!(
+        codes.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [0, 0, 69],
+        "{codes:?}"
+    );
+    assert!(
+        codes[2].1.contains("mgnssonly"),
+        "the refusal names her account: {}",
+        codes[2].1
+    );
+    let got = sink.wait_count(2);
+    assert!(
+        got.iter().all(|r| r.sender() == "mgnssonly@example.org"),
+        "her login is her envelope sender"
+    );
+    let log = std::fs::read_to_string(&inst.log).unwrap();
+    assert!(
+        log.contains(&format!("uid={uid}")) && log.contains("account=mgnssonly"),
+        "{log}"
+    );
+
+    // A uid nobody knows.
+    let stranger = unused_uid(uid + 1);
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={stranger}"),
+        &format!("--regid={stranger}"),
+        "--clear-groups",
+    ])
+    .arg(&inst.bin)
+    .args(["-i", "to@x.org"]);
+    let o = run_with_input(&mut cmd, MSG);
+    assert_eq!(code(&o), 71, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("no login name found for user ID {stranger}")),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(sink.received().len(), 2, "nothing more reached the relay");
+}

@@ -85,7 +85,7 @@ fn relay_finding(config: &Config) -> Option<crate::config::check::Finding> {
 
 pub(super) fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> Result<(), Failure> {
     use crate::config::check::{self as config_check, Finding};
-    require_admin(&Caller::current(), privileged)?;
+    require_admin(&Caller::current()?, privileged)?;
     let path = match path {
         Some(p) => std::path::PathBuf::from(p),
         None => crate::config::path_for(cli.config.as_deref(), privileged).0,

@@ -79,7 +79,7 @@ pub fn run(argv: &[OsString]) -> Exit {
 
 fn execute(cli: Cli) -> Result<(), Failure> {
     let privileged = identity::is_privileged();
-    let caller = Caller::current();
+    let caller = Caller::current()?;
     let admin = access::require_admin(&caller, privileged);
     if cli.command.who() == Who::Admin {
         admin.clone()?;
@@ -147,7 +147,7 @@ fn admin_runtime(config_option: Option<&str>) -> Result<(Runtime, bool), Failure
     let privileged = identity::is_privileged();
     let config = load_config(config_option, privileged, None)?;
     Ok((
-        Runtime::start(config, Caller::current(), privileged),
+        Runtime::start(config, Caller::current()?, privileged),
         privileged,
     ))
 }

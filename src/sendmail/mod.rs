@@ -101,7 +101,7 @@ fn drain_unless_tty<R: Read>(input: &mut R) {
 fn setup(inv: &Invocation) -> Result<Pipeline, Failure> {
     let privileged = identity::is_privileged();
     let mut config = crate::runtime::load_config(inv.config.as_deref(), privileged)?;
-    let caller = Caller::current();
+    let caller = Caller::current()?;
     let env_account = identity::caller_env(&config.identity.account_env)
         .filter(|_| !config.identity.account_env.is_empty());
     let option = inv.account.as_deref();

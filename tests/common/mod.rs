@@ -13,6 +13,26 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailgate");
 
+/// The binary that ships (pkg/build.sh: release, statically linked), built once per test
+/// process; cargo leaves it alone when it is up to date.
+pub fn static_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pkg/build.sh"))
+                .arg("--quiet")
+                .output()
+                .expect("pkg/build.sh runs");
+            assert!(
+                o.status.success(),
+                "pkg/build.sh: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+        })
+        .clone()
+}
+
 /// `sh -c CMD` (apt and dpkg without questions).
 pub fn sh(cmd: &str) -> Output {
     Command::new("sh")

@@ -1,15 +1,17 @@
 //! Who is sending: the real uid (the only truth), its login name, and the account the message
 //! counts against. `USER`, `LOGNAME` and `X-PHP-Originating-Script` are never trusted.
 
+mod passwd;
+
 use crate::config::{Config, UserRef};
 use crate::exit::{Exit, Failure};
-use std::ffi::CStr;
+use passwd::Key;
 
 /// The caller as the kernel knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
-    /// Login name from the password database; `uid<N>` when the uid has no entry.
+    /// Login name from the password database.
     pub login: String,
     /// Full name from the password file's GECOS field, for a From: that mailgate adds.
     pub full_name: Option<String>,
@@ -30,20 +32,30 @@ pub struct Account {
 }
 
 impl Caller {
-    pub fn current() -> Caller {
+    /// The real uid and its entry. A uid no database knows is refused, as Postfix's sendmail
+    /// refuses it (EX_OSERR, "no login name found for user ID N"): mailgate would not know
+    /// whose mail it is, and a lookup that fails (an NSS module the caller starved of file
+    /// descriptors) must not become a fresh account with a fresh budget.
+    pub fn current() -> Result<Caller, Failure> {
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
-        match passwd_entry(uid) {
-            Some((login, gecos)) => Caller {
+        match passwd::lookup(Key::Uid(uid)) {
+            Ok(Some(entry)) => Ok(Caller {
                 uid,
-                full_name: full_name_from_gecos(&gecos, &login),
-                login,
-            },
-            None => Caller {
-                uid,
-                login: format!("uid{uid}"),
-                full_name: None,
-            },
+                full_name: full_name_from_gecos(&entry.gecos, &entry.name),
+                login: entry.name,
+            }),
+            Ok(None) => Err(Failure::new(
+                Exit::OsErr,
+                format!(
+                    "no login name found for user ID {uid}: neither /etc/passwd nor the \
+                     system's NSS (getent passwd {uid}) knows it; mail is not sent"
+                ),
+            )),
+            Err(passwd::Unanswered(why)) => Err(Failure::new(
+                Exit::OsErr,
+                format!("cannot tell who user ID {uid} is ({why}); mail is not sent"),
+            )),
         }
     }
 }
@@ -176,36 +188,6 @@ pub fn is_privileged() -> bool {
     unsafe { libc::getegid() != libc::getgid() || libc::geteuid() != libc::getuid() }
 }
 
-/// The login name and GECOS field of `uid` from the password database (`getpwuid_r`).
-fn passwd_entry(uid: u32) -> Option<(String, String)> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: passwd is plain data; getpwuid_r writes into pwd and buf, within buf.len().
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc =
-            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: on success pw_name and pw_gecos point to NUL-terminated strings inside buf
-        // (pw_gecos may be null on some systems).
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-        let gecos = if pwd.pw_gecos.is_null() {
-            String::new()
-        } else {
-            unsafe { CStr::from_ptr(pwd.pw_gecos) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        return Some((name.to_string_lossy().into_owned(), gecos));
-    }
-}
-
 /// Whether `name` is a login in the password database (a bare recipient such as `root`).
 pub fn is_login(name: &str) -> bool {
     uid_of(name).is_some()
@@ -219,25 +201,13 @@ pub fn uid_of_ref(user: &UserRef) -> Option<u32> {
     }
 }
 
-/// The uid of login `name` in the password database.
+/// The uid of login `name` in the password database (`None` also when it cannot be asked:
+/// the callers treat an unknown name as no uid at all).
 pub fn uid_of(name: &str) -> Option<u32> {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return None;
-    };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwnam_r writes into pwd and buf, within buf.len().
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+    passwd::lookup(Key::Name(name))
+        .ok()
+        .flatten()
+        .map(|e| e.uid)
 }
 
 /// The full name in a GECOS field as Postfix reads it: up to the first comma, `&` standing
