@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const MSG: &[u8] = b"Subject: cluster\n\nbody\n";
 
@@ -14,21 +15,34 @@ struct Redis {
     port: u16,
     dir: TempDir,
     child: Option<Guard>,
+    extra: Vec<String>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With more arguments for redis-server (`--replicaof HOST PORT`).
+    fn start_with(extra: &[&str]) -> Redis {
         let mut r = Redis {
             port: free_port(),
             dir: TempDir::new("redis"),
             child: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         r.restart();
         r
     }
 
+    /// Gone at once, as a crashed host is: SIGKILL, no SHUTDOWN.
+    fn kill(&mut self) {
+        self.child.take();
+    }
+
     fn restart(&mut self) {
         let child = Command::new("redis-server")
+            .args(&self.extra)
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -398,4 +412,418 @@ fn an_observed_limit_lets_mail_go_and_an_enforced_one_still_refuses() {
     );
     let st = json(&env, &["status", "watch"], None);
     assert_eq!(st["accounts"][0]["windows"][0]["messages"], 3, "{st}");
+}
+
+/// A replicated Redis watched by three sentinels, all on loopback free ports: a master, one
+/// replica, and sentinels that call the master down after 500 ms.
+struct SentinelSet {
+    master: Redis,
+    replica: Redis,
+    sentinels: Vec<(u16, Guard)>,
+    _dir: TempDir,
+}
+
+const MASTER_NAME: &str = "mgmaster";
+
+impl SentinelSet {
+    fn start() -> SentinelSet {
+        let master = Redis::start();
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        wait_for("the replica to be in sync", || {
+            replica
+                .cli(&["info", "replication"])
+                .contains("master_link_status:up")
+                .then_some(())
+        });
+        let dir = TempDir::new("sentinels");
+        let sentinels = (0..3)
+            .map(|i| {
+                let port = free_port();
+                let conf = dir.path().join(format!("sentinel{i}.conf"));
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndir {}\n\
+                         sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                         sentinel down-after-milliseconds {MASTER_NAME} 500\n\
+                         sentinel failover-timeout {MASTER_NAME} 5000\n",
+                        dir.path().display(),
+                        master.port
+                    ),
+                )
+                .unwrap();
+                let child = Command::new("redis-sentinel")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-sentinel (Debian package redis-sentinel) must be installed");
+                (port, Guard(child))
+            })
+            .collect();
+        let set = SentinelSet {
+            master,
+            replica,
+            sentinels,
+            _dir: dir,
+        };
+        // Every sentinel knows the replica and the two other sentinels before anything fails.
+        for (port, _) in &set.sentinels {
+            wait_for("the sentinels to know each other and the replica", || {
+                let cli = |args: &[&str]| {
+                    let o = Command::new("redis-cli")
+                        .args(["-p", &port.to_string()])
+                        .args(args)
+                        .output()
+                        .ok()?;
+                    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+                };
+                let replicas = cli(&["sentinel", "replicas", MASTER_NAME])?;
+                let others = cli(&["sentinel", "sentinels", MASTER_NAME])?;
+                (replicas.contains(&set.replica.port.to_string())
+                    && others.matches("runid").count() == 2)
+                    .then_some(())
+            });
+        }
+        set
+    }
+
+    /// The master's port as the first sentinel names it.
+    fn named_master(&self) -> Option<u16> {
+        let o = Command::new("redis-cli")
+            .args(["-p", &self.sentinels[0].0.to_string()])
+            .args(["sentinel", "get-master-addr-by-name", MASTER_NAME])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn store_config(&self, extra: &str) -> String {
+        let list: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|(p, _)| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        format!(
+            "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\nfailover_wait_ms = 15000\n{extra}",
+            list.join(", ")
+        )
+    }
+}
+
+/// Issue 31: the master killed mid-burst, Sentinel promotes the replica; two nodes with 8
+/// senders each at the account's limit lose nothing, relay nothing twice, decide every
+/// message within the call (nothing waits for a queue run), go over the limit by at most one
+/// message per sender in flight (README: what asynchronous replication can lose), and the
+/// messages in flight at the kill are decided within a second of the promotion.
+#[test]
+fn a_sentinel_failover_mid_burst_loses_nothing_and_counts_nothing_twice() {
+    let mut set = SentinelSet::start();
+    let sink = Sink::start(&[]);
+    let nodes = [0, 1].map(|_| {
+        Env::new(
+            sink.port,
+            &format!(
+                "[alerts]\nadmin = \"\"\n[store]\nkind = \"redis\"\ntimeout_ms = 300\n{}\n\
+                 [accounts.shop]\nusers = [\"{}\", 0]\nlimits = [ {{ window = \"1h\", messages = 40 }} ]\n",
+                set.store_config(""),
+                me()
+            ),
+        )
+    });
+    let senders = 16;
+    let per_sender = 6;
+    let start = std::time::Instant::now();
+    let (results, killed_at, promoted_at) = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..senders)
+            .map(|i| {
+                let env = &nodes[i % 2];
+                s.spawn(move || {
+                    (0..per_sender)
+                        .map(|_| {
+                            let began = start.elapsed();
+                            let c = code(&env.send(&["--account", "shop", "-i", "to@x.org"], MSG));
+                            (began, start.elapsed(), c)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        wait_for("the first messages through", || {
+            (sink.received().len() >= 10).then_some(())
+        });
+        let old = set.master.port;
+        set.master.kill();
+        let killed_at = start.elapsed();
+        let promoted = wait_for_within(
+            "Sentinel to promote the replica",
+            Duration::from_secs(30),
+            || set.named_master().filter(|p| *p != old),
+        );
+        assert_eq!(promoted, set.replica.port, "the replica is the new master");
+        let promoted_at = start.elapsed();
+        let results: Vec<_> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        (results, killed_at, promoted_at)
+    });
+    let codes: Vec<i32> = results.iter().map(|r| r.2).collect();
+    assert!(codes.iter().all(|&c| c == 0 || c == 69), "{codes:?}");
+    // Decided within the call: nothing kept for a queue run, on either node.
+    for env in &nodes {
+        let kept = json(env, &["queue", "list"], None)
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(
+            kept, 0,
+            "a message waited for the queue run instead of the new master"
+        );
+    }
+    let accepted = codes.iter().filter(|&&c| c == 0).count();
+    let got = sink.wait_count(accepted);
+    assert_eq!(
+        got.len(),
+        accepted,
+        "every accepted message reached the relay, once"
+    );
+    let mut ids: Vec<String> = got.iter().filter_map(|r| r.header("Message-ID")).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "no message relayed twice");
+    assert!(
+        (40..=40 + senders).contains(&accepted),
+        "{accepted} accepted for a limit of 40 (README: at most one per sender in flight over it)"
+    );
+    // The failover happened while messages were being decided, and those in flight when the
+    // master died were decided within a second of the promotion.
+    let in_flight: Vec<_> = results
+        .iter()
+        .filter(|(began, ended, _)| *began <= killed_at && *ended >= killed_at)
+        .collect();
+    assert!(
+        !in_flight.is_empty(),
+        "the kill hit no message in flight: the test proved nothing"
+    );
+    let last = results
+        .iter()
+        .filter(|(began, _, _)| *began <= promoted_at)
+        .map(|r| r.1)
+        .max()
+        .unwrap();
+    assert!(
+        last <= promoted_at + Duration::from_secs(1),
+        "a message begun before the promotion was decided {:?} after it",
+        last.saturating_sub(promoted_at)
+    );
+    // The new master holds the cluster-wide count.
+    let st = json(&nodes[0], &["status", "shop"], None);
+    let counted = st["accounts"][0]["windows"][0]["messages"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(
+        counted <= accepted && counted + senders >= accepted,
+        "counted {counted}, accepted {accepted}"
+    );
+}
+
+/// Issue 31: the counting script called twice with one call token (a sender that lost the
+/// answer with the old master's connection and asks the new one) counts once and answers
+/// the same; another token counts again.
+#[test]
+fn a_repeated_call_counts_once() {
+    let redis = Redis::start();
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/limits/redis.lua"))
+            .unwrap();
+    let call = |token: &str| {
+        redis.cli(&[
+            "eval",
+            &script,
+            "3",
+            "mailgate:a:t:3600",
+            "mailgate:lock:t",
+            token,
+            // now, recipients, count_refusal, exempt, lock_after, account windows, server
+            // windows, then the window: seconds, messages, recipients, observe
+            "1000",
+            "1",
+            "1",
+            "0",
+            "0",
+            "1",
+            "0",
+            "3600",
+            "5",
+            "-1",
+            "0",
+        ])
+    };
+    let messages = || -> i64 {
+        let fields = redis.cli(&["hgetall", "mailgate:a:t:3600"]);
+        fields
+            .lines()
+            .filter_map(|l| l.split(':').nth(1)?.parse::<i64>().ok())
+            .sum()
+    };
+    let first = call("mailgate:once:A");
+    assert_eq!(messages(), 1);
+    assert_eq!(call("mailgate:once:A"), first, "the same answer again");
+    assert_eq!(messages(), 1, "counted once");
+    call("mailgate:once:B");
+    assert_eq!(messages(), 2, "another call counts");
+}
+
+/// Issue 31: an ACL user with only what mailgate needs (README's line), through Sentinel:
+/// check-config says each step, mail is counted as that user; a wrong password is a clear
+/// check-config error and keeps the mail (on_unavailable = "queue").
+#[test]
+fn an_acl_user_through_sentinel_is_checked_and_counts() {
+    let set = SentinelSet::start();
+    // README "Many web servers": the ACL line for mailgate's user. ACLs do not replicate:
+    // the user goes on every server that may become the master.
+    for r in [&set.master, &set.replica] {
+        assert_eq!(
+            r.cli(&[
+                "acl",
+                "setuser",
+                "mailgate",
+                "on",
+                ">s3cret-pass",
+                "~mailgate:*",
+                "resetchannels",
+                "-@all",
+                "+@scripting",
+                "+hgetall",
+                "+hget",
+                "+hset",
+                "+get",
+                "+set",
+                "+del",
+                "+exists",
+                "+expire",
+                "+scan",
+                "+ping",
+                "+role",
+                "+time",
+            ]),
+            "OK"
+        );
+    }
+    let sink = Sink::start(&[]);
+    let dir = TempDir::new("acl");
+    let secret = dir.path().join("redis.secret");
+    let node = |password: &str| {
+        std::fs::write(&secret, format!("{password}\n")).unwrap();
+        Env::new(
+            sink.port,
+            &format!(
+                "[alerts]\nadmin = \"\"\n[store]\nkind = \"redis\"\ntimeout_ms = 2000\n{}\n\
+                 [accounts.shop]\nusers = [\"{}\", 0]\nlimits = [ {{ window = \"1h\", messages = 5 }} ]\n",
+                set.store_config(&format!(
+                    "username = \"mailgate\"\npassword_file = \"{}\"",
+                    secret.display()
+                )),
+                me()
+            ),
+        )
+    };
+    let good = node("s3cret-pass");
+    let o = run_with_input(good.cmd().arg("check-config"), b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for step in [
+        format!("the sentinels name 127.0.0.1:{}", set.master.port),
+        "reachable, authenticated as user \"mailgate\"".to_string(),
+        "counting script loaded".to_string(),
+        "refund script loaded".to_string(),
+    ] {
+        assert!(out.contains(&step), "check-config names {step:?}:\n{out}");
+    }
+    assert_eq!(
+        code(&good.send(&["--account", "shop", "-i", "to@x.org"], MSG)),
+        0
+    );
+    sink.wait_count(1);
+    assert_eq!(
+        set.master.cli(&["exists", "mailgate:a:shop:3600"]),
+        "1",
+        "counted on the master"
+    );
+
+    let bad = node("wrong");
+    let o = run_with_input(bad.cmd().arg("check-config"), b"");
+    assert_eq!(code(&o), 78, "a wrong password is a configuration error");
+    assert!(
+        stderr(&o).contains("[store]") && stderr(&o).to_lowercase().contains("auth"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        code(&bad.send(&["--account", "shop", "-i", "to@x.org"], MSG)),
+        0
+    );
+    let kept = json(&bad, &["queue", "list"], None)
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(kept, 1, "kept for the queue run, not sent uncounted");
+    assert_eq!(sink.received().len(), 1);
+}
+
+/// Issue 31: one cluster, one voice. Two nodes on one Redis: the admin's alert and the
+/// customer's notice go out once per window between them (claimed in Redis), and a lock
+/// made on node A holds node B's mail.
+#[test]
+fn two_nodes_send_one_alert_and_one_notice_and_share_a_lock() {
+    let redis = Redis::start();
+    let sink = Sink::start(&[]);
+    let node = || {
+        Env::new(
+            sink.port,
+            &format!(
+                "[alerts]\nadmin = \"admin@x.org\"\n[store]\nkind = \"redis\"\n\
+                 url = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 2000\n\
+                 [accounts.shop]\nusers = [\"{}\", 0]\nnotify = [\"owner@shop.example\"]\n\
+                 limits = [ {{ window = \"1h\", messages = 2 }} ]\n",
+                redis.port,
+                me()
+            ),
+        )
+    };
+    let (a, b) = (node(), node());
+    let send = |env: &Env| code(&env.send(&["--account", "shop", "-i", "to@x.org"], MSG));
+    assert_eq!([send(&a), send(&b)], [0, 0]);
+    // Over the limit on both nodes, twice each.
+    assert_eq!([send(&a), send(&b), send(&a), send(&b)], [69, 69, 69, 69]);
+    let to = |rcpt: &str| {
+        sink.received()
+            .iter()
+            .filter(|r| r.rcpts.iter().any(|x| x == rcpt))
+            .count()
+    };
+    wait_for("the alert and the notice", || {
+        (to("admin@x.org") >= 1 && to("owner@shop.example") >= 1).then_some(())
+    });
+    // Every refusal was logged and its statistics written before its sender exited: nothing
+    // more is on its way.
+    assert_eq!(to("admin@x.org"), 1, "one alert for the cluster");
+    assert_eq!(to("owner@shop.example"), 1, "one notice for the cluster");
+
+    // A lock on node A holds node B's next message.
+    admin(&a, &["reset", "shop"], None);
+    admin(
+        &a,
+        &["lock", "shop", "--reason", "hacked contact form"],
+        None,
+    );
+    assert_eq!(send(&b), 0, "kept, not refused");
+    let held = json(&b, &["hold", "list"], None);
+    assert_eq!(held.as_array().unwrap().len(), 1, "held on node B: {held}");
+    let relayed = sink.received().len();
+    admin(&b, &["unlock", "shop"], None);
+    assert_eq!(send(&a), 0);
+    sink.wait_count(relayed + 1);
 }

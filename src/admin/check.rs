@@ -176,6 +176,19 @@ pub(super) fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> R
             ),
         });
     }
+    // The counter store, as this configuration reaches it (Redis only).
+    let store_lines = main
+        .as_ref()
+        .map(crate::limits::probe_store)
+        .unwrap_or_default();
+    for line in &store_lines {
+        if let Err(why) = line {
+            findings.push(Finding {
+                warning: false,
+                text: format!("{file}: [store] {why}"),
+            });
+        }
+    }
     for f in &findings {
         err!("{}", crate::log::printable(&f.text, 1024));
     }
@@ -189,6 +202,9 @@ pub(super) fn check_config(cli: &Cli, path: Option<&str>, privileged: bool) -> R
     }
     let config =
         main.ok_or_else(|| Failure::new(Exit::Config, format!("{file}: does not load")))?;
+    for line in store_lines.iter().flatten() {
+        out!("{file}: {line}");
+    }
     out!(
         "{file}: ok ({} accounts in the file, {} in {}, {} default limits, {} server limits{})",
         config.accounts.len(),

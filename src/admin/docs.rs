@@ -77,12 +77,38 @@ const KEYS: &[(&str, &str)] = &[
         "store.kind",
         "files (local locked counter files) or redis (one quota across several web servers).",
     ),
-    ("store.url", "The Redis server (redis://HOST:PORT/DB)."),
+    (
+        "store.url",
+        "The Redis server (redis://HOST:PORT/DB); with sentinels only its database number counts.",
+    ),
+    (
+        "store.username",
+        "Redis ACL user (Redis 6 or later); the default user when not set.",
+    ),
     (
         "store.password_file",
         "File with the Redis password, readable by group mailgate only.",
     ),
-    ("store.timeout_ms", "Redis connect and command timeout."),
+    (
+        "store.sentinels",
+        "Redis Sentinel: the sentinels (HOST:PORT) asked for the current master, in order.",
+    ),
+    (
+        "store.master_name",
+        "The name the sentinels monitor the master under.",
+    ),
+    (
+        "store.sentinel_password_file",
+        "File with the sentinels' own password, when they require one.",
+    ),
+    (
+        "store.timeout_ms",
+        "Redis connect and command timeout, per address and command.",
+    ),
+    (
+        "store.failover_wait_ms",
+        "With sentinels: how long a message waits for a new master during a failover.",
+    ),
     (
         "store.on_unavailable",
         "queue (keep in defer/ until Redis is back), fail-open or refuse.",

@@ -131,10 +131,21 @@ pub struct State {
 pub struct Store {
     pub kind: StoreKind,
     pub url: String,
+    /// ACL user (Redis 6+); without it, the default user.
+    pub username: Option<String>,
     /// File with the Redis password (readable by group mailgate only).
     pub password_file: Option<PathBuf>,
+    /// Redis Sentinel: the sentinels (`host:port`) to ask for the current master.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// File with the sentinels' own password, when they have one.
+    pub sentinel_password_file: Option<PathBuf>,
     /// Connect and command timeout.
     pub timeout_ms: u64,
+    /// With sentinels: how long a message waits for a new master during a failover before
+    /// `on_unavailable` decides.
+    pub failover_wait_ms: u64,
     pub on_unavailable: OnUnavailable,
 }
 
@@ -165,8 +176,13 @@ impl Default for Store {
         Store {
             kind: StoreKind::Files,
             url: "redis://127.0.0.1:6379/0".into(),
+            username: None,
             password_file: None,
+            sentinels: Vec::new(),
+            master_name: String::new(),
+            sentinel_password_file: None,
             timeout_ms: 500,
+            failover_wait_ms: 5000,
             on_unavailable: OnUnavailable::Queue,
         }
     }

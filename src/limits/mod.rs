@@ -6,6 +6,7 @@
 
 mod file_store;
 pub use file_store::decision_wait;
+mod redis_conn;
 mod redis_store;
 pub mod store;
 pub mod window;
@@ -292,6 +293,14 @@ pub trait CounterStore {
 
     /// Where a counter lives, for messages.
     fn counter_name(&self, counter: Counter<'_>) -> String;
+
+    /// Claim "the customer's notice about `account` in this window" for `secs` across every
+    /// node that shares the store: true for the one claimant. The file store is one node's,
+    /// whose statistics lock already decides; a store that cannot be asked says yes (two
+    /// notices are better than none).
+    fn claim_notice(&self, _account: &str, _secs: u64) -> bool {
+        true
+    }
 }
 
 pub type Store = Box<dyn CounterStore>;
@@ -303,6 +312,19 @@ pub fn open_store(config: &Config) -> Result<Store, Failure> {
             &config.state_dir,
         )?))),
         crate::config::StoreKind::Redis => Ok(Box::new(redis_store::RedisStore::new(config)?)),
+    }
+}
+
+/// What `check-config` says about a Redis store, one line per step (reachable and
+/// authenticated, the master Sentinel names, the scripts loaded): `Err` for a step that failed.
+/// Nothing for the file store.
+pub fn probe_store(config: &Config) -> Vec<Result<String, String>> {
+    match config.store.kind {
+        crate::config::StoreKind::Files => Vec::new(),
+        crate::config::StoreKind::Redis => match redis_store::RedisStore::new(config) {
+            Ok(store) => store.probe(),
+            Err(f) => vec![Err(f.message)],
+        },
     }
 }
 

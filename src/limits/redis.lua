@@ -3,7 +3,9 @@
 -- src/limits/window.rs: BUCKETS buckets of length ceil(W / (BUCKETS - 1)); a decision counts
 -- every bucket that intersects [now - W, now].
 --
--- KEYS: account window hashes..., server window hashes..., the account's lock key.
+-- KEYS: account window hashes..., server window hashes..., the account's lock key, and the
+--       call's token key: a call repeated after a failover (the first answer lost with the
+--       old master's connection) returns the first answer instead of counting twice.
 -- ARGV: now (0 = Redis TIME), recipients, count_refusal (0/1), exempt (0/1), lock_after,
 --       number of account windows, number of server windows,
 --       then per window: seconds, max messages (-1 = none), max recipients (-1 = none),
@@ -22,6 +24,9 @@ local lock_after = tonumber(ARGV[5])
 local na = tonumber(ARGV[6])
 local nw = na + tonumber(ARGV[7])
 local lockkey = KEYS[nw + 1]
+local oncekey = KEYS[nw + 2]
+
+local function decide()
 
 local windows = {}
 for i = 1, nw do
@@ -142,4 +147,17 @@ if lock_after > 0 then
 end
 local reply = {0, now, alert, locked, exceeded}
 for i = 1, nw do reply[#reply + 1] = dump(windows[i]) end
+return reply
+end
+
+if oncekey then
+  local first = redis.call('GET', oncekey)
+  if first then
+    return cjson.decode(first)
+  end
+end
+local reply = decide()
+if oncekey then
+  redis.call('SET', oncekey, cjson.encode(reply), 'EX', 600)
+end
 return reply

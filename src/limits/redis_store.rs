@@ -6,6 +6,7 @@
 //! Redis unreachable or slow (`[store] timeout_ms`) follows `[store] on_unavailable`: keep the
 //! message in the local defer spool for `queue run` (default), send uncounted, or refuse.
 
+use super::redis_conn::RedisConn;
 use super::store::{AccountLock, CounterRecord};
 use super::window::{BUCKETS, Bucket, Window};
 use super::{
@@ -14,7 +15,6 @@ use super::{
 use crate::config::{Config, Limit, OnUnavailable};
 use crate::exit::{Exit, Failure};
 use redis::Value;
-use std::cell::RefCell;
 use std::time::Duration;
 
 const CHECK: &str = include_str!("redis.lua");
@@ -37,10 +37,8 @@ return 1
 "#;
 
 pub struct RedisStore {
-    client: redis::Client,
-    timeout: Duration,
+    conn: RedisConn,
     on_unavailable: OnUnavailable,
-    conn: RefCell<Option<redis::Connection>>,
 }
 
 fn window_key(counter: Counter<'_>, secs: u64) -> String {
@@ -56,65 +54,58 @@ fn lock_key(account: &str) -> String {
 
 impl RedisStore {
     pub fn new(config: &Config) -> Result<RedisStore, Failure> {
-        let store = &config.store;
-        let mut url = store.url.clone();
-        if let Some(file) = &store.password_file {
-            let password = std::fs::read_to_string(file).map_err(|e| {
-                Failure::io(Exit::Config, format!("cannot read {}", file.display()), &e)
-            })?;
-            let encoded: String = password
-                .trim_end_matches(['\n', '\r'])
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            if let Some(rest) = url.strip_prefix("redis://") {
-                url = format!("redis://:{encoded}@{rest}");
-            }
-        }
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| Failure::new(Exit::Config, format!("[store] url {:?}: {e}", store.url)))?;
         Ok(RedisStore {
-            client,
-            timeout: Duration::from_millis(store.timeout_ms.max(1)),
-            on_unavailable: store.on_unavailable,
-            conn: RefCell::new(None),
+            conn: RedisConn::new(&config.store)?,
+            on_unavailable: config.store.on_unavailable,
         })
     }
 
-    /// Run `f` on the (lazily opened) connection; any error drops the connection.
+    /// Run `f` on the store's connection (see `RedisConn::run`: failovers are followed).
     fn with_conn<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
-        let mut slot = self.conn.borrow_mut();
-        if slot.is_none() {
-            let conn = self
-                .client
-                .get_connection_with_timeout(self.timeout)
-                .and_then(|c| {
-                    c.set_read_timeout(Some(self.timeout))?;
-                    c.set_write_timeout(Some(self.timeout))?;
-                    Ok(c)
-                })
-                .map_err(|e| {
-                    format!(
-                        "counter store {}: {e}",
-                        self.client.get_connection_info().addr()
-                    )
-                })?;
-            *slot = Some(conn);
+        self.conn.run(f)
+    }
+
+    /// check-config's lines: the master (through the sentinels), reachable and authenticated,
+    /// the two scripts loaded.
+    pub fn probe(&self) -> Vec<Result<String, String>> {
+        let mut lines = Vec::new();
+        let name = self.conn.describe();
+        if let Some(master) = self.conn.sentinel_master() {
+            match master {
+                Ok((host, port)) => lines.push(Ok(format!(
+                    "counter store {name}: the sentinels name {host}:{port}"
+                ))),
+                Err(why) => {
+                    lines.push(Err(format!("counter store {name}: {why}")));
+                    return lines;
+                }
+            }
         }
-        let conn = slot.as_mut().expect("connected above");
-        f(conn).map_err(|e| {
-            *slot = None;
-            format!("counter store: {e}")
-        })
+        match self.conn.run(|c| redis::cmd("PING").query::<String>(c)) {
+            Ok(_) => lines.push(Ok(format!(
+                "counter store {name}: reachable, authenticated{}",
+                self.conn.user_note()
+            ))),
+            Err(why) => {
+                lines.push(Err(format!("counter store {name}: {why}")));
+                return lines;
+            }
+        }
+        for (what, source) in [("counting", CHECK), ("refund", REFUND)] {
+            let script = redis::Script::new(source);
+            match self.conn.run(|c| script.prepare_invoke().load(c)) {
+                Ok(sha) => lines.push(Ok(format!(
+                    "counter store {name}: {what} script loaded ({sha})"
+                ))),
+                Err(why) => lines.push(Err(format!(
+                    "counter store {name}: {what} script not loaded: {why}"
+                ))),
+            }
+        }
+        lines
     }
 
     /// The configured reaction to an unreachable or slow Redis.
@@ -514,6 +505,21 @@ fn answer(
 
 /// The check script's keys (every window of the account and of the server, and the account's
 /// lock) and arguments for one attempt.
+/// 128 random bits in hex: one counting call, repeated as often as a failover needs.
+fn call_token() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most bytes.len() bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // No randomness (a very old kernel): time and pid are unique enough for one call.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return format!("{:x}-{}", now.as_nanos(), std::process::id());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn check_invocation<'a>(
     script: &'a redis::Script,
     config: &Config,
@@ -531,6 +537,7 @@ fn check_invocation<'a>(
     }
     invocation
         .key(lock_key(account))
+        .key(format!("mailgate:once:{}", call_token()))
         // 0: decide by Redis's clock, the one clock all nodes share.
         .arg(if attempt.test_clock { attempt.now } else { 0 })
         .arg(attempt.recipients)
@@ -598,5 +605,19 @@ impl CounterStore for RedisStore {
             Counter::Account(a) => format!("redis mailgate:a:{a}:*"),
             Counter::Server => "redis mailgate:s:*".to_string(),
         }
+    }
+
+    fn claim_notice(&self, account: &str, secs: u64) -> bool {
+        let key = format!("mailgate:notice:{account}");
+        self.with_conn(|c| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(secs.max(1))
+                .query::<Option<String>>(c)
+        })
+        .map_or(true, |set| set.is_some())
     }
 }

@@ -1,7 +1,8 @@
 //! After a message's fate is logged: it is counted in its account's statistics (for `top` and
 //! `metrics`), and when a limit or a lock stopped it, the account's `notify` addresses hear it
 //! once per window. The decision "first in this window" is taken under the statistics lock, so
-//! parallel senders never send two notices.
+//! parallel senders never send two notices; with the Redis store it is also claimed in Redis,
+//! so that the nodes of a cluster send one between them.
 
 use super::Runtime;
 use crate::log::Severity;
@@ -47,7 +48,12 @@ impl Runtime {
                 if let Some(why) = damaged {
                     note(why);
                 }
-                if let (Some(rows), Some(n)) = (rows, &notice) {
+                // First in this window here; with a shared store, also across the nodes.
+                if let (Some(rows), Some(n)) = (rows, &notice)
+                    && self
+                        .store()
+                        .map_or(true, |s| s.claim_notice(account, n.window_secs))
+                {
                     self.send_notice(account, n, &rows);
                 }
             }
