@@ -827,3 +827,168 @@ fn two_nodes_send_one_alert_and_one_notice_and_share_a_lock() {
     assert_eq!(send(&a), 0);
     sink.wait_count(relayed + 1);
 }
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, made with openssl(1).
+fn make_ca(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = dir.join(format!("{name}-ca.key"));
+    let ca = dir.join(format!("{name}-ca.pem"));
+    let key = dir.join(format!("{name}-server.key"));
+    let csr = dir.join(format!("{name}-server.csr"));
+    let cert = dir.join(format!("{name}-server.pem"));
+    let ext = dir.join(format!("{name}-san.ext"));
+    std::fs::write(&ext, "subjectAltName = IP:127.0.0.1\n").unwrap();
+    let openssl = |args: Vec<String>| {
+        let o = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl (Debian package openssl) must be installed");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let p = |x: &std::path::Path| x.display().to_string();
+    openssl(vec![
+        "req".into(),
+        "-x509".into(),
+        "-newkey".into(),
+        "rsa:2048".into(),
+        "-nodes".into(),
+        "-days".into(),
+        "2".into(),
+        "-subj".into(),
+        format!("/CN=mailgate test CA {name}"),
+        "-keyout".into(),
+        p(&ca_key),
+        "-out".into(),
+        p(&ca),
+    ]);
+    openssl(vec![
+        "req".into(),
+        "-newkey".into(),
+        "rsa:2048".into(),
+        "-nodes".into(),
+        "-subj".into(),
+        "/CN=127.0.0.1".into(),
+        "-keyout".into(),
+        p(&key),
+        "-out".into(),
+        p(&csr),
+    ]);
+    openssl(vec![
+        "x509".into(),
+        "-req".into(),
+        "-in".into(),
+        p(&csr),
+        "-CA".into(),
+        p(&ca),
+        "-CAkey".into(),
+        p(&ca_key),
+        "-CAcreateserial".into(),
+        "-days".into(),
+        "2".into(),
+        "-extfile".into(),
+        p(&ext),
+        "-out".into(),
+        p(&cert),
+    ]);
+    (ca, cert, key)
+}
+
+/// Issue 31: rediss:// with a test CA and an ACL user: check-config says the certificate was
+/// verified, mail is counted on the TLS server; a server whose certificate another CA signed
+/// is refused (a configuration error for check-config, the mail kept for the queue run).
+#[test]
+fn tls_with_an_acl_user_verifies_the_server() {
+    let dir = TempDir::new("tls");
+    let (ca, cert, key) = make_ca(dir.path(), "good");
+    let (other_ca, _, _) = make_ca(dir.path(), "other");
+    let tls_port = free_port();
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &cert.display().to_string(),
+        "--tls-key-file",
+        &key.display().to_string(),
+        "--tls-ca-cert-file",
+        &ca.display().to_string(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    assert_eq!(
+        redis.cli(&[
+            "acl",
+            "setuser",
+            "mailgate",
+            "on",
+            ">tls-pass",
+            "~mailgate:*",
+            "resetchannels",
+            "-@all",
+            "+@scripting",
+            "+hgetall",
+            "+hget",
+            "+hset",
+            "+get",
+            "+set",
+            "+del",
+            "+exists",
+            "+expire",
+            "+scan",
+            "+ping",
+            "+role",
+            "+time",
+        ]),
+        "OK"
+    );
+    std::fs::write(dir.path().join("secret"), "tls-pass\n").unwrap();
+    let sink = Sink::start(&[]);
+    let node = |ca: &std::path::Path| {
+        Env::new(
+            sink.port,
+            &format!(
+                "[alerts]\nadmin = \"\"\n[store]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{tls_port}/0\"\n\
+                 username = \"mailgate\"\npassword_file = \"{}\"\ntls_ca_file = \"{}\"\ntimeout_ms = 2000\n\
+                 [accounts.shop]\nusers = [\"{}\", 0]\nlimits = [ {{ window = \"1h\", messages = 2 }} ]\n",
+                dir.path().join("secret").display(),
+                ca.display(),
+                me()
+            ),
+        )
+    };
+    let good = node(&ca);
+    let o = run_with_input(good.cmd().arg("check-config"), b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("over TLS (certificate verified) as user \"mailgate\""),
+        "{out}"
+    );
+    let send = |env: &Env| code(&env.send(&["--account", "shop", "-i", "to@x.org"], MSG));
+    assert_eq!(
+        [send(&good), send(&good), send(&good)],
+        [0, 0, 69],
+        "the limit holds over TLS"
+    );
+    sink.wait_count(2);
+    assert_eq!(redis.cli(&["exists", "mailgate:a:shop:3600"]), "1");
+
+    let fooled = node(&other_ca);
+    let o = run_with_input(fooled.cmd().arg("check-config"), b"");
+    assert_eq!(code(&o), 78, "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(stderr(&o).contains("[store]"), "{}", stderr(&o));
+    assert_eq!(send(&fooled), 0);
+    let kept = json(&fooled, &["queue", "list"], None)
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        kept, 1,
+        "kept for the queue run, never counted by an unverified server"
+    );
+}

@@ -79,7 +79,7 @@ const KEYS: &[(&str, &str)] = &[
     ),
     (
         "store.url",
-        "The Redis server (redis://HOST:PORT/DB); with sentinels only its database number counts.",
+        "The Redis server (redis://HOST:PORT/DB, rediss:// for TLS); with sentinels only its scheme and database count.",
     ),
     (
         "store.username",

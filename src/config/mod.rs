@@ -141,6 +141,9 @@ pub struct Store {
     pub master_name: String,
     /// File with the sentinels' own password, when they have one.
     pub sentinel_password_file: Option<PathBuf>,
+    /// For `rediss://` (and TLS sentinels): the CA certificates (PEM) that sign the servers'
+    /// certificates; without it, the system's trust store.
+    pub tls_ca_file: Option<PathBuf>,
     /// Connect and command timeout.
     pub timeout_ms: u64,
     /// With sentinels: how long a message waits for a new master during a failover before
@@ -181,6 +184,7 @@ impl Default for Store {
             sentinels: Vec::new(),
             master_name: String::new(),
             sentinel_password_file: None,
+            tls_ca_file: None,
             timeout_ms: 500,
             failover_wait_ms: 5000,
             on_unavailable: OnUnavailable::Queue,

@@ -27,6 +27,10 @@ enum Target {
 
 pub struct RedisConn {
     target: Target,
+    /// The CA (PEM) that signs the servers' certificates, for TLS addresses.
+    tls_ca: Option<Vec<u8>>,
+    /// With sentinels: whether the master speaks TLS (`url` is `rediss://`).
+    master_tls: bool,
     timeout: Duration,
     failover_wait: Duration,
     conn: RefCell<Option<redis::Connection>>,
@@ -103,8 +107,16 @@ impl RedisConn {
                 node: with_credentials(RedisConnectionInfo::default().set_db(db)),
             }
         };
+        let tls_ca = match &store.tls_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e)
+            })?),
+            None => None,
+        };
         Ok(RedisConn {
             target,
+            tls_ca,
+            master_tls: store.url.starts_with("rediss://"),
             timeout: Duration::from_millis(store.timeout_ms.max(1)),
             failover_wait: Duration::from_millis(store.failover_wait_ms),
             conn: RefCell::new(None),
@@ -126,17 +138,36 @@ impl RedisConn {
         matches!(self.target, Target::Sentinel { .. }).then(|| self.ask_sentinels())
     }
 
-    /// " as user NAME" when an ACL user is configured.
+    /// ", over TLS (certificate verified)" and " as user NAME", as they apply.
     pub fn user_note(&self) -> String {
-        let user = match &self.target {
-            Target::Direct(info) => info.redis_settings().username(),
-            Target::Sentinel { node, .. } => node.username(),
+        let (user, tls) = match &self.target {
+            Target::Direct(info) => (
+                info.redis_settings().username(),
+                matches!(info.addr(), ConnectionAddr::TcpTls { .. }),
+            ),
+            Target::Sentinel { node, .. } => (node.username(), self.master_tls),
         };
-        user.map(|u| format!(" as user {u:?}")).unwrap_or_default()
+        let mut note = String::new();
+        if tls {
+            note.push_str(" over TLS (certificate verified)");
+        }
+        if let Some(u) = user {
+            note.push_str(&format!(" as user {u:?}"));
+        }
+        note
     }
 
     fn open(&self, info: &ConnectionInfo) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(info.clone())?;
+        let client = match (info.addr(), &self.tls_ca) {
+            (ConnectionAddr::TcpTls { .. }, Some(ca)) => redis::Client::build_with_tls(
+                info.clone(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            _ => redis::Client::open(info.clone())?,
+        };
         let conn = client.get_connection_with_timeout(self.timeout)?;
         conn.set_read_timeout(Some(self.timeout))?;
         conn.set_write_timeout(Some(self.timeout))?;
@@ -183,7 +214,17 @@ impl RedisConn {
                     let retry = Self::is_failover(&e);
                     (format!("counter store master {host}:{port}: {e}"), retry)
                 };
-                let info = ConnectionAddr::Tcp(host.clone(), port)
+                let addr = if self.master_tls {
+                    ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host.clone(), port)
+                };
+                let info = addr
                     .into_connection_info()
                     .map_err(failed)?
                     .set_redis_settings(node.clone());
