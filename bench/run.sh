@@ -276,6 +276,12 @@ if [ "${SCALE:-1}" = 1 ]; then
     echo "$scale"
     printf '\n%s\n' "$scale" >>bench/results.md
 fi
+# The counter store's ways in (file, redis://, Sentinel, rediss:// + ACL); STORE=0 leaves them out.
+if [ "${STORE:-1}" = 1 ]; then
+    store=$(RUNS=$(( RUNS < 200 ? RUNS : 200 )) bench/store.sh)
+    echo "$store"
+    printf '\n%s\n' "$store" >>bench/results.md
+fi
 # The rows through the installed chain (mailgate's lane against the TCP lane it replaced);
 # CHAIN=0 leaves them out. The chain's install.sh sets Postfix up itself.
 if [ "${CHAIN:-1}" = 1 ]; then
