@@ -102,6 +102,10 @@ const KEYS: &[(&str, &str)] = &[
         "File with the sentinels' own password, when they require one.",
     ),
     (
+        "store.tls_ca_file",
+        "CA certificates (PEM) for rediss:// and TLS sentinels; else the public roots built in.",
+    ),
+    (
         "store.timeout_ms",
         "Redis connect and command timeout, per address and command.",
     ),

@@ -142,7 +142,7 @@ pub struct Store {
     /// File with the sentinels' own password, when they have one.
     pub sentinel_password_file: Option<PathBuf>,
     /// For `rediss://` (and TLS sentinels): the CA certificates (PEM) that sign the servers'
-    /// certificates; without it, the system's trust store.
+    /// certificates; without it, the public (Mozilla) roots built in.
     pub tls_ca_file: Option<PathBuf>,
     /// Connect and command timeout.
     pub timeout_ms: u64,
