@@ -98,6 +98,10 @@ const KEYS: &[(&str, &str)] = &[
         "The name the sentinels monitor the master under.",
     ),
     (
+        "store.cluster",
+        "Redis Cluster: some of its nodes (HOST:PORT, rediss://HOST:PORT for TLS); the rest are found.",
+    ),
+    (
         "store.sentinel_password_file",
         "File with the sentinels' own password, when they require one.",
     ),

@@ -139,6 +139,8 @@ pub struct Store {
     pub sentinels: Vec<String>,
     /// The name the sentinels monitor the master under.
     pub master_name: String,
+    /// Redis Cluster: some of its nodes (`host:port`, `rediss://` for TLS); the rest are found.
+    pub cluster: Vec<String>,
     /// File with the sentinels' own password, when they have one.
     pub sentinel_password_file: Option<PathBuf>,
     /// For `rediss://` (and TLS sentinels): the CA certificates (PEM) that sign the servers'
@@ -183,6 +185,7 @@ impl Default for Store {
             password_file: None,
             sentinels: Vec::new(),
             master_name: String::new(),
+            cluster: Vec::new(),
             sentinel_password_file: None,
             tls_ca_file: None,
             timeout_ms: 500,

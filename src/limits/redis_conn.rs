@@ -1,6 +1,7 @@
-//! The connection to the counter store's Redis: the server a URL names, or the master that
-//! Redis Sentinel names — asked anew at every connection, checked with `ROLE` before the first
-//! command, followed through a failover within the same call.
+//! The connection to the counter store's Redis: the server a URL names, the master that Redis
+//! Sentinel names — asked anew at every connection, checked with `ROLE` before the first
+//! command, followed through a failover within the same call — or a Redis Cluster (the redis
+//! crate's cluster client follows its redirections; `Keys` puts every key in one slot).
 //!
 //! Every connect and command has the store's timeout: a sentinel or master that drops packets
 //! costs a sender `timeout_ms` per address, never the kernel's two minutes. During a failover
@@ -10,7 +11,11 @@
 
 use crate::config::Store;
 use crate::exit::{Exit, Failure};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo, Value,
+};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
@@ -23,6 +28,22 @@ enum Target {
         /// Database and credentials for the master the sentinels name.
         node: RedisConnectionInfo,
     },
+    Cluster(ClusterClient),
+}
+
+/// An open connection: to one server, or to a Cluster.
+enum Live {
+    Single(redis::Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Live {
+    fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Live::Single(c) => c,
+            Live::Cluster(c) => c.as_mut(),
+        }
+    }
 }
 
 pub struct RedisConn {
@@ -33,7 +54,7 @@ pub struct RedisConn {
     master_tls: bool,
     timeout: Duration,
     failover_wait: Duration,
-    conn: RefCell<Option<redis::Connection>>,
+    conn: RefCell<Option<Live>>,
 }
 
 /// The first line of a secret file, without its line end.
@@ -72,7 +93,51 @@ impl RedisConn {
             // No CLIENT SETINFO after each connect: one process per message.
             r.set_skip_set_lib_name()
         };
-        let target = if store.sentinels.is_empty() {
+        let tls_ca = match &store.tls_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e)
+            })?),
+            None => None,
+        };
+        let timeout = Duration::from_millis(store.timeout_ms.max(1));
+        let target = if !store.cluster.is_empty() {
+            if !store.sentinels.is_empty() {
+                return Err(Failure::new(
+                    Exit::Config,
+                    "[store] cluster and sentinels exclude each other (a Cluster fails over by itself)",
+                ));
+            }
+            let nodes = store
+                .cluster
+                .iter()
+                .map(|n| parse_address(n, "cluster"))
+                .collect::<Result<Vec<_>, Failure>>()?;
+            let tls = nodes
+                .iter()
+                .any(|n| matches!(n.addr(), ConnectionAddr::TcpTls { .. }));
+            let mut builder = ClusterClientBuilder::new(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout);
+            if let Some(user) = &store.username {
+                builder = builder.username(user);
+            }
+            if let Some(p) = &password {
+                builder = builder.password(p);
+            }
+            if tls {
+                builder = builder.tls(redis::TlsMode::Secure);
+                if let Some(ca) = &tls_ca {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    });
+                }
+            }
+            let client = builder
+                .build()
+                .map_err(|e| Failure::new(Exit::Config, format!("[store] cluster: {e}")))?;
+            Target::Cluster(client)
+        } else if store.sentinels.is_empty() {
             let info = parse_address(&store.url, "url")?;
             let redis = with_credentials(info.redis_settings().clone());
             Target::Direct(info.set_redis_settings(redis))
@@ -107,17 +172,11 @@ impl RedisConn {
                 node: with_credentials(RedisConnectionInfo::default().set_db(db)),
             }
         };
-        let tls_ca = match &store.tls_ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                Failure::io(Exit::Config, format!("cannot read {}", path.display()), &e)
-            })?),
-            None => None,
-        };
         Ok(RedisConn {
             target,
             tls_ca,
             master_tls: store.url.starts_with("rediss://"),
-            timeout: Duration::from_millis(store.timeout_ms.max(1)),
+            timeout,
             failover_wait: Duration::from_millis(store.failover_wait_ms),
             conn: RefCell::new(None),
         })
@@ -130,6 +189,7 @@ impl RedisConn {
             Target::Sentinel {
                 sentinels, master, ..
             } => format!("master {master:?} of {} sentinels", sentinels.len()),
+            Target::Cluster(_) => "cluster".to_string(),
         }
     }
 
@@ -146,6 +206,7 @@ impl RedisConn {
                 matches!(info.addr(), ConnectionAddr::TcpTls { .. }),
             ),
             Target::Sentinel { node, .. } => (node.username(), self.master_tls),
+            Target::Cluster(_) => (None, false),
         };
         let mut note = String::new();
         if tls {
@@ -203,11 +264,19 @@ impl RedisConn {
     /// it says it is the master (a replica is never written to). The error says whether a
     /// failover may explain it (no master named yet, the named one unreachable or still a
     /// replica) or not (a wrong password stays wrong).
-    fn connect(&self) -> Result<redis::Connection, (String, bool)> {
+    fn connect(&self) -> Result<Live, (String, bool)> {
         match &self.target {
             Target::Direct(info) => self
                 .open(info)
+                .map(Live::Single)
                 .map_err(|e| (format!("counter store {}: {e}", info.addr()), false)),
+            Target::Cluster(client) => client
+                .get_connection()
+                .map(|c| Live::Cluster(Box::new(c)))
+                .map_err(|e| {
+                    let retry = Self::is_failover(&e);
+                    (format!("counter store cluster: {e}"), retry)
+                }),
             Target::Sentinel { node, .. } => {
                 let (host, port) = self.ask_sentinels().map_err(|why| (why, true))?;
                 let failed = |e: redis::RedisError| {
@@ -231,7 +300,7 @@ impl RedisConn {
                 let mut conn = self.open(&info).map_err(failed)?;
                 let role: Vec<Value> = redis::cmd("ROLE").query(&mut conn).map_err(failed)?;
                 match role.first() {
-                    Some(Value::BulkString(r)) if r == b"master" => Ok(conn),
+                    Some(Value::BulkString(r)) if r == b"master" => Ok(Live::Single(conn)),
                     _ => Err((
                         format!(
                             "counter store {host}:{port} is not a master (yet): a failover is under way"
@@ -257,6 +326,7 @@ impl RedisConn {
                         | ServerErrorKind::MasterDown
                         | ServerErrorKind::BusyLoading
                         | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
                 )
             )
     }
@@ -267,9 +337,9 @@ impl RedisConn {
     /// (its call token makes a repeat return the first answer).
     pub fn run<T>(
         &self,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
-        let follow = matches!(self.target, Target::Sentinel { .. });
+        let follow = !matches!(self.target, Target::Direct(_));
         let mut since: Option<Instant> = None;
         loop {
             let outcome = self.try_once(&mut f);
@@ -289,16 +359,56 @@ impl RedisConn {
     /// One attempt: the result, or why it failed and whether a failover may explain it.
     fn try_once<T>(
         &self,
-        f: &mut impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: &mut impl FnMut(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, (String, bool)> {
         let mut slot = self.conn.borrow_mut();
         if slot.is_none() {
             *slot = Some(self.connect()?);
         }
         let conn = slot.as_mut().expect("connected above");
-        f(conn).map_err(|e| {
+        f(conn.as_dyn()).map_err(|e| {
             *slot = None;
             (format!("counter store: {e}"), Self::is_failover(&e))
         })
+    }
+
+    /// Every key matching `pattern`: SCAN on the one server, or on the Cluster node that
+    /// holds the pattern's slot (mailgate's keys share one hash tag, and so does the pattern).
+    pub fn scan(&self, pattern: &str) -> Result<Vec<String>, String> {
+        let cluster = matches!(self.target, Target::Cluster(_));
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500);
+            let (next, batch): (u64, Vec<String>) = if cluster {
+                let mut slot = self.conn.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(self.connect().map_err(|(why, _)| why)?);
+                }
+                let Some(Live::Cluster(c)) = slot.as_mut() else {
+                    unreachable!("a cluster target opens a cluster connection")
+                };
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(pattern, SlotAddr::Master),
+                ));
+                let value = c.route_command(&cmd, routing).map_err(|e| {
+                    *slot = None;
+                    format!("counter store: {e}")
+                })?;
+                redis::from_redis_value(value).map_err(|e| format!("counter store: {e}"))?
+            } else {
+                self.run(|c| cmd.query(c))?
+            };
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
     }
 }

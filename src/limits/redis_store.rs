@@ -38,24 +38,65 @@ return 1
 
 pub struct RedisStore {
     conn: RedisConn,
+    keys: Keys,
     on_unavailable: OnUnavailable,
 }
 
-fn window_key(counter: Counter<'_>, secs: u64) -> String {
-    match counter {
-        Counter::Account(a) => format!("mailgate:a:{a}:{secs}"),
-        Counter::Server => format!("mailgate:s:{secs}"),
-    }
+/// mailgate's key names. On a Redis Cluster every key carries one hash tag (`{mailgate}`), so
+/// that the keys one script call touches (an account's windows, the server's, the lock, the
+/// call's token) live in one slot, as a Cluster requires of a script; elsewhere the names are
+/// the plain `mailgate:` ones they have always been.
+#[derive(Clone, Copy)]
+pub(super) struct Keys {
+    prefix: &'static str,
 }
 
-fn lock_key(account: &str) -> String {
-    format!("mailgate:lock:{account}")
+impl Keys {
+    pub(super) fn new(cluster: bool) -> Keys {
+        Keys {
+            prefix: if cluster { "{mailgate}:" } else { "mailgate:" },
+        }
+    }
+
+    fn window(self, counter: Counter<'_>, secs: u64) -> String {
+        match counter {
+            Counter::Account(a) => format!("{}a:{a}:{secs}", self.prefix),
+            Counter::Server => format!("{}s:{secs}", self.prefix),
+        }
+    }
+
+    fn lock(self, account: &str) -> String {
+        format!("{}lock:{account}", self.prefix)
+    }
+
+    fn once(self, token: &str) -> String {
+        format!("{}once:{token}", self.prefix)
+    }
+
+    fn notice(self, account: &str) -> String {
+        format!("{}notice:{account}", self.prefix)
+    }
+
+    /// Every window key of a counter (SCAN pattern).
+    fn windows(self, counter: Counter<'_>) -> String {
+        match counter {
+            Counter::Account(a) => format!("{}a:{a}:*", self.prefix),
+            Counter::Server => format!("{}s:*", self.prefix),
+        }
+    }
+
+    /// The account a window key belongs to.
+    fn account_of(self, key: &str) -> Option<String> {
+        let rest = key.strip_prefix(self.prefix)?.strip_prefix("a:")?;
+        Some(rest[..rest.rfind(':')?].to_string())
+    }
 }
 
 impl RedisStore {
     pub fn new(config: &Config) -> Result<RedisStore, Failure> {
         Ok(RedisStore {
             conn: RedisConn::new(&config.store)?,
+            keys: Keys::new(!config.store.cluster.is_empty()),
             on_unavailable: config.store.on_unavailable,
         })
     }
@@ -63,7 +104,7 @@ impl RedisStore {
     /// Run `f` on the store's connection (see `RedisConn::run`: failovers are followed).
     fn with_conn<T>(
         &self,
-        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnMut(&mut dyn redis::ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
         self.conn.run(f)
     }
@@ -160,7 +201,7 @@ impl RedisStore {
         let limits = config.limits_for(account);
         let server = &config.server.limits;
         let script = redis::Script::new(CHECK);
-        let invocation = check_invocation(&script, config, attempt);
+        let invocation = check_invocation(&script, self.keys, config, attempt);
         let started = std::time::Instant::now();
         let reply: Vec<Value> = match self.with_conn(|c| invocation.invoke(c)) {
             Ok(r) => r,
@@ -257,7 +298,7 @@ impl RedisStore {
             )
             .collect();
         for (counter, secs) in &windows {
-            invocation.key(window_key(*counter, *secs));
+            invocation.key(self.keys.window(*counter, *secs));
         }
         for (_, secs) in &windows {
             invocation.arg(ticket.at.div_euclid(Window::new(*secs, 0).bucket_len()));
@@ -276,7 +317,7 @@ impl RedisStore {
     ) -> Result<CounterRecord, Failure> {
         let mut record = CounterRecord::default();
         for l in limits {
-            let key = window_key(counter, l.window.secs());
+            let key = self.keys.window(counter, l.window.secs());
             let fields: Vec<(String, String)> = self
                 .with_conn(|c| redis::cmd("HGETALL").arg(&key).query(c))
                 .map_err(|why| Failure::new(Exit::OsErr, why))?;
@@ -295,7 +336,7 @@ impl RedisStore {
         }
         if let Counter::Account(a) = counter {
             let lock: Option<String> = self
-                .with_conn(|c| redis::cmd("GET").arg(lock_key(a)).query(c))
+                .with_conn(|c| redis::cmd("GET").arg(self.keys.lock(a)).query(c))
                 .map_err(|why| Failure::new(Exit::OsErr, why))?;
             record.lock = lock.map(|raw| {
                 let (since, reason) = raw.split_once('|').unwrap_or(("0", &raw));
@@ -313,11 +354,7 @@ impl RedisStore {
 
     /// Delete an account's (or the server's) windows; a lock stays.
     pub fn reset(&self, counter: Counter<'_>) -> Result<(), Failure> {
-        let pattern = match counter {
-            Counter::Account(a) => format!("mailgate:a:{a}:*"),
-            Counter::Server => "mailgate:s:*".to_string(),
-        };
-        for key in self.scan(&pattern)? {
+        for key in self.scan(&self.keys.windows(counter))? {
             self.with_conn(|c| redis::cmd("DEL").arg(&key).query::<i64>(c))
                 .map_err(|why| Failure::new(Exit::OsErr, why))?;
         }
@@ -325,7 +362,7 @@ impl RedisStore {
     }
 
     pub fn set_lock(&self, account: &str, lock: Option<AccountLock>) -> Result<bool, Failure> {
-        let key = lock_key(account);
+        let key = self.keys.lock(account);
         let changed: i64 = match lock {
             Some(l) => self.with_conn(|c| {
                 let existed: i64 = redis::cmd("EXISTS").arg(&key).query(c)?;
@@ -349,12 +386,9 @@ impl RedisStore {
     /// Accounts with counters in Redis.
     pub fn accounts(&self) -> Result<Vec<String>, Failure> {
         let mut names: Vec<String> = self
-            .scan("mailgate:a:*")?
+            .scan(&format!("{}a:*", self.keys.prefix))?
             .into_iter()
-            .filter_map(|k| {
-                let rest = k.strip_prefix("mailgate:a:")?;
-                Some(rest[..rest.rfind(':')?].to_string())
-            })
+            .filter_map(|k| self.keys.account_of(&k))
             .collect();
         names.sort();
         names.dedup();
@@ -362,25 +396,9 @@ impl RedisStore {
     }
 
     fn scan(&self, pattern: &str) -> Result<Vec<String>, Failure> {
-        self.with_conn(|c| {
-            let mut keys = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query(c)?;
-                keys.extend(batch);
-                if next == 0 {
-                    return Ok(keys);
-                }
-                cursor = next;
-            }
-        })
-        .map_err(|why| Failure::new(Exit::OsErr, why))
+        self.conn
+            .scan(pattern)
+            .map_err(|why| Failure::new(Exit::OsErr, why))
     }
 }
 
@@ -522,6 +540,7 @@ fn call_token() -> String {
 
 fn check_invocation<'a>(
     script: &'a redis::Script,
+    keys: Keys,
     config: &Config,
     attempt: &Attempt<'_>,
 ) -> redis::ScriptInvocation<'a> {
@@ -530,14 +549,14 @@ fn check_invocation<'a>(
     let server = &config.server.limits;
     let mut invocation = script.prepare_invoke();
     for l in limits {
-        invocation.key(window_key(Counter::Account(account), l.window.secs()));
+        invocation.key(keys.window(Counter::Account(account), l.window.secs()));
     }
     for l in server {
-        invocation.key(window_key(Counter::Server, l.window.secs()));
+        invocation.key(keys.window(Counter::Server, l.window.secs()));
     }
     invocation
-        .key(lock_key(account))
-        .key(format!("mailgate:once:{}", call_token()))
+        .key(keys.lock(account))
+        .key(keys.once(&call_token()))
         // 0: decide by Redis's clock, the one clock all nodes share.
         .arg(if attempt.test_clock { attempt.now } else { 0 })
         .arg(attempt.recipients)
@@ -602,13 +621,14 @@ impl CounterStore for RedisStore {
 
     fn counter_name(&self, counter: Counter<'_>) -> String {
         match counter {
-            Counter::Account(a) => format!("redis mailgate:a:{a}:*"),
-            Counter::Server => "redis mailgate:s:*".to_string(),
+            Counter::Account(_) | Counter::Server => {
+                format!("redis {}", self.keys.windows(counter))
+            }
         }
     }
 
     fn claim_notice(&self, account: &str, secs: u64) -> bool {
-        let key = format!("mailgate:notice:{account}");
+        let key = self.keys.notice(account);
         self.with_conn(|c| {
             redis::cmd("SET")
                 .arg(&key)
