@@ -16,6 +16,15 @@ struct Redis {
     dir: TempDir,
     child: Option<Guard>,
     extra: Vec<String>,
+    /// TLS only (CA, certificate, key): the port speaks TLS, replication too.
+    tls: Option<Tls>,
+}
+
+#[derive(Clone)]
+struct Tls {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
 }
 
 impl Redis {
@@ -25,14 +34,32 @@ impl Redis {
 
     /// With more arguments for redis-server (`--replicaof HOST PORT`).
     fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_tls(extra, None)
+    }
+
+    fn start_tls(extra: &[&str], tls: Option<Tls>) -> Redis {
         let mut r = Redis {
             port: free_port(),
             dir: TempDir::new("redis"),
             child: None,
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            tls,
         };
         r.restart();
         r
+    }
+
+    /// redis-cli's arguments to reach this server.
+    fn cli_args(&self) -> Vec<String> {
+        let mut args = vec!["-p".to_string(), self.port.to_string()];
+        if let Some(t) = &self.tls {
+            args.extend([
+                "--tls".into(),
+                "--cacert".into(),
+                t.ca.display().to_string(),
+            ]);
+        }
+        args
     }
 
     /// Gone at once, as a crashed host is: SIGKILL, no SHUTDOWN.
@@ -41,13 +68,34 @@ impl Redis {
     }
 
     fn restart(&mut self) {
+        let ports: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), self.port.to_string()],
+            Some(t) => [
+                "--port",
+                "0",
+                "--tls-port",
+                &self.port.to_string(),
+                "--tls-cert-file",
+                &t.cert.display().to_string(),
+                "--tls-key-file",
+                &t.key.display().to_string(),
+                "--tls-ca-cert-file",
+                &t.ca.display().to_string(),
+                "--tls-auth-clients",
+                "no",
+                "--tls-replication",
+                "yes",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        };
         let child = Command::new("redis-server")
             .args(&self.extra)
+            .args(&ports)
             .args([
                 "--bind",
                 "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
                 "--save",
                 "",
                 "--appendonly",
@@ -61,10 +109,11 @@ impl Redis {
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed");
         self.child = Some(Guard(child));
-        let port = self.port;
+        let cli = self.cli_args();
         wait_for("redis-server to answer", || {
             let o = Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "ping"])
+                .args(&cli)
+                .arg("ping")
                 .output()
                 .ok()?;
             (String::from_utf8_lossy(&o.stdout).trim() == "PONG").then_some(())
@@ -74,7 +123,8 @@ impl Redis {
     /// Stop it the way an admin does (SHUTDOWN writes the append-only file).
     fn stop(&mut self) {
         let _ = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "shutdown"])
+            .args(self.cli_args())
+            .arg("shutdown")
             .output();
         if let Some(mut g) = self.child.take() {
             let pid = g.0.id();
@@ -86,7 +136,7 @@ impl Redis {
 
     fn cli(&self, args: &[&str]) -> String {
         let o = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(self.cli_args())
             .args(args)
             .output()
             .unwrap();
@@ -420,6 +470,7 @@ struct SentinelSet {
     master: Redis,
     replica: Redis,
     sentinels: Vec<(u16, Guard)>,
+    tls: Option<Tls>,
     _dir: TempDir,
 }
 
@@ -427,8 +478,17 @@ const MASTER_NAME: &str = "mgmaster";
 
 impl SentinelSet {
     fn start() -> SentinelSet {
-        let master = Redis::start();
-        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        SentinelSet::start_tls(None)
+    }
+
+    /// With `tls`, master and replica speak TLS only (replication too), and the sentinels
+    /// reach them over TLS; the sentinels' own port stays plain.
+    fn start_tls(tls: Option<Tls>) -> SentinelSet {
+        let master = Redis::start_tls(&[], tls.clone());
+        let replica = Redis::start_tls(
+            &["--replicaof", "127.0.0.1", &master.port.to_string()],
+            tls.clone(),
+        );
         wait_for("the replica to be in sync", || {
             replica
                 .cli(&["info", "replication"])
@@ -443,12 +503,25 @@ impl SentinelSet {
                 std::fs::write(
                     &conf,
                     format!(
-                        "port {port}\nbind 127.0.0.1\ndir {}\n\
+                        "{}\nbind 127.0.0.1\ndir {}\n\
                          sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
                          sentinel down-after-milliseconds {MASTER_NAME} 500\n\
-                         sentinel failover-timeout {MASTER_NAME} 5000\n",
+                         sentinel failover-timeout {MASTER_NAME} 5000\n{}",
+                        match &tls {
+                            Some(_) => format!("port 0\ntls-port {port}\ntls-auth-clients no"),
+                            None => format!("port {port}"),
+                        },
                         dir.path().display(),
-                        master.port
+                        master.port,
+                        match &tls {
+                            Some(t) => format!(
+                                "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-replication yes\n",
+                                t.cert.display(),
+                                t.key.display(),
+                                t.ca.display()
+                            ),
+                            None => String::new(),
+                        }
                     ),
                 )
                 .unwrap();
@@ -464,6 +537,7 @@ impl SentinelSet {
             master,
             replica,
             sentinels,
+            tls,
             _dir: dir,
         };
         // Every sentinel knows the replica and the two other sentinels before anything fails.
@@ -471,7 +545,7 @@ impl SentinelSet {
             wait_for("the sentinels to know each other and the replica", || {
                 let cli = |args: &[&str]| {
                     let o = Command::new("redis-cli")
-                        .args(["-p", &port.to_string()])
+                        .args(set.sentinel_cli(*port))
                         .args(args)
                         .output()
                         .ok()?;
@@ -488,9 +562,22 @@ impl SentinelSet {
     }
 
     /// The master's port as the first sentinel names it.
+    /// redis-cli's arguments to reach the sentinel on `port`.
+    fn sentinel_cli(&self, port: u16) -> Vec<String> {
+        let mut args = vec!["-p".to_string(), port.to_string()];
+        if let Some(t) = &self.tls {
+            args.extend([
+                "--tls".into(),
+                "--cacert".into(),
+                t.ca.display().to_string(),
+            ]);
+        }
+        args
+    }
+
     fn named_master(&self) -> Option<u16> {
         let o = Command::new("redis-cli")
-            .args(["-p", &self.sentinels[0].0.to_string()])
+            .args(self.sentinel_cli(self.sentinels[0].0))
             .args(["sentinel", "get-master-addr-by-name", MASTER_NAME])
             .output()
             .ok()?;
@@ -506,7 +593,14 @@ impl SentinelSet {
         let list: Vec<String> = self
             .sentinels
             .iter()
-            .map(|(p, _)| format!("\"127.0.0.1:{p}\""))
+            .map(|(p, _)| {
+                let scheme = if self.tls.is_some() {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                format!("\"{scheme}://127.0.0.1:{p}\"")
+            })
             .collect();
         format!(
             "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\nfailover_wait_ms = 15000\n{extra}",
@@ -522,7 +616,59 @@ impl SentinelSet {
 /// messages in flight at the kill are decided within a second of the promotion.
 #[test]
 fn a_sentinel_failover_mid_burst_loses_nothing_and_counts_nothing_twice() {
-    let mut set = SentinelSet::start();
+    failover_mid_burst(SentinelSet::start(), "");
+}
+
+/// The same over TLS (a test CA made here; replication and the sentinels' links to the
+/// servers are TLS too) with an ACL user.
+#[test]
+fn a_sentinel_failover_over_tls_with_an_acl_user() {
+    let dir = TempDir::new("tls-sentinel");
+    let (ca, cert, key) = make_ca(dir.path(), "sentinel");
+    let set = SentinelSet::start_tls(Some(Tls {
+        ca: ca.clone(),
+        cert,
+        key,
+    }));
+    for r in [&set.master, &set.replica] {
+        set_acl_user(r, "failover-pass");
+    }
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "failover-pass\n").unwrap();
+    failover_mid_burst(
+        set,
+        &format!(
+            "url = \"rediss://ignored/0\"\nusername = \"mailgate\"\npassword_file = \"{}\"\ntls_ca_file = \"{}\"",
+            secret.display(),
+            ca.display()
+        ),
+    );
+}
+
+/// README's ACL line for mailgate's user (read from README.md, so that the line an admin
+/// copies is the line the tests prove), set on `redis` with `password`.
+fn set_acl_user(redis: &Redis, password: &str) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER mailgate "))
+        .expect("README shows the ACL line for mailgate's user");
+    let args: Vec<String> = line
+        .split_whitespace()
+        .map(|w| {
+            if w == ">PASSWORD" {
+                format!(">{password}")
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(redis.cli(&args), "OK", "{line}");
+}
+
+fn failover_mid_burst(mut set: SentinelSet, store_extra: &str) {
     let sink = Sink::start(&[]);
     let nodes = [0, 1].map(|_| {
         Env::new(
@@ -530,7 +676,7 @@ fn a_sentinel_failover_mid_burst_loses_nothing_and_counts_nothing_twice() {
             &format!(
                 "[alerts]\nadmin = \"\"\n[store]\nkind = \"redis\"\ntimeout_ms = 300\n{}\n\
                  [accounts.shop]\nusers = [\"{}\", 0]\nlimits = [ {{ window = \"1h\", messages = 40 }} ]\n",
-                set.store_config(""),
+                set.store_config(store_extra),
                 me()
             ),
         )
@@ -685,32 +831,7 @@ fn an_acl_user_through_sentinel_is_checked_and_counts() {
     // README "Many web servers": the ACL line for mailgate's user. ACLs do not replicate:
     // the user goes on every server that may become the master.
     for r in [&set.master, &set.replica] {
-        assert_eq!(
-            r.cli(&[
-                "acl",
-                "setuser",
-                "mailgate",
-                "on",
-                ">s3cret-pass",
-                "~mailgate:*",
-                "resetchannels",
-                "-@all",
-                "+@scripting",
-                "+hgetall",
-                "+hget",
-                "+hset",
-                "+get",
-                "+set",
-                "+del",
-                "+exists",
-                "+expire",
-                "+scan",
-                "+ping",
-                "+role",
-                "+time",
-            ]),
-            "OK"
-        );
+        set_acl_user(r, "s3cret-pass");
     }
     let sink = Sink::start(&[]);
     let dir = TempDir::new("acl");
@@ -920,32 +1041,7 @@ fn tls_with_an_acl_user_verifies_the_server() {
         "--tls-auth-clients",
         "no",
     ]);
-    assert_eq!(
-        redis.cli(&[
-            "acl",
-            "setuser",
-            "mailgate",
-            "on",
-            ">tls-pass",
-            "~mailgate:*",
-            "resetchannels",
-            "-@all",
-            "+@scripting",
-            "+hgetall",
-            "+hget",
-            "+hset",
-            "+get",
-            "+set",
-            "+del",
-            "+exists",
-            "+expire",
-            "+scan",
-            "+ping",
-            "+role",
-            "+time",
-        ]),
-        "OK"
-    );
+    set_acl_user(&redis, "tls-pass");
     std::fs::write(dir.path().join("secret"), "tls-pass\n").unwrap();
     let sink = Sink::start(&[]);
     let node = |ca: &std::path::Path| {
