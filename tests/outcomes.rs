@@ -86,17 +86,7 @@ impl Setup {
     }
 }
 
-/// One delivery line of the relay instance (Postfix 3.7, `maillog_file`).
-fn line(queue_id: &str, to: &str, status: &str, reply: &str) -> String {
-    let dsn = match status {
-        "sent" => "2.0.0",
-        "bounced" => "5.1.1",
-        _ => "4.2.0",
-    };
-    format!(
-        "Dec  3 13:20:01 vm postfix-postfwd/smtp[4711]: {queue_id}: to=<{to}>, relay=mx.example.net[192.0.2.1]:25, delay=0.2, delays=0.01/0.01/0.1/0.08, dsn={dsn}, status={status} ({reply})\n"
-    )
-}
+use common::relay_log_line as line;
 
 fn source<'a>(top: &'a serde_json::Value, account: &str, script: &str) -> &'a serde_json::Value {
     top["accounts"]

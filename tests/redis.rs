@@ -1192,3 +1192,86 @@ fn a_redis_cluster_counts_exactly_in_one_slot() {
         0
     );
 }
+
+/// Issue 31: outcomes count for the account across the cluster. Two nodes, each with its own
+/// relay and relay log, share a Redis store; a script bounces three recipients through each.
+/// Neither node alone reaches the trigger's five bounces; the second queue run sees six across
+/// the cluster and holds the account, and the hold holds node A's next message.
+#[test]
+fn bounces_through_two_nodes_add_up_to_one_trigger() {
+    const T0: i64 = 1_900_000_000;
+    let redis = Redis::start();
+    let node = || {
+        let rec = Recorder::start(Script::default());
+        let dir = TempDir::new("cluster-outcomes");
+        let log = dir.path().join("postfix-postfwd.log");
+        std::fs::write(&log, "").unwrap();
+        let env = Env::new(
+            rec.port,
+            &format!(
+                "[alerts]\nadmin = \"\"\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 2000\n\
+                 [outcomes]\nrelay_log = \"{}\"\n\
+                 [defaults.trigger]\nwindow = \"1h\"\nmin_failures = 5\npercent = 30\naction = \"hold\"\n\
+                 [accounts.shop]\nusers = [\"{}\", 0]\n",
+                redis.port,
+                log.display(),
+                me()
+            ),
+        );
+        (rec, env, log, dir)
+    };
+    let (a, b) = (node(), node());
+    let bounce_three = |(rec, env, log, _): &(Recorder, Env, std::path::PathBuf, TempDir),
+                        t: i64| {
+        let mut lines = String::new();
+        for i in 0..3 {
+            let before = rec.received().len();
+            let to = format!("gone{i}@example.net");
+            let mut cmd = env.cmd();
+            cmd.env("MAILGATE_NOW", (t + i).to_string())
+                .args(["--account", "shop", "-i", &to]);
+            let o = run_with_input(&mut cmd, b"Subject: bounce\n\nb\n");
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            lines.push_str(&relay_log_line(
+                &format!("REC{}", before + 1),
+                &to,
+                "bounced",
+                "host mx.example.net said: 550 5.1.1 no such user",
+            ));
+        }
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        admin(env, &["queue", "run"], Some(t + 10));
+    };
+    let locked = |env: &Env, t: i64| {
+        let st = json(env, &["status", "shop"], Some(t));
+        !st["accounts"][0]["locked"].is_null()
+    };
+    bounce_three(&a, T0);
+    assert!(
+        !locked(&a.1, T0 + 11),
+        "three bounces on one node are under the trigger"
+    );
+    bounce_three(&b, T0 + 20);
+    assert!(
+        locked(&b.1, T0 + 31),
+        "six bounces across the cluster hold the account"
+    );
+    // Node A, which saw only its own three, holds the next message too.
+    let mut cmd = a.1.cmd();
+    cmd.env("MAILGATE_NOW", (T0 + 40).to_string()).args([
+        "--account",
+        "shop",
+        "-i",
+        "next@example.net",
+    ]);
+    let o = run_with_input(&mut cmd, b"Subject: next\n\nb\n");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let held = json(&a.1, &["hold", "list"], Some(T0 + 41));
+    assert_eq!(held.as_array().unwrap().len(), 1, "held on node A: {held}");
+}

@@ -81,6 +81,17 @@ pub(super) fn run(rt: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Coun
                 continue;
             }
         };
+        let added = rate::Tally {
+            delivered: counted
+                .iter()
+                .filter(|c| c.outcome == Outcome::Delivered)
+                .count() as u64,
+            bounced: counted
+                .iter()
+                .filter(|c| c.outcome == Outcome::Bounced)
+                .count() as u64,
+        };
+        let tally = shared_tally(rt, account, now, window, added).unwrap_or(tally);
         evaluations.insert(account.clone(), evaluate(tally, sources, counted));
     }
     for account in &held {
@@ -88,7 +99,10 @@ pub(super) fn run(rt: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Coun
             continue;
         }
         if let Ok(s) = stats::file::read(state, account) {
-            let (tally, sources) = rate::tally(&s, now, trigger_window(rt, account));
+            let window = trigger_window(rt, account);
+            let (tally, sources) = rate::tally(&s, now, window);
+            let tally =
+                shared_tally(rt, account, now, window, rate::Tally::default()).unwrap_or(tally);
             evaluations.insert(account.clone(), evaluate(tally, sources, &[]));
         }
     }
@@ -120,6 +134,23 @@ pub(super) fn run(rt: &Runtime, dir: &Dir, by_account: BTreeMap<String, Vec<Coun
         marks::HELD,
         &held.iter().map(|a| format!("{a}\n")).collect::<String>(),
     );
+}
+
+/// On a cluster (a store the nodes share), this node's new outcomes added to everyone's, and
+/// the account's tally over the window as all nodes learnt it: a script that bounces a little
+/// through each of ten nodes is judged on its bounces across the ten. `None` for the file
+/// store, or when the shared store does not answer (the node's own tally decides this run).
+fn shared_tally(
+    rt: &Runtime,
+    account: &str,
+    now: i64,
+    window: i64,
+    added: rate::Tally,
+) -> Option<rate::Tally> {
+    let store = rt.store().ok()?;
+    let (delivered, bounced) =
+        store.add_outcomes(account, now, (added.delivered, added.bounced), window)?;
+    Some(rate::Tally { delivered, bounced })
 }
 
 fn trigger_window(rt: &Runtime, account: &str) -> i64 {

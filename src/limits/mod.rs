@@ -301,6 +301,21 @@ pub trait CounterStore {
     fn claim_notice(&self, _account: &str, _secs: u64) -> bool {
         true
     }
+
+    /// Add this node's newly learnt outcomes of `account` (recipients delivered, bounced) to
+    /// the tally every node shares, and return the shared tally over the last `window`
+    /// seconds — what the bounce trigger judges on a cluster. `None` for a store no other node
+    /// shares (the file store: the node's own statistics are the whole truth) or one that
+    /// cannot be asked (the node's own tally decides then).
+    fn add_outcomes(
+        &self,
+        _account: &str,
+        _now: i64,
+        _added: (u64, u64),
+        _window: i64,
+    ) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 pub type Store = Box<dyn CounterStore>;

@@ -356,6 +356,14 @@ impl RedisConn {
         }
     }
 
+    /// Run `f` once, for a call that must not be repeated: an error is the answer.
+    pub fn run_once<T>(
+        &self,
+        mut f: impl FnMut(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        self.try_once(&mut f).map_err(|(why, _)| why)
+    }
+
     /// One attempt: the result, or why it failed and whether a failover may explain it.
     fn try_once<T>(
         &self,

@@ -36,6 +36,37 @@ end
 return 1
 "#;
 
+/// The delivery outcomes every node learnt, per account: a hash of minute buckets
+/// ("delivered:bounced"), added to and summed over the trigger's window in one call; buckets
+/// older than the window are dropped, the key expires when the account goes quiet.
+const OUTCOMES: &str = r#"
+local now, d, b, win = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local cur = math.floor(now / 60)
+local first = math.floor((now - win) / 60)
+if d > 0 or b > 0 then
+  local v = redis.call('HGET', KEYS[1], cur)
+  local od, ob = 0, 0
+  if v then
+    local x, y = string.match(v, '^(%d+):(%d+)$')
+    od, ob = tonumber(x) or 0, tonumber(y) or 0
+  end
+  redis.call('HSET', KEYS[1], cur, (od + d) .. ':' .. (ob + b))
+  redis.call('EXPIRE', KEYS[1], win + 120)
+end
+local all = redis.call('HGETALL', KEYS[1])
+local sd, sb = 0, 0
+for i = 1, #all, 2 do
+  local bucket = tonumber(all[i])
+  if bucket and bucket < first then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif bucket and bucket <= cur then
+    local x, y = string.match(all[i + 1], '^(%d+):(%d+)$')
+    sd = sd + (tonumber(x) or 0); sb = sb + (tonumber(y) or 0)
+  end
+end
+return {sd, sb}
+"#;
+
 pub struct RedisStore {
     conn: RedisConn,
     keys: Keys,
@@ -75,6 +106,10 @@ impl Keys {
 
     fn notice(self, account: &str) -> String {
         format!("{}notice:{account}", self.prefix)
+    }
+
+    fn outcomes(self, account: &str) -> String {
+        format!("{}o:{account}", self.prefix)
     }
 
     /// Every window key of a counter (SCAN pattern).
@@ -625,6 +660,30 @@ impl CounterStore for RedisStore {
                 format!("redis {}", self.keys.windows(counter))
             }
         }
+    }
+
+    fn add_outcomes(
+        &self,
+        account: &str,
+        now: i64,
+        added: (u64, u64),
+        window: i64,
+    ) -> Option<(u64, u64)> {
+        let script = redis::Script::new(OUTCOMES);
+        let key = self.keys.outcomes(account);
+        // Tried once, not followed through a failover (an add repeated after a lost answer
+        // would count twice): without an answer the node's own tally decides this run.
+        self.conn
+            .run_once(|c| {
+                script
+                    .key(&key)
+                    .arg(now)
+                    .arg(added.0)
+                    .arg(added.1)
+                    .arg(window)
+                    .invoke::<(u64, u64)>(c)
+            })
+            .ok()
     }
 
     fn claim_notice(&self, account: &str, secs: u64) -> bool {

@@ -745,3 +745,15 @@ pub fn code(o: &Output) -> i32 {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// One delivery line of the relay instance (Postfix 3.7, `maillog_file`).
+pub fn relay_log_line(queue_id: &str, to: &str, status: &str, reply: &str) -> String {
+    let dsn = match status {
+        "sent" => "2.0.0",
+        "bounced" => "5.1.1",
+        _ => "4.2.0",
+    };
+    format!(
+        "Dec  3 13:20:01 vm postfix-postfwd/smtp[4711]: {queue_id}: to=<{to}>, relay=mx.example.net[192.0.2.1]:25, delay=0.2, delays=0.01/0.01/0.1/0.08, dsn={dsn}, status={status} ({reply})\n"
+    )
+}
