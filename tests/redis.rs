@@ -829,6 +829,8 @@ fn a_repeated_call_counts_once() {
             "5",
             "-1",
             "0",
+            // how long the token lives
+            "60",
         ])
     };
     let messages = || -> i64 {
@@ -840,6 +842,11 @@ fn a_repeated_call_counts_once() {
     };
     let first = call("mailgate:once:A");
     assert_eq!(messages(), 1);
+    let ttl: i64 = redis.cli(&["ttl", "mailgate:once:A"]).parse().unwrap();
+    assert!(
+        ttl > 0 && ttl <= 60,
+        "the token lives as long as a repeat can come: {ttl}"
+    );
     assert_eq!(call("mailgate:once:A"), first, "the same answer again");
     assert_eq!(messages(), 1, "counted once");
     call("mailgate:once:B");

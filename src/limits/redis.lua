@@ -9,7 +9,8 @@
 -- ARGV: now (0 = Redis TIME), recipients, count_refusal (0/1), exempt (0/1), lock_after,
 --       number of account windows, number of server windows,
 --       then per window: seconds, max messages (-1 = none), max recipients (-1 = none),
---       observe (0/1: only watch; over it the message still goes).
+--       observe (0/1: only watch; over it the message still goes),
+--       then how long the call's token lives (seconds: as long as a repeat can come).
 -- A window hash maps ring slot -> "bucket:messages:recipients:refused", plus "alert" -> time
 -- before which no alert mail is due. Every key expires when its window has passed unused.
 local B = 20
@@ -25,6 +26,7 @@ local na = tonumber(ARGV[6])
 local nw = na + tonumber(ARGV[7])
 local lockkey = KEYS[nw + 1]
 local oncekey = KEYS[nw + 2]
+local once_ttl = tonumber(ARGV[7 + nw * 4 + 1]) or 600
 
 local function decide()
 
@@ -158,6 +160,6 @@ if oncekey then
 end
 local reply = decide()
 if oncekey then
-  redis.call('SET', oncekey, cjson.encode(reply), 'EX', 600)
+  redis.call('SET', oncekey, cjson.encode(reply), 'EX', once_ttl)
 end
 return reply

@@ -607,6 +607,9 @@ fn check_invocation<'a>(
             .arg(l.recipients.map_or(-1, i64::from))
             .arg(u8::from(l.observe));
     }
+    // The token lives as long as the call may repeat itself (a failover's wait and a margin),
+    // not longer: every message leaves one, and a runaway script sends hundreds a second.
+    invocation.arg(config.store.failover_wait_ms / 1000 + 30);
     invocation
 }
 
