@@ -144,6 +144,32 @@ impl Redis {
     }
 }
 
+/// How many messages `env` keeps in its spools for a queue run.
+fn spooled(env: &Env) -> usize {
+    json(env, &["queue", "list"], None)
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// Eight senders alternating between nodes `a` and `b`, `per_sender` messages each to
+/// account shop: their exit codes.
+fn eight_senders(a: &Env, b: &Env, per_sender: usize) -> Vec<i32> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let env = if i % 2 == 0 { a } else { b };
+                s.spawn(move || {
+                    (0..per_sender)
+                        .map(|_| code(&env.send(&["--account", "shop", "-i", "to@x.org"], MSG)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn me() -> String {
     let o = Command::new("id").arg("-un").output().unwrap();
     String::from_utf8(o.stdout).unwrap().trim().to_string()
@@ -171,19 +197,7 @@ fn two_nodes_share_one_exact_quota() {
         node(sink.port, redis.port, ""),
         node(sink.port, redis.port, ""),
     );
-    let codes: Vec<i32> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..8)
-            .map(|i| {
-                let env = if i % 2 == 0 { &a } else { &b };
-                s.spawn(move || {
-                    (0..5)
-                        .map(|_| code(&env.send(&["--account", "shop", "-i", "to@x.org"], MSG)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
+    let codes: Vec<i32> = eight_senders(&a, &b, 5);
     assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 20, "{codes:?}");
     assert_eq!(codes.iter().filter(|&&c| c == 69).count(), 20, "{codes:?}");
     assert_eq!(sink.wait_count(20).len(), 20);
@@ -233,22 +247,10 @@ fn redis_down_keeps_mail_and_queue_run_counts_it_when_back() {
         );
     }
     assert_eq!(rec.received().len(), 18);
-    assert_eq!(
-        json(&env, &["queue", "list"], None)
-            .as_array()
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(spooled(&env), 4);
     // queue run while Redis is still down: nothing moves, nothing is lost.
     admin(&env, &["queue", "run"], None);
-    assert_eq!(
-        json(&env, &["queue", "list"], None)
-            .as_array()
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(spooled(&env), 4);
     // Back (with its counts): only 2 more fit this hour; the other 2 wait, in order.
     redis.restart();
     let out = admin(&env, &["queue", "run"], None);
@@ -399,13 +401,7 @@ fn redis_stopped_while_eight_senders_run_loses_nothing() {
     });
     // Every attempt either went out, was kept (exit 0) or was refused by the limit (69).
     assert!(codes.iter().all(|&c| c == 0 || c == 69), "{codes:?}");
-    let deferred = |env: &Env| {
-        json(env, &["queue", "list"], None)
-            .as_array()
-            .unwrap()
-            .len()
-    };
-    let kept = deferred(&a) + deferred(&b);
+    let kept = spooled(&a) + spooled(&b);
     let refused = codes.iter().filter(|&&c| c == 69).count();
     wait_for("in-flight relays to finish", || {
         (sink.received().len() + kept + refused == attempts).then_some(())
@@ -420,7 +416,7 @@ fn redis_stopped_while_eight_senders_run_loses_nothing() {
     admin(&b, &["queue", "run"], None);
     let sent = sink.received().len();
     assert!(sent <= 20, "{sent} sent for a limit of 20");
-    let left = deferred(&a) + deferred(&b);
+    let left = spooled(&a) + spooled(&b);
     assert_eq!(
         sent + left + refused,
         attempts,
@@ -743,10 +739,7 @@ fn failover_mid_burst(mut set: impl Failover, store_extra: &str) {
     assert!(codes.iter().all(|&c| c == 0 || c == 69), "{codes:?}");
     // Decided within the call: nothing kept for a queue run, on either node.
     for env in &nodes {
-        let kept = json(env, &["queue", "list"], None)
-            .as_array()
-            .unwrap()
-            .len();
+        let kept = spooled(env);
         assert_eq!(
             kept, 0,
             "a message waited for the queue run instead of the new master"
@@ -917,10 +910,7 @@ fn an_acl_user_through_sentinel_is_checked_and_counts() {
         code(&bad.send(&["--account", "shop", "-i", "to@x.org"], MSG)),
         0
     );
-    let kept = json(&bad, &["queue", "list"], None)
-        .as_array()
-        .unwrap()
-        .len();
+    let kept = spooled(&bad);
     assert_eq!(kept, 1, "kept for the queue run, not sent uncounted");
     assert_eq!(sink.received().len(), 1);
 }
@@ -1110,10 +1100,7 @@ fn tls_with_an_acl_user_verifies_the_server() {
     assert_eq!(code(&o), 78, "{}", String::from_utf8_lossy(&o.stdout));
     assert!(stderr(&o).contains("[store]"), "{}", stderr(&o));
     assert_eq!(send(&fooled), 0);
-    let kept = json(&fooled, &["queue", "list"], None)
-        .as_array()
-        .unwrap()
-        .len();
+    let kept = spooled(&fooled);
     assert_eq!(
         kept, 1,
         "kept for the queue run, never counted by an unverified server"
@@ -1258,27 +1245,12 @@ fn a_redis_cluster_counts_exactly_in_one_slot() {
     let (a, b) = (node(), node());
     let o = run_with_input(a.cmd().arg("check-config"), b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let codes: Vec<i32> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..8)
-            .map(|i| {
-                let env = if i % 2 == 0 { &a } else { &b };
-                s.spawn(move || {
-                    (0..5)
-                        .map(|_| code(&env.send(&["--account", "shop", "-i", "to@x.org"], MSG)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
+    let codes: Vec<i32> = eight_senders(&a, &b, 5);
     assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 20, "{codes:?}");
     assert_eq!(codes.iter().filter(|&&c| c == 69).count(), 20, "{codes:?}");
     assert_eq!(sink.wait_count(20).len(), 20);
     for env in [&a, &b] {
-        let kept = json(env, &["queue", "list"], None)
-            .as_array()
-            .unwrap()
-            .len();
+        let kept = spooled(env);
         assert_eq!(
             kept, 0,
             "nothing waited for a queue run (no CROSSSLOT, no redirect lost)"
