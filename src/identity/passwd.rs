@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 const PASSWD_FILE: &str = "/etc/passwd";
 /// The system's NSS client (package libc-bin, essential on Debian).
 const GETENT: &str = "/usr/bin/getent";
+/// Where NSS is told which sources answer for `passwd`.
+const NSSWITCH: &str = "/etc/nsswitch.conf";
 /// More than any password entry; what `getent` may make mailgate read.
 const MAX_ANSWER: u64 = 64 * 1024;
 
@@ -117,7 +119,29 @@ pub fn lookup(key: Key) -> Result<Option<Entry>, Unanswered> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Unanswered(format!("cannot open {PASSWD_FILE}: {e}"))),
     }
+    let nsswitch = std::fs::read_to_string(NSSWITCH).unwrap_or_default();
+    if !other_sources(&nsswitch) {
+        return Ok(None);
+    }
     ask_getent(key)
+}
+
+/// Whether `nsswitch.conf` names a `passwd` source beyond the file just read: `files` is that
+/// file, and `systemd` answers only for root, nobody and services' DynamicUser accounts,
+/// which send no customer's mail. Without the file NSS uses `files` only. A miss is then
+/// final without a `getent` process — `check-config` over 10,000 accounts asks about as
+/// many unknown names.
+fn other_sources(nsswitch: &str) -> bool {
+    nsswitch
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .find_map(|l| l.trim_start().strip_prefix("passwd:"))
+        .is_some_and(|sources| {
+            sources
+                .split_whitespace()
+                .filter(|s| !s.starts_with('['))
+                .any(|s| !matches!(s, "files" | "systemd"))
+        })
 }
 
 /// `getent passwd KEY`: exit 0 with the entry, 2 when no database knows the key.
@@ -220,6 +244,17 @@ mod tests {
         }
         assert_eq!(lookup(Key::Name("root:x")), Ok(None));
         assert!(Key::Name("alice").is_plausible());
+    }
+
+    #[test]
+    fn only_sources_beyond_the_file_send_a_miss_to_getent() {
+        assert!(!other_sources("passwd:         files systemd\ngroup: files sss\n"));
+        assert!(!other_sources("# passwd: sss\npasswd: files\n"));
+        assert!(!other_sources(""), "no nsswitch.conf: files only");
+        assert!(other_sources("passwd:         files systemd extrausers\n"));
+        assert!(other_sources("passwd: files [NOTFOUND=return] sss\n"));
+        assert!(other_sources("passwd: ldap\n"));
+        assert!(other_sources("passwd: compat\n"), "compat's + lines pull in NIS");
     }
 
     #[test]
