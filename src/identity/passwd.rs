@@ -248,13 +248,18 @@ mod tests {
 
     #[test]
     fn only_sources_beyond_the_file_send_a_miss_to_getent() {
-        assert!(!other_sources("passwd:         files systemd\ngroup: files sss\n"));
+        assert!(!other_sources(
+            "passwd:         files systemd\ngroup: files sss\n"
+        ));
         assert!(!other_sources("# passwd: sss\npasswd: files\n"));
         assert!(!other_sources(""), "no nsswitch.conf: files only");
         assert!(other_sources("passwd:         files systemd extrausers\n"));
         assert!(other_sources("passwd: files [NOTFOUND=return] sss\n"));
         assert!(other_sources("passwd: ldap\n"));
-        assert!(other_sources("passwd: compat\n"), "compat's + lines pull in NIS");
+        assert!(
+            other_sources("passwd: compat\n"),
+            "compat's + lines pull in NIS"
+        );
     }
 
     #[test]
