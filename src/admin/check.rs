@@ -59,12 +59,7 @@ fn lane_findings(
 /// Whether mail would be handed to the configured relay now: reachable, and its end of the
 /// connection a trusted owner's (on every address of this host), or why not.
 fn relay_finding(config: &Config) -> Option<crate::config::check::Finding> {
-    let uids: Vec<u32> = config
-        .relay
-        .trusted_owners
-        .iter()
-        .filter_map(identity::uid_of_ref)
-        .collect();
+    let uids = identity::uids_of(&config.relay.trusted_owners);
     let relay = crate::relay::Relay {
         host: &config.relay.host,
         port: config.relay.port,

@@ -118,7 +118,7 @@ impl CallSite {
             if parent <= 1 {
                 break;
             }
-            let title = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
+            let title = read_proc(parent, "cmdline");
             let argv: Vec<String> = String::from_utf8_lossy(&title)
                 .split('\0')
                 .filter(|a| !a.is_empty())
@@ -152,14 +152,32 @@ impl CallSite {
     }
 }
 
+/// The first `PROC_READ_MAX` bytes of `/proc/PID/FILE`, empty when it cannot be read. A
+/// caller chooses its own command line, up to the kernel's 2 MiB: mailgate reads no more than
+/// the process title and the first arguments it looks at, in one read (`fs::read` would ask
+/// for the size first and then read in growing steps: six system calls for a 300-byte file).
+fn read_proc(pid: u32, file: &str) -> Vec<u8> {
+    let mut content = Vec::with_capacity(PROC_READ_MAX);
+    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/{file}")) {
+        let _ = std::io::Read::read_to_end(
+            &mut std::io::Read::take(f, PROC_READ_MAX as u64),
+            &mut content,
+        );
+    }
+    content
+}
+
+/// More than a process title, a PHP command line's script argument or `/proc/PID/stat`.
+const PROC_READ_MAX: usize = 8192;
+
 /// Whether `pid` is a PHP-FPM master process whose real uid is root.
 fn is_root_fpm_master(pid: u32) -> bool {
-    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let title = read_proc(pid, "cmdline");
     if !title.starts_with(b"php-fpm: master process") {
         return false;
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let status = read_proc(pid, "status");
+    String::from_utf8_lossy(&status)
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().next())
@@ -168,7 +186,8 @@ fn is_root_fpm_master(pid: u32) -> bool {
 
 /// The parent of `pid` from /proc/PID/stat (the field after the parenthesised name).
 fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_proc(pid, "stat");
+    let stat = std::str::from_utf8(&stat).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(1)?.parse().ok()
 }
@@ -183,9 +202,13 @@ pub fn fpm_pool(cmdline: &[u8]) -> Option<String> {
 
 /// True when the kernel gave us privileges the caller does not have (setgid `mailgate`).
 /// Every caller-controlled override is ignored then.
+/// Asked once per process: the ids do not change while mailgate runs.
 pub fn is_privileged() -> bool {
+    static PRIVILEGED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: these getters cannot fail.
-    unsafe { libc::getegid() != libc::getgid() || libc::geteuid() != libc::getuid() }
+    *PRIVILEGED.get_or_init(|| unsafe {
+        libc::getegid() != libc::getgid() || libc::geteuid() != libc::getuid()
+    })
 }
 
 /// Whether `name` is a login in the password database (a bare recipient such as `root`).
@@ -193,12 +216,24 @@ pub fn is_login(name: &str) -> bool {
     uid_of(name).is_some()
 }
 
-/// The uid of a login name, or of a `UserRef`.
-pub fn uid_of_ref(user: &UserRef) -> Option<u32> {
-    match user {
-        UserRef::Uid(uid) => Some(*uid),
-        UserRef::Name(name) => uid_of(name),
-    }
+/// The uids of `users` that the password database knows (numeric ones as they are), with
+/// one read of it for all the names.
+pub fn uids_of(users: &[UserRef]) -> Vec<u32> {
+    let keys: Vec<Key> = users
+        .iter()
+        .filter_map(|u| match u {
+            UserRef::Name(name) => Some(Key::Name(name)),
+            UserRef::Uid(_) => None,
+        })
+        .collect();
+    let mut by_name = passwd::lookup_all(&keys).into_iter();
+    users
+        .iter()
+        .filter_map(|u| match u {
+            UserRef::Uid(uid) => Some(*uid),
+            UserRef::Name(_) => by_name.next()?.ok().flatten().map(|e| e.uid),
+        })
+        .collect()
 }
 
 /// The uid of login `name` in the password database (`None` also when it cannot be asked:

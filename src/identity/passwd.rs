@@ -88,42 +88,68 @@ pub fn parse_line(line: &[u8]) -> Option<Entry> {
 
 /// The first entry in `file` that `key` matches, reading no further than that line.
 pub fn find_in(file: impl BufRead, key: Key) -> io::Result<Option<Entry>> {
+    Ok(find_all_in(file, &[key])?.pop().flatten())
+}
+
+/// For each key the first entry in `file` that it matches, reading no further than the line
+/// that answers the last of them: one pass for several names (the relay's trusted owners).
+pub fn find_all_in(file: impl BufRead, keys: &[Key]) -> io::Result<Vec<Option<Entry>>> {
     let mut file = file;
+    let mut found: Vec<Option<Entry>> = vec![None; keys.len()];
+    let mut missing = keys.len();
     let mut line = Vec::with_capacity(128);
-    loop {
+    while missing > 0 {
         line.clear();
         if file.read_until(b'\n', &mut line)? == 0 {
-            return Ok(None);
+            break;
         }
-        if let Some(entry) = parse_line(&line).filter(|e| key.matches(e)) {
-            return Ok(Some(entry));
+        let Some(entry) = parse_line(&line) else {
+            continue;
+        };
+        for (key, slot) in keys.iter().zip(found.iter_mut()) {
+            if slot.is_none() && key.matches(&entry) {
+                *slot = Some(entry.clone());
+                missing -= 1;
+            }
         }
     }
+    Ok(found)
 }
 
 /// The entry `key` names: `/etc/passwd` first, then the system's NSS through `getent`.
 /// `Ok(None)` when no database knows the key.
 pub fn lookup(key: Key) -> Result<Option<Entry>, Unanswered> {
-    if !key.is_plausible() {
-        return Ok(None);
-    }
-    match std::fs::File::open(PASSWD_FILE) {
-        Ok(file) => {
-            let found = find_in(io::BufReader::with_capacity(16 * 1024, file), key)
-                .map_err(|e| Unanswered(format!("cannot read {PASSWD_FILE}: {e}")))?;
-            if found.is_some() {
-                return Ok(found);
-            }
-        }
+    lookup_all(&[key]).pop().unwrap_or(Ok(None))
+}
+
+/// `lookup` for several keys, each answered on its own, with one read of `/etc/passwd` (and
+/// of `nsswitch.conf` when some key is not in it).
+pub fn lookup_all(keys: &[Key]) -> Vec<Result<Option<Entry>, Unanswered>> {
+    let in_file = match std::fs::File::open(PASSWD_FILE) {
+        Ok(file) => find_all_in(io::BufReader::with_capacity(16 * 1024, file), keys)
+            .map_err(|e| Unanswered(format!("cannot read {PASSWD_FILE}: {e}"))),
         // A system without the file still has NSS: ask it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Unanswered(format!("cannot open {PASSWD_FILE}: {e}"))),
-    }
-    let nsswitch = std::fs::read_to_string(NSSWITCH).unwrap_or_default();
-    if !other_sources(&nsswitch) {
-        return Ok(None);
-    }
-    ask_getent(key)
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![None; keys.len()]),
+        Err(e) => Err(Unanswered(format!("cannot open {PASSWD_FILE}: {e}"))),
+    };
+    let found = match in_file {
+        Ok(found) => found,
+        Err(why) => return keys.iter().map(|_| Err(why.clone())).collect(),
+    };
+    let asks_nss = found
+        .iter()
+        .zip(keys)
+        .any(|(entry, key)| entry.is_none() && key.is_plausible())
+        && other_sources(&std::fs::read_to_string(NSSWITCH).unwrap_or_default());
+    found
+        .into_iter()
+        .zip(keys)
+        .map(|(entry, key)| match entry {
+            Some(entry) => Ok(Some(entry)),
+            None if asks_nss && key.is_plausible() => ask_getent(*key),
+            None => Ok(None),
+        })
+        .collect()
 }
 
 /// Whether `nsswitch.conf` names a `passwd` source beyond the file just read: `files` is that
@@ -205,6 +231,51 @@ mod tests {
 
     fn find(key: Key) -> Option<Entry> {
         find_in(FILE.as_bytes(), key).unwrap()
+    }
+
+    /// A file whose lines after `FILE` cannot be read: a lookup that reads past what it
+    /// needs fails.
+    fn file_then_error() -> impl BufRead {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("read past the answer"))
+            }
+        }
+        io::BufReader::with_capacity(16, FILE.as_bytes().chain(Broken))
+    }
+
+    #[test]
+    fn several_names_are_answered_in_one_pass_that_stops_at_the_last_answer() {
+        let found = find_all_in(
+            file_then_error(),
+            &[Key::Name("daemon"), Key::Uid(1000), Key::Name("root")],
+        )
+        .unwrap();
+        let names: Vec<_> = found
+            .iter()
+            .map(|e| e.as_ref().unwrap().name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["daemon", "alice", "root"],
+            "each key its own first line"
+        );
+        assert!(
+            find_all_in(file_then_error(), &[Key::Name("root"), Key::Name("nobody")]).is_err(),
+            "an unknown name reads on to the end"
+        );
+        assert_eq!(
+            find_all_in(FILE.as_bytes(), &[Key::Name("nobody"), Key::Uid(1001)]).unwrap(),
+            vec![
+                None,
+                Some(Entry {
+                    name: "nogecos".into(),
+                    uid: 1001,
+                    gecos: String::new()
+                })
+            ]
+        );
     }
 
     #[test]

@@ -552,25 +552,55 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
 }
 
 /// A socket whose every read and write gets only the time left until one deadline, so a relay
-/// that trickles a byte at a time (or reads DATA slowly) cannot stretch the transaction: the
-/// socket timeout is set anew before each system call, never once per line.
+/// that trickles a byte at a time (or reads DATA slowly) cannot stretch the transaction. The
+/// socket's timeout is what was left when it was set; a call that starts later may end that
+/// much past the deadline, so the timeout is set anew when it is older than `REARM_AFTER`
+/// (a dialogue on this host takes a fraction of that: one setsockopt per direction, not one
+/// per system call).
 struct Deadlined {
     stream: Stream,
     deadline: Instant,
+    /// When the socket's timeout for this direction was last set.
+    armed: Option<Instant>,
+}
+
+/// How far past the deadline one read or write may end.
+const REARM_AFTER: Duration = Duration::from_millis(50);
+
+impl Deadlined {
+    fn new(stream: Stream, deadline: Instant) -> Deadlined {
+        Deadlined {
+            stream,
+            deadline,
+            armed: None,
+        }
+    }
+
+    /// Make sure the next call on the socket ends by the deadline (within `REARM_AFTER`).
+    fn arm(&mut self, set: fn(&Stream, Option<Duration>) -> io::Result<()>) -> io::Result<()> {
+        let left = remaining(self.deadline)?;
+        let now = Instant::now();
+        if self
+            .armed
+            .is_none_or(|at| now.duration_since(at) >= REARM_AFTER)
+        {
+            set(&self.stream, Some(left))?;
+            self.armed = Some(now);
+        }
+        Ok(())
+    }
 }
 
 impl Read for Deadlined {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream
-            .set_read_timeout(Some(remaining(self.deadline)?))?;
+        self.arm(Stream::set_read_timeout)?;
         self.stream.read(buf)
     }
 }
 
 impl Write for Deadlined {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream
-            .set_write_timeout(Some(remaining(self.deadline)?))?;
+        self.arm(Stream::set_write_timeout)?;
         // Small writes: a relay reading slowly returns to the deadline check often.
         let chunk = &buf[..buf.len().min(16 * 1024)];
         self.stream.write(chunk)
@@ -590,11 +620,8 @@ impl Conn {
     /// Buffered both ways, every read and write bounded by `deadline`.
     fn new(stream: Stream, deadline: Instant) -> io::Result<Conn> {
         Ok(Conn {
-            reader: BufReader::new(Deadlined {
-                stream: stream.try_clone()?,
-                deadline,
-            }),
-            writer: BufWriter::with_capacity(64 * 1024, Deadlined { stream, deadline }),
+            reader: BufReader::new(Deadlined::new(stream.try_clone()?, deadline)),
+            writer: BufWriter::with_capacity(64 * 1024, Deadlined::new(stream, deadline)),
         })
     }
 

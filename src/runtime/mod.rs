@@ -107,13 +107,7 @@ impl Runtime {
 
     fn relay_trusting(&self, caller_too: bool) -> Relay<'_> {
         let (configured, with_caller) = self.trusted_owners.get_or_init(|| {
-            let uids: Vec<u32> = self
-                .config
-                .relay
-                .trusted_owners
-                .iter()
-                .filter_map(crate::identity::uid_of_ref)
-                .collect();
+            let uids = crate::identity::uids_of(&self.config.relay.trusted_owners);
             // The caller's own listener may have the caller's own mail: that hurts nobody
             // else (root's queue run is uid 0, which only root and postfix match by default).
             let mut with_caller = uids.clone();

@@ -256,7 +256,11 @@ impl DomainIndex<'_> {
         let dir = self.config.accounts_dir.as_deref()?;
         let (stamp, racy) = match stamp_of(dir) {
             Ok(Some(s)) => s,
-            Ok(None) => return None,
+            Ok(None) => {
+                // No drop-in directory: no owner for the other addresses either.
+                let _ = self.built.set(BTreeMap::new());
+                return None;
+            }
             Err(e) => {
                 self.note(&format!("cannot stat {}: {e}", dir.display()));
                 return None;

@@ -241,12 +241,17 @@ impl Dir {
     /// best effort, the directory works either way.
     fn settle(&self, created: bool, group: Option<u32>) {
         let fd = self.fd.as_raw_fd();
-        // SAFETY: fd is an open directory; fstat writes into st; the getters cannot fail.
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root && !created {
+            // Nothing a sender could change: no fstat on every message's path.
+            return;
+        }
+        // SAFETY: fd is an open directory; fstat writes into st.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0 {
             return;
         }
-        let root = unsafe { libc::geteuid() } == 0;
         if root && st.st_uid != 0 {
             // SAFETY: fd is an open directory; -1 keeps the group.
             unsafe { libc::fchown(fd, 0, u32::MAX) };
