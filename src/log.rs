@@ -69,16 +69,24 @@ const MAX_LOG_FILE: u64 = 16 * 1024 * 1024;
 
 fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     let stamp = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z");
-    if std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_LOG_FILE) {
+    let mut f = open_log(path)?;
+    if f.metadata()?.len() > MAX_LOG_FILE {
         let mut old = path.as_os_str().to_owned();
         old.push(".1");
         // Two writers may both rotate; the second rename moves a nearly empty file. Either
         // way the size stays bounded and no line is written into a file that is gone.
         let _ = std::fs::rename(path, old);
+        f = open_log(path)?;
     }
+    // One write per line: O_APPEND keeps concurrent writers' lines whole.
+    f.write_all(format!("{stamp} mailgate[{}]: {line}\n", std::process::id()).as_bytes())
+}
+
+/// The log file for appending, created when missing. Never blocks on a FIFO put in its
+/// place; anything but a regular file is refused.
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    // Never blocks on a FIFO put in its place; anything but a regular file is refused.
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -89,8 +97,7 @@ fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
             "not a regular file",
         ));
     }
-    // One write per line: O_APPEND keeps concurrent writers' lines whole.
-    f.write_all(format!("{stamp} mailgate[{}]: {line}\n", std::process::id()).as_bytes())
+    Ok(f)
 }
 
 /// Longest value of one logged field; a longer one is cut and marked, so one line stays a
