@@ -1,7 +1,20 @@
 # shellcheck shell=bash
-# Shared by bench/run.sh and bench/scale.sh (sourced): free loopback ports, waiting for a
-# listener, a sink, and reading hyperfine's medians. The caller keeps the pids it must kill
+# Shared by the bench scripts and pkg/hot-symbols.sh (sourced): a scratch directory, free
+# loopback ports, waiting for a listener, a sink, and reading hyperfine's medians. The caller keeps the pids it must kill
 # in the array `pids`.
+
+# A scratch directory in $work (readable by the sink's user), removed on exit with every
+# process whose pid the caller put into `pids`.
+scratch_dir() { # name
+    work=$(mktemp -d "/tmp/mailgate-$1.XXXXXX")
+    chmod 755 "$work"
+    pids=()
+    trap scratch_cleanup EXIT
+}
+scratch_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

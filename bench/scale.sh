@@ -14,17 +14,9 @@ for tool in hyperfine smtp-sink python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install hyperfine postfix python3)" >&2; exit 1; }
 done
 BIN=$(pkg/build.sh --quiet)   # the shipped binary: static, release
-work=$(mktemp -d /tmp/mailgate-scale.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+scratch_dir scale
 start_sink
 DEAD_PORT=$(free_port)   # nothing listens: every message is queued
 

@@ -14,16 +14,9 @@ for tool in redis-server redis-sentinel redis-cli openssl smtp-sink python3; do
     command -v "$tool" >/dev/null || { echo "bench/store.sh: $tool is missing" >&2; exit 1; }
 done
 BIN=$(pkg/build.sh --quiet)   # the shipped binary: static, release
-work=$(mktemp -d /tmp/mailgate-store-bench.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+scratch_dir store-bench
 start_sink
 
 redis() { # port args...

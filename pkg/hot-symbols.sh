@@ -16,16 +16,9 @@ for tool in valgrind callgrind_annotate smtp-sink python3; do
     command -v "$tool" >/dev/null || { echo "hot-symbols: $tool is missing (apt-get install valgrind postfix python3)" >&2; exit 1; }
 done
 
-work=$(mktemp -d /tmp/mailgate-hot.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+scratch_dir hot
 
 # The profiling build: unstripped and unordered, in a target directory of its own, with the
 # same profile as the shipped build (so the same mangled names).
