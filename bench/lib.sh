@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shared by the bench scripts and pkg/hot-symbols.sh (sourced): a scratch directory, free
-# loopback ports, waiting for a listener, a sink, and reading hyperfine's medians. The caller keeps the pids it must kill
-# in the array `pids`.
+# loopback ports, waiting for a listener, a sink, and reading hyperfine's medians. The caller
+# keeps the pids it must kill in the array `pids`.
 
 # A scratch directory in $work (readable by the sink's user), removed on exit with every
 # process whose pid the caller put into `pids`.

@@ -158,11 +158,9 @@ impl CallSite {
 /// for the size first and then read in growing steps: six system calls for a 300-byte file).
 fn read_proc(pid: u32, file: &str) -> Vec<u8> {
     let mut content = Vec::with_capacity(PROC_READ_MAX);
+    use std::io::Read;
     if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/{file}")) {
-        let _ = std::io::Read::read_to_end(
-            &mut std::io::Read::take(f, PROC_READ_MAX as u64),
-            &mut content,
-        );
+        let _ = f.take(PROC_READ_MAX as u64).read_to_end(&mut content);
     }
     content
 }
@@ -202,6 +200,7 @@ pub fn fpm_pool(cmdline: &[u8]) -> Option<String> {
 
 /// True when the kernel gave us privileges the caller does not have (setgid `mailgate`).
 /// Every caller-controlled override is ignored then.
+///
 /// Asked once per process: the ids do not change while mailgate runs.
 pub fn is_privileged() -> bool {
     static PRIVILEGED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
