@@ -747,3 +747,74 @@ fn a_follower_holds_a_bouncing_script_without_waiting_for_the_next_run() {
     let _ = pid;
     drop(follower); // killed and reaped by PID
 }
+
+/// A follower judges with the configuration its run loaded. When the admin adds a trigger
+/// while it follows, it ends before reading on, and the next run learns the bounces with the
+/// trigger and holds the account: none of them is judged by the old configuration alone.
+#[test]
+fn a_follower_ends_when_the_configuration_changes_and_the_next_run_judges_with_the_new() {
+    let s = setup("");
+    let contact: Vec<String> = (1..=6)
+        .map(|i| {
+            s.send(
+                "shop",
+                "/var/www/shop/contact.php",
+                T0 + i,
+                &[&format!("gone{i}@example.net")],
+            )
+        })
+        .collect();
+    let mut cmd = s.env.cmd();
+    cmd.args(["queue", "run", "--follow", "120s"])
+        .env("MAILGATE_NOW", (T0 + 30).to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut follower = Guard(cmd.spawn().unwrap());
+    wait_for("the follower to hold follow.lock", || {
+        let f = std::fs::File::open(s.env.state.join("follow.lock")).ok()?;
+        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)).then_some(())
+    });
+    // The admin adds a trigger, then the relay logs the six bounces.
+    let config = std::fs::read_to_string(&s.env.config).unwrap();
+    std::fs::write(
+        &s.env.config,
+        format!(
+            "{config}[defaults.trigger]\nwindow = \"1h\"\nmin_failures = 5\npercent = 30\n\
+             action = \"hold\"\n"
+        ),
+    )
+    .unwrap();
+    let mut log = String::new();
+    for (i, q) in contact.iter().enumerate() {
+        let to = format!("gone{}@example.net", i + 1);
+        log.push_str(&line(
+            q,
+            &to,
+            "bounced",
+            "host mx said: 550 5.1.1 user unknown",
+        ));
+    }
+    s.log(&log);
+    // The follower ends of itself, long before its 120 s, and says why.
+    wait_for("the follower to end", || {
+        follower.0.try_wait().ok().flatten()
+    });
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut follower.0.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("the configuration changed"), "{out}");
+    assert!(out.contains("learnt 0 recipient outcomes"), "{out}");
+    assert!(!held(&s, "shop", T0 + 31), "nothing was learnt yet");
+    // The next run reads on from where the follower stopped and holds shop.
+    let summary = s.queue_run(T0 + 32);
+    assert!(summary.contains("queue run:"), "{summary}");
+    let status = s.json(&["status", "--json", "shop"], T0 + 33);
+    assert_eq!(status["accounts"][0]["bounces"]["held"], true, "{status}");
+    assert!(
+        status["accounts"][0]["locked"]
+            .as_str()
+            .unwrap()
+            .contains("6 of 6 recipients bounced"),
+        "{status}"
+    );
+}

@@ -156,9 +156,14 @@ fn follow_log(
 ) -> Result<(), Failure> {
     match crate::delivery::follow::follow(rt, started, span)? {
         Some(f) => out!(
-            "follow: learnt {} recipient outcomes in {} reads of the relay's log",
+            "follow: learnt {} recipient outcomes in {} reads of the relay's log{}",
             f.counted,
-            f.passes
+            f.passes,
+            if f.config_changed {
+                "; the configuration changed, the next run follows with it"
+            } else {
+                ""
+            }
         ),
         None => out!("follow: another process follows the relay's log; nothing done"),
     }

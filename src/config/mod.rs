@@ -50,6 +50,10 @@ pub struct Config {
     /// write). A message loads only its own account's file; see `load_account`.
     #[serde(skip)]
     pub accounts_dir: Option<PathBuf>,
+    /// The main file this configuration was read from, and when: what a long-running
+    /// `queue run --follow` compares against to notice that the admin changed it.
+    #[serde(skip)]
+    pub loaded_from: Option<(PathBuf, std::time::SystemTime)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -585,6 +589,7 @@ impl Default for Config {
             server: Limits::default(),
             accounts,
             accounts_dir: None,
+            loaded_from: None,
         }
     }
 }
@@ -681,6 +686,7 @@ impl Config {
     /// Load `path` (the main file only; accounts in `accounts.d/` are loaded on demand); a
     /// missing file at the default path means the built-in defaults.
     pub fn load(path: &Path, missing_is_default: bool) -> Result<Config, ConfigError> {
+        let loaded_at = std::time::SystemTime::now();
         let mut config = match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, &path.display().to_string())?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing_is_default => {
@@ -689,6 +695,7 @@ impl Config {
             Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", path.display()))),
         };
         config.accounts_dir = Some(accounts_dir_of(path));
+        config.loaded_from = Some((path.to_path_buf(), loaded_at));
         Ok(config)
     }
 
