@@ -37,10 +37,10 @@ pub enum Key<'a> {
 }
 
 impl Key<'_> {
-    fn matches(&self, entry: &Entry) -> bool {
+    fn matches(&self, line: &Fields<'_>) -> bool {
         match self {
-            Key::Uid(uid) => entry.uid == *uid,
-            Key::Name(name) => entry.name == *name,
+            Key::Uid(uid) => line.uid == *uid,
+            Key::Name(name) => line.name == *name,
         }
     }
 
@@ -63,27 +63,41 @@ impl Key<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unanswered(pub String);
 
-/// A password-file line (`name:password:uid:gid:gecos:home:shell`); `None` for a comment, an
-/// NIS `+`/`-` line or anything malformed.
-pub fn parse_line(line: &[u8]) -> Option<Entry> {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    if line.is_empty() || matches!(line[0], b'#' | b'+' | b'-') {
-        return None;
+/// The fields of a password-file line (`name:password:uid:gid:gecos:home:shell`) that mailgate
+/// uses, borrowed: a scan compares every line's and copies only the one that answers (a file
+/// of hundreds of users costs no allocation per line).
+struct Fields<'a> {
+    name: &'a str,
+    uid: u32,
+    gecos: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    /// `None` for a comment, an NIS `+`/`-` line or anything malformed.
+    fn of(line: &'a [u8]) -> Option<Fields<'a>> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        if line.is_empty() || matches!(line[0], b'#' | b'+' | b'-') {
+            return None;
+        }
+        let mut fields = line.split(|&b| b == b':');
+        let name = std::str::from_utf8(fields.next()?).ok()?;
+        let _password = fields.next()?;
+        let uid = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+        let _gid = fields.next()?;
+        let gecos = fields.next().unwrap_or_default();
+        if name.is_empty() {
+            return None;
+        }
+        Some(Fields { name, uid, gecos })
     }
-    let mut fields = line.split(|&b| b == b':');
-    let name = std::str::from_utf8(fields.next()?).ok()?;
-    let _password = fields.next()?;
-    let uid = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-    let _gid = fields.next()?;
-    let gecos = fields.next().unwrap_or_default();
-    if name.is_empty() {
-        return None;
+
+    fn entry(&self) -> Entry {
+        Entry {
+            name: self.name.to_string(),
+            uid: self.uid,
+            gecos: String::from_utf8_lossy(self.gecos).into_owned(),
+        }
     }
-    Some(Entry {
-        name: name.to_string(),
-        uid,
-        gecos: String::from_utf8_lossy(gecos).into_owned(),
-    })
 }
 
 /// The first entry in `file` that `key` matches, reading no further than that line.
@@ -103,12 +117,12 @@ pub fn find_all_in(file: impl BufRead, keys: &[Key]) -> io::Result<Vec<Option<En
         if file.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        let Some(entry) = parse_line(&line) else {
+        let Some(fields) = Fields::of(&line) else {
             continue;
         };
         for (key, slot) in keys.iter().zip(found.iter_mut()) {
-            if slot.is_none() && key.matches(&entry) {
-                *slot = Some(entry.clone());
+            if slot.is_none() && key.matches(&fields) {
+                *slot = Some(fields.entry());
                 missing -= 1;
             }
         }
@@ -349,9 +363,9 @@ mod tests {
             gecos in "[^:\n]{0,40}",
             junk in proptest::collection::vec(any::<u8>(), 0..200),
         ) {
-            let _ = parse_line(&junk);
+            let _ = Fields::of(&junk);
             let line = format!("{name}:x:{uid}:{uid}:{gecos}:/home/{name}:/bin/sh\n");
-            let e = parse_line(line.as_bytes()).unwrap();
+            let e = Fields::of(line.as_bytes()).unwrap().entry();
             prop_assert_eq!(e, Entry { name, uid, gecos });
         }
     }

@@ -121,13 +121,16 @@ fn newest_slot(file: &std::fs::File) -> std::io::Result<Result<Option<Slot>, Str
     let mut sealed: Vec<(usize, u64, String, u64)> = Vec::with_capacity(2);
     let mut why = String::new();
     let mut empty = true;
+    // One buffer for both reads: the first slot's text is copied out before the second.
+    let mut buf = Vec::new();
     for index in 0..2 {
-        let raw = read_slot(file, index as u64 * SLOT)?;
+        read_slot(file, index as u64 * SLOT, &mut buf)?;
+        let raw = &buf;
         if raw.is_empty() || raw.iter().all(|&b| b == 0) {
             continue;
         }
         empty = false;
-        match unframe(&raw) {
+        match unframe(raw) {
             Ok((generation, body, folded)) => sealed.push((index, generation, body, folded)),
             Err(e) => why = e,
         }
@@ -149,26 +152,25 @@ fn newest_slot(file: &std::fs::File) -> std::io::Result<Result<Option<Slot>, Str
     Ok(if empty { Ok(None) } else { Err(why) })
 }
 
-/// The bytes of the slot at `offset`: its frame line and content (one read when they fit in
+/// The bytes of the slot at `offset`, into `buf`: its frame line and content (one read when they fit in
 /// `FIRST_READ`), or, for a file from before the slots, everything up to `SLOT`.
-fn read_slot(file: &std::fs::File, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; FIRST_READ];
-    let n = read_at_most(file, &mut buf, offset)?;
+fn read_slot(file: &std::fs::File, offset: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.resize(FIRST_READ, 0);
+    let n = read_at_most(file, buf, offset)?;
     buf.truncate(n);
-    let framed_len = frame(&buf).map(|(_, len, header)| header + len);
+    let framed_len = frame(buf).map(|(_, len, header)| header + len);
     let want = match framed_len {
         Some(total) => total.min(super::MAX_FILE + 64),
         None if offset == 0 && buf.starts_with(b"mailgate-stats") => super::MAX_FILE + 64,
-        None => return Ok(buf),
+        None => return Ok(()),
     };
     if want > buf.len() && n == FIRST_READ {
-        let mut rest = vec![0u8; want - buf.len()];
-        let m = read_at_most(file, &mut rest, offset + buf.len() as u64)?;
-        rest.truncate(m);
-        buf.extend_from_slice(&rest);
+        buf.resize(want, 0);
+        let m = read_at_most(file, &mut buf[n..], offset + n as u64)?;
+        buf.truncate(n + m);
     }
     buf.truncate(want.min(buf.len()));
-    Ok(buf)
+    Ok(())
 }
 
 /// One `pread`: a regular file returns less than asked only at its end.

@@ -624,21 +624,20 @@ impl Stats {
             let bad = |what: &str| format!("line {}: {what}", n + 2);
             let mut words = line.split(' ');
             let tag = words.next().unwrap_or_default();
-            let nums = |words: &mut std::str::Split<'_, char>, count: usize| {
-                let v: Vec<i128> = words
-                    .take(count)
-                    .map(|w| w.parse::<i128>().map_err(|_| bad("not a number")))
-                    .collect::<Result<_, _>>()?;
-                if v.len() != count {
-                    return Err(bad("too few fields"));
+            // Into a fixed array: a file of hundreds of lines costs no allocation per line.
+            let nums = |words: &mut std::str::Split<'_, char>, v: &mut [i128]| {
+                for n in v.iter_mut() {
+                    let w = words.next().ok_or_else(|| bad("too few fields"))?;
+                    *n = w.parse::<i128>().map_err(|_| bad("not a number"))?;
                 }
-                Ok::<_, String>(v)
+                Ok::<_, String>(())
             };
             let count = |v: i128| u64::try_from(v).map_err(|_| bad("count out of range"));
             let time = |v: i128| i64::try_from(v).map_err(|_| bad("time out of range"));
             match tag {
                 "totals" => {
-                    let v = nums(&mut words, 7)?;
+                    let mut v = [0; 7];
+                    nums(&mut words, &mut v)?;
                     stats.totals.lock_wait_us = count(v[0])?;
                     stats.totals.decisions = count(v[1])?;
                     stats.totals.lock_busy = count(v[2])?;
@@ -651,13 +650,15 @@ impl Stats {
                         .into_iter()
                         .find(|o| o.as_str() == name)
                         .ok_or_else(|| bad("unknown outcome"))?;
-                    let v = nums(&mut words, 2)?;
+                    let mut v = [0; 2];
+                    nums(&mut words, &mut v)?;
                     stats.totals.messages[o.index()] = count(v[0])?;
                     stats.totals.recipients[o.index()] = count(v[1])?;
                 }
                 "source" => {
                     let kind = words.next().unwrap_or_default();
-                    let v = nums(&mut words, 2)?;
+                    let mut v = [0; 2];
+                    nums(&mut words, &mut v)?;
                     let (last_seen, inherited) = (time(v[0])?, count(v[1])?);
                     let text = unescape(words.next().unwrap_or_default())
                         .ok_or_else(|| bad("bad escape"))?;
@@ -683,7 +684,9 @@ impl Stats {
                     if n != 8 && n != 11 {
                         return Err(bad("wrong number of fields"));
                     }
-                    let v = nums(&mut words, n)?;
+                    let mut v = [0; 11];
+                    let v = &mut v[..n];
+                    nums(&mut words, v)?;
                     let (start, secs) = (time(v[0])?, time(v[1])?);
                     if secs != FINE && secs != COARSE {
                         return Err(bad("bad slot length"));
