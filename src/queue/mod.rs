@@ -142,8 +142,9 @@ pub fn run(rt: &Runtime, backoff: Backoff) -> Result<Option<Summary>, Failure> {
         stale_removed: spool.remove_stale_tmp(std::time::Duration::from_secs(3600)),
         ..Summary::default()
     };
-    // Senders that died between the hand-over and their log line: log them now. A live sender
-    // finishes within the relay timeout.
+    // Senders that died between the hand-over and their log line: log them now (a slot whose
+    // lock went with its sender; a record of its own once no live sender could still finish
+    // it, the relay timeout and a minute).
     let unfinished = std::time::Duration::from_secs(rt.config.relay.timeout.secs() + 60);
     crate::state::journal::recover(state, unfinished, &rt.logger);
     for id in spool.ids(Kind::Queue)? {
