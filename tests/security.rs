@@ -152,8 +152,25 @@ fn setgid_fixture(
         is_root(),
         "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
     );
+    setgid_fixture_with_sink(limits, &[])
+}
+
+/// `setgid_fixture` with smtp-sink's own options (`-w 60`: a relay slow to answer DATA).
+fn setgid_fixture_with_sink(
+    limits: &str,
+    sink_options: &[&str],
+) -> (
+    std::sync::MutexGuard<'static, ()>,
+    Sink,
+    Install,
+    SystemConfig,
+) {
+    assert!(
+        is_root(),
+        "this test needs root (it creates users and a setgid binary); run .ci/run or sudo cargo test"
+    );
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sink = Sink::start(&[]);
+    let sink = Sink::start(sink_options);
     let inst = install();
     let config = SystemConfig::install(&format!(
         "origin = \"example.org\"\nstate_dir = \"{}\"\n[relay]\nport = {}\n\
@@ -415,6 +432,95 @@ fn holds_flock(pid: u32, ino: u64) -> bool {
                     .and_then(|id| id.rsplit(':').next())
                     .is_some_and(|i| i == ino.to_string())
         })
+}
+
+/// A customer who stops her sender in the middle of the hand-over (after the relay may have
+/// the message, before the log line) cannot keep it out of the log: root's queue run leaves the
+/// record of a stopped sender alone while it is fresh, and once it is older than the relay
+/// timeout (and a minute) ends the sender and logs the record as status=unknown.
+#[test]
+fn a_sender_stopped_in_the_hand_over_is_ended_and_its_record_logged() {
+    let (_serial, _sink, inst, _config) = setgid_fixture_with_sink(
+        "[alerts]\nadmin = \"\"\n[defaults]\nlimits = [ { window = \"1h\", messages = 1000 } ]\n",
+        &["-w", "60"],
+    );
+    let hostile = USERS[0];
+    // Killed and reaped by PID when the test ends, whatever it found.
+    let mut sender = Guard(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={hostile}"),
+                &format!("--regid={hostile}"),
+                "--init-groups",
+            ])
+            .arg(&inst.bin)
+            .args(["-i", "hidden@x.org"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    {
+        use std::io::Write;
+        let mut stdin = sender.0.stdin.take().unwrap();
+        stdin.write_all(b"Subject: hidden\n\nb\n").unwrap();
+    }
+    let log_text = || std::fs::read_to_string(&inst.log).unwrap_or_default();
+    let pending = inst.state.join("pending");
+    // Its record is written (its slot locked) before it connects; the relay then sits on DATA.
+    let slot = wait_for("the sender's hand-over record", || {
+        std::fs::read_dir(&pending).ok()?.flatten().find_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let first = text.lines().next()?;
+            (first.contains(&format!("user={hostile}")) && !first.starts_with('#'))
+                .then(|| e.path())
+        })
+    });
+    // SAFETY: our own child.
+    unsafe { libc::kill(sender.0.id() as i32, libc::SIGSTOP) };
+    let queue_run = || {
+        let o = run_with_input(Command::new(&inst.bin).args(["queue", "run"]), b"");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    };
+    // Fresh: a live sender's, left alone.
+    queue_run();
+    assert!(!log_text().contains("status=unknown"), "{}", log_text());
+    assert!(
+        sender.0.try_wait().unwrap().is_none(),
+        "not ended while fresh"
+    );
+    // Older than the relay timeout and a minute: ended, and its record logged.
+    let aged = Command::new("touch")
+        .args(["-d", "-10 minutes"])
+        .arg(&slot)
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    queue_run();
+    let status = wait_for("the stopped sender to be ended", || {
+        sender.0.try_wait().ok().flatten()
+    });
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the stopped sender was ended"
+    );
+    let log = log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("status=unknown") && l.contains(&format!("user={hostile}"))),
+        "{log}"
+    );
+    // Once: the next run finds nothing left.
+    queue_run();
+    assert_eq!(
+        log_text().matches("status=unknown").count(),
+        1,
+        "{}",
+        log_text()
+    );
 }
 
 #[test]

@@ -11,13 +11,16 @@
 //! sender takes a free slot with `flock` and holds it until its line is logged; the record is
 //! the slot's first line, and a `#` written over its first byte marks it done. A slot whose
 //! lock nobody holds and whose first line is a record belongs to a sender that died: the
-//! queue run logs it at once, never a live one (a stopped sender keeps its lock). When every
+//! queue run logs it at once. A held slot is a live sender's, unless its record is older than
+//! the relay timeout and a minute and its holder is stopped (by a customer who would keep a
+//! relayed message out of the log): root's queue run ends that sender and logs it. When every
 //! slot is held (as many senders at that instant, or a customer's stopped ones) the record
 //! gets a file of its own, named after the message, as before the slots: no lock a customer
 //! holds can leave a message without its record.
 
 use crate::log::{Logger, Severity};
 use crate::state::StateDir;
+use crate::state::lock;
 use crate::state::{Dir, flags};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
@@ -100,7 +103,7 @@ pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
         return 0;
     };
     for name in dir.names().unwrap_or_default() {
-        if name.starts_with(SLOT_PREFIX) && recover_slot(&dir, &name, logger) {
+        if name.starts_with(SLOT_PREFIX) && recover_slot(&dir, &name, age, logger) {
             recovered += 1;
         }
     }
@@ -120,13 +123,35 @@ pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
     recovered
 }
 
-/// A slot left with a record by a sender that died: logged, then marked done.
-fn recover_slot(dir: &Dir, name: &str, logger: &Logger) -> bool {
+/// A slot left with a record by a sender that died: logged, then marked done. A slot still
+/// held is a live sender's, unless its record is older than `age` and its holder is stopped:
+/// a customer who stops her sender between the relay's 250 and its log line would keep a
+/// relayed message out of the log for as long as she liked. Root ends such a holder, as it
+/// ends a stopped holder of a counter (`lock::end_stopped_holder`), and logs the record.
+fn recover_slot(dir: &Dir, name: &str, age: Duration, logger: &Logger) -> bool {
     let Ok(file) = dir.open_file(name, flags::READ_WRITE) else {
         return false;
     };
     if file.try_lock().is_err() {
-        return false; // a live sender's (or a stopped one's, which may still log it)
+        let stale = dir
+            .modified(name)
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if !stale {
+            return false;
+        }
+        let busy = lock::Busy {
+            path: std::path::PathBuf::from(DIR).join(name),
+            holder: lock::lock_holder(&file),
+        };
+        let Some(ended) = lock::end_stopped_holder(&busy) else {
+            return false;
+        };
+        logger.log(Severity::Warning, &format!("pending records: {ended}"));
+        if lock::lock_with_deadline(&file, Duration::from_secs(1)).is_err() {
+            return false;
+        }
     }
     let mut text = Vec::new();
     if (&file).take(MAX_RECORD).read_to_end(&mut text).is_err() {
