@@ -81,6 +81,53 @@ impl Setup {
         admin(&self.env, &["queue", "run"], Some(t))
     }
 
+    /// shop's contact.php to `gone1..=gone6@example.net`, one message each at T0 + 1..=6: the
+    /// relay's queue ids.
+    fn send_to_six_gone(&self) -> Vec<String> {
+        (1..=6)
+            .map(|i| {
+                self.send(
+                    "shop",
+                    "/var/www/shop/contact.php",
+                    T0 + i,
+                    &[&format!("gone{i}@example.net")],
+                )
+            })
+            .collect()
+    }
+
+    /// The relay's lines for those six: every recipient bounced, appended to its log.
+    fn log_six_bounces(&self, queue_ids: &[String]) {
+        let mut log = String::new();
+        for (i, q) in queue_ids.iter().enumerate() {
+            let to = format!("gone{}@example.net", i + 1);
+            log.push_str(&line(
+                q,
+                &to,
+                "bounced",
+                "host mx said: 550 5.1.1 user unknown",
+            ));
+        }
+        self.log(&log);
+    }
+
+    /// `queue run --follow 120s` at T0 + 30, started and holding follow.lock (its stdout
+    /// piped); killed and reaped by PID when the guard goes.
+    fn start_follower(&self) -> Guard {
+        let mut cmd = self.env.cmd();
+        cmd.args(["queue", "run", "--follow", "120s"])
+            .env("MAILGATE_NOW", (T0 + 30).to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let follower = Guard(cmd.spawn().unwrap());
+        wait_for("the follower to hold follow.lock", || {
+            let f = std::fs::File::open(self.env.state.join("follow.lock")).ok()?;
+            matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)).then_some(())
+        });
+        follower
+    }
+
     fn json(&self, args: &[&str], t: i64) -> serde_json::Value {
         serde_json::from_str(&admin(&self.env, args, Some(t))).unwrap()
     }
@@ -109,15 +156,7 @@ fn outcomes_per_script_the_trigger_holds_and_lets_go_and_trace_shows_the_way() {
     );
     // shop: contact.php to six addresses that do not exist; news.php to two good ones and one
     // whose server puts it off. blog: post.php, three good ones.
-    let mut contact = Vec::new();
-    for i in 1..=6 {
-        contact.push(s.send(
-            "shop",
-            "/var/www/shop/contact.php",
-            T0 + i,
-            &[&format!("gone{i}@example.net")],
-        ));
-    }
+    let contact = s.send_to_six_gone();
     let news: Vec<String> = (0..2)
         .map(|i| {
             s.send(
@@ -673,47 +712,15 @@ fn a_follower_holds_a_bouncing_script_without_waiting_for_the_next_run() {
     let s = setup(
         "[defaults.trigger]\nwindow = \"1h\"\nmin_failures = 5\npercent = 30\naction = \"hold\"",
     );
-    let contact: Vec<String> = (1..=6)
-        .map(|i| {
-            s.send(
-                "shop",
-                "/var/www/shop/contact.php",
-                T0 + i,
-                &[&format!("gone{i}@example.net")],
-            )
-        })
-        .collect();
-    // The minute's run, then it stays and follows the relay's log.
-    let mut cmd = s.env.cmd();
-    cmd.args(["queue", "run", "--follow", "120s"])
-        .env("MAILGATE_NOW", (T0 + 30).to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let follower = cmd.spawn().unwrap();
-    let pid = follower.id();
-    let follower = Guard(follower);
-    // Only one follower at a time: once the first holds follow.lock, a second one says so
-    // and leaves at once.
-    wait_for("the first follower to hold follow.lock", || {
-        let f = std::fs::File::open(s.env.state.join("follow.lock")).ok()?;
-        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)).then_some(())
-    });
+    let contact = s.send_to_six_gone();
+    // The minute's run, then it stays and follows the relay's log. Only one follower at a
+    // time: once the first holds follow.lock, a second one says so and leaves at once.
+    let follower = s.start_follower();
     let second = admin(&s.env, &["queue", "run", "--follow", "120s"], Some(T0 + 30));
     assert!(second.contains("another process follows"), "{second}");
     assert!(second.contains("queue run: delivered"), "{second}");
 
-    let mut log = String::new();
-    for (i, q) in contact.iter().enumerate() {
-        let to = format!("gone{}@example.net", i + 1);
-        log.push_str(&line(
-            q,
-            &to,
-            "bounced",
-            "host mx said: 550 5.1.1 user unknown",
-        ));
-    }
-    s.log(&log);
+    s.log_six_bounces(&contact);
     // No further run: the follower learns the six bounces and the trigger holds shop.
     let status = wait_for("the follower's trigger to hold shop", || {
         let status = s.json(&["status", "--json", "shop"], T0 + 31);
@@ -744,7 +751,6 @@ fn a_follower_holds_a_bouncing_script_without_waiting_for_the_next_run() {
         Some(6),
         "{top}"
     );
-    let _ = pid;
     drop(follower); // killed and reaped by PID
 }
 
@@ -754,27 +760,8 @@ fn a_follower_holds_a_bouncing_script_without_waiting_for_the_next_run() {
 #[test]
 fn a_follower_ends_when_the_configuration_changes_and_the_next_run_judges_with_the_new() {
     let s = setup("");
-    let contact: Vec<String> = (1..=6)
-        .map(|i| {
-            s.send(
-                "shop",
-                "/var/www/shop/contact.php",
-                T0 + i,
-                &[&format!("gone{i}@example.net")],
-            )
-        })
-        .collect();
-    let mut cmd = s.env.cmd();
-    cmd.args(["queue", "run", "--follow", "120s"])
-        .env("MAILGATE_NOW", (T0 + 30).to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut follower = Guard(cmd.spawn().unwrap());
-    wait_for("the follower to hold follow.lock", || {
-        let f = std::fs::File::open(s.env.state.join("follow.lock")).ok()?;
-        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)).then_some(())
-    });
+    let contact = s.send_to_six_gone();
+    let mut follower = s.start_follower();
     // The admin adds a trigger, then the relay logs the six bounces.
     let config = std::fs::read_to_string(&s.env.config).unwrap();
     std::fs::write(
@@ -785,17 +772,7 @@ fn a_follower_ends_when_the_configuration_changes_and_the_next_run_judges_with_t
         ),
     )
     .unwrap();
-    let mut log = String::new();
-    for (i, q) in contact.iter().enumerate() {
-        let to = format!("gone{}@example.net", i + 1);
-        log.push_str(&line(
-            q,
-            &to,
-            "bounced",
-            "host mx said: 550 5.1.1 user unknown",
-        ));
-    }
-    s.log(&log);
+    s.log_six_bounces(&contact);
     // The follower ends of itself, long before its 120 s, and says why.
     wait_for("the follower to end", || {
         follower.0.try_wait().ok().flatten()
