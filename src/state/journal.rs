@@ -103,12 +103,11 @@ pub fn recover(state: &StateDir, age: Duration, logger: &Logger) -> usize {
         return 0;
     };
     for name in dir.names().unwrap_or_default() {
-        if name.starts_with(SLOT_PREFIX) && recover_slot(&dir, &name, age, logger) {
-            recovered += 1;
+        if name.starts_with(SLOT_PREFIX) {
+            recovered += usize::from(recover_slot(&dir, &name, age, logger));
+            continue;
         }
-    }
-    for name in crate::state::older_than(&dir, age) {
-        if !crate::state::valid_id(&name) {
+        if !crate::state::valid_id(&name) || !crate::state::is_older_than(&dir, &name, age) {
             continue;
         }
         let fields = dir
@@ -133,23 +132,15 @@ fn recover_slot(dir: &Dir, name: &str, age: Duration, logger: &Logger) -> bool {
         return false;
     };
     if file.try_lock().is_err() {
-        let stale = dir
-            .modified(name)
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|elapsed| elapsed > age);
-        if !stale {
+        if !crate::state::is_older_than(dir, name, age) {
             return false;
         }
-        let busy = lock::Busy {
-            path: std::path::PathBuf::from(DIR).join(name),
-            holder: lock::lock_holder(&file),
-        };
-        let Some(ended) = lock::end_stopped_holder(&busy) else {
-            return false;
-        };
-        logger.log(Severity::Warning, &format!("pending records: {ended}"));
-        if lock::lock_with_deadline(&file, Duration::from_secs(1)).is_err() {
+        let path = std::path::PathBuf::from(DIR).join(name);
+        let (locked, ended) = lock::lock_ending_stopped(&file, &path, Duration::ZERO);
+        if let Some(ended) = ended {
+            logger.log(Severity::Warning, &format!("pending records: {ended}"));
+        }
+        if locked.is_err() {
             return false;
         }
     }

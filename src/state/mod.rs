@@ -274,13 +274,16 @@ pub fn older_than(dir: &Dir, age: std::time::Duration) -> Vec<String> {
     dir.names()
         .unwrap_or_default()
         .into_iter()
-        .filter(|name| {
-            dir.modified(name)
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|elapsed| elapsed > age)
-        })
+        .filter(|name| is_older_than(dir, name, age))
         .collect()
+}
+
+/// Whether `name` in `dir` last changed more than `age` ago (a time in the future is not).
+pub fn is_older_than(dir: &Dir, name: &str, age: std::time::Duration) -> bool {
+    dir.modified(name)
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
 }
 
 /// A message id as the name of a state file (spool entries, pending records). IDs come from

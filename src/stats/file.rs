@@ -152,8 +152,8 @@ fn newest_slot(file: &std::fs::File) -> std::io::Result<Result<Option<Slot>, Str
     Ok(if empty { Ok(None) } else { Err(why) })
 }
 
-/// The bytes of the slot at `offset`, into `buf`: its frame line and content (one read when they fit in
-/// `FIRST_READ`), or, for a file from before the slots, everything up to `SLOT`.
+/// The bytes of the slot at `offset`, into `buf`: its frame line and content (one read when
+/// they fit in `FIRST_READ`), or, for a file from before the slots, everything up to `SLOT`.
 fn read_slot(file: &std::fs::File, offset: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
     buf.resize(FIRST_READ, 0);
     let n = read_at_most(file, buf, offset)?;
