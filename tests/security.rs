@@ -139,6 +139,32 @@ fn send(inst: &Install, user: &str, envs: &[(&str, &str)], args: &[&str], msg: &
     as_user(user, envs, &inst.bin, args, msg)
 }
 
+/// A sender of the setgid install started as `user` for `rcpt`, `msg` written to its stdin and
+/// closed; it runs on (to be stopped, killed or waited for by the test).
+fn spawn_sender(inst: &Install, user: &str, rcpt: &str, msg: &[u8]) -> std::process::Child {
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+        ])
+        .arg(&inst.bin)
+        .args(["-i", rcpt])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(msg)
+        .expect("write the message to the sender");
+    child
+}
+
 /// One test at a time: a sink, the setgid install and the system config with `limits`.
 fn setgid_fixture(
     limits: &str,
@@ -446,36 +472,20 @@ fn a_sender_stopped_in_the_hand_over_is_ended_and_its_record_logged() {
     );
     let hostile = USERS[0];
     // Killed and reaped by PID when the test ends, whatever it found.
-    let mut sender = Guard(
-        Command::new("setpriv")
-            .args([
-                &format!("--reuid={hostile}"),
-                &format!("--regid={hostile}"),
-                "--init-groups",
-            ])
-            .arg(&inst.bin)
-            .args(["-i", "hidden@x.org"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    {
-        use std::io::Write;
-        let mut stdin = sender.0.stdin.take().unwrap();
-        stdin.write_all(b"Subject: hidden\n\nb\n").unwrap();
-    }
+    let mut sender = Guard(spawn_sender(
+        &inst,
+        hostile,
+        "hidden@x.org",
+        b"Subject: hidden\n\nb\n",
+    ));
     let log_text = || std::fs::read_to_string(&inst.log).unwrap_or_default();
-    let pending = inst.state.join("pending");
     // Its record is written (its slot locked) before it connects; the relay then sits on DATA.
     let slot = wait_for("the sender's hand-over record", || {
-        std::fs::read_dir(&pending).ok()?.flatten().find_map(|e| {
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            let first = text.lines().next()?;
-            (first.contains(&format!("user={hostile}")) && !first.starts_with('#'))
-                .then(|| e.path())
-        })
+        unfinished_records(&inst.state)
+            .ok()?
+            .into_iter()
+            .find(|(_, record)| record.contains(&format!("user={hostile}")))
+            .map(|(path, _)| path)
     });
     // SAFETY: our own child.
     unsafe { libc::kill(sender.0.id() as i32, libc::SIGSTOP) };
@@ -548,24 +558,7 @@ fn a_stopped_sender_holding_the_server_lock_delays_nobody() {
     let mut tries = 0;
     while caught.is_none() && std::time::Instant::now() < deadline {
         tries += 1;
-        let mut child = Command::new("setpriv")
-            .args([
-                &format!("--reuid={hostile}"),
-                &format!("--regid={hostile}"),
-                "--init-groups",
-            ])
-            .arg(&inst.bin)
-            .args(["-i", "hunt@x.org"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            let _ = stdin.write_all(b"Subject: hunt\n\nb\n");
-        }
+        let mut child = spawn_sender(&inst, hostile, "hunt@x.org", b"Subject: hunt\n\nb\n");
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);

@@ -98,6 +98,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The hand-over records in `state`'s `pending/` that no sender finished, as (file, record):
+/// a slot's first line unless it is marked done (`#`), or a file of its own.
+pub fn unfinished_records(state: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
+    Ok(std::fs::read_dir(state.join("pending"))?
+        .flatten()
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let first = text.lines().next()?.to_string();
+            (!first.is_empty() && !first.starts_with('#')).then(|| (e.path(), first))
+        })
+        .collect())
+}
+
 /// Poll `cond` until it holds or the deadline passes.
 pub fn wait_for<T>(what: &str, cond: impl FnMut() -> Option<T>) -> T {
     wait_for_within(what, DEADLINE, cond)
