@@ -13,5 +13,4 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
 fi
 export SOURCE_DATE_EPOCH
 pkg/build.sh --quiet >/dev/null
-host=$(rustc -vV | sed -n 's/^host: //p')
-exec cargo deb --no-build --target "$host" "$@"
+exec cargo deb --no-build --target "$(pkg/target.sh 2>/dev/null)" "$@"

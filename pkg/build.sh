@@ -6,9 +6,10 @@
 # (pkg/hot-symbols.txt, below), symbols stripped. Prints the binary's path. Arguments go to
 # `cargo build`.
 #
-# A static build needs an explicit --target: with the host's own triple as an implicit target,
-# crt-static would also apply to the proc-macro crates (clap's and serde's derives), which
-# cannot be linked statically.
+# The target is pkg/target.sh's choice: musl where its standard library is installed, else
+# the host's glibc. Either way an explicit --target: with the host's own triple as an implicit
+# target, crt-static would also apply to the proc-macro crates (clap's and serde's derives),
+# which cannot be linked statically.
 #
 # pkg/hot-symbols.txt names, in the order they first run, the functions that an accepted, a
 # refused and a `-bs` message execute (pkg/hot-symbols.sh writes it from callgrind). The
@@ -23,6 +24,15 @@
 set -eu
 cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
+target=$(pkg/target.sh)
+if [ "$target" = x86_64-unknown-linux-musl ]; then
+    # ring's C and assembly, compiled against musl's headers (Debian's musl-tools).
+    CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-$(command -v musl-gcc || echo gcc)}
+    export CC_x86_64_unknown_linux_musl
+    # Linked by the toolchain's own LLD, as the glibc target is by default: the symbol
+    # ordering below is an LLD option.
+    RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=lld -C link-arg=-B$(rustc --print sysroot)/lib/rustlib/$host/bin/gcc-ld"
+fi
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 # -z pack-relative-relocs: the 4,500 relocations a static-pie applies at start-up as a
 # 1.3 KiB DT_RELR table instead of 108 KiB of RELA entries (glibc >= 2.36): 2 page faults less.
@@ -31,5 +41,5 @@ if [ "${MAILGATE_BUILD:-}" != symbols ]; then
     RUSTFLAGS="$RUSTFLAGS -C strip=symbols -C link-arg=-Wl,--symbol-ordering-file=$PWD/pkg/hot-symbols.txt -C link-arg=-Wl,--no-warn-symbol-ordering"
 fi
 export RUSTFLAGS
-cargo build --release --target "$host" "$@" >&2
-echo "${CARGO_TARGET_DIR:-$PWD/target}/$host/release/mailgate"
+cargo build --release --target "$target" "$@" >&2
+echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/release/mailgate"

@@ -104,5 +104,5 @@ for symbol in order:
 print("\n".join(dict.fromkeys(with_variants)))
 PY
 # cargo relinks on a change of RUSTFLAGS, not of a file a flag names.
-cargo clean --release --target "$(rustc -vV | sed -n 's/^host: //p')" -p mailgate >/dev/null 2>&1 || true
+cargo clean --release --target "$(pkg/target.sh 2>/dev/null)" -p mailgate >/dev/null 2>&1 || true
 echo "hot-symbols: $(wc -l <pkg/hot-symbols.txt) functions in pkg/hot-symbols.txt" >&2

@@ -79,18 +79,41 @@ mod status;
 
 use std::ffi::OsString;
 
+/// On musl, dlmalloc in place of musl's allocator (Cargo.toml says why).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 /// The process entry, in place of std's `fn main` start-up. std's start-up also installs a
 /// stack-overflow guard: `pthread_getattr_np` reading /proc/self/maps, an alternate signal
 /// stack, handlers for SIGSEGV and SIGBUS — 17 system calls and a tenth of a refused
 /// message's instructions (docs/PERFORMANCE.md, "The floor") for a process that lives a
 /// millisecond; a stack overflow is now a plain SIGSEGV. The rest of std's start-up, which
-/// mailgate relies on, is `start`'s. `std::env::args_os` works as before: glibc hands argv to
-/// std through its init_array, not through this function.
+/// mailgate relies on, is `start`'s. The arguments are taken from here: std's
+/// `env::args_os` learns them from glibc's init_array, which musl does not call with them.
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
-pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     start();
-    run()
+    // SAFETY: the C runtime passes argc and an argv of argc NUL-terminated strings.
+    let argv = unsafe { arguments(argc, argv) };
+    run(argv)
+}
+
+/// The process's arguments as the C runtime hands them to `main`.
+///
+/// # Safety
+/// `argv` holds `argc` pointers to NUL-terminated strings.
+#[cfg(not(test))]
+unsafe fn arguments(argc: libc::c_int, argv: *const *const libc::c_char) -> Vec<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    (0..usize::try_from(argc).unwrap_or(0))
+        .map(|i| {
+            // SAFETY: i < argc, and each of those pointers is a NUL-terminated string.
+            let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+            std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned()
+        })
+        .collect()
 }
 
 /// What std's start-up does that mailgate needs: descriptors 0, 1 and 2 open (a caller who
@@ -129,6 +152,7 @@ fn start() {
     // whose unmapping is 2–3 % of an accepted message's time: `perf record`,
     // docs/PERFORMANCE.md). Untouched pages of the pad cost nothing.
     // SAFETY: mallopt only sets parameters of glibc's allocator; no allocation is in flight.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_TOP_PAD, HEAP_PAD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
@@ -136,12 +160,13 @@ fn start() {
 }
 
 /// What the heap grows by beyond an allocation: more than a message's peak without its body.
+#[cfg(target_env = "gnu")]
 #[cfg_attr(test, allow(dead_code))]
 const HEAP_PAD: libc::c_int = 1 << 20;
 
 /// Everything after start-up; the exit code is the process's.
 #[cfg_attr(test, allow(dead_code))]
-fn run() -> ! {
+fn run(argv: Vec<OsString>) -> ! {
     // State files must come out 0660 whatever umask the (untrusted) caller left us.
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o007) };
@@ -150,7 +175,6 @@ fn run() -> ! {
     // between the relay's 250 and the log line.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let argv: Vec<OsString> = std::env::args_os().collect();
     let program = argv
         .first()
         .and_then(|p| std::path::Path::new(p).file_name())

@@ -485,7 +485,7 @@ fn two_builds_from_two_checkouts_are_byte_identical() {
             .unwrap();
         assert!(o.status.success(), "pkg/build-deb.sh: {}", stderr(&o));
         let strings = Command::new("strings")
-            .arg(target.join(host_triple()).join("release/mailgate"))
+            .arg(target.join(build_target()).join("release/mailgate"))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&strings.stdout);
@@ -523,13 +523,12 @@ fn two_builds_from_two_checkouts_are_byte_identical() {
     );
 }
 
-/// The host's target triple, under which pkg/build.sh's static binary lands
-/// (`target/TRIPLE/release/mailgate`).
-fn host_triple() -> String {
-    let o = Command::new("rustc").arg("-vV").output().unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .expect("rustc -vV names the host")
-        .to_string()
+/// The target triple pkg/build.sh builds for (pkg/target.sh chooses), under which its static
+/// binary lands (`target/TRIPLE/release/mailgate`).
+fn build_target() -> String {
+    let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pkg/target.sh"))
+        .output()
+        .expect("pkg/target.sh runs");
+    assert!(o.status.success(), "pkg/target.sh: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }

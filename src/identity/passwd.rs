@@ -1,10 +1,10 @@
 //! The password database, read without glibc's NSS.
 //!
-//! The shipped binary is linked statically (docs/PERFORMANCE.md, "The floor"): no dynamic
-//! loader and no shared objects at start-up, which is most of what a refused message costs. A
-//! statically linked glibc would still `dlopen` the NSS modules that `nsswitch.conf` names —
-//! built for whatever glibc is installed, loaded into a process of another — so mailgate never
-//! calls `getpwuid`. It reads `/etc/passwd` itself (what NSS's `files` source answers, first
+//! The shipped binary is linked statically, against musl where pkg/build.sh can
+//! (docs/DESIGN-CHOICES.md): no dynamic loader and no shared objects at start-up, which is most
+//! of what a refused message costs. musl loads no NSS module at all, and a statically linked
+//! glibc would `dlopen` the ones `nsswitch.conf` names — built for whatever glibc is installed,
+//! loaded into a process of another — so mailgate never calls `getpwuid`. It reads `/etc/passwd` itself (what NSS's `files` source answers, first
 //! on every Debian system) and asks the system's own `getent` only for a key that file does
 //! not hold: the users that LDAP, sssd or extrausers know. `getent` runs with the caller's own
 //! group and an empty environment: it needs no privilege of mailgate's.
