@@ -35,7 +35,8 @@ if [ "$target" = x86_64-unknown-linux-musl ]; then
 fi
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 # -z pack-relative-relocs: the 4,500 relocations a static-pie applies at start-up as a
-# 1.3 KiB DT_RELR table instead of 108 KiB of RELA entries (glibc >= 2.36): 2 page faults less.
+# 1.3 KiB DT_RELR table instead of 108 KiB of RELA entries (glibc >= 2.36, musl >= 1.2.4): 2
+# page faults less.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$PWD=/build"
 if [ "${MAILGATE_BUILD:-}" != symbols ]; then
     RUSTFLAGS="$RUSTFLAGS -C strip=symbols -C link-arg=-Wl,--symbol-ordering-file=$PWD/pkg/hot-symbols.txt -C link-arg=-Wl,--no-warn-symbol-ordering"

@@ -3,9 +3,10 @@
 #
 # x86_64-unknown-linux-musl when its standard library is installed (`rustup target add
 # x86_64-unknown-linux-musl`): musl starts a process without glibc's probing of the CPU's
-# caches through `cpuid`, which traps to the hypervisor on a virtual machine — 0.37 ms less
-# per message here (docs/PERFORMANCE.md, "musl"). Without it, the host's glibc target, linked
-# statically as well: the same program, slower to start (the reason goes to stderr).
+# caches through `cpuid`, which traps to the hypervisor on a virtual machine: with dlmalloc
+# (Cargo.toml) half the time per message here (docs/PERFORMANCE.md, "musl"). Without it, the
+# host's glibc target, linked statically as well: the same program, slower to start (the
+# reason goes to stderr).
 # MAILGATE_TARGET=TRIPLE chooses.
 set -eu
 host=$(rustc -vV | sed -n 's/^host: //p')

@@ -4,10 +4,11 @@
 //! (docs/DESIGN-CHOICES.md): no dynamic loader and no shared objects at start-up, which is most
 //! of what a refused message costs. musl loads no NSS module at all, and a statically linked
 //! glibc would `dlopen` the ones `nsswitch.conf` names — built for whatever glibc is installed,
-//! loaded into a process of another — so mailgate never calls `getpwuid`. It reads `/etc/passwd` itself (what NSS's `files` source answers, first
-//! on every Debian system) and asks the system's own `getent` only for a key that file does
-//! not hold: the users that LDAP, sssd or extrausers know. `getent` runs with the caller's own
-//! group and an empty environment: it needs no privilege of mailgate's.
+//! loaded into a process of another — so mailgate never calls `getpwuid`. It reads
+//! `/etc/passwd` itself (what NSS's `files` source answers, first on every Debian system) and
+//! asks the system's own `getent` only for a key that file does not hold: the users that LDAP,
+//! sssd or extrausers know. `getent` runs with the caller's own group and an empty
+//! environment: it needs no privilege of mailgate's.
 
 use std::io::{self, BufRead, Read};
 use std::process::{Command, Stdio};
