@@ -542,6 +542,18 @@ fn setup_with(trigger: &str, script: Script) -> Setup {
     s
 }
 
+/// The first account of a `status --json` answer is locked by the trigger for the six bounces
+/// of `send_to_six_gone`.
+fn assert_locked_by_six_bounces(status: &serde_json::Value) {
+    assert!(
+        status["accounts"][0]["locked"]
+            .as_str()
+            .unwrap()
+            .contains("6 of 6 recipients bounced"),
+        "{status}"
+    );
+}
+
 fn held(s: &Setup, account: &str, t: i64) -> bool {
     let status = s.json(&["status", "--json"], t);
     status["accounts"]
@@ -726,13 +738,7 @@ fn a_follower_holds_a_bouncing_script_without_waiting_for_the_next_run() {
         let status = s.json(&["status", "--json", "shop"], T0 + 31);
         (status["accounts"][0]["bounces"]["held"] == true).then_some(status)
     });
-    assert!(
-        status["accounts"][0]["locked"]
-            .as_str()
-            .unwrap()
-            .contains("6 of 6 recipients bounced"),
-        "{status}"
-    );
+    assert_locked_by_six_bounces(&status);
     // The next message of shop is held, not relayed.
     let before = s.rec.received().len();
     s.send(
@@ -787,11 +793,5 @@ fn a_follower_ends_when_the_configuration_changes_and_the_next_run_judges_with_t
     assert!(summary.contains("queue run:"), "{summary}");
     let status = s.json(&["status", "--json", "shop"], T0 + 33);
     assert_eq!(status["accounts"][0]["bounces"]["held"], true, "{status}");
-    assert!(
-        status["accounts"][0]["locked"]
-            .as_str()
-            .unwrap()
-            .contains("6 of 6 recipients bounced"),
-        "{status}"
-    );
+    assert_locked_by_six_bounces(&status);
 }
