@@ -94,11 +94,14 @@ pub fn follow(rt: &Runtime, started: Instant, span: Duration) -> Result<Option<F
 type Signature = (u64, u64, u64, i64, i64);
 
 fn signature(path: &Path) -> Option<Signature> {
-    signature_of(&std::fs::symlink_metadata(path).ok()?)
+    std::fs::symlink_metadata(path)
+        .ok()
+        .as_ref()
+        .map(signature_of)
 }
 
-fn signature_of(m: &std::fs::Metadata) -> Option<Signature> {
-    Some((m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+fn signature_of(m: &std::fs::Metadata) -> Signature {
+    (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec())
 }
 
 /// The configuration files a follower's judgement rests on: the main file (through a
@@ -140,7 +143,7 @@ impl ConfigWatch {
         ConfigWatch {
             baseline: metadata
                 .iter()
-                .map(|m| m.as_ref().and_then(signature_of))
+                .map(|m| m.as_ref().map(signature_of))
                 .collect(),
             paths,
             written_at_load,
@@ -153,6 +156,6 @@ impl ConfigWatch {
                 .paths
                 .iter()
                 .zip(&self.baseline)
-                .any(|(p, was)| std::fs::metadata(p).ok().as_ref().and_then(signature_of) != *was)
+                .any(|(p, was)| std::fs::metadata(p).ok().as_ref().map(signature_of) != *was)
     }
 }
